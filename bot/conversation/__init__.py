@@ -1,0 +1,1 @@
+"""Conversation domain: turns, history and context budget, per-thread ordering."""

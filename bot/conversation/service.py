@@ -1,0 +1,241 @@
+"""Turn handling: load a thread's history, ask the model, stream into a reply sink, store it all."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.conversation.budget import MessageTooLong, TokenEstimator, fit_to_budget, prompt_budget
+from bot.conversation.ordering import TurnOrder
+from bot.conversation.ports import ChatModel, ReplySink, ReplySummary
+from bot.llm.errors import LLMError
+from bot.llm.types import ChatMessage, CompletionResult
+from bot.storage import conversations as repo
+from bot.storage.conversations import ConversationKey
+from bot.storage.db import DatabaseError
+from bot.storage.models import ConversationKind, Message, MessageStatus, Role
+from bot.storage.usage import UsageEntry, record_usage
+
+log = logging.getLogger(__name__)
+
+NOTE_DATABASE = "I can't reach my database right now, so I can't answer. Please try again in a minute."
+NOTE_TOO_LONG = "Your message is too long for the model's context window. Please shorten it or split it up."
+NOTE_INTERRUPTED = "The answer was interrupted."
+NOTE_CUT_OFF = "The answer was cut off at the length limit."
+NOTE_EMPTY = "The model returned no answer text. Please try rephrasing."
+_REJECTED = frozenset({"auth", "credits", "bad_request", "rate_limited", "unavailable"})
+NOTE_ONLY_REASONING = "The model spent its whole output budget thinking and gave no answer."
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A new person message in a conversation."""
+
+    key: ConversationKey
+    kind: ConversationKind
+    text: str
+    user_id: str | None
+    order: str  # the Slack message ts: turns of a thread run in this order
+    # Earlier thread messages the bot never saw, used once when the conversation is new.
+    backfill: Sequence[ChatMessage] = ()
+
+
+@dataclass(frozen=True)
+class TurnOutcome:
+    status: MessageStatus
+    content: str
+    conversation_id: int | None
+    usage: CompletionResult | None
+    label: str = "complete"  # "complete", "cancelled", or the upstream error kind (bot.llm.errors)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    system_prompt: str
+    context_window: int
+    max_output_tokens: int
+
+
+class ConversationService:
+    """Drives one turn at a time per conversation; the same code serves Slack and the terminal."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        model: ChatModel,
+        config: ServiceConfig,
+        estimator: TokenEstimator | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._model = model
+        self._config = config
+        self._estimator = estimator or TokenEstimator()
+        self._order = TurnOrder()
+
+    async def reply(self, turn: Turn, sink: ReplySink) -> TurnOutcome:
+        async with self._order.hold(turn.key, turn.order):
+            return await self._reply(turn, sink)
+
+    async def _reply(self, turn: Turn, sink: ReplySink) -> TurnOutcome:
+        try:
+            conversation_id, assistant_id, history = await self._begin(turn, sink.refs)
+        except (SQLAlchemyError, DatabaseError, OSError) as exc:
+            log.warning("database unavailable at turn start: %s", type(exc).__name__)
+            await sink.fail(NOTE_DATABASE)
+            return TurnOutcome(MessageStatus.ERROR, "", None, None, "database")
+
+        newest = ChatMessage("user", turn.text)
+        system = ChatMessage("system", self._config.system_prompt) if self._config.system_prompt else None
+        try:
+            request = fit_to_budget(
+                system,
+                history,
+                newest,
+                prompt_budget(self._config.context_window, self._config.max_output_tokens),
+                self._estimator,
+            )
+        except MessageTooLong:
+            await sink.fail(NOTE_TOO_LONG)
+            await self._end(assistant_id, "", MessageStatus.ERROR, sink.refs)
+            return TurnOutcome(MessageStatus.ERROR, "", conversation_id, None, "too_long")
+        if request.dropped_turns:
+            log.info("history trimmed", extra={"dropped_turns": request.dropped_turns})
+
+        result, status, label = await self._stream(request.messages, sink)
+        if result.usage.prompt_tokens:
+            self._estimator.calibrate(request.estimated_tokens, result.usage.prompt_tokens)
+        await self._record(turn, conversation_id, result, label)
+        await self._end(assistant_id, result.content, status, sink.refs)
+        if label == "cancelled":
+            raise asyncio.CancelledError  # stored and shown as interrupted; now let shutdown proceed
+        return TurnOutcome(status, result.content, conversation_id, result, label)
+
+    async def _stream(
+        self, messages: Sequence[ChatMessage], sink: ReplySink
+    ) -> tuple[CompletionResult, MessageStatus, str]:
+        """Stream one completion into the sink; returns what arrived, its status and usage label."""
+        stream = self._model.stream_chat(
+            messages, max_tokens=self._config.max_output_tokens, request_id=f"slackbot-{uuid.uuid4().hex}"
+        )
+        answered = thought = False
+        try:
+            async with stream:
+                async for delta in stream:
+                    if delta.content:
+                        answered = True
+                        await sink.append(delta.content)
+                    elif delta.reasoning and not answered and not thought:
+                        thought = True
+                        await sink.thinking()
+        except LLMError as exc:
+            log.warning("upstream error: %s (%s)", exc.kind, exc.status)
+            await sink.fail(exc.user_message)
+            status = MessageStatus.INTERRUPTED if exc.kind == "interrupted" else MessageStatus.ERROR
+            return stream.result(), status, exc.kind
+        except asyncio.CancelledError:
+            # Finish the Slack message and the stored rows before the cancellation goes on.
+            await sink.fail(NOTE_INTERRUPTED)
+            return stream.result(), MessageStatus.INTERRUPTED, "cancelled"
+        result = stream.result()
+        await sink.finish(self._summary(result))
+        return result, MessageStatus.COMPLETE, "complete"
+
+    def _summary(self, result: CompletionResult) -> ReplySummary:
+        note: str | None = None
+        if not result.content:
+            note = NOTE_ONLY_REASONING if result.finish_reason == "length" else NOTE_EMPTY
+        elif result.finish_reason == "length":
+            note = NOTE_CUT_OFF
+        return ReplySummary(
+            model=result.model,
+            prompt_tokens=result.usage.prompt_tokens,
+            completion_tokens=result.usage.completion_tokens,
+            credits_used=result.usage.credits_used,
+            finish_reason=result.finish_reason,
+            note=note,
+        )
+
+    async def _begin(
+        self, turn: Turn, refs: Sequence[str]
+    ) -> tuple[int, int, list[ChatMessage]]:
+        """Store the user message and a `streaming` assistant row; return the prior history."""
+        async with self._sessions.begin() as session:
+            conversation = await repo.get_or_create_conversation(session, turn.key, turn.kind)
+            stored = await repo.load_history(session, conversation.id)
+            if not stored and turn.backfill:
+                for earlier in turn.backfill:
+                    await repo.add_message(session, conversation.id, Role(earlier.role), earlier.content)
+                stored = await repo.load_history(session, conversation.id)
+            history = [_as_chat(m) for m in stored if _usable(m)]
+            await repo.add_message(session, conversation.id, Role.USER, turn.text, user_id=turn.user_id)
+            assistant = await repo.add_message(
+                session,
+                conversation.id,
+                Role.ASSISTANT,
+                "",
+                status=MessageStatus.STREAMING,
+                slack_ts=refs[0] if refs else None,
+            )
+            return conversation.id, assistant.id, history
+
+    async def _end(self, message_id: int, content: str, status: MessageStatus, refs: Sequence[str]) -> None:
+        try:
+            async with self._sessions.begin() as session:
+                await repo.finish_message(session, message_id, content=content, status=status, slack_refs=refs)
+        except (SQLAlchemyError, OSError) as exc:
+            # The reply is already final in Slack; start-up recovery fixes the row's status later.
+            log.error("could not store the finished reply: %s", type(exc).__name__)
+
+    async def _record(self, turn: Turn, conversation_id: int, result: CompletionResult, label: str) -> None:
+        entry = usage_entry(turn, conversation_id, self._model.model, result, label)
+        try:
+            async with self._sessions.begin() as session:
+                await record_usage(session, entry)
+        except (SQLAlchemyError, OSError) as exc:
+            log.error("could not record usage (%s): %s", label, type(exc).__name__)
+
+
+def usage_entry(
+    turn: Turn, conversation_id: int, model: str, result: CompletionResult, label: str
+) -> UsageEntry:
+    usage = result.usage
+    credits, usd = usage.credits_used, usage.usd_spent
+    if label in _REJECTED and result.ttft_ms is None and credits is None:
+        # Refused before any token: the API does not charge failed requests. A timeout may have
+        # been billed upstream, so its cost stays unknown.
+        credits, usd = 0, 0.0
+    return UsageEntry(
+        team_id=turn.key.team_id,
+        channel_id=turn.key.channel_id,
+        user_id=turn.user_id,
+        conversation_id=conversation_id,
+        model_requested=model,
+        model_returned=result.model,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        credits_used=credits,
+        usd_spent=usd,
+        finish_reason=result.finish_reason,
+        status=label,
+        ttft_ms=result.ttft_ms,
+        duration_ms=result.duration_ms,
+        client_request_id=result.client_request_id,
+        inference_id=result.inference_id,
+    )
+
+
+def _usable(message: Message) -> bool:
+    """History sent upstream: person messages and answers that have text (partial ones included)."""
+    return bool(message.content) and message.status != MessageStatus.STREAMING
+
+
+def _as_chat(message: Message) -> ChatMessage:
+    return ChatMessage(message.role.value, message.content)

@@ -1,0 +1,41 @@
+"""Prometheus metrics, on a registry per process (tests build several apps in one interpreter)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events_received = Counter("slackbot_events_received", "Slack events received", ["type"], registry=r)
+        self.events_ignored = Counter("slackbot_events_ignored", "Slack events ignored", ["reason"], registry=r)
+        self.replies = Counter("slackbot_replies", "Replies finished, by outcome", ["outcome"], registry=r)
+        self.ttft = Histogram(
+            "slackbot_time_to_first_token_seconds", "Upstream time to first token", buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.reply_duration = Histogram(
+            "slackbot_reply_duration_seconds", "Event to final edit", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.slack_calls = Counter(
+            "slackbot_slack_calls", "Slack Web API calls by the renderer", ["method", "outcome"], registry=r
+        )
+        self.slack_call_seconds = Histogram(
+            "slackbot_slack_call_seconds", "Slack Web API call latency", ["method"], registry=r
+        )
+        self.upstream_errors = Counter("slackbot_upstream_errors", "AI/ML API errors", ["kind"], registry=r)
+        self.credits = Counter("slackbot_credits_used", "AI/ML API credits spent", registry=r)
+        self.tokens = Counter("slackbot_tokens", "Tokens used", ["kind"], registry=r)
+        self.active_streams = Gauge("slackbot_active_streams", "Replies streaming now", registry=r)
+
+    def observe_slack_call(self, method: str, outcome: str, seconds: float) -> None:
+        """Edits that landed are `chat.update` + `ok`; Slack's 429s are outcome `ratelimited`."""
+        self.slack_calls.labels(method, outcome).inc()
+        self.slack_call_seconds.labels(method).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,150 @@
+"""All configuration, read once from the environment and `.env`; nothing else reads os.environ."""
+
+from __future__ import annotations
+
+import re
+from datetime import time
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_DEFAULT_PROMPT = Path(__file__).with_name("default_system_prompt.md")
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names the variable and what is wrong."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    slack_bot_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    slack_api_url: str = "https://slack.com/api/"
+
+    aimlapi_key: SecretStr | None = None
+    aimlapi_base_url: str = "https://api.aimlapi.com/v1"
+    aimlapi_model: str = "zhipu/glm-5"
+    llm_context_window: int = Field(200_000, gt=0)
+    llm_max_output_tokens: int = Field(8_192, gt=0)
+    llm_connect_timeout: float = Field(5.0, gt=0)
+    llm_read_timeout: float = Field(60.0, gt=0)
+    llm_total_timeout: float = Field(300.0, gt=0)
+    llm_max_retries: int = Field(3, ge=0, le=10)
+
+    database_url: str = "sqlite+aiosqlite:///data/bot.db"
+
+    host: str = "0.0.0.0"  # noqa: S104  (the listener is meant to be reachable in a container)
+    port: int = Field(3000, ge=0, le=65535)  # 0 picks a free port (tests, benchmarks)
+
+    usage_digest_channel: str | None = None
+    usage_digest_time: str = "09:00"
+    usage_digest_tz: str = "UTC"
+
+    stream_update_interval: float = Field(1.0, ge=0.05)
+    slack_edits_per_minute: float = Field(45.0, gt=0)
+    slack_edit_burst: int = Field(5, ge=1)
+    thread_followups: bool = True
+    thread_backfill_limit: int = Field(50, ge=0, le=1000)
+    system_prompt_file: Path = _DEFAULT_PROMPT
+    shutdown_grace_seconds: float = Field(20.0, ge=0)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("usage_digest_time")
+    @classmethod
+    def _check_time(cls, value: str) -> str:
+        if not _HHMM.match(value):
+            raise ValueError("must be HH:MM in 24-hour time, e.g. 09:00")
+        return value
+
+    @field_validator("usage_digest_tz")
+    @classmethod
+    def _check_tz(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {value!r}, e.g. Europe/Berlin") from None
+        return value
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _slash_api_url(cls, value: str) -> str:
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("aimlapi_base_url")
+    @classmethod
+    def _strip_base_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                "must start with sqlite+aiosqlite:// or postgresql+asyncpg:// "
+                "(the bot uses async drivers)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_budget(self) -> Settings:
+        if self.llm_max_output_tokens >= self.llm_context_window:
+            raise ValueError("LLM_MAX_OUTPUT_TOKENS must be smaller than LLM_CONTEXT_WINDOW")
+        return self
+
+    @property
+    def digest_time(self) -> time:
+        hour, minute = self.usage_digest_time.split(":")
+        return time(int(hour), int(minute))
+
+    @property
+    def digest_zone(self) -> ZoneInfo:
+        return ZoneInfo(self.usage_digest_tz)
+
+    @property
+    def socket_mode(self) -> bool:
+        return self.slack_app_token is not None
+
+    def system_prompt(self) -> str:
+        try:
+            return self.system_prompt_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SettingsError(f"SYSTEM_PROMPT_FILE: cannot read {self.system_prompt_file}: {exc}") from exc
+
+    def require(self, *names: str) -> None:
+        """Raise SettingsError naming the first of `names` (field names) that is unset."""
+        for name in names:
+            value = getattr(self, name)
+            if value is None or (isinstance(value, SecretStr) and not value.get_secret_value()):
+                raise SettingsError(f"{name.upper()} is required but not set (see config/.env.example)")
+        token = self.slack_bot_token
+        if "slack_bot_token" in names and token and not token.get_secret_value().startswith("xoxb-"):
+            raise SettingsError("SLACK_BOT_TOKEN must be a bot token starting with xoxb-")
+        app_token = self.slack_app_token
+        if app_token and not app_token.get_secret_value().startswith("xapp-"):
+            raise SettingsError("SLACK_APP_TOKEN must be an app-level token starting with xapp-")
+
+
+def load_settings(env_file: str | None = ".env") -> Settings:
+    """Build Settings, turning pydantic's report into one line that names the variable."""
+    try:
+        return Settings(_env_file=env_file)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "_".join(str(part) for part in first["loc"]).upper() or "settings"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise SettingsError(f"{name}: {message}") from None

@@ -1,0 +1,73 @@
+"""Async engine and session factory; SQLite gets WAL and foreign keys, errors become DatabaseError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+
+class DatabaseError(Exception):
+    """The database is misconfigured or unreachable; the message is safe to show an operator."""
+
+
+def parse_url(database_url: str) -> URL:
+    try:
+        return make_url(database_url)
+    except ArgumentError:
+        raise DatabaseError("DATABASE_URL: not a valid database URL") from None
+
+
+def _enable_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def create_engine(database_url: str, *, echo: bool = False) -> AsyncEngine:
+    """Build the engine without connecting; SQLite's parent folder is created if missing."""
+    url = parse_url(database_url)
+    kwargs: dict[str, Any] = {"echo": echo}
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": 30}
+    else:
+        kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=10)
+        kwargs["connect_args"] = {"timeout": 5}
+    try:
+        engine = create_async_engine(url, **kwargs)
+    except (ArgumentError, ImportError) as exc:
+        raise DatabaseError(f"DATABASE_URL: {exc}") from None
+    if url.get_backend_name() == "sqlite":
+        event.listen(engine.sync_engine, "connect", _enable_sqlite_pragmas)
+    return engine
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def check_database(engine: AsyncEngine) -> None:
+    """Run SELECT 1; raise DatabaseError naming the host (never the password) when it fails."""
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        raise DatabaseError(f"database unreachable at {describe(engine.url)}: {_reason(exc)}") from exc
+
+
+def describe(url: URL) -> str:
+    """The URL without its password, for logs and error lines."""
+    return url.render_as_string(hide_password=True)
+
+
+def _reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc.__cause__ or exc
+    return f"{type(orig).__name__}: {orig}".splitlines()[0][:200]

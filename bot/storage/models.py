@@ -1,0 +1,177 @@
+"""SQLAlchemy 2 typed models: conversations, messages, the usage ledger, dedupe and digest locks."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, date, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Date,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class ConversationKind(enum.StrEnum):
+    CHANNEL = "channel"
+    DM = "dm"
+    TERMINAL = "terminal"
+
+
+class Role(enum.StrEnum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class MessageStatus(enum.StrEnum):
+    STREAMING = "streaming"
+    COMPLETE = "complete"
+    ERROR = "error"
+    INTERRUPTED = "interrupted"
+
+
+def _enum(cls: type[enum.Enum], name: str) -> Enum:
+    # Stored by value, as plain strings: no native PostgreSQL enum to migrate when a value is added.
+    return Enum(
+        cls,
+        name=name,
+        native_enum=False,
+        create_constraint=False,
+        length=16,
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """`timestamptz` on PostgreSQL. SQLite keeps no offset: store UTC there and read it back aware, so
+    both databases return aware UTC datetimes and compare bound datetimes in the same time zone."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    # `dialect` is part of TypeDecorator's signature; the conversion is the same on every database.
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:  # noqa: ARG002
+        if value is None:
+            return None
+        # A naive value is taken as UTC, as PostgreSQL's timestamptz does with a UTC session.
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:  # noqa: ARG002
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+_TS = UTCDateTime()
+
+
+class Conversation(Base):
+    __tablename__ = "conversations"
+    __table_args__ = (UniqueConstraint("team_id", "channel_id", "thread_ts"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(64))
+    thread_ts: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[ConversationKind] = mapped_column(_enum(ConversationKind, "conversation_kind"))
+    created_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(_TS, default=utcnow, onupdate=utcnow)
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (Index("ix_messages_conversation_order", "conversation_id", "created_at", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    role: Mapped[Role] = mapped_column(_enum(Role, "message_role"))
+    content: Mapped[str] = mapped_column(Text, default="")
+    slack_ts: Mapped[str | None] = mapped_column(String(32), index=True)
+    # All Slack message ts of a reply split over several messages, in order.
+    slack_ts_all: Mapped[list[str] | None] = mapped_column(JSON)
+    user_id: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[MessageStatus] = mapped_column(_enum(MessageStatus, "message_status"), index=True)
+    created_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
+
+
+class UsageRecord(Base):
+    """One row per upstream completion; kept when message content is purged. Unknown is NULL, not 0."""
+
+    __tablename__ = "usage_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[str | None] = mapped_column(String(32))
+    channel_id: Mapped[str | None] = mapped_column(String(64))
+    user_id: Mapped[str | None] = mapped_column(String(64))
+    conversation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("conversations.id", ondelete="SET NULL"), index=True
+    )
+    model_requested: Mapped[str] = mapped_column(String(128))
+    model_returned: Mapped[str | None] = mapped_column(String(128))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    cached_tokens: Mapped[int | None] = mapped_column(Integer)
+    reasoning_tokens: Mapped[int | None] = mapped_column(Integer)
+    credits_used: Mapped[int | None] = mapped_column(BigInteger)
+    usd_spent: Mapped[float | None] = mapped_column(Numeric(18, 9, asdecimal=False))
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(32))
+    ttft_ms: Mapped[int | None] = mapped_column(Integer)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    client_request_id: Mapped[str | None] = mapped_column(String(128))
+    inference_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(_TS, default=utcnow, index=True)
+
+
+class ProcessedEvent(Base):
+    __tablename__ = "processed_events"
+    __table_args__ = (UniqueConstraint("channel_id", "message_ts"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    channel_id: Mapped[str] = mapped_column(String(64))
+    message_ts: Mapped[str] = mapped_column(String(32))
+    received_at: Mapped[datetime] = mapped_column(_TS, default=utcnow, index=True)
+
+
+class DigestRun(Base):
+    __tablename__ = "digest_runs"
+    __table_args__ = (UniqueConstraint("day", "channel_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    day: Mapped[date] = mapped_column(Date)
+    channel_id: Mapped[str] = mapped_column(String(64))
+    # NULL until the post landed: a claimed-but-unposted row is retried by the next run.
+    posted_at: Mapped[datetime | None] = mapped_column(_TS)
+    slack_ts: Mapped[str | None] = mapped_column(String(32))
+    claimed_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
