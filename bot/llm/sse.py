@@ -1,0 +1,184 @@
+"""Server-sent events of a streamed chat completion, parsed line by line into typed events.
+
+Pure functions, no I/O: the client feeds them the lines of `httpx.Response.aiter_lines()`.
+Each `data:` line is one event (OpenAI-compatible APIs never split a chunk over several lines).
+Comments (`: keep-alive`), blank lines, other SSE fields and data that is not a JSON object are
+skipped (logged at DEBUG), so a noisy proxy cannot break a stream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bot.llm.types import Delta, Usage
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChunkEvent:
+    """One `chat.completion.chunk`: the first choice's delta plus whatever metadata it carried."""
+
+    content: str = ""
+    reasoning: str = ""
+    finish_reason: str | None = None
+    model: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    """`data: [DONE]`: the stream is complete."""
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """An error object sent inside a 200 stream (`{"error": {...}}` or AI/ML's `statusCode` shape)."""
+
+    body: str
+    status: int | None = None
+
+
+SseEvent = ChunkEvent | DoneEvent | ErrorEvent
+
+
+class StreamAccumulator:
+    """Folds chunk events into the answer so far: content and reasoning apart, finish, usage, model."""
+
+    def __init__(self) -> None:
+        self._content: list[str] = []
+        self._reasoning: list[str] = []
+        self.finish_reason: str | None = None
+        self.usage = Usage()
+        self.model: str | None = None
+
+    @property
+    def content(self) -> str:
+        return "".join(self._content)
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self._reasoning)
+
+    def apply(self, event: ChunkEvent) -> Delta | None:
+        """Take in one chunk; the delta to pass on, or None if it carried no text."""
+        if event.model:
+            self.model = event.model
+        if event.usage is not None:
+            self.usage = self.usage.merged(event.usage)  # usage and meta.usage may come apart
+        if event.finish_reason:
+            self.finish_reason = event.finish_reason
+        if event.content:
+            self._content.append(event.content)
+        if event.reasoning:
+            self._reasoning.append(event.reasoning)
+        if not event.content and not event.reasoning:
+            return None
+        return Delta(content=event.content, reasoning=event.reasoning)
+
+
+def parse_line(line: str) -> SseEvent | None:
+    """The event a single SSE line carries, or None for lines that carry nothing usable."""
+    if not line.startswith("data:"):
+        return None  # blank separator, ": comment", "event:"/"id:"/"retry:" fields, or junk
+    payload = line[5:].strip()
+    if payload == "[DONE]":
+        return DoneEvent()
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        logger.debug("skipping SSE data that is not JSON: %.200r", payload)
+        return None
+    if not isinstance(data, dict):
+        logger.debug("skipping SSE data that is not a JSON object: %.200r", payload)
+        return None
+    return parse_chunk(data, raw=payload)
+
+
+def iter_events(lines: Iterable[str]) -> Iterator[SseEvent]:
+    """Every event in `lines`, in order (convenience for whole bodies and tests)."""
+    for line in lines:
+        event = parse_line(line)
+        if event is not None:
+            yield event
+
+
+def parse_chunk(data: Mapping[str, Any], *, raw: str = "") -> ChunkEvent | ErrorEvent:
+    """Read one decoded chunk; tolerant of missing, null or empty `choices`, `delta` and fields."""
+    error = data.get("error")
+    if error or ("statusCode" in data and "choices" not in data):
+        nested = error if isinstance(error, Mapping) else {}
+        status = _count(data.get("statusCode")) or _count(nested.get("status")) or _count(nested.get("code"))
+        return ErrorEvent(body=raw or json.dumps(data), status=status)
+    content = reasoning = ""
+    finish_reason: str | None = None
+    choice = _first_choice(data.get("choices"))
+    if choice is not None:
+        delta = choice.get("delta") or choice.get("message") or {}
+        if isinstance(delta, Mapping):
+            content = _text(delta.get("content"))
+            # `reasoning_content` is AI/ML's and Z.ai's name; some OpenAI-compatible routers say `reasoning`
+            reasoning = _text(delta.get("reasoning_content")) or _text(delta.get("reasoning"))
+        finish = choice.get("finish_reason")
+        finish_reason = finish if isinstance(finish, str) and finish else None
+    model = data.get("model")
+    return ChunkEvent(
+        content=content,
+        reasoning=reasoning,
+        finish_reason=finish_reason,
+        model=model if isinstance(model, str) and model else None,
+        usage=parse_usage(data),
+    )
+
+
+def parse_usage(data: Mapping[str, Any]) -> Usage | None:
+    """`usage` token counts and `meta.usage` cost of a chunk, or None if it carries neither."""
+    usage = _mapping(data.get("usage"))
+    meta = _mapping(_mapping(data.get("meta")).get("usage"))
+    if not usage and not meta:
+        return None
+    result = Usage(
+        prompt_tokens=_count(usage.get("prompt_tokens")),
+        completion_tokens=_count(usage.get("completion_tokens")),
+        cached_tokens=_count(_mapping(usage.get("prompt_tokens_details")).get("cached_tokens")),
+        reasoning_tokens=_count(_mapping(usage.get("completion_tokens_details")).get("reasoning_tokens")),
+        credits_used=_count(meta.get("credits_used")),
+        usd_spent=_number(meta.get("usd_spent")),
+    )
+    return None if result == Usage() else result
+
+
+def _first_choice(choices: object) -> Mapping[str, Any] | None:
+    if not isinstance(choices, list):
+        return None
+    candidates = [c for c in choices if isinstance(c, Mapping)]
+    for choice in candidates:
+        if choice.get("index", 0) == 0:
+            return choice
+    return None
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _number(value: object) -> float | None:
+    """A finite, non-negative JSON number (booleans are not numbers), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
+
+
+def _count(value: object) -> int | None:
+    """A whole count from JSON (some servers send 12.0 for 12), else None."""
+    number = _number(value)
+    return None if number is None else round(number)
