@@ -39,7 +39,7 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite+aiosqlite:///data/bot.db"
 
-    host: str = "0.0.0.0"  # noqa: S104  (the listener is meant to be reachable in a container)
+    host: str = "0.0.0.0"  # reachable from outside the container by design
     port: int = Field(3000, ge=0, le=65535)  # 0 picks a free port (tests, benchmarks)
 
     usage_digest_channel: str | None = None
@@ -95,8 +95,7 @@ class Settings(BaseSettings):
     def _check_database_url(cls, value: str) -> str:
         if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError(
-                "must start with sqlite+aiosqlite:// or postgresql+asyncpg:// "
-                "(the bot uses async drivers)"
+                "must start with sqlite+aiosqlite:// or postgresql+asyncpg:// (the bot uses async drivers)"
             )
         return value
 
@@ -142,7 +141,7 @@ class Settings(BaseSettings):
 def load_settings(env_file: str | None = ".env") -> Settings:
     """Build Settings, turning pydantic's report into one line that names the variable."""
     try:
-        return Settings(_env_file=env_file)  # type: ignore[call-arg]
+        return Settings(_env_file=env_file)
     except ValidationError as exc:
         first = exc.errors()[0]
         name = "_".join(str(part) for part in first["loc"]).upper() or "settings"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Protocol
 
 from bot.llm.types import ChatMessage, CompletionResult, Delta
@@ -49,7 +50,9 @@ class ChatStreamLike(Protocol):
 
     async def __aenter__(self) -> ChatStreamLike: ...
 
-    async def __aexit__(self, *exc_info: object) -> None: ...
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
 
     def __aiter__(self) -> AsyncIterator[Delta]: ...
 

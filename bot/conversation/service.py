@@ -161,9 +161,7 @@ class ConversationService:
             note=note,
         )
 
-    async def _begin(
-        self, turn: Turn, refs: Sequence[str]
-    ) -> tuple[int, int, list[ChatMessage]]:
+    async def _begin(self, turn: Turn, refs: Sequence[str]) -> tuple[int, int, list[ChatMessage]]:
         """Store the user message and a `streaming` assistant row; return the prior history."""
         async with self._sessions.begin() as session:
             conversation = await repo.get_or_create_conversation(session, turn.key, turn.kind)
@@ -187,7 +185,9 @@ class ConversationService:
     async def _end(self, message_id: int, content: str, status: MessageStatus, refs: Sequence[str]) -> None:
         try:
             async with self._sessions.begin() as session:
-                await repo.finish_message(session, message_id, content=content, status=status, slack_refs=refs)
+                await repo.finish_message(
+                    session, message_id, content=content, status=status, slack_refs=refs
+                )
         except (SQLAlchemyError, OSError) as exc:
             # The reply is already final in Slack; start-up recovery fixes the row's status later.
             log.error("could not store the finished reply: %s", type(exc).__name__)
