@@ -1,0 +1,1 @@
+"""Scheduled jobs: the daily usage digest and its APScheduler wiring."""

@@ -1,0 +1,262 @@
+"""Posting the daily usage digest once per (day, channel); failures are explained and retried later."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from aiohttp import ClientError
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.slack.digest_blocks import digest_message
+from bot.storage import digest_runs
+from bot.storage.digest_runs import Claim
+from bot.usage.report import DigestReport, build_report
+
+log = logging.getLogger(__name__)
+
+BALANCE_TIMEOUT = 10.0
+RETRY_WINDOW_DAYS = 7  # failed posts older than this are given up on
+_RETRY_NOTE = "The digest was not posted; the next run retries it."
+
+
+class BalanceSource(Protocol):
+    """Where the account balance comes from (the AI/ML API client); USD, or None when unknown."""
+
+    async def fetch_balance(self) -> float | None: ...
+
+
+class DigestStatus(enum.StrEnum):
+    POSTED = "posted"
+    ALREADY_POSTED = "already_posted"
+    IN_PROGRESS = "in_progress"  # another replica holds the claim right now
+    FAILED = "failed"
+    DRY_RUN = "dry_run"
+
+
+@dataclass(frozen=True)
+class DigestOutcome:
+    status: DigestStatus
+    day: date
+    channel: str
+    report: DigestReport | None = None
+    slack_ts: str | None = None
+    problem: str | None = None  # for FAILED: what went wrong and how to fix it
+
+
+def local_today(tz: ZoneInfo, now: datetime | None = None) -> date:
+    return (now or datetime.now(UTC)).astimezone(tz).date()
+
+
+def explain_slack_error(error: SlackApiError, channel: str) -> str:
+    """An operator-facing sentence for a chat.postMessage failure: what it means and what to change."""
+    data = error.response.data if isinstance(error.response.data, dict) else {}
+    code = str(data.get("error") or f"HTTP {error.response.status_code}")
+    if code == "channel_not_found":
+        return (
+            f"channel_not_found: USAGE_DIGEST_CHANNEL={channel} is not a channel the bot can see. Use the "
+            "channel ID (C..., shown in the channel's About tab), not its name; for a private channel, "
+            "invite the bot first."
+        )
+    if code == "not_in_channel":
+        return (
+            f"not_in_channel: the bot is not a member of {channel}. Invite it (/invite @your-bot) or add "
+            "the chat:write.public scope and reinstall the app."
+        )
+    if code == "is_archived":
+        return (
+            f"is_archived: {channel} is archived. Unarchive it or set USAGE_DIGEST_CHANNEL to another "
+            "channel."
+        )
+    if code in {"invalid_auth", "not_authed", "token_revoked", "token_expired", "account_inactive"}:
+        return (
+            f"{code}: Slack rejected SLACK_BOT_TOKEN. Reinstall the app to the workspace and set "
+            "SLACK_BOT_TOKEN to its current xoxb- token."
+        )
+    if code == "missing_scope":
+        needed = data.get("needed") or "chat:write"
+        return (
+            f"missing_scope: the bot token lacks the {needed} scope. Add it under OAuth & Permissions, "
+            "reinstall the app and update SLACK_BOT_TOKEN."
+        )
+    if code == "ratelimited" or error.response.status_code == 429:
+        retry_after = error.response.headers.get("Retry-After", "?")
+        return (
+            f"ratelimited: Slack asked to wait {retry_after}s before posting again. Usually transient; if it "
+            "keeps happening, something else is posting a lot with this token."
+        )
+    if code.startswith("restricted_action") or code in {"ekm_access_denied", "team_access_not_granted"}:
+        return f"{code}: workspace settings do not let the bot post in {channel}; ask a Slack admin."
+    if code in {"invalid_blocks", "invalid_blocks_format", "msg_too_long", "too_many_attachments"}:
+        return f"{code}: Slack rejected the digest's layout. This is a bug in the bot; please report it."
+    return f"{code}: Slack refused chat.postMessage (see the method's error list in Slack's API docs)."
+
+
+async def _fetch_balance(source: BalanceSource) -> float | None:
+    try:
+        async with asyncio.timeout(BALANCE_TIMEOUT):
+            return await source.fetch_balance()
+    except Exception as exc:  # the balance is an extra: any failure just means "unavailable"
+        log.warning("account balance unavailable for the usage digest: %s", type(exc).__name__)
+        return None
+
+
+async def _with_balance(report: DigestReport, source: BalanceSource | None) -> DigestReport:
+    if source is None:
+        return report
+    return replace(report, balance_checked=True, balance_usd=await _fetch_balance(source))
+
+
+async def _release(sessions: async_sessionmaker[AsyncSession], day: date, channel: str) -> None:
+    try:
+        async with sessions() as session:
+            await digest_runs.release(session, day, channel)
+            await session.commit()
+    except (SQLAlchemyError, OSError) as exc:
+        # The claim goes stale on its own after digest_runs.STALE_AFTER, so a retry still happens.
+        log.warning("could not release the digest claim: %s", type(exc).__name__)
+
+
+async def run_digest(
+    *,
+    day: date,
+    channel: str,
+    sessions: async_sessionmaker[AsyncSession],
+    client: AsyncWebClient,
+    tz: ZoneInfo,
+    balance: BalanceSource | None,
+    dry_run: bool = False,
+) -> DigestOutcome:
+    """Build the digest for local `day` and post it to `channel` unless it was already posted.
+
+    Never raises (it runs inside the scheduler): every failure is logged with its fix and returned.
+    """
+    where = {"digest_day": day.isoformat(), "channel_id": channel}
+    if dry_run:
+        return await _dry_run(day=day, channel=channel, sessions=sessions, tz=tz, balance=balance)
+    try:
+        async with sessions() as session:
+            claim = await digest_runs.claim(session, day, channel)
+            await session.commit()
+    except (SQLAlchemyError, OSError) as exc:
+        problem = (
+            f"database error ({type(exc).__name__}): check DATABASE_URL, that the database is up, and that "
+            "it is migrated (python -m bot migrate)."
+        )
+        log.error("usage digest for %s not posted: %s %s", day, problem, _RETRY_NOTE, extra=where)
+        return DigestOutcome(DigestStatus.FAILED, day, channel, problem=problem)
+    if claim is Claim.POSTED:
+        log.info("usage digest for %s was already posted", day, extra=where)
+        return DigestOutcome(DigestStatus.ALREADY_POSTED, day, channel)
+    if claim is Claim.IN_PROGRESS:
+        log.info("usage digest for %s is being posted by another process", day, extra=where)
+        return DigestOutcome(DigestStatus.IN_PROGRESS, day, channel)
+
+    try:
+        async with sessions() as session:
+            report = await build_report(session, day, tz)
+        report = await _with_balance(report, balance)
+        message = digest_message(report)
+        response = await client.chat_postMessage(
+            channel=channel, text=message.text, blocks=message.blocks, unfurl_links=False, unfurl_media=False
+        )
+        slack_ts = str(response["ts"])
+    except SlackApiError as exc:
+        problem = explain_slack_error(exc, channel)
+    except (SlackClientError, ClientError, TimeoutError, OSError) as exc:
+        problem = f"could not reach Slack ({type(exc).__name__}); check SLACK_API_URL and the network."
+    except SQLAlchemyError as exc:
+        problem = f"database error while building the report ({type(exc).__name__})."
+    except Exception as exc:  # a bug must not stop the scheduler; the traceback is logged
+        log.exception("usage digest for %s failed unexpectedly", day, extra=where)
+        problem = f"unexpected {type(exc).__name__}; see the traceback above."
+    else:
+        await _mark_posted(sessions, day, channel, slack_ts)
+        log.info("usage digest for %s posted", day, extra={**where, "slack_ts": slack_ts})
+        return DigestOutcome(DigestStatus.POSTED, day, channel, report, slack_ts=slack_ts)
+
+    log.error("usage digest for %s not posted to %s: %s %s", day, channel, problem, _RETRY_NOTE, extra=where)
+    await _release(sessions, day, channel)
+    return DigestOutcome(DigestStatus.FAILED, day, channel, problem=problem)
+
+
+async def _dry_run(
+    *,
+    day: date,
+    channel: str,
+    sessions: async_sessionmaker[AsyncSession],
+    tz: ZoneInfo,
+    balance: BalanceSource | None,
+) -> DigestOutcome:
+    """The report only: no lock taken, nothing posted."""
+    try:
+        async with sessions() as session:
+            report = await build_report(session, day, tz)
+    except (SQLAlchemyError, OSError) as exc:
+        problem = (
+            f"cannot read usage ({type(exc).__name__}): check DATABASE_URL, that the database is up, and "
+            "that it is migrated (python -m bot migrate)."
+        )
+        return DigestOutcome(DigestStatus.FAILED, day, channel, problem=problem)
+    return DigestOutcome(DigestStatus.DRY_RUN, day, channel, await _with_balance(report, balance))
+
+
+async def _mark_posted(sessions: async_sessionmaker[AsyncSession], day: date, channel: str, ts: str) -> None:
+    try:
+        async with sessions() as session:
+            await digest_runs.mark_posted(session, day, channel, ts)
+            await session.commit()
+    except (SQLAlchemyError, OSError) as exc:
+        # The message is in Slack; if the claim goes stale a later run may post the day a second time.
+        log.error("usage digest posted (ts %s) but not recorded: %s", ts, type(exc).__name__)
+
+
+@dataclass(frozen=True)
+class DigestJob:
+    """The scheduled unit of work, with everything it needs bound once by the composition root."""
+
+    sessions: async_sessionmaker[AsyncSession]
+    client: AsyncWebClient
+    channel: str
+    tz: ZoneInfo
+    balance: BalanceSource | None = None
+
+    async def run(self, day: date, *, dry_run: bool = False) -> DigestOutcome:
+        return await run_digest(
+            day=day,
+            channel=self.channel,
+            sessions=self.sessions,
+            client=self.client,
+            tz=self.tz,
+            balance=self.balance,
+            dry_run=dry_run,
+        )
+
+    async def run_due(self, now: datetime | None = None) -> list[DigestOutcome]:
+        """Yesterday's digest, after any day of the last week whose post failed (oldest first)."""
+        yesterday = local_today(self.tz, now) - timedelta(days=1)
+        days = [*await self._failed_days(since=yesterday - timedelta(days=RETRY_WINDOW_DAYS)), yesterday]
+        return [await self.run(day) for day in sorted(set(days))]
+
+    async def catch_up(self, run_at: time, now: datetime | None = None) -> list[DigestOutcome]:
+        """At start-up: when today's run time has passed, make up yesterday's digest if it is missing."""
+        local_now = (now or datetime.now(UTC)).astimezone(self.tz)
+        if local_now.time() < run_at:
+            return []  # today's scheduled run is still ahead and will do it
+        return await self.run_due(now)
+
+    async def _failed_days(self, since: date) -> list[date]:
+        try:
+            async with self.sessions() as session:
+                return await digest_runs.unposted_days(session, self.channel, since)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("could not look up failed digests: %s", type(exc).__name__)
+            return []

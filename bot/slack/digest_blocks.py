@@ -1,0 +1,161 @@
+"""Block Kit for the daily usage digest and for the `/usage` answer, each with a plain-text fallback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from bot.usage.personal import PersonalUsage, PersonalWindow
+from bot.usage.queries import UsageShare
+from bot.usage.report import (
+    Change,
+    DigestReport,
+    format_change,
+    format_count,
+    format_credits,
+    format_day,
+    format_usd,
+)
+
+Block = dict[str, Any]
+_HEADER_MAX = 150  # Slack's limit for plain_text in a header block
+
+
+@dataclass(frozen=True)
+class SlackMessage:
+    """What chat.postMessage or a response_url gets: `text` is the notification and fallback."""
+
+    text: str
+    blocks: list[Block]
+
+
+def escape(text: str) -> str:
+    """mrkdwn needs only &, < and > escaped."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _mrkdwn(text: str) -> Block:
+    return {"type": "mrkdwn", "text": text}
+
+
+def _section(text: str) -> Block:
+    return {"type": "section", "text": _mrkdwn(text)}
+
+
+def _fields(*texts: str) -> Block:
+    return {"type": "section", "fields": [_mrkdwn(text) for text in texts]}
+
+
+def _context(text: str) -> Block:
+    return {"type": "context", "elements": [_mrkdwn(text)]}
+
+
+def _header(text: str) -> Block:
+    return {"type": "header", "text": {"type": "plain_text", "text": text[:_HEADER_MAX], "emoji": True}}
+
+
+def user_ref(user_id: str) -> str:
+    return f"<@{escape(user_id)}>"
+
+
+def channel_ref(channel_id: str) -> str:
+    # A DM's id (D...) renders as an unreadable mention; say what it is instead.
+    return "a direct message" if channel_id.startswith("D") else f"<#{escape(channel_id)}>"
+
+
+def _ranking(title: str, shares: Iterable[UsageShare], name: Callable[[str], str]) -> str:
+    lines = [
+        f"{rank}. {name(share.key)} · {format_count(share.requests)} "
+        f"request{'s' if share.requests != 1 else ''} · {format_credits(share.credits)}"
+        for rank, share in enumerate(shares, start=1)
+    ]
+    return f"*{title}*\n" + ("\n".join(lines) if lines else "_none recorded_")
+
+
+def _change_line(label: str, change: Change) -> str:
+    return (
+        f"*{label}*\nvs day before {format_change(change.vs_previous_day)} · "
+        f"vs 7-day avg {format_change(change.vs_week_average)}"
+    )
+
+
+def balance_text(report: DigestReport) -> str | None:
+    if not report.balance_checked:
+        return None
+    if report.balance_usd is None:
+        return "AI/ML API account balance unavailable"
+    return f"AI/ML API account balance: {format_usd(report.balance_usd)}"
+
+
+def _span_note(report: DigestReport) -> str:
+    note = f"{report.day.isoformat()} 00:00-24:00 {report.zone}"
+    return note if report.hours == 24 else f"{note} ({report.hours} hours: clocks changed)"
+
+
+def digest_message(report: DigestReport) -> SlackMessage:
+    day = format_day(report.day)
+    balance = balance_text(report)
+    header = _header(f"Usage digest · {day}")
+    if report.empty:
+        blocks = [header, _section(f"No usage on {day}.")]
+        if balance:
+            blocks.append(_context(balance))
+        return SlackMessage(text=f"No usage on {day}.", blocks=blocks)
+
+    t = report.totals
+    tokens = t.tokens
+    blocks = [
+        header,
+        _context(_span_note(report)),
+        _fields(
+            f"*Spent*\n{format_credits(t.credits)}",
+            f"*Requests*\n{format_count(t.requests)} ({format_count(t.succeeded)} succeeded · "
+            f"{format_count(t.failed)} failed)",
+            f"*Tokens*\nprompt {format_count(tokens.prompt)} · completion {format_count(tokens.completion)}\n"
+            f"cached {format_count(tokens.cached)} · reasoning {format_count(tokens.reasoning)}",
+            f"*Unknown cost*\n{format_count(t.unknown_cost)} call{'s' if t.unknown_cost != 1 else ''}"
+            + (" (not in the credits above)" if t.unknown_cost else ""),
+            _change_line("Credits change", report.credits_change),
+            _change_line("Requests change", report.requests_change),
+        ),
+        {"type": "divider"},
+        _section(_ranking("Top users", report.top_users, user_ref)),
+        _section(_ranking("Top channels", report.top_channels, channel_ref)),
+        _section(_ranking("Per model", report.models, lambda model: f"`{escape(model)}`")),
+    ]
+    if balance:
+        blocks.append(_context(balance))
+    text = (
+        f"Usage digest for {day}: {format_credits(t.credits)}, {format_count(t.requests)} requests "
+        f"({format_count(t.failed)} failed)."
+    )
+    return SlackMessage(text=text, blocks=blocks)
+
+
+def _window_field(window: PersonalWindow) -> str:
+    lines = [
+        f"*{window.label}*",
+        f"{format_count(window.requests)} request{'s' if window.requests != 1 else ''}",
+        f"{format_count(window.tokens)} tokens ({format_count(window.prompt_tokens)} in · "
+        f"{format_count(window.completion_tokens)} out)",
+        format_credits(window.credits),
+    ]
+    if window.unknown_cost:
+        lines.append(f"_{format_count(window.unknown_cost)} with unknown cost_")
+    return "\n".join(lines)
+
+
+def personal_message(usage: PersonalUsage) -> SlackMessage:
+    """The ephemeral `/usage` answer: the caller's own numbers only."""
+    if usage.empty:
+        text = "You have no recorded usage in the last 7 days or this month."
+        return SlackMessage(text=text, blocks=[_section(text)])
+    today = usage.windows[0]
+    blocks = [
+        _section("*Your AI usage*"),
+        _fields(*(_window_field(window) for window in usage.windows)),
+        _context(f"Days are counted in {usage.zone}. $1 = 2,000,000 credits."),
+    ]
+    text = f"Your usage today: {format_count(today.requests)} requests, {format_credits(today.credits)}."
+    return SlackMessage(text=text, blocks=blocks)

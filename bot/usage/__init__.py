@@ -1,0 +1,1 @@
+"""Usage domain: ledger aggregation, the daily digest report and per-person numbers (data, not Slack)."""
