@@ -11,11 +11,17 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.events_received = Counter("slackbot_events_received", "Slack events received", ["type"], registry=r)
-        self.events_ignored = Counter("slackbot_events_ignored", "Slack events ignored", ["reason"], registry=r)
+        self.events_received = Counter(
+            "slackbot_events_received", "Slack events received", ["type"], registry=r
+        )
+        self.events_ignored = Counter(
+            "slackbot_events_ignored", "Slack events ignored", ["reason"], registry=r
+        )
         self.replies = Counter("slackbot_replies", "Replies finished, by outcome", ["outcome"], registry=r)
         self.ttft = Histogram(
-            "slackbot_time_to_first_token_seconds", "Upstream time to first token", buckets=_LATENCY_BUCKETS,
+            "slackbot_time_to_first_token_seconds",
+            "Upstream time to first token",
+            buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.reply_duration = Histogram(

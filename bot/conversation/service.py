@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ from bot.storage.models import ConversationKind, Message, MessageStatus, Role
 from bot.storage.usage import UsageEntry, record_usage
 
 log = logging.getLogger(__name__)
+
+CHECKPOINT_SECONDS = 5.0
+STORE_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 NOTE_DATABASE = "I can't reach my database right now, so I can't answer. Please try again in a minute."
 NOTE_TOO_LONG = "Your message is too long for the model's context window. Please shorten it or split it up."
@@ -107,29 +111,33 @@ class ConversationService:
         if request.dropped_turns:
             log.info("history trimmed", extra={"dropped_turns": request.dropped_turns})
 
-        result, status, label = await self._stream(request.messages, sink)
+        result, status, label = await self._stream(request.messages, sink, assistant_id)
         if result.usage.prompt_tokens:
             self._estimator.calibrate(request.estimated_tokens, result.usage.prompt_tokens)
-        await self._record(turn, conversation_id, result, label)
-        await self._end(assistant_id, result.content, status, sink.refs)
+        entry = usage_entry(turn, conversation_id, self._model.model, result, label)
+        await self._store_end(assistant_id, result.content, status, sink.refs, entry)
         if label == "cancelled":
             raise asyncio.CancelledError  # stored and shown as interrupted; now let shutdown proceed
         return TurnOutcome(status, result.content, conversation_id, result, label)
 
     async def _stream(
-        self, messages: Sequence[ChatMessage], sink: ReplySink
+        self, messages: Sequence[ChatMessage], sink: ReplySink, assistant_id: int
     ) -> tuple[CompletionResult, MessageStatus, str]:
         """Stream one completion into the sink; returns what arrived, its status and usage label."""
         stream = self._model.stream_chat(
             messages, max_tokens=self._config.max_output_tokens, request_id=f"slackbot-{uuid.uuid4().hex}"
         )
         answered = thought = False
+        checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
         try:
             async with stream:
                 async for delta in stream:
                     if delta.content:
                         answered = True
                         await sink.append(delta.content)
+                        if time.monotonic() >= checkpoint_at:
+                            checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
+                            await self._checkpoint(assistant_id, stream.result().content, sink.refs)
                     elif delta.reasoning and not answered and not thought:
                         thought = True
                         await sink.thinking()
@@ -183,22 +191,48 @@ class ConversationService:
             return conversation.id, assistant.id, history
 
     async def _end(self, message_id: int, content: str, status: MessageStatus, refs: Sequence[str]) -> None:
-        try:
-            async with self._sessions.begin() as session:
-                await repo.finish_message(
-                    session, message_id, content=content, status=status, slack_refs=refs
-                )
-        except (SQLAlchemyError, OSError) as exc:
-            # The reply is already final in Slack; start-up recovery fixes the row's status later.
-            log.error("could not store the finished reply: %s", type(exc).__name__)
+        await self._store_end(message_id, content, status, refs, None)
 
-    async def _record(self, turn: Turn, conversation_id: int, result: CompletionResult, label: str) -> None:
-        entry = usage_entry(turn, conversation_id, self._model.model, result, label)
+    async def _store_end(
+        self,
+        message_id: int,
+        content: str,
+        status: MessageStatus,
+        refs: Sequence[str],
+        usage: UsageEntry | None,
+    ) -> None:
+        """Finish the assistant row and write the ledger row in one unit of work.
+
+        The reply is already final in Slack, so a database outage is waited out for a while
+        (pool_pre_ping reconnects) rather than losing the ledger row.
+        """
+        for attempt, delay in enumerate((*STORE_RETRY_DELAYS, None)):
+            try:
+                async with self._sessions.begin() as session:
+                    await repo.finish_message(
+                        session, message_id, content=content, status=status, slack_refs=refs
+                    )
+                    if usage is not None:
+                        await record_usage(session, usage)
+                return
+            except (SQLAlchemyError, OSError) as exc:
+                if delay is None:
+                    log.error(
+                        "could not store the finished reply after %d attempts: %s",
+                        attempt + 1,
+                        type(exc).__name__,
+                    )
+                    return
+                log.warning("storing the finished reply failed (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(delay)
+
+    async def _checkpoint(self, message_id: int, content: str, refs: Sequence[str]) -> None:
+        """Save the partial answer now and then, so start-up recovery can finish it after a crash."""
         try:
             async with self._sessions.begin() as session:
-                await record_usage(session, entry)
+                await repo.checkpoint_message(session, message_id, content=content, slack_refs=refs)
         except (SQLAlchemyError, OSError) as exc:
-            log.error("could not record usage (%s): %s", label, type(exc).__name__)
+            log.warning("could not checkpoint a streaming reply: %s", type(exc).__name__)
 
 
 def usage_entry(

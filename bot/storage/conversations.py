@@ -111,13 +111,18 @@ async def finish_message(
     await session.execute(update(Message).where(Message.id == message_id).values(**values))
 
 
-async def set_message_refs(session: AsyncSession, message_id: int, slack_refs: Sequence[str]) -> None:
+async def checkpoint_message(
+    session: AsyncSession, message_id: int, *, content: str, slack_refs: Sequence[str]
+) -> None:
+    """Save a still-streaming reply's text so far (the status stays `streaming`)."""
+    values: dict[str, object] = {"content": content}
     if slack_refs:
-        await session.execute(
-            update(Message)
-            .where(Message.id == message_id)
-            .values(slack_ts=slack_refs[0], slack_ts_all=list(slack_refs))
-        )
+        values.update(slack_ts=slack_refs[0], slack_ts_all=list(slack_refs))
+    await session.execute(
+        update(Message)
+        .where(Message.id == message_id, Message.status == MessageStatus.STREAMING)
+        .values(**values)
+    )
 
 
 async def stale_streaming_messages(session: AsyncSession) -> Sequence[tuple[Message, Conversation]]:
