@@ -1,0 +1,1 @@
+"""The Slack edge: Bolt listeners, event filtering, and the streaming message renderer."""

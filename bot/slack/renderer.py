@@ -1,0 +1,351 @@
+"""Streams one assistant reply into a Slack thread: a placeholder message, then coalesced edits.
+
+`append` never waits for Slack: a background task per reply edits the message with the latest text,
+at most one edit in flight and at least `interval` seconds apart, through the workspace's shared
+`EditBudget`. A reply longer than one message continues in new messages in the thread.
+
+Errors from slack_sdk are translated here:
+
+    SlackDeliveryError      the reply could not be shown (placeholder or final text never landed)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import aiohttp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.conversation.ports import ReplySummary
+from bot.slack.edit_budget import EditBudget
+from bot.slack.text import MAX_MESSAGE_CHARS, SplitPoint, display, find_split, mrkdwn_escape, summary_line
+
+logger = logging.getLogger(__name__)
+
+EMPTY_ANSWER_NOTE = "The model returned an empty answer. Try asking again."
+REASONING_ONLY_NOTE = "The model thought it over but wrote no answer. Try asking again or rephrasing."
+LENGTH_NOTE = "The answer was cut off at the length limit."
+END_NOTE = "End of the answer."
+
+_TRANSIENT = frozenset({"internal_error", "fatal_error", "service_unavailable", "request_timeout"})
+_GONE = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
+_MAX_RATE_LIMITED = 30  # consecutive 429s before a final edit is given up
+_MAX_FAILURES = 5  # consecutive other failures before a final edit is given up
+_MIN_LIMIT = 500
+
+Kind = Literal["ok", "ratelimited", "too_long", "gone", "transient", "fatal"]
+
+
+class SlackDeliveryError(Exception):
+    """The reply could not be shown in Slack: the placeholder or a final text never landed."""
+
+
+class RendererMetrics(Protocol):
+    def observe_slack_call(self, method: str, outcome: str, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Payload:
+    text: str
+    blocks: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    kind: Literal["interim", "seal", "final"]
+    payload: _Payload
+    split: SplitPoint | None = None
+
+
+def _classify(exc: Exception) -> tuple[Kind, float]:
+    """Map a slack_sdk or transport error to what the renderer does about it (and Retry-After)."""
+    if isinstance(exc, SlackApiError):
+        status = exc.response.status_code
+        error = exc.response.get("error") if isinstance(exc.response.data, dict) else None
+        if status == 429:
+            try:
+                return "ratelimited", max(1.0, float(exc.response.headers.get("Retry-After", 1)))
+            except ValueError:
+                return "ratelimited", 1.0
+        if error == "msg_too_long":
+            return "too_long", 0.0
+        if error in _GONE:
+            return "gone", 0.0
+        if error in _TRANSIENT or status >= 500:
+            return "transient", 0.0
+        return "fatal", 0.0
+    return "transient", 0.0  # aiohttp.ClientError, TimeoutError
+
+
+def without_rate_limit_retries(client: AsyncWebClient) -> AsyncWebClient:
+    """The same client minus slack_sdk's 429 retry handler, so rate limits reach the edit budget."""
+    kept = [h for h in client.retry_handlers if not isinstance(h, AsyncRateLimitErrorRetryHandler)]
+    if len(kept) == len(client.retry_handlers):
+        return client
+    clone = copy.copy(client)
+    clone.retry_handlers = kept
+    return clone
+
+
+def _answer_payload(text: str) -> _Payload:
+    return _Payload(text, ({"type": "markdown", "text": text},))
+
+
+class SlackReply:
+    """One assistant reply in one Slack thread; implements the conversation layer's `ReplySink`."""
+
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        budget: EditBudget,
+        channel: str,
+        thread_ts: str,
+        *,
+        interval: float,
+        metrics: RendererMetrics | None = None,
+        max_chars: int = MAX_MESSAGE_CHARS,
+    ) -> None:
+        self._client = without_rate_limit_retries(client)
+        self._budget, self._channel, self._thread_ts = budget, channel, thread_ts
+        self._interval, self._metrics, self._limit = interval, metrics, max_chars
+        self._key = f"{channel}:{thread_ts}:{id(self):x}"  # this reply's turn in the shared budget
+        self._text = ""  # the whole answer so far
+        self._start = 0  # where the current message's part of the answer begins
+        self._carry = ""  # a code fence reopened at the top of the current message
+        self._ts: list[str] = []
+        self._open = False  # the last of `_ts` still takes text (False before start and after a seal)
+        self._shown: _Payload | None = None  # what the current message shows
+        self._next_edit_at = 0.0
+        self._changed = asyncio.Event()
+        self._ending: _Payload | None = None  # context block of the final message, once ended
+        self._ending_note: str | None = None
+        self._done = False
+        self._reasoned = False
+        self._worker: asyncio.Task[None] | None = None
+        self._rate_limited = self._failures = 0
+
+    @property
+    def refs(self) -> Sequence[str]:
+        return tuple(self._ts)
+
+    # ---- ReplySink -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Post the placeholder in the thread now and start editing in the background."""
+        self._shown = _answer_payload(display(""))
+        self._ts.append(await self._post(self._shown))
+        self._open = True
+        self._next_edit_at = time.monotonic() + self._interval
+        self._worker = asyncio.create_task(self._run(), name=f"slack-reply-{self._key}")
+
+    async def thinking(self) -> None:
+        self._reasoned = True  # the placeholder already says the model is thinking
+
+    async def append(self, text: str) -> None:
+        if self._ending is not None or not text:
+            return
+        self._text += text
+        self._changed.set()
+        if len(self._body()) > self._limit:
+            self._budget.promote(self._key)  # sealing a full message is its final edit
+
+    async def finish(self, summary: ReplySummary) -> None:
+        """Land the final text of every message, with the summary in a context block.
+
+        Raises SlackDeliveryError when Slack never accepted the final text.
+        """
+        note = summary.note or (LENGTH_NOTE if summary.finish_reason == "length" else None)
+        if not self._text.strip():
+            note = note or (REASONING_ONLY_NOTE if self._reasoned else EMPTY_ANSWER_NOTE)
+        elements = [f"_{mrkdwn_escape(note)}_"] if note else []
+        line = summary_line(summary)
+        if line:
+            elements.append(line)
+        await self._close(elements, note)
+
+    async def fail(self, note: str) -> None:
+        """End with what was appended so far plus `note`; never raises (safe in `finally`)."""
+        try:
+            await self._close([f":warning: _{mrkdwn_escape(note)}_"], note)
+        except SlackDeliveryError:
+            logger.error("could not show the failure note in %s/%s", self._channel, self._thread_ts)
+
+    # ---- ending --------------------------------------------------------------------------------
+
+    async def _close(self, elements: list[str], note: str | None) -> None:
+        if self._ending is None:
+            context = tuple({"type": "mrkdwn", "text": e} for e in elements)
+            blocks = ({"type": "context", "elements": list(context)},) if context else ()
+            self._ending, self._ending_note = _Payload("", blocks), note
+        self._budget.promote(self._key)
+        self._changed.set()
+        worker: asyncio.Task[None] | None = None
+        for _ in range(2):  # a worker cancelled from outside (shutdown) gets one replacement
+            worker = self._worker
+            if worker is None or worker.done():
+                self._reap(worker)
+                worker = self._worker = asyncio.create_task(self._run(), name=f"slack-reply-{self._key}")
+            await asyncio.wait({worker})  # not cancelled with the caller: the final edit still lands
+            if self._done:
+                return
+            if not worker.cancelled():
+                break
+        cause = worker.exception() if worker is not None and not worker.cancelled() else None
+        raise SlackDeliveryError(f"the reply in {self._channel} did not land in Slack") from cause
+
+    @staticmethod
+    def _reap(worker: asyncio.Task[None] | None) -> None:
+        if worker is not None and not worker.cancelled() and worker.exception() is not None:
+            logger.warning("reply worker had stopped: %r", worker.exception())
+
+    def _final_payload(self, body: str) -> _Payload:
+        assert self._ending is not None
+        blocks = self._ending.blocks
+        if body.strip():
+            return _Payload(body, (*_answer_payload(body).blocks, *blocks))
+        if not blocks:  # the answer ended exactly at a message boundary
+            blocks = ({"type": "context", "elements": [{"type": "mrkdwn", "text": f"_{END_NOTE}_"}]},)
+        return _Payload(self._ending_note or END_NOTE, blocks)
+
+    # ---- the background editor -----------------------------------------------------------------
+
+    def _body(self) -> str:
+        return self._carry + self._text[self._start :]
+
+    def _plan(self) -> _Plan | None:
+        body = self._body()
+        if len(body) > self._limit:
+            point = find_split(body, self._limit)
+            return _Plan("seal", _answer_payload(point.head(body)), point)
+        if self._ending is not None:
+            return _Plan("final", self._final_payload(body))
+        payload = _answer_payload(display(body))
+        return None if payload == self._shown else _Plan("interim", payload)
+
+    async def _run(self) -> None:
+        try:
+            while not self._done:
+                await self._changed.wait()
+                delay = self._next_edit_at - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                self._changed.clear()
+                if not self._open:  # start() never posted, or posting after a seal failed
+                    await self._open_message()
+                    continue
+                plan = self._plan()
+                if plan is not None and plan.payload != self._shown:
+                    await self._budget.acquire(self._key, final=plan.kind != "interim")
+                    plan = self._plan()  # the latest text, now that it is our turn
+                if plan is None:
+                    continue
+                if plan.payload == self._shown or await self._update(plan):
+                    await self._advance(plan)
+        finally:
+            self._budget.forget(self._key)
+
+    async def _advance(self, plan: _Plan) -> None:
+        if plan.kind == "final":
+            self._done = True
+        elif plan.kind == "seal":
+            assert plan.split is not None
+            self._start += plan.split.cut - len(self._carry)
+            self._carry = plan.split.reopen
+            self._open = False
+            await self._open_message()
+
+    async def _open_message(self) -> None:
+        """Continue the reply in a new message showing the current part, final if it already is."""
+        body = self._body()
+        if len(body) > self._limit:
+            payload = _answer_payload(find_split(body, self._limit).head(body))
+        elif self._ending is not None:
+            payload, self._done = self._final_payload(body), True
+        else:
+            payload = _answer_payload(display(body))
+        self._ts.append(await self._post(payload))
+        self._open, self._shown = True, payload
+        self._next_edit_at = time.monotonic() + self._interval
+        self._changed.set()
+        logger.debug("reply in %s continues in message %d", self._channel, len(self._ts))
+
+    async def _update(self, plan: _Plan) -> bool:
+        """Edit the current message; False when it did not land (the loop retries with fresh text)."""
+        final = plan.kind != "interim"
+        started = time.monotonic()
+        try:
+            await self._client.chat_update(
+                channel=self._channel,
+                ts=self._ts[-1],
+                text=plan.payload.text,
+                blocks=list(plan.payload.blocks),
+            )
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
+            kind, retry_after = _classify(exc)
+            self._observe("chat.update", kind, started)
+            return await self._handle_failure(exc, kind, retry_after, plan, final)
+        self._observe("chat.update", "ok", started)
+        self._budget.reward()
+        self._shown = plan.payload
+        self._rate_limited = self._failures = 0
+        self._next_edit_at = time.monotonic() + self._interval
+        return True
+
+    async def _handle_failure(
+        self, exc: Exception, kind: Kind, retry_after: float, plan: _Plan, final: bool
+    ) -> bool:
+        self._changed.set()  # try again with whatever the text is by then
+        if kind == "ratelimited":
+            self._budget.penalize(retry_after)
+            self._rate_limited += 1
+            if final and self._rate_limited > _MAX_RATE_LIMITED:
+                raise SlackDeliveryError("chat.update stayed rate limited") from exc
+            return False
+        self._failures += 1
+        if kind == "fatal" or (final and self._failures > _MAX_FAILURES):
+            raise SlackDeliveryError(f"chat.update failed: {exc}") from exc
+        if kind == "too_long":  # Slack counts differently than we do: use smaller messages
+            self._limit = max(_MIN_LIMIT, min(self._limit, len(plan.payload.text)) * 3 // 4)
+        elif kind == "gone":  # someone deleted the message: show this text in a new one
+            logger.warning("reply message %s vanished; posting a new one", self._ts[-1])
+            self._ts[-1] = await self._post(plan.payload)
+            self._shown = plan.payload
+            self._next_edit_at = time.monotonic() + self._interval
+            return True
+        else:
+            logger.warning("chat.update failed (%s), will retry", exc.__class__.__name__)
+            self._next_edit_at = time.monotonic() + min(0.5 * 2**self._failures, 8.0)
+        return False
+
+    async def _post(self, payload: _Payload) -> str:
+        for attempt in range(1, 6):
+            started = time.monotonic()
+            try:
+                response = await self._client.chat_postMessage(
+                    channel=self._channel,
+                    thread_ts=self._thread_ts,
+                    text=payload.text,
+                    blocks=list(payload.blocks),
+                )
+            except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
+                kind, retry_after = _classify(exc)
+                self._observe("chat.postMessage", kind, started)
+                if kind not in ("ratelimited", "transient") or attempt == 5:
+                    raise SlackDeliveryError(f"chat.postMessage failed: {exc}") from exc
+                await asyncio.sleep(retry_after if kind == "ratelimited" else 0.5 * 2**attempt)
+                continue
+            self._observe("chat.postMessage", "ok", started)
+            return str(response["ts"])
+        raise AssertionError("unreachable")
+
+    def _observe(self, method: str, outcome: str, started: float) -> None:
+        if self._metrics is not None:
+            self._metrics.observe_slack_call(method, outcome, time.monotonic() - started)

@@ -1,0 +1,229 @@
+"""Pure text rules for showing answers in Slack: where to split a long answer, interim display, metadata.
+
+Slack rejects `chat.update` text over 4,000 characters, so a long answer is spread over several
+messages; the split keeps Markdown intact (never inside a code fence unless one block alone is too
+big, and then the fence is closed and reopened).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from bot.conversation.ports import ReplySummary
+
+MAX_MESSAGE_CHARS = 3_900  # answer characters per message; chat.update rejects `text` over 4,000
+PLACEHOLDER = "_Thinking…_"
+
+_FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<marker>`{3,}|~{3,})(?P<info>.*)$")
+_SENTENCE_END = re.compile(r"[.!?…][)\]\"'”’*_]*[ \t]+")
+_SPACES = re.compile(r"[ \t]+")
+
+
+@dataclass(frozen=True)
+class SplitPoint:
+    """Where to split `text`: the head is `text[:cut] + close`, the rest `reopen + text[cut:]`.
+
+    `close` and `reopen` are empty unless a single code block is larger than the limit; then the
+    head closes the fence and the rest reopens it with the same info string.
+    """
+
+    cut: int
+    close: str = ""
+    reopen: str = ""
+
+    def head(self, text: str) -> str:
+        return text[: self.cut] + self.close
+
+    def rest(self, text: str) -> str:
+        return self.reopen + text[self.cut :]
+
+
+@dataclass(frozen=True)
+class _Fence:
+    start: int  # offset of the opening line
+    body: int  # offset just after the opening line
+    opener: str  # the opening line, without its line break
+    indent: str
+    marker: str  # "```", "~~~~", ...
+
+    def closed_by(self, line: str) -> bool:
+        stripped = line.strip()
+        return (
+            len(stripped) >= len(self.marker)
+            and stripped == stripped[0] * len(stripped)
+            and stripped[0] == self.marker[0]
+        )
+
+
+@dataclass(frozen=True)
+class _Line:
+    start: int
+    stop: int  # after the line break, if any
+    content: str  # without the line break
+    fence: _Fence | None  # the fence open before this line (None: the line starts outside code)
+
+
+def _lines(text: str) -> Iterator[_Line]:
+    """Each line with the code fence it sits in; an opening or closing line belongs to its fence."""
+    fence: _Fence | None = None
+    start = 0
+    while start < len(text):
+        newline = text.find("\n", start)
+        stop = len(text) if newline < 0 else newline + 1
+        content = text[start:stop].rstrip("\r\n")
+        yield _Line(start, stop, content, fence)
+        if fence is None:
+            fence = _opening(content, start, stop)
+        elif fence.closed_by(content):
+            fence = None
+        start = stop
+
+
+def _opening(line: str, start: int, stop: int) -> _Fence | None:
+    match = _FENCE.match(line)
+    if match is None:
+        return None
+    marker = match["marker"]
+    if marker[0] == "`" and "`" in match["info"]:
+        return None  # an inline code span such as ```x``` is not a fence
+    return _Fence(start, stop, line, match["indent"], marker)
+
+
+def _open_fence_at_end(text: str) -> _Fence | None:
+    last: _Line | None = None
+    for last in _lines(text):  # noqa: B007 - only the final state matters
+        pass
+    if last is None:
+        return None
+    if last.fence is None:
+        return _opening(last.content, last.start, last.stop)
+    return None if last.fence.closed_by(last.content) else last.fence
+
+
+def find_split(text: str, limit: int = MAX_MESSAGE_CHARS) -> SplitPoint:
+    """Choose where to end a message of at most `limit` characters (see `SplitPoint`).
+
+    Preference: a paragraph break, then a line break, then a sentence end, then a space, all outside
+    code fences and at least half-way to the limit; a split inside a code block only when that block
+    alone is larger than the limit; a hard cut only when nothing else fits.
+    """
+    if limit < 16:
+        raise ValueError("limit is too small to hold a split code fence")
+    if len(text) <= limit:
+        return SplitPoint(len(text))
+    paragraph = line_break = 0
+    fence_lines: list[_Line] = []  # content lines of the current fence, up to the limit
+    outside: list[_Line] = []  # prose lines (outside code, not fence lines) up to the limit
+    at_limit: _Fence | None = None  # the fence around the limit, if any
+    previous_blank = False
+    for line in _lines(text):
+        if line.start > limit:
+            break
+        opened = _opening(line.content, line.start, line.stop) if line.fence is None else None
+        if line.start <= limit < line.stop:
+            at_limit = line.fence or opened
+        if line.fence is not None:
+            previous_blank = False
+            if not line.fence.closed_by(line.content):
+                fence_lines.append(line)
+            continue
+        if line.start > 0 and text[: line.start].strip():
+            line_break = line.start
+            if previous_blank and line.content.strip():
+                paragraph = line.start
+        previous_blank = not line.content.strip()
+        fence_lines = []
+        if opened is None:
+            outside.append(line)
+    if at_limit is not None and _block_end(text, at_limit) - at_limit.start <= limit:
+        at_limit = None  # the block fits in one message: never split it
+
+    floor = limit // 2
+    candidates = (paragraph, line_break, *_inline_candidates(text, outside, limit))
+    for cut in candidates:
+        if cut >= floor:
+            return SplitPoint(cut)
+    forced = _split_inside(at_limit, fence_lines, limit) if at_limit is not None else None
+    if forced is not None:
+        return forced
+    return SplitPoint(next((cut for cut in candidates if cut > 0), limit))
+
+
+def _block_end(text: str, fence: _Fence) -> int:
+    for line in _lines(text[fence.body :]):
+        if fence.closed_by(line.content):
+            return fence.body + line.stop
+    return len(text)
+
+
+def _inline_candidates(text: str, outside: list[_Line], limit: int) -> tuple[int, int]:
+    """The last sentence end and the last space (cut after them) in prose, at or before the limit."""
+    sentence = space = 0
+    for line in reversed(outside):
+        if sentence and space:
+            break
+        if line.start >= limit:
+            continue
+        segment = text[line.start : min(line.stop, limit)]
+        if not sentence:
+            sentence = _last_cut(text, line.start, _SENTENCE_END.finditer(segment))
+        if not space:
+            space = _last_cut(text, line.start, _SPACES.finditer(segment))
+    return sentence, space
+
+
+def _last_cut(text: str, offset: int, matches: Iterator[re.Match[str]]) -> int:
+    """The last match end (as an offset into `text`) that leaves something other than blanks before it."""
+    for end in reversed([offset + m.end() for m in matches]):
+        if text[:end].strip():
+            return end
+    return 0
+
+
+def _split_inside(fence: _Fence, fence_lines: list[_Line], limit: int) -> SplitPoint | None:
+    """Split a code block bigger than a message: close it in the head and reopen it in the rest."""
+    close = fence.indent + fence.marker
+    reopen = fence.opener + "\n"
+    for line in reversed(fence_lines):
+        if fence.body < line.start and line.start + len(close) <= limit:
+            return SplitPoint(line.start, close, reopen)
+    cut = limit - len(close) - 1  # one line longer than a message: cut it and mark the cut
+    if cut <= fence.body:
+        return None  # the opening line alone fills a message
+    return SplitPoint(cut, "\n" + close, reopen)
+
+
+def split_for_slack(text: str, limit: int = MAX_MESSAGE_CHARS) -> tuple[str, str]:
+    """Split `text` into a head of at most `limit` characters and the rest (see `find_split`)."""
+    point = find_split(text, limit)
+    return point.head(text), point.rest(text)
+
+
+def display(text: str, placeholder: str = PLACEHOLDER) -> str:
+    """What an interim edit shows: the text with an unclosed code fence closed, or the placeholder."""
+    if not text.strip():
+        return placeholder
+    fence = _open_fence_at_end(text)
+    if fence is None:
+        return text
+    return text + ("" if text.endswith("\n") else "\n") + fence.indent + fence.marker
+
+
+def mrkdwn_escape(text: str) -> str:
+    """Escape the three characters Slack's mrkdwn treats as markup (for context blocks)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def summary_line(summary: ReplySummary) -> str | None:
+    """`zhipu/glm-5 · 460 tokens (120 in, 340 out) · 1,234 credits`, with only the known parts."""
+    parts = [mrkdwn_escape(summary.model)] if summary.model else []
+    prompt, completion = summary.prompt_tokens, summary.completion_tokens
+    if prompt is not None and completion is not None:
+        parts.append(f"{prompt + completion:,} tokens ({prompt:,} in, {completion:,} out)")
+    elif completion is not None:
+        parts.append(f"{completion:,} tokens out")
+    if summary.credits_used is not None:
+        parts.append(f"{summary.credits_used:,} credits")
+    return " · ".join(parts) or None

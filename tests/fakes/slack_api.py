@@ -1,0 +1,517 @@
+"""A fake Slack Web API on loopback that keeps state and enforces Slack's limits, for tests and benchmarks.
+
+Point a real `AsyncWebClient(base_url=fake.api_url, token=...)` at it and assert on what it received,
+in the spirit of bolt-python's `tests/mock_web_api_server`, but async (aiohttp) and stateful:
+messages are stored, edited and listed; rate limits answer HTTP 429 with `Retry-After`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import math
+import time
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiohttp import web
+
+JsonDict = dict[str, Any]
+
+UPDATE_TEXT_LIMIT = 4_000  # chat.update answers msg_too_long past this
+POST_TEXT_LIMIT = 40_000  # chat.postMessage truncates past this
+MARKDOWN_BLOCK_LIMIT = 12_000  # total `markdown` block text per message
+MAX_BLOCKS = 50
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket: `burst` calls at once, refilled at `per_minute`; kept per (method, team[, channel])."""
+
+    per_minute: float
+    burst: int = 1
+    per: Literal["team", "channel"] = "team"
+
+
+@dataclass
+class FakeMessage:
+    ts: str
+    channel: str
+    thread_ts: str | None
+    text: str
+    blocks: list[JsonDict] | None
+    user: str | None
+    bot_id: str | None
+    edits: int = 0
+    history: list[str] = field(default_factory=list)  # every text the message has shown, oldest first
+
+    @property
+    def markdown(self) -> str:
+        """The text of the message's `markdown` blocks, joined (the answer part of a bot reply)."""
+        return "".join(b.get("text", "") for b in self.blocks or [] if b.get("type") == "markdown")
+
+    @property
+    def context(self) -> str:
+        """The text of the message's `context` blocks (metadata and notes), joined by newlines."""
+        return "\n".join(
+            element.get("text", "")
+            for b in self.blocks or []
+            if b.get("type") == "context"
+            for element in b.get("elements", [])
+        )
+
+    def as_api(self) -> JsonDict:
+        out: JsonDict = {"type": "message", "ts": self.ts, "text": self.text}
+        if self.user is not None:
+            out["user"] = self.user
+        if self.bot_id is not None:
+            out["bot_id"] = self.bot_id
+        if self.thread_ts is not None:
+            out["thread_ts"] = self.thread_ts
+        if self.blocks:
+            out["blocks"] = self.blocks
+        if self.edits:
+            out["edited"] = {"user": self.user, "ts": self.ts}
+        return out
+
+
+@dataclass(frozen=True)
+class FakeUser:
+    real_name: str
+    display_name: str = ""
+    is_bot: bool = False
+    tz: str = "UTC"
+
+
+@dataclass(frozen=True)
+class FakeEphemeral:
+    channel: str
+    user: str
+    text: str
+    blocks: list[JsonDict] | None
+    thread_ts: str | None
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request the fake received (accepted or rejected); `time` is `time.monotonic()` on arrival."""
+
+    method: str
+    params: JsonDict
+    team: str | None
+    time: float
+    status: int = 200
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and self.error is None
+
+
+@dataclass
+class _Failure:
+    error: str
+    status: int
+    retry_after: int | None
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class _Reject(Exception):
+    def __init__(self, error: str, status: int = 200, retry_after: int | None = None) -> None:
+        super().__init__(error)
+        self.error, self.status, self.retry_after = error, status, retry_after
+
+
+Handler = Callable[[JsonDict, str], Awaitable[JsonDict]]
+
+
+class FakeSlackApi:
+    """Slack's Web API for one or more workspaces, in memory. See the module docstring."""
+
+    def __init__(
+        self,
+        bot_token: str = "xoxb-test",
+        team_id: str = "T1",
+        bot_user_id: str = "UBOT",
+        bot_id: str = "BBOT",
+    ) -> None:
+        self.bot_user_id, self.bot_id, self.team_id = bot_user_id, bot_id, team_id
+        self.tokens: dict[str, str] = {bot_token: team_id}  # token -> team_id
+        self.limits: dict[str, RateLimit] = {}
+        self.known_channels: set[str] | None = None  # None: every channel exists
+        self.users: dict[str, FakeUser] = {bot_user_id: FakeUser(real_name="GLM", is_bot=True)}
+        self.latency = 0.0  # seconds added before every answer
+        self.calls: list[Call] = []
+        self.ephemerals: list[FakeEphemeral] = []
+        self.statuses: list[
+            tuple[str, str, str]
+        ] = []  # assistant.threads.setStatus (channel, thread, status)
+        self._messages: dict[str, list[FakeMessage]] = defaultdict(list)
+        self._failures: dict[str, deque[_Failure]] = defaultdict(deque)
+        self._buckets: dict[tuple[str, ...], _Bucket] = {}
+        self._next_ts = 1_700_000_000_000_100  # microseconds; ts strings increase like Slack's
+        self._runner: web.AppRunner | None = None
+        self._port = 0
+        self._handlers: dict[str, Handler] = {
+            "auth.test": self._auth_test,
+            "chat.postMessage": self._post_message,
+            "chat.update": self._update,
+            "chat.delete": self._delete,
+            "chat.postEphemeral": self._post_ephemeral,
+            "conversations.replies": self._replies,
+            "users.info": self._users_info,
+            "assistant.threads.setStatus": self._set_status,
+        }
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/api/{method}", self._dispatch)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self._port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeSlackApi:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self._port}/api/"
+
+    # ---- scripting and inspection --------------------------------------------------------------
+
+    def route(self, method: str, handler: Handler) -> None:
+        """Serve another method: `async handler(params, team_id) -> fields`; raise `reject(...)` to fail."""
+        self._handlers[method] = handler
+
+    def add_token(self, token: str, team_id: str) -> None:
+        """Accept another bot token, for another workspace."""
+        self.tokens[token] = team_id
+
+    def fail_next(
+        self,
+        method: str,
+        *,
+        error: str = "internal_error",
+        status: int = 200,
+        retry_after: int | None = None,
+        times: int = 1,
+    ) -> None:
+        """Answer the next `times` authenticated calls of `method` with this error (429 sends Retry-After)."""
+        if status == 429 and retry_after is None:
+            retry_after = 1
+        self._failures[method].extend(_Failure(error, status, retry_after) for _ in range(times))
+
+    def add_message(
+        self,
+        channel: str,
+        text: str,
+        user: str | None = "U1",
+        thread_ts: str | None = None,
+        *,
+        bot_id: str | None = None,
+    ) -> str:
+        """Seed a message (a person's, by default) and return its ts."""
+        return self._store(channel, text, None, user, bot_id, thread_ts).ts
+
+    def delete_message(self, channel: str, ts: str) -> None:
+        """Remove a message, as a person deleting it in Slack would."""
+        self._messages[channel] = [m for m in self._messages.get(channel, []) if m.ts != ts]
+
+    def messages(self, channel: str) -> list[FakeMessage]:
+        return list(self._messages.get(channel, []))
+
+    def message(self, channel: str, ts: str) -> FakeMessage:
+        found = self._find(channel, ts)
+        if found is None:
+            raise KeyError(f"no message {ts} in {channel}")
+        return found
+
+    def thread(self, channel: str, thread_ts: str) -> list[FakeMessage]:
+        """The thread's root and replies, oldest first."""
+        return [m for m in self._messages.get(channel, []) if thread_ts in (m.ts, m.thread_ts)]
+
+    def calls_to(self, method: str) -> list[Call]:
+        return [c for c in self.calls if c.method == method]
+
+    @property
+    def count_429s(self) -> int:
+        return sum(1 for c in self.calls if c.status == 429)
+
+    # ---- HTTP ----------------------------------------------------------------------------------
+
+    async def _dispatch(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        params = await _read_params(request)
+        arrived = time.monotonic()
+        token = _bearer(request.headers.get("Authorization")) or params.pop("token", None)
+        team = self.tokens.get(token) if token else None
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        try:
+            if not token:
+                raise _Reject("not_authed")
+            if team is None:
+                raise _Reject("invalid_auth")
+            handler = self._handlers.get(method)
+            if handler is None:
+                raise _Reject("unknown_method")
+            self._check_scripted(method)
+            self._check_rate(method, team, params)
+            body = await handler(params, team)
+        except _Reject as r:
+            self.calls.append(Call(method, params, team, arrived, r.status, r.error))
+            headers = {"Retry-After": str(r.retry_after)} if r.retry_after is not None else None
+            return web.json_response({"ok": False, "error": r.error}, status=r.status, headers=headers)
+        self.calls.append(Call(method, params, team, arrived))
+        return web.json_response({"ok": True, **body})
+
+    def _check_scripted(self, method: str) -> None:
+        queue = self._failures.get(method)
+        if queue:
+            f = queue.popleft()
+            raise _Reject(f.error, f.status, f.retry_after)
+
+    def _check_rate(self, method: str, team: str, params: JsonDict) -> None:
+        limit = self.limits.get(method)
+        if limit is None:
+            return
+        key: tuple[str, ...] = (method, team)
+        if limit.per == "channel":
+            key += (str(params.get("channel") or params.get("channel_id") or ""),)
+        now = time.monotonic()
+        bucket = self._buckets.setdefault(key, _Bucket(float(limit.burst), now))
+        per_second = limit.per_minute / 60.0
+        bucket.tokens = min(float(limit.burst), bucket.tokens + (now - bucket.updated) * per_second)
+        bucket.updated = now
+        if bucket.tokens < 1.0:
+            wait = (1.0 - bucket.tokens) / per_second
+            raise _Reject("ratelimited", 429, max(1, math.ceil(wait)))
+        bucket.tokens -= 1.0
+
+    # ---- state ---------------------------------------------------------------------------------
+
+    def _allocate_ts(self) -> str:
+        value, self._next_ts = self._next_ts, self._next_ts + 100
+        return f"{value // 1_000_000}.{value % 1_000_000:06d}"
+
+    def _store(
+        self,
+        channel: str,
+        text: str,
+        blocks: list[JsonDict] | None,
+        user: str | None,
+        bot_id: str | None,
+        thread_ts: str | None,
+    ) -> FakeMessage:
+        msg = FakeMessage(self._allocate_ts(), channel, thread_ts, text, blocks, user, bot_id)
+        msg.history.append(text)
+        if thread_ts is not None:
+            root = self._find(channel, thread_ts)
+            if root is not None and root.thread_ts is None:
+                root.thread_ts = root.ts  # Slack marks a root with replies this way
+        self._messages[channel].append(msg)
+        return msg
+
+    def _find(self, channel: str, ts: str) -> FakeMessage | None:
+        return next((m for m in self._messages.get(channel, []) if m.ts == ts), None)
+
+    def _channel(self, params: JsonDict, name: str = "channel") -> str:
+        channel = params.get(name)
+        if not channel or (self.known_channels is not None and channel not in self.known_channels):
+            raise _Reject("channel_not_found")
+        return str(channel)
+
+    # ---- methods -------------------------------------------------------------------------------
+
+    async def _auth_test(self, _params: JsonDict, team: str) -> JsonDict:
+        return {
+            "url": "https://fake.slack.com/",
+            "team": "Fake",
+            "user": "glm",
+            "team_id": team,
+            "user_id": self.bot_user_id,
+            "bot_id": self.bot_id,
+        }
+
+    async def _post_message(self, params: JsonDict, _team: str) -> JsonDict:
+        channel = self._channel(params)
+        text, blocks = _content(params)
+        thread_ts = params.get("thread_ts") or None
+        msg = self._store(channel, text[:POST_TEXT_LIMIT], blocks, self.bot_user_id, self.bot_id, thread_ts)
+        return {"channel": channel, "ts": msg.ts, "message": msg.as_api()}
+
+    async def _update(self, params: JsonDict, _team: str) -> JsonDict:
+        channel = self._channel(params)
+        msg = self._find(channel, str(params.get("ts", "")))
+        if msg is None:
+            raise _Reject("message_not_found")
+        if msg.user != self.bot_user_id:
+            raise _Reject("cant_update_message")
+        text, blocks = _content(params)
+        if len(text) > UPDATE_TEXT_LIMIT:
+            raise _Reject("msg_too_long")
+        msg.text, msg.blocks = text, blocks
+        msg.edits += 1
+        msg.history.append(text)
+        return {"channel": channel, "ts": msg.ts, "text": text, "message": msg.as_api()}
+
+    async def _delete(self, params: JsonDict, _team: str) -> JsonDict:
+        channel = self._channel(params)
+        msg = self._find(channel, str(params.get("ts", "")))
+        if msg is None:
+            raise _Reject("message_not_found")
+        if msg.user != self.bot_user_id:
+            raise _Reject("cant_delete_message")
+        self.delete_message(channel, msg.ts)
+        return {"channel": channel, "ts": msg.ts}
+
+    async def _post_ephemeral(self, params: JsonDict, _team: str) -> JsonDict:
+        channel = self._channel(params)
+        user = params.get("user")
+        if not user:
+            raise _Reject("user_not_found")
+        text, blocks = _content(params)
+        self.ephemerals.append(FakeEphemeral(channel, str(user), text, blocks, params.get("thread_ts")))
+        return {"message_ts": self._allocate_ts()}
+
+    async def _replies(self, params: JsonDict, _team: str) -> JsonDict:
+        channel = self._channel(params)
+        ts = str(params.get("ts", ""))
+        if self._find(channel, ts) is None:
+            raise _Reject("thread_not_found")
+        thread = sorted(self.thread(channel, ts), key=lambda m: m.ts)
+        limit = max(1, min(int(params.get("limit") or 1000), 1000))
+        offset = _decode_cursor(params.get("cursor"))
+        page = thread[offset : offset + limit]
+        has_more = offset + limit < len(thread)
+        next_cursor = _encode_cursor(offset + limit) if has_more else ""
+        return {
+            "messages": [m.as_api() for m in page],
+            "has_more": has_more,
+            "response_metadata": {"next_cursor": next_cursor},
+        }
+
+    async def _users_info(self, params: JsonDict, team: str) -> JsonDict:
+        user_id = str(params.get("user", ""))
+        user = self.users.get(user_id)
+        if user is None:
+            raise _Reject("user_not_found")
+        profile = {"real_name": user.real_name, "display_name": user.display_name}
+        return {
+            "user": {
+                "id": user_id,
+                "team_id": team,
+                "name": user.display_name or user.real_name.lower().replace(" ", "."),
+                "real_name": user.real_name,
+                "is_bot": user.is_bot,
+                "tz": user.tz,
+                "profile": profile,
+            }
+        }
+
+    async def _set_status(self, params: JsonDict, _team: str) -> JsonDict:
+        channel = self._channel(params, "channel_id")
+        if not params.get("thread_ts"):
+            raise _Reject("invalid_arguments")
+        self.statuses.append((channel, str(params["thread_ts"]), str(params.get("status", ""))))
+        return {}
+
+
+def reject(error: str, status: int = 200, retry_after: int | None = None) -> Exception:
+    """An error for a custom `route` handler to raise: `{"ok": false, "error": error}`."""
+    return _Reject(error, status, retry_after)
+
+
+def _bearer(header: str | None) -> str | None:
+    if header and header.startswith("Bearer "):
+        return header.removeprefix("Bearer ").strip() or None
+    return None
+
+
+async def _read_params(request: web.Request) -> JsonDict:
+    params: JsonDict = dict(request.query)
+    if request.method == "POST" and request.can_read_body:
+        if request.content_type == "application/json":
+            body = await request.json()
+            if isinstance(body, dict):
+                params.update(body)
+        else:
+            params.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
+    for name in ("blocks", "attachments"):
+        if isinstance(params.get(name), str):
+            params[name] = json.loads(params[name])
+    return params
+
+
+def _content(params: JsonDict) -> tuple[str, list[JsonDict] | None]:
+    """Validate a message body the way Slack does and return (text, blocks)."""
+    text, blocks, markdown_text = params.get("text"), params.get("blocks"), params.get("markdown_text")
+    if markdown_text is not None:
+        if text is not None or blocks is not None:
+            raise _Reject("invalid_arguments")  # markdown_text excludes text and blocks
+        if len(markdown_text) > MARKDOWN_BLOCK_LIMIT:
+            raise _Reject("msg_too_long")
+        return str(markdown_text), [{"type": "markdown", "text": str(markdown_text)}]
+    if blocks is not None:
+        _validate_blocks(blocks)
+    if not text and not blocks:
+        raise _Reject("no_text")
+    return str(text or ""), blocks or None
+
+
+def _validate_blocks(blocks: Any) -> None:
+    if not isinstance(blocks, list) or len(blocks) > MAX_BLOCKS:
+        raise _Reject("invalid_blocks")
+    markdown_total = 0
+    for block in blocks:
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            raise _Reject("invalid_blocks")
+        if block["type"] == "markdown":
+            text = block.get("text")
+            if not isinstance(text, str) or not text:
+                raise _Reject("invalid_blocks")
+            markdown_total += len(text)
+        elif block["type"] == "context":
+            elements = block.get("elements")
+            if not isinstance(elements, list) or not 1 <= len(elements) <= 10:
+                raise _Reject("invalid_blocks")
+        elif block["type"] == "section":
+            text_obj = block.get("text") or {}
+            if len(str(text_obj.get("text", ""))) > 3_000:
+                raise _Reject("invalid_blocks")
+    if markdown_total > MARKDOWN_BLOCK_LIMIT:
+        raise _Reject("invalid_blocks")
+
+
+def _encode_cursor(offset: int) -> str:
+    return base64.b64encode(f"offset:{offset}".encode()).decode()
+
+
+def _decode_cursor(cursor: Any) -> int:
+    if not cursor:
+        return 0
+    try:
+        return int(base64.b64decode(str(cursor)).decode().removeprefix("offset:"))
+    except ValueError as exc:
+        raise _Reject("invalid_cursor") from exc
