@@ -1,0 +1,212 @@
+"""Composition root: builds the services from Settings and runs the bot until a signal stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from bot.conversation.service import ConversationService, ServiceConfig
+from bot.jobs.digest import DigestJob
+from bot.jobs.maintenance import Maintenance
+from bot.jobs.scheduler import build_scheduler
+from bot.llm.client import AimlClient
+from bot.metrics import Metrics
+from bot.settings import Settings, SettingsError
+from bot.slack.edit_budget import EditBudgets
+from bot.slack.handler import HandlerConfig, SlackTurns
+from bot.slack.listeners import register_listeners
+from bot.slack.usage_command import register_usage_command
+from bot.storage.db import check_database, create_engine, describe, session_factory
+from bot.storage.migrate import upgrade_head
+from bot.web import WebServer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Core:
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    llm: AimlClient
+    service: ConversationService
+
+
+@asynccontextmanager
+async def core_services(settings: Settings) -> AsyncIterator[Core]:
+    """Database (migrated), AI/ML API client and conversation service; closed on exit."""
+    settings.require("aimlapi_key")
+    assert settings.aimlapi_key is not None
+    engine = create_engine(settings.database_url)
+    await check_database(engine)
+    await upgrade_head(settings.database_url)
+    llm = AimlClient(
+        api_key=settings.aimlapi_key.get_secret_value(),
+        base_url=settings.aimlapi_base_url,
+        model=settings.aimlapi_model,
+        connect_timeout=settings.llm_connect_timeout,
+        read_timeout=settings.llm_read_timeout,
+        total_timeout=settings.llm_total_timeout,
+        max_retries=settings.llm_max_retries,
+    )
+    config = ServiceConfig(
+        settings.system_prompt(), settings.llm_context_window, settings.llm_max_output_tokens
+    )
+    sessions = session_factory(engine)
+    try:
+        yield Core(engine, sessions, llm, ConversationService(sessions, llm, config))
+    finally:
+        await llm.aclose()
+        await engine.dispose()
+
+
+def slack_client(settings: Settings) -> AsyncWebClient:
+    assert settings.slack_bot_token is not None
+    return AsyncWebClient(token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url)
+
+
+async def check_slack(client: AsyncWebClient) -> str:
+    """auth.test at start-up: a bad token or unreachable Slack is one clear line, not a traceback."""
+    try:
+        auth = await client.auth_test()
+    except SlackApiError as exc:
+        raise SettingsError(
+            f"SLACK_BOT_TOKEN: Slack rejected the token ({exc.response.get('error')})"
+        ) from None
+    except (OSError, TimeoutError) as exc:
+        raise SettingsError(f"SLACK_API_URL: cannot reach Slack at {client.base_url}: {exc}") from None
+    return str(auth.get("team_id", ""))
+
+
+def build_bolt(settings: Settings, client: AsyncWebClient) -> AsyncApp:
+    secret = settings.slack_signing_secret
+    return AsyncApp(
+        client=client,
+        signing_secret=secret.get_secret_value() if secret else "",
+        # Signature checks are Bolt's; in Socket Mode there is no signature to check.
+        request_verification_enabled=not settings.socket_mode,
+        # Unmatched requests are answered 404 by Bolt; our catch-all listener acks unknown events.
+        raise_error_for_unhandled_request=False,
+    )
+
+
+class BotRuntime:
+    """Everything `run` starts, with start/stop so tests and the benchmark drive the real thing."""
+
+    def __init__(self, settings: Settings) -> None:
+        settings.require("slack_bot_token", "aimlapi_key")
+        if not settings.socket_mode:
+            settings.require("slack_signing_secret")
+        self.settings = settings
+        self.metrics = Metrics()
+        self.client = slack_client(settings)
+        self.port: int | None = None
+        self._stack = AsyncExitStack()
+        self._web: WebServer | None = None
+        self._socket: AsyncSocketModeHandler | None = None
+        self._scheduler: AsyncIOScheduler | None = None
+        self._maintenance: asyncio.Task[None] | None = None
+        self.turns: SlackTurns | None = None
+        self.core: Core | None = None
+
+    async def start(self) -> int:
+        settings = self.settings
+        team = await check_slack(self.client)
+        self.core = core = await self._stack.enter_async_context(core_services(settings))
+        log.info("database ready at %s", describe(core.engine.url))
+        bolt = build_bolt(settings, self.client)
+        self.turns = SlackTurns(
+            core.service,
+            core.sessions,
+            EditBudgets(settings.slack_edits_per_minute, settings.slack_edit_burst),
+            self.metrics,
+            HandlerConfig(
+                settings.stream_update_interval, settings.thread_followups, settings.thread_backfill_limit
+            ),
+        )
+        maintenance = Maintenance(
+            core.sessions,
+            self.client,
+            stale_after=timedelta(seconds=settings.llm_total_timeout + 120),
+            single_process=core.engine.dialect.name == "sqlite",
+        )
+        await maintenance.at_start_up()
+        self._maintenance = asyncio.create_task(maintenance.run_forever(), name="maintenance")
+        register_listeners(bolt, self.turns, self.metrics)
+        register_usage_command(bolt, core.sessions, settings.digest_zone)
+        if settings.usage_digest_channel:
+            job = DigestJob(
+                sessions=core.sessions,
+                client=self.client,
+                channel=settings.usage_digest_channel,
+                tz=settings.digest_zone,
+                balance=core.llm,
+            )
+            self._scheduler = build_scheduler(job, run_at=settings.digest_time, tz=settings.digest_zone)
+            self._scheduler.start()
+        self._web = WebServer(core.engine, self.metrics, None if settings.socket_mode else bolt)
+        self.port = await self._web.start(settings.host, settings.port)
+        if settings.socket_mode:
+            assert settings.slack_app_token is not None
+            self._socket = AsyncSocketModeHandler(bolt, settings.slack_app_token.get_secret_value())
+            await self._socket.connect_async()  # type: ignore[no-untyped-call]
+        log.info("bot running", extra={"team": team, "port": self.port, "socket_mode": settings.socket_mode})
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop taking events, let replies finish within the grace period, then close everything."""
+        if self._web is not None:
+            self._web.accepting = False
+        if self._socket is not None:
+            await self._socket.close_async()  # type: ignore[no-untyped-call]
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+        if self.turns is not None:
+            await _drain(self.turns, self.settings.shutdown_grace_seconds)
+        if self._web is not None:
+            await self._web.stop()
+        await self._stack.aclose()
+
+
+async def run_bot(settings: Settings) -> int:
+    runtime = BotRuntime(settings)
+    try:
+        await runtime.start()
+        await _wait_for_signal()
+        log.info("shutting down: finishing in-flight replies")
+    finally:
+        await runtime.stop()
+    return 0
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _drain(turns: SlackTurns, grace: float) -> None:
+    """Let replies finish for `grace` seconds; the rest end with an interrupted note."""
+    pending = set(turns.active)
+    if not pending:
+        return
+    _, still_running = await asyncio.wait(pending, timeout=grace)
+    for task in still_running:
+        task.cancel()
+    if still_running:
+        await asyncio.wait(still_running, timeout=10)

@@ -1,0 +1,97 @@
+"""Which Slack events the bot answers: pure classification of an event into a turn or a reason to ignore."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from bot.storage.models import ConversationKind
+
+# Subtypes that are still a person writing; everything else (edits, deletions, joins, bots) is not.
+_PERSON_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
+
+
+@dataclass(frozen=True)
+class Incoming:
+    event_id: str
+    team_id: str
+    channel_id: str
+    user_id: str
+    ts: str
+    thread_ts: str  # the root ts of the thread the reply goes to
+    text: str
+    kind: ConversationKind
+    mentioned: bool
+    in_existing_thread: bool  # a reply inside a thread (not its root)
+
+
+@dataclass(frozen=True)
+class Ignored:
+    reason: str
+
+
+def classify(body: dict[str, Any], bot_user_id: str | None) -> Incoming | Ignored:
+    event = body.get("event")
+    if not isinstance(event, dict):
+        return Ignored("malformed")
+    event_type = event.get("type")
+    if event_type not in ("app_mention", "message"):
+        return Ignored("unsupported_type")
+    if event.get("subtype") not in _PERSON_SUBTYPES:
+        return Ignored("subtype")
+    if event.get("bot_id") or event.get("bot_profile"):
+        return Ignored("bot_message")
+    user, channel, ts = event.get("user"), event.get("channel"), event.get("ts")
+    if not (isinstance(user, str) and isinstance(channel, str) and isinstance(ts, str)):
+        return Ignored("malformed")
+    if bot_user_id and user == bot_user_id:
+        return Ignored("self")
+    raw_text = event.get("text")
+    text = raw_text if isinstance(raw_text, str) else ""
+    mention_markup = f"<@{bot_user_id}>" if bot_user_id else None
+    mentioned = event_type == "app_mention" or bool(mention_markup and mention_markup in text)
+    is_dm = event.get("channel_type") == "im" or (event_type == "message" and channel.startswith("D"))
+    thread_ts = event.get("thread_ts")
+    in_thread = isinstance(thread_ts, str) and thread_ts != ts
+    if not is_dm and not mentioned and not in_thread:
+        return Ignored("not_addressed")
+    team = body.get("team_id") or event.get("team") or "T_UNKNOWN"
+    return Incoming(
+        event_id=str(body.get("event_id") or f"{channel}:{ts}:{event_type}"),
+        team_id=str(team),
+        channel_id=channel,
+        user_id=user,
+        ts=ts,
+        thread_ts=thread_ts if isinstance(thread_ts, str) else ts,
+        text=text,
+        kind=ConversationKind.DM if is_dm else ConversationKind.CHANNEL,
+        mentioned=mentioned,
+        in_existing_thread=in_thread,
+    )
+
+
+_BOT_MENTION = r"<@{bot}(?:\|[^>]*)?>"
+_USER = re.compile(r"<@([UW][A-Z0-9]+)(?:\|([^>]*))?>")
+_CHANNEL = re.compile(r"<#([CGD][A-Z0-9]+)(?:\|([^>]*))?>")
+_SPECIAL = re.compile(r"<!(here|channel|everyone)(?:\|[^>]*)?>")
+_LINK = re.compile(r"<((?:https?|mailto):[^|>]+)(?:\|([^>]*))?>")
+
+
+def strip_bot_mention(text: str, bot_user_id: str | None) -> str:
+    if bot_user_id:
+        text = re.sub(_BOT_MENTION.format(bot=re.escape(bot_user_id)), "", text)
+    return re.sub(r"[ \t]{2,}", " ", text).strip()
+
+
+def user_ids_in(text: str) -> list[str]:
+    return list(dict.fromkeys(m.group(1) for m in _USER.finditer(text)))
+
+
+def readable(text: str, names: dict[str, str]) -> str:
+    """Slack markup -> plain text for the model: @names, #channels, links, unescaped entities."""
+    text = _USER.sub(lambda m: "@" + (names.get(m.group(1)) or m.group(2) or m.group(1)), text)
+    text = _CHANNEL.sub(lambda m: "#" + (m.group(2) or m.group(1)), text)
+    text = _SPECIAL.sub(lambda m: "@" + m.group(1), text)
+    text = _LINK.sub(lambda m: f"{m.group(2)} ({m.group(1)})" if m.group(2) else m.group(1), text)
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")

@@ -1,0 +1,74 @@
+"""The HTTP listener: Slack events (HTTP mode), health with a database check, Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.async_app import AsyncApp
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.metrics import Metrics
+from bot.storage.db import DatabaseError, check_database
+
+log = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT = 3.0
+
+
+class WebServer:
+    """aiohttp app; `accepting` turns False at shutdown so new events go to another replica."""
+
+    def __init__(self, engine: AsyncEngine, metrics: Metrics, bolt: AsyncApp | None) -> None:
+        self._engine = engine
+        self._metrics = metrics
+        self._bolt = bolt
+        self.accepting = True
+        self.app = web.Application(client_max_size=1024**2)
+        self.app.router.add_get("/healthz", self.healthz)
+        self.app.router.add_get("/metrics", self.metrics)
+        if bolt is not None:
+            self.app.router.add_post("/slack/events", self.slack_events)
+        self._runner: web.AppRunner | None = None
+
+    async def slack_events(self, request: web.Request) -> web.Response:
+        assert self._bolt is not None
+        if not self.accepting:
+            # Slack retries a 503; with several replicas another one answers.
+            return web.json_response({"error": "shutting down"}, status=503)
+        try:
+            bolt_request = await to_bolt_request(request)
+        except ValueError:  # Bolt parses the body up front; not JSON or form data
+            log.warning("rejected a malformed Slack request body")
+            return web.json_response({"error": "malformed request body"}, status=400)
+        bolt_response = await self._bolt.async_dispatch(bolt_request)
+        return await to_aiohttp_response(bolt_response)
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT):
+                await check_database(self._engine)
+        except (DatabaseError, TimeoutError) as exc:
+            reason = str(exc) if isinstance(exc, DatabaseError) else "database check timed out"
+            return web.json_response({"status": "error", "database": reason}, status=503)
+        status = "ok" if self.accepting else "shutting_down"
+        return web.json_response({"status": status, "database": "ok"}, status=200 if self.accepting else 503)
+
+    async def metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=self._metrics.render(), content_type="text/plain", charset="utf-8")
+
+    async def start(self, host: str, port: int) -> int:
+        """Start listening; returns the bound port (port 0 picks a free one)."""
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server  # aiohttp exposes no public accessor for the bound socket
+        sockets = getattr(server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

@@ -1,0 +1,158 @@
+"""The real bot (BotRuntime) wired to the fake Slack and fake AI/ML API, driven by signed events."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from slack_sdk.signature import SignatureVerifier
+
+from bot.app import BotRuntime
+from bot.settings import Settings
+from tests.fakes.aimlapi import FakeAimlApi
+from tests.fakes.slack_api import FakeMessage, FakeSlackApi
+
+SIGNING_SECRET = "test-signing-secret"
+_event_ids = itertools.count(1)
+
+
+def signed_headers(
+    body: str, *, secret: str = SIGNING_SECRET, timestamp: int | None = None
+) -> dict[str, str]:
+    ts = str(timestamp if timestamp is not None else int(time.time()))
+    signature = SignatureVerifier(secret).generate_signature(timestamp=ts, body=body)
+    return {
+        "X-Slack-Request-Timestamp": ts,
+        "X-Slack-Signature": signature,
+        "Content-Type": "application/json",
+    }
+
+
+def make_settings(db_url: str, slack: FakeSlackApi, aiml: FakeAimlApi, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "slack_bot_token": "xoxb-test",
+        "slack_signing_secret": SIGNING_SECRET,
+        "slack_api_url": slack.api_url,
+        "aimlapi_key": "test-key",
+        "aimlapi_base_url": aiml.base_url,
+        "database_url": db_url,
+        "host": "127.0.0.1",
+        "port": 0,
+        "stream_update_interval": 0.2,
+        "llm_read_timeout": 3.0,
+        "shutdown_grace_seconds": 2.0,
+        "log_format": "console",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+class Bot:
+    """One running bot plus an HTTP client that posts signed Events API requests to it."""
+
+    def __init__(self, runtime: BotRuntime, http: httpx.AsyncClient, slack: FakeSlackApi) -> None:
+        self.runtime = runtime
+        self.http = http
+        self.slack = slack
+
+    async def send(
+        self,
+        event: dict[str, Any],
+        *,
+        event_id: str | None = None,
+        retry_num: int | None = None,
+        team: str = "T1",
+    ) -> httpx.Response:
+        body = json.dumps(
+            {
+                "token": "legacy",
+                "team_id": team,
+                "api_app_id": "A1",
+                "type": "event_callback",
+                "event_id": event_id or f"Ev{next(_event_ids):08d}",
+                "event_time": int(time.time()),
+                "event": event,
+            }
+        )
+        headers = signed_headers(body)
+        if retry_num is not None:
+            headers |= {"X-Slack-Retry-Num": str(retry_num), "X-Slack-Retry-Reason": "http_timeout"}
+        return await self.http.post("/slack/events", content=body, headers=headers)
+
+    def replies(self, channel: str, thread_ts: str) -> list[FakeMessage]:
+        """The bot's messages in a thread, oldest first."""
+        return [m for m in self.slack.thread(channel, thread_ts) if m.bot_id == self.slack.bot_id]
+
+    def answer(self, channel: str, thread_ts: str) -> str:
+        return "".join(m.markdown for m in self.replies(channel, thread_ts))
+
+    async def idle(self, timeout: float = 10.0) -> None:
+        """Wait until no reply is in flight (events are acked before their listener runs)."""
+        await asyncio.sleep(0.05)
+        await eventually(lambda: not self.runtime.turns or not self.runtime.turns.active, timeout)
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def running_bot(settings: Settings, slack: FakeSlackApi) -> AsyncIterator[Bot]:
+    runtime = BotRuntime(settings)
+    port = await runtime.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            yield Bot(runtime, http, slack)
+    finally:
+        await runtime.stop()
+
+
+def mention(
+    text: str, ts: str, *, channel: str = "C1", user: str = "U1", thread_ts: str | None = None
+) -> dict[str, Any]:
+    event = {
+        "type": "app_mention",
+        "user": user,
+        "text": f"<@UBOT> {text}",
+        "ts": ts,
+        "channel": channel,
+        "event_ts": ts,
+    }
+    if thread_ts:
+        event["thread_ts"] = thread_ts
+    return event
+
+
+def message(
+    text: str,
+    ts: str,
+    *,
+    channel: str = "C1",
+    user: str = "U1",
+    thread_ts: str | None = None,
+    channel_type: str = "channel",
+    **extra: Any,
+) -> dict[str, Any]:
+    event = {
+        "type": "message",
+        "user": user,
+        "text": text,
+        "ts": ts,
+        "channel": channel,
+        "channel_type": channel_type,
+        "event_ts": ts,
+        **extra,
+    }
+    if thread_ts:
+        event["thread_ts"] = thread_ts
+    return event

@@ -1,0 +1,241 @@
+"""The conversation service against the fake AI/ML API and a real database (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.conversation.service import (
+    NOTE_DATABASE,
+    NOTE_INTERRUPTED,
+    NOTE_ONLY_REASONING,
+    NOTE_TOO_LONG,
+    ConversationService,
+    ServiceConfig,
+    Turn,
+)
+from bot.llm.client import AimlClient
+from bot.storage.conversations import ConversationKey
+from bot.storage.db import create_engine, session_factory
+from bot.storage.models import ConversationKind, Message, MessageStatus, Role, UsageRecord
+from tests.fakes.aimlapi import ErrorReply, FakeAimlApi, Reply
+from tests.sinks import RecordingSink
+
+KEY = ConversationKey("T1", "C1", "1700000000.000100")
+SYSTEM = "You are a test assistant."
+
+
+@pytest.fixture
+async def aiml() -> AsyncIterator[FakeAimlApi]:
+    fake = FakeAimlApi(api_key="test-key")
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def llm(aiml: FakeAimlApi) -> AsyncIterator[AimlClient]:
+    client = AimlClient(
+        api_key="test-key", base_url=aiml.base_url, model="zhipu/glm-5", read_timeout=2, backoff_base=0.01
+    )
+    yield client
+    await client.aclose()
+
+
+def make_service(
+    sessions: async_sessionmaker[AsyncSession], llm: AimlClient, *, window: int = 200_000, output: int = 1000
+) -> ConversationService:
+    return ConversationService(sessions, llm, ServiceConfig(SYSTEM, window, output))
+
+
+def turn(text: str, order: str = "1700000000.000100", key: ConversationKey = KEY) -> Turn:
+    return Turn(key, ConversationKind.CHANNEL, text, "U1", order)
+
+
+async def stored(sessions: async_sessionmaker[AsyncSession]) -> list[Message]:
+    async with sessions() as session:
+        return list((await session.execute(select(Message).order_by(Message.id))).scalars())
+
+
+async def usage_rows(sessions: async_sessionmaker[AsyncSession]) -> list[UsageRecord]:
+    async with sessions() as session:
+        return list((await session.execute(select(UsageRecord).order_by(UsageRecord.id))).scalars())
+
+
+async def test_a_turn_streams_the_answer_and_stores_messages_and_usage(sessions, llm, aiml):
+    aiml.enqueue(Reply(content="Hello there, friend.", reasoning="Let me think.", credits_used=1234))
+    sink = RecordingSink()
+
+    outcome = await make_service(sessions, llm).reply(turn("Hi!"), sink)
+
+    assert sink.text == "Hello there, friend."
+    assert sink.events[0] == "thinking" and sink.events[-1] == "finish"
+    assert sink.summary is not None and sink.summary.credits_used == 1234 and sink.summary.note is None
+    assert outcome.status is MessageStatus.COMPLETE
+    user, assistant = await stored(sessions)
+    assert (user.role, user.content, user.user_id) == (Role.USER, "Hi!", "U1")
+    assert (assistant.role, assistant.content, assistant.status) == (
+        Role.ASSISTANT,
+        "Hello there, friend.",
+        MessageStatus.COMPLETE,
+    )
+    assert assistant.slack_ts == "1700000000.000001"
+    [usage] = await usage_rows(sessions)
+    assert usage.status == "complete" and usage.credits_used == 1234
+    assert usage.model_requested == "zhipu/glm-5" and usage.model_returned == "glm-5"
+    assert usage.prompt_tokens is not None and usage.completion_tokens is not None
+    assert usage.conversation_id == outcome.conversation_id and usage.team_id == "T1"
+    assert usage.client_request_id == aiml.requests[0].headers["X-Client-Request-Id"]
+    assert usage.inference_id and usage.ttft_ms is not None and usage.duration_ms is not None
+
+
+async def test_each_reply_sends_the_threads_history(sessions, llm, aiml):
+    service = make_service(sessions, llm)
+    aiml.enqueue(Reply(content="Paris."))
+    aiml.enqueue(Reply(content="About 2.1 million."))
+    await service.reply(turn("Capital of France?", "1.1"), RecordingSink())
+    await service.reply(turn("How many people live there?", "1.2"), RecordingSink())
+
+    sent = aiml.requests[1].json["messages"]
+    assert sent == [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "How many people live there?"},
+    ]
+    assert aiml.requests[1].json["stream"] is True
+    assert aiml.requests[1].json["stream_options"] == {"include_usage": True}
+
+
+async def test_other_threads_do_not_leak_into_the_history(sessions, llm, aiml):
+    service = make_service(sessions, llm)
+    aiml.enqueue(Reply(content="one"))
+    aiml.enqueue(Reply(content="two"))
+    await service.reply(turn("first thread"), RecordingSink())
+    await service.reply(turn("second thread", key=ConversationKey("T1", "C1", "2.0")), RecordingSink())
+    assert [m["content"] for m in aiml.requests[1].json["messages"]] == [SYSTEM, "second thread"]
+
+
+async def test_two_quick_messages_in_a_thread_are_answered_in_order(sessions, llm, aiml):
+    service = make_service(sessions, llm)
+    aiml.enqueue(Reply(content="first answer", chunk_size=2, chunk_interval=0.01))
+    aiml.enqueue(Reply(content="second answer"))
+    first, second = RecordingSink(), RecordingSink()
+
+    # The later message reaches the service first; the earlier Slack ts still goes first.
+    later = asyncio.create_task(service.reply(turn("question two", "1.2"), second))
+    earlier = asyncio.create_task(service.reply(turn("question one", "1.1"), first))
+    await asyncio.gather(later, earlier)
+
+    assert [r.json["messages"][-1]["content"] for r in aiml.requests] in (
+        ["question one", "question two"],
+        ["question two", "question one"],
+    )
+    # Whichever ran first, the second request carries the first full exchange.
+    second_request = aiml.requests[1].json["messages"]
+    assert len(second_request) == 4 and second_request[2]["role"] == "assistant"
+    assert second_request[2]["content"] in ("first answer", "second answer")
+
+
+async def test_ordering_follows_slack_ts_when_both_wait(sessions, llm, aiml):
+    service = make_service(sessions, llm)
+    aiml.enqueue(Reply(content="zero", chunk_size=1, chunk_interval=0.01))
+    aiml.enqueue(Reply(content="one"))
+    aiml.enqueue(Reply(content="two"))
+    blocker = asyncio.create_task(service.reply(turn("q0", "1.0"), RecordingSink()))
+    await asyncio.sleep(0.05)  # q0 holds the thread; q2 then q1 queue up behind it
+    q2 = asyncio.create_task(service.reply(turn("q2", "1.2"), RecordingSink()))
+    await asyncio.sleep(0)
+    q1 = asyncio.create_task(service.reply(turn("q1", "1.1"), RecordingSink()))
+    await asyncio.gather(blocker, q1, q2)
+    assert [r.json["messages"][-1]["content"] for r in aiml.requests] == ["q0", "q1", "q2"]
+
+
+async def test_reasoning_only_answer_ends_with_a_note(sessions, llm, aiml):
+    aiml.enqueue(Reply(content="", reasoning="thinking hard " * 20, finish_reason="length"))
+    sink = RecordingSink()
+    outcome = await make_service(sessions, llm).reply(turn("Riddle?"), sink)
+    assert sink.text == "" and sink.thought == 1
+    assert sink.summary is not None and sink.summary.note == NOTE_ONLY_REASONING
+    assert outcome.status is MessageStatus.COMPLETE
+
+
+async def test_out_of_credits_fails_visibly_and_costs_nothing(sessions, llm, aiml):
+    aiml.enqueue(ErrorReply(status=403, message="You've run out of credits. Please top up your balance"))
+    sink = RecordingSink()
+    outcome = await make_service(sessions, llm).reply(turn("Hi"), sink)
+    assert sink.failure and "credits" in sink.failure.lower()
+    assert outcome.status is MessageStatus.ERROR
+    assert (await stored(sessions))[1].status is MessageStatus.ERROR
+    [usage] = await usage_rows(sessions)
+    assert usage.status == "credits" and usage.credits_used == 0 and usage.prompt_tokens is None
+    assert len(aiml.requests) == 1
+
+
+async def test_mid_stream_disconnect_keeps_the_partial_answer(sessions, llm, aiml):
+    aiml.enqueue(Reply(content="one two three four five six", chunk_size=4, disconnect_after=2))
+    sink = RecordingSink()
+    outcome = await make_service(sessions, llm).reply(turn("Count"), sink)
+    assert sink.text == "one two "
+    assert sink.failure is not None
+    assert outcome.status is MessageStatus.INTERRUPTED
+    assert (await stored(sessions))[1].content == "one two "
+    [usage] = await usage_rows(sessions)
+    assert usage.status == "interrupted" and usage.credits_used is None and usage.prompt_tokens is None
+
+
+async def test_history_is_trimmed_oldest_first_keeping_system_and_newest(sessions, llm, aiml):
+    service = make_service(sessions, llm, window=2_000, output=500)
+    for i in range(8):
+        aiml.enqueue(Reply(content=f"answer {i} " + "x" * 300))
+        await service.reply(turn(f"question {i} " + "y" * 300, f"1.{i}"), RecordingSink())
+    aiml.enqueue(Reply(content="last"))
+    await service.reply(turn("newest question", "1.9"), RecordingSink())
+
+    sent = aiml.requests[-1].json["messages"]
+    assert sent[0] == {"role": "system", "content": SYSTEM}
+    assert sent[-1] == {"role": "user", "content": "newest question"}
+    assert 3 <= len(sent) < 18  # some history kept, the oldest dropped
+    assert sent[1]["role"] == "user"
+    kept = [m["content"].split(" ")[1] for m in sent[1:-1]]
+    assert kept == sorted(kept) and "0" not in kept
+
+
+async def test_a_message_larger_than_the_budget_gets_a_note_not_an_upstream_call(sessions, llm, aiml):
+    sink = RecordingSink()
+    outcome = await make_service(sessions, llm, window=2_000, output=500).reply(turn("z" * 50_000), sink)
+    assert sink.failure == NOTE_TOO_LONG
+    assert outcome.status is MessageStatus.ERROR
+    assert aiml.requests == []
+
+
+async def test_cancelling_a_turn_marks_it_interrupted(sessions, llm, aiml):
+    aiml.enqueue(Reply(content="word " * 200, chunk_size=5, chunk_interval=0.02))
+    sink = RecordingSink()
+    task = asyncio.create_task(make_service(sessions, llm).reply(turn("Long story"), sink))
+    while not sink.text:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sink.failure == NOTE_INTERRUPTED
+    assistant = (await stored(sessions))[1]
+    assert assistant.status is MessageStatus.INTERRUPTED and assistant.content == sink.text
+    [usage] = await usage_rows(sessions)
+    assert usage.status == "cancelled" and usage.credits_used is None
+
+
+async def test_an_unreachable_database_gets_a_clear_note(llm, aiml):
+    engine = create_engine("postgresql+asyncpg://bot:secret@127.0.0.1:1/nowhere")
+    sink = RecordingSink()
+    try:
+        outcome = await make_service(session_factory(engine), llm).reply(turn("Hi"), sink)
+    finally:
+        await engine.dispose()
+    assert sink.failure == NOTE_DATABASE
+    assert outcome.status is MessageStatus.ERROR
+    assert aiml.requests == []
