@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -125,12 +126,15 @@ async def checkpoint_message(
     )
 
 
-async def stale_streaming_messages(session: AsyncSession) -> Sequence[tuple[Message, Conversation]]:
-    """Assistant messages a crashed process left in `streaming`, with their conversation."""
+async def stale_streaming_messages(
+    session: AsyncSession, started_before: datetime, limit: int = 100
+) -> Sequence[tuple[Message, Conversation]]:
+    """Assistant messages still `streaming` that began before `started_before`, with their conversation."""
     stmt = (
         select(Message, Conversation)
         .join(Conversation, Conversation.id == Message.conversation_id)
-        .where(Message.status == MessageStatus.STREAMING)
+        .where(Message.status == MessageStatus.STREAMING, Message.created_at < started_before)
         .order_by(Message.id)
+        .limit(limit)
     )
     return [(row[0], row[1]) for row in (await session.execute(stmt)).all()]

@@ -1,0 +1,92 @@
+"""A PostgreSQL outage while the bot runs: clear notes, nothing half-written, recovery on its own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+
+from bot.storage.models import Message, MessageStatus, UsageRecord
+from tests.fakes.aimlapi import FakeAimlApi, Reply
+from tests.fakes.slack_api import FakeSlackApi
+from tests.fakes.tcp_proxy import TcpProxy
+from tests.harness import eventually, make_settings, mention, running_bot
+
+pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+
+
+@pytest.fixture
+async def proxy(db_url: str) -> AsyncIterator[TcpProxy]:
+    url = make_url(db_url)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[tuple[FakeSlackApi, FakeAimlApi]]:
+    slack, aiml = FakeSlackApi(), FakeAimlApi(api_key="test-key")
+    await slack.start()
+    await aiml.start()
+    yield slack, aiml
+    await aiml.stop()
+    await slack.stop()
+
+
+def through(proxy: TcpProxy, db_url: str) -> str:
+    return make_url(db_url).set(port=proxy.port).render_as_string(hide_password=False)
+
+
+async def test_health_reports_the_outage_and_the_recovery(db_url, proxy, fakes):
+    slack, aiml = fakes
+    async with running_bot(make_settings(through(proxy, db_url), slack, aiml), slack) as bot:
+        assert (await bot.http.get("/healthz")).status_code == 200
+        proxy.cut()
+        down = await bot.http.get("/healthz")
+        assert down.status_code == 503
+        assert "unreachable" in down.json()["database"]
+        proxy.restore()
+        assert (await bot.http.get("/healthz")).status_code == 200
+
+
+async def test_a_mention_during_an_outage_gets_a_note_and_the_next_one_an_answer(db_url, proxy, fakes):
+    slack, aiml = fakes
+    async with running_bot(make_settings(through(proxy, db_url), slack, aiml), slack) as bot:
+        proxy.cut()
+        await bot.send(mention("hello?", "100.000001"))
+        await eventually(lambda: bool(bot.replies("C1", "100.000001")), 10)
+        await bot.idle()
+        [note] = bot.replies("C1", "100.000001")
+        assert "database" in note.text.lower()
+        assert aiml.requests == []
+
+        proxy.restore()
+        aiml.enqueue(Reply(content="Back again."))
+        await bot.send(mention("and now?", "200.000001"))
+        await bot.idle()
+        assert bot.answer("C1", "200.000001") == "Back again."
+
+
+async def test_an_outage_in_the_middle_of_a_reply_still_stores_it_once_the_database_returns(
+    db_url, proxy, fakes, sessions
+):
+    slack, aiml = fakes
+    aiml.enqueue(Reply(content="word " * 40, chunk_size=5, chunk_interval=0.05))
+    async with running_bot(make_settings(through(proxy, db_url), slack, aiml), slack) as bot:
+        await bot.send(mention("stream please", "300.000001"))
+        await eventually(lambda: "word" in bot.answer("C1", "300.000001"), 10)
+        proxy.cut()
+        await eventually(lambda: bot.answer("C1", "300.000001") == "word " * 40, 15)
+        await asyncio.sleep(1.0)
+        proxy.restore()
+        await bot.idle(timeout=30)
+
+    async with sessions() as session:
+        assistant = (await session.execute(select(Message).where(Message.role == "assistant"))).scalar_one()
+        usage = (await session.execute(select(UsageRecord))).scalar_one()
+    assert assistant.status is MessageStatus.COMPLETE and assistant.content == "word " * 40
+    assert usage.status == "complete"

@@ -1,0 +1,138 @@
+"""The real `python -m bot run` process: start-up, SIGTERM during a stream, logs without secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import sqlite3
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fakes.aimlapi import FakeAimlApi, Reply
+from tests.fakes.slack_api import FakeSlackApi
+from tests.harness import SIGNING_SECRET, eventually, signed_headers
+from tests.test_cli import bot_env
+
+BOT_TOKEN = "xoxb-test"
+API_KEY = "test-key"
+QUESTION = "my secret plan is PINEAPPLE-42"
+ANSWER_WORD = "BANANA7 "
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[tuple[FakeSlackApi, FakeAimlApi]]:
+    slack, aiml = FakeSlackApi(bot_token=BOT_TOKEN), FakeAimlApi(api_key=API_KEY)
+    await slack.start()
+    await aiml.start()
+    yield slack, aiml
+    await aiml.stop()
+    await slack.stop()
+
+
+async def start_bot(tmp_path: Path, slack: FakeSlackApi, aiml: FakeAimlApi, grace: float):
+    port = free_port()
+    env = bot_env(
+        tmp_path,
+        SLACK_BOT_TOKEN=BOT_TOKEN,
+        SLACK_SIGNING_SECRET=SIGNING_SECRET,
+        SLACK_API_URL=slack.api_url,
+        AIMLAPI_KEY=API_KEY,
+        AIMLAPI_BASE_URL=aiml.base_url,
+        HOST="127.0.0.1",
+        PORT=str(port),
+        LOG_LEVEL="INFO",
+        LOG_FORMAT="json",
+        STREAM_UPDATE_INTERVAL="0.2",
+        SHUTDOWN_GRACE_SECONDS=str(grace),
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "run",
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if (await http.get("/healthz")).status_code == 200:
+                return process, http
+        except httpx.TransportError:
+            pass
+        if process.returncode is not None or time.monotonic() > deadline:
+            _, err = await process.communicate()
+            raise AssertionError(f"bot did not start: {err.decode()[-2000:]}")
+        await asyncio.sleep(0.1)
+
+
+async def send_mention(http: httpx.AsyncClient, ts: str) -> None:
+    body = json.dumps(
+        {
+            "type": "event_callback",
+            "team_id": "T1",
+            "event_id": f"Ev{ts}",
+            "event": {
+                "type": "app_mention",
+                "user": "U1",
+                "text": f"<@UBOT> {QUESTION}",
+                "ts": ts,
+                "channel": "C1",
+            },
+        }
+    )
+    assert (await http.post("/slack/events", content=body, headers=signed_headers(body))).status_code == 200
+
+
+def stored_status(tmp_path: Path) -> list[tuple[str, str]]:
+    db = sqlite3.connect(tmp_path / "bot.db")
+    return list(db.execute("SELECT role, status FROM messages ORDER BY id"))
+
+
+@pytest.mark.parametrize(("grace", "expected"), [(30.0, "complete"), (0.5, "interrupted")])
+async def test_sigterm_during_a_stream_finishes_or_interrupts_it_and_logs_no_secrets(
+    tmp_path, fakes, grace, expected
+):
+    slack, aiml = fakes
+    aiml.enqueue(Reply(content=ANSWER_WORD * 30, chunk_size=len(ANSWER_WORD), chunk_interval=0.1))
+    process, http = await start_bot(tmp_path, slack, aiml, grace)
+    try:
+        await send_mention(http, "100.000001")
+        await eventually(lambda: any(ANSWER_WORD.strip() in m.text for m in slack.messages("C1")), 10)
+        process.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(process.communicate(), 40)
+    finally:
+        await http.aclose()
+    assert process.returncode == 0, err.decode()[-2000:]
+
+    [reply] = [m for m in slack.messages("C1") if m.bot_id]
+    assert "Thinking" not in reply.text
+    if expected == "complete":
+        assert reply.markdown == ANSWER_WORD * 30
+    else:
+        assert reply.markdown.startswith(ANSWER_WORD) and reply.markdown != ANSWER_WORD * 30
+        assert "interrupted" in reply.context.lower()
+    assert stored_status(tmp_path)[-1] == ("assistant", expected)
+
+    logs = err.decode()
+    assert "bot running" in logs  # INFO lines are there...
+    for secret in (BOT_TOKEN, SIGNING_SECRET, API_KEY, "PINEAPPLE", ANSWER_WORD.strip()):
+        assert secret not in logs  # ...but no token, secret, key or message body
+    for line in logs.splitlines():
+        json.loads(line)  # JSON lines, one object each
