@@ -42,5 +42,13 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Library chatter (request bodies at DEBUG) stays out of INFO logs.
-    for noisy in ("slack_bolt", "slack_sdk", "httpx", "httpcore", "aiohttp.access", "apscheduler"):
+    for noisy in (
+        "slack_bolt",
+        "slack_sdk",
+        "httpx",
+        "httpcore",
+        "aiohttp.access",
+        "apscheduler",
+        "alembic.runtime.plugins",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -1,0 +1,44 @@
+"""The container entrypoint, run outside Docker (no Docker engine here): migrate, then the command."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+from pathlib import Path
+
+from tests.test_cli import bot_env
+
+ENTRYPOINT = Path(__file__).resolve().parent.parent / "docker" / "entrypoint.sh"
+
+
+def run_entrypoint(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", str(ENTRYPOINT), *args],
+        cwd=tmp_path,
+        env=bot_env(tmp_path, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_run_applies_migrations_before_starting(tmp_path):
+    # Slack is unreachable, so `run` stops right after the migrations with one clear line.
+    result = run_entrypoint(
+        tmp_path,
+        "run",
+        SLACK_BOT_TOKEN="xoxb-1",
+        SLACK_SIGNING_SECRET="s",
+        AIMLAPI_KEY="k",
+        SLACK_API_URL="http://127.0.0.1:1/api/",
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: SLACK_API_URL: cannot reach Slack")
+    tables = {r[0] for r in sqlite3.connect(tmp_path / "bot.db").execute("SELECT name FROM sqlite_master")}
+    assert "conversations" in tables
+
+
+def test_other_commands_pass_through(tmp_path):
+    result = run_entrypoint(tmp_path, "digest", "--date", "2026-01-01", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "No usage" in result.stdout
