@@ -270,11 +270,28 @@ async def test_out_of_credits_is_explained_in_the_thread(bot, aiml):
 
 
 async def test_health_and_metrics_are_served(bot, aiml):
-    aiml.enqueue(Reply(content="Counted."))
+    aiml.enqueue(Reply(content="Counted.", credits_used=1500))
+    aiml.enqueue(ErrorReply(status=403, message="You've run out of credits. Please top up your balance"))
     await bot.send(mention("count me", "950.1"))
     await bot.idle()
+    await bot.send(mention("and me", "950.2"))
+    await bot.send(message("not for the bot", "950.3"))
+    await bot.idle()
+
     health = await bot.http.get("/healthz")
-    assert health.status_code == 200 and health.json()["database"] == "ok"
+    assert health.status_code == 200
+    assert health.json()["database"] == "ok"
     metrics = (await bot.http.get("/metrics")).text
-    assert 'slackbot_replies_total{outcome="complete"} 1.0' in metrics
-    assert "slackbot_events_received_total" in metrics
+    for line in (
+        'slackbot_replies_total{outcome="complete"} 1.0',
+        'slackbot_replies_total{outcome="error"} 1.0',
+        'slackbot_upstream_errors_total{kind="credits"} 1.0',
+        'slackbot_events_received_total{type="app_mention"} 2.0',
+        'slackbot_events_ignored_total{reason="not_addressed"} 1.0',
+        "slackbot_credits_used_total 1500.0",
+        'slackbot_slack_calls_total{method="chat.update",outcome="ok"}',
+        "slackbot_time_to_first_token_seconds_count 1.0",
+        "slackbot_reply_duration_seconds_count 2.0",
+        "slackbot_active_streams 0.0",
+    ):
+        assert line in metrics

@@ -14,7 +14,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.conversation.service import ConversationService, Turn
+from bot.conversation.service import ConversationService, Turn, TurnOutcome
 from bot.llm.types import ChatMessage
 from bot.logs import bind_context
 from bot.metrics import Metrics
@@ -27,6 +27,9 @@ from bot.storage.dedupe import claim_event
 
 log = logging.getLogger(__name__)
 
+UPSTREAM_ERROR_KINDS = frozenset(
+    {"auth", "credits", "bad_request", "rate_limited", "unavailable", "timeout", "interrupted"}
+)
 NOTE_NO_DATABASE = "I can't reach my database right now, so I can't answer. Please try again in a minute."
 
 
@@ -107,9 +110,8 @@ class SlackTurns:
             outcome = await self._service.reply(turn, reply)
         finally:
             self._metrics.active_streams.dec()
-        self._metrics.replies.labels(outcome.status.value).inc()
         self._metrics.reply_duration.observe(time.monotonic() - started)
-        self._observe_usage(outcome.usage)
+        self._observe(outcome)
 
     async def _admit(self, incoming: Incoming, key: ConversationKey) -> str | None:
         """None to answer, else the reason to ignore; claims the event so it is answered once."""
@@ -160,17 +162,24 @@ class SlackTurns:
                 self._names[user_id] = await _display_name(client, user_id)
         return readable(text, self._names)
 
-    def _observe_usage(self, usage: Any) -> None:
-        if usage is None:
+    def _observe(self, outcome: TurnOutcome) -> None:
+        metrics = self._metrics
+        metrics.replies.labels(outcome.status.value).inc()
+        if outcome.label in UPSTREAM_ERROR_KINDS:
+            metrics.upstream_errors.labels(outcome.label).inc()
+        result = outcome.usage
+        if result is None:
             return
-        if usage.ttft_ms is not None:
-            self._metrics.ttft.observe(usage.ttft_ms / 1000)
-        if usage.usage.credits_used:
-            self._metrics.credits.inc(usage.usage.credits_used)
-        for kind in ("prompt_tokens", "completion_tokens"):
-            value = getattr(usage.usage, kind)
+        if result.ttft_ms is not None:
+            metrics.ttft.observe(result.ttft_ms / 1000)
+        if result.usage.credits_used:
+            metrics.credits.inc(result.usage.credits_used)
+        for kind, value in (
+            ("prompt", result.usage.prompt_tokens),
+            ("completion", result.usage.completion_tokens),
+        ):
             if value:
-                self._metrics.tokens.labels(kind.removesuffix("_tokens")).inc(value)
+                metrics.tokens.labels(kind).inc(value)
 
 
 async def _display_name(client: AsyncWebClient, user_id: str) -> str:
