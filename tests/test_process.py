@@ -136,3 +136,52 @@ async def test_sigterm_during_a_stream_finishes_or_interrupts_it_and_logs_no_sec
         assert secret not in logs  # ...but no token, secret, key or message body
     for line in logs.splitlines():
         json.loads(line)  # JSON lines, one object each
+
+
+async def test_a_rejected_bot_token_at_start_up_is_one_clear_line(tmp_path, fakes):
+    slack, aiml = fakes
+    env = bot_env(
+        tmp_path,
+        SLACK_BOT_TOKEN="xoxb-revoked",
+        SLACK_SIGNING_SECRET=SIGNING_SECRET,
+        SLACK_API_URL=slack.api_url,
+        AIMLAPI_KEY=API_KEY,
+        AIMLAPI_BASE_URL=aiml.base_url,
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "run",
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert err.decode().strip().splitlines() == [
+        "error: SLACK_BOT_TOKEN: Slack rejected the token (invalid_auth)"
+    ]
+
+
+async def test_settings_are_read_from_a_dotenv_file_in_the_working_directory(tmp_path, fakes):
+    slack, aiml = fakes
+    (tmp_path / ".env").write_text(
+        f"SLACK_BOT_TOKEN=xoxb-from-dotenv\nSLACK_SIGNING_SECRET=s\nAIMLAPI_KEY=k\nSLACK_API_URL={slack.api_url}\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "run",
+        cwd=tmp_path,
+        env=bot_env(tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    # The fake knows only xoxb-test, so the token from .env was sent to Slack and rejected.
+    assert process.returncode == 2
+    assert "Slack rejected the token" in err.decode()
+    assert [c.method for c in slack.calls] == ["auth.test"]

@@ -295,3 +295,28 @@ async def test_health_and_metrics_are_served(bot, aiml):
         "slackbot_active_streams 0.0",
     ):
         assert line in metrics
+
+
+async def test_a_10000_character_answer_with_code_spans_messages_that_join_to_the_answer(bot, aiml):
+    prose = "\n\n".join(f"Paragraph {i}: " + "lorem ipsum dolor sit amet " * 12 for i in range(12))
+    code = "```python\n" + "\n".join(f"value_{i} = compute({i})  # step {i}" for i in range(60)) + "\n```\n"
+    answer = (prose + "\n\n" + code + "\n" + prose)[:10_000]
+    aiml.enqueue(Reply(content=answer, chunk_size=200))
+    await bot.send(mention("write a lot", "1000.1"))
+    await bot.idle(timeout=30)
+
+    replies = bot.replies("C1", "1000.1")
+    assert len(replies) >= 3
+    assert all(len(m.text) <= 4000 for m in replies)
+    assert bot.answer("C1", "1000.1") == answer
+    for part in (m.markdown for m in replies):
+        assert part.count("```") % 2 == 0  # no message leaves a code block open
+
+
+async def test_three_429s_in_a_row_on_chat_update_still_land_the_final_text(bot, slack, aiml):
+    aiml.enqueue(Reply(content="Rate limits are no match for me.", chunk_size=4, chunk_interval=0.02))
+    slack.fail_next("chat.update", error="ratelimited", status=429, retry_after=1, times=3)
+    await bot.send(mention("go", "1100.1"))
+    await bot.idle(timeout=30)
+    assert bot.answer("C1", "1100.1") == "Rate limits are no match for me."
+    assert slack.count_429s == 3

@@ -117,6 +117,7 @@ class RecordedRequest:
     status: int | None = None
     client_disconnected: bool = False  # the client went away before the response was complete
     done: asyncio.Event = field(default_factory=asyncio.Event)  # set when the handler finished
+    content_sent_at: list[float] = field(default_factory=list)  # monotonic, per content piece written
 
 
 class FakeAimlApi:
@@ -322,6 +323,8 @@ class FakeAimlApi:
                 delta.update({"content": text if kind == "content" else None, kind: text})
                 choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
                 await send({**envelope, "choices": [choice]})
+                if kind == "content":
+                    record.content_sent_at.append(time.monotonic())
             if finish_reason is not None:
                 choice = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason}
                 await send({**envelope, "choices": [choice]})
