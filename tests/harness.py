@@ -27,6 +27,7 @@ def signed_headers(
 ) -> dict[str, str]:
     ts = str(timestamp if timestamp is not None else int(time.time()))
     signature = SignatureVerifier(secret).generate_signature(timestamp=ts, body=body)
+    assert signature is not None
     return {
         "X-Slack-Request-Timestamp": ts,
         "X-Slack-Signature": signature,
@@ -50,7 +51,7 @@ def make_settings(db_url: str, slack: FakeSlackApi, aiml: FakeAimlApi, **overrid
         "log_format": "console",
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 class Bot:

@@ -166,7 +166,7 @@ async def test_a_rejected_bot_token_at_start_up_is_one_clear_line(tmp_path, fake
 
 
 async def test_settings_are_read_from_a_dotenv_file_in_the_working_directory(tmp_path, fakes):
-    slack, aiml = fakes
+    slack, _ = fakes
     (tmp_path / ".env").write_text(
         f"SLACK_BOT_TOKEN=xoxb-from-dotenv\nSLACK_SIGNING_SECRET=s\nAIMLAPI_KEY=k\nSLACK_API_URL={slack.api_url}\n"
     )
