@@ -89,6 +89,20 @@ async def check_slack(client: AsyncWebClient) -> str:
     return str(auth.get("team_id", ""))
 
 
+async def open_socket_url(client: AsyncWebClient, app_token: str) -> str:
+    """apps.connections.open at start-up: a bad app token is one clear line, not an endless retry loop."""
+    try:
+        response = await client.apps_connections_open(app_token=app_token)
+    except SlackApiError as exc:
+        raise SettingsError(
+            f"SLACK_APP_TOKEN: Slack rejected the app-level token ({exc.response.get('error')}); "
+            "it needs the connections:write scope and Socket Mode enabled for the app"
+        ) from None
+    except (OSError, TimeoutError) as exc:
+        raise SettingsError(f"SLACK_API_URL: cannot reach Slack at {client.base_url}: {exc}") from None
+    return str(response["url"])
+
+
 def build_bolt(settings: Settings, client: AsyncWebClient) -> AsyncApp:
     secret = settings.slack_signing_secret
     return AsyncApp(
@@ -159,7 +173,12 @@ class BotRuntime:
         self.port = await self._web.start(settings.host, settings.port)
         if settings.socket_mode:
             assert settings.slack_app_token is not None
-            self._socket = AsyncSocketModeHandler(bolt, settings.slack_app_token.get_secret_value())
+            app_token = settings.slack_app_token.get_secret_value()
+            # slack_sdk retries a failed apps.connections.open every 10 s forever, logging a traceback:
+            # open the first URL ourselves so a rejected token ends start-up with one clear line.
+            wss_url = await open_socket_url(self.client, app_token)
+            self._socket = AsyncSocketModeHandler(bolt, app_token)
+            self._socket.client.wss_uri = wss_url  # connect() uses it instead of opening another
             await self._socket.connect_async()  # type: ignore[no-untyped-call]
         log.info("bot running", extra={"team": team, "port": self.port, "socket_mode": settings.socket_mode})
         return self.port

@@ -110,8 +110,8 @@ async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> No
 @asynccontextmanager
 async def running_bot(settings: Settings, slack: FakeSlackApi) -> AsyncIterator[Bot]:
     runtime = BotRuntime(settings)
-    port = await runtime.start()
     try:
+        port = await runtime.start()
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
             yield Bot(runtime, http, slack)
     finally:

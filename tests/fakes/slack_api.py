@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -160,6 +160,7 @@ class FakeSlackApi:
         self._next_ts = 1_700_000_000_000_100  # microseconds; ts strings increase like Slack's
         self._runner: web.AppRunner | None = None
         self._port = 0
+        self._method_tokens: dict[str, dict[str, str]] = {}  # method -> its own tokens (see `route`)
         self._handlers: dict[str, Handler] = {
             "auth.test": self._auth_test,
             "chat.postMessage": self._post_message,
@@ -200,9 +201,16 @@ class FakeSlackApi:
 
     # ---- scripting and inspection --------------------------------------------------------------
 
-    def route(self, method: str, handler: Handler) -> None:
-        """Serve another method: `async handler(params, team_id) -> fields`; raise `reject(...)` to fail."""
+    def route(self, method: str, handler: Handler, *, tokens: Mapping[str, str] | None = None) -> None:
+        """Serve another method: `async handler(params, team_id) -> fields`; raise `reject(...)` to fail.
+
+        `tokens` (token -> team_id) makes the method accept only those tokens instead of the bot tokens,
+        as Slack does for app-level `xapp-` tokens (`apps.connections.open`); a token the fake knows
+        for other methods gets `not_allowed_token_type`, an unknown one `invalid_auth`.
+        """
         self._handlers[method] = handler
+        if tokens is not None:
+            self._method_tokens[method] = dict(tokens)
 
     def add_token(self, token: str, team_id: str) -> None:
         """Accept another bot token, for another workspace."""
@@ -265,14 +273,14 @@ class FakeSlackApi:
         params = await _read_params(request)
         arrived = time.monotonic()
         token = _bearer(request.headers.get("Authorization")) or params.pop("token", None)
-        team = self.tokens.get(token) if token else None
+        team = self._method_tokens.get(method, self.tokens).get(token) if token else None
         if self.latency:
             await asyncio.sleep(self.latency)
         try:
             if not token:
                 raise _Reject("not_authed")
             if team is None:
-                raise _Reject("invalid_auth")
+                raise _Reject("not_allowed_token_type" if self._known_token(token) else "invalid_auth")
             handler = self._handlers.get(method)
             if handler is None:
                 raise _Reject("unknown_method")
@@ -285,6 +293,9 @@ class FakeSlackApi:
             return web.json_response({"ok": False, "error": r.error}, status=r.status, headers=headers)
         self.calls.append(Call(method, params, team, arrived))
         return web.json_response({"ok": True, **body})
+
+    def _known_token(self, token: str) -> bool:
+        return token in self.tokens or any(token in t for t in self._method_tokens.values())
 
     def _check_scripted(self, method: str) -> None:
         queue = self._failures.get(method)
