@@ -221,10 +221,13 @@ async def _wait_for_signal() -> None:
 
 async def _drain(turns: SlackTurns, grace: float) -> None:
     """Let replies finish for `grace` seconds; the rest end with an interrupted note."""
-    pending = set(turns.active)
-    if not pending:
-        return
-    _, still_running = await asyncio.wait(pending, timeout=grace)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    # Listeners of events acked just before shutdown register a moment later: let them.
+    await asyncio.sleep(min(0.2, grace))
+    while turns.active and loop.time() < deadline:
+        await asyncio.wait(set(turns.active), timeout=deadline - loop.time())
+    still_running = set(turns.active)
     for task in still_running:
         task.cancel()
     if still_running:

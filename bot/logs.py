@@ -12,7 +12,6 @@ from typing import Any
 import structlog
 
 bind_context = structlog.contextvars.bind_contextvars
-clear_context = structlog.contextvars.clear_contextvars
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:

@@ -120,25 +120,20 @@ async def test_other_threads_do_not_leak_into_the_history(sessions, llm, aiml):
     assert [m["content"] for m in aiml.requests[1].json["messages"]] == [SYSTEM, "second thread"]
 
 
-async def test_two_quick_messages_in_a_thread_are_answered_in_order(sessions, llm, aiml):
+async def test_two_quick_messages_in_a_thread_are_answered_one_at_a_time(sessions, llm, aiml):
     service = make_service(sessions, llm)
     aiml.enqueue(Reply(content="first answer", chunk_size=2, chunk_interval=0.01))
     aiml.enqueue(Reply(content="second answer"))
-    first, second = RecordingSink(), RecordingSink()
-
-    # The later message reaches the service first; the earlier Slack ts still goes first.
-    later = asyncio.create_task(service.reply(turn("question two", "1.2"), second))
-    earlier = asyncio.create_task(service.reply(turn("question one", "1.1"), first))
-    await asyncio.gather(later, earlier)
-
-    assert [r.json["messages"][-1]["content"] for r in aiml.requests] in (
-        ["question one", "question two"],
-        ["question two", "question one"],
+    await asyncio.gather(
+        service.reply(turn("question one", "1.1"), RecordingSink()),
+        service.reply(turn("question two", "1.2"), RecordingSink()),
     )
-    # Whichever ran first, the second request carries the first full exchange.
-    second_request = aiml.requests[1].json["messages"]
-    assert len(second_request) == 4 and second_request[2]["role"] == "assistant"
-    assert second_request[2]["content"] in ("first answer", "second answer")
+    # The second request was built after the first answer was complete and stored.
+    assert [m["content"] for m in aiml.requests[1].json["messages"][1:]] == [
+        "question one",
+        "first answer",
+        "question two",
+    ]
 
 
 async def test_ordering_follows_slack_ts_when_both_wait(sessions, llm, aiml):
@@ -239,3 +234,20 @@ async def test_an_unreachable_database_gets_a_clear_note(llm, aiml):
     assert sink.failure == NOTE_DATABASE
     assert outcome.status is MessageStatus.ERROR
     assert aiml.requests == []
+
+
+class UndeliverableSink(RecordingSink):
+    """Slack refused the final edit (e.g. channel_not_found after the placeholder landed)."""
+
+    async def finish(self, summary):
+        raise RuntimeError(f"final edit of {summary.model} rejected")
+
+
+async def test_a_reply_that_cannot_be_delivered_still_stores_the_answer_and_its_cost(sessions, llm, aiml):
+    aiml.enqueue(Reply(content="Billed answer.", credits_used=777))
+    outcome = await make_service(sessions, llm).reply(turn("Hi"), UndeliverableSink())
+    assert outcome.status is MessageStatus.ERROR
+    assistant = (await stored(sessions))[1]
+    assert (assistant.status, assistant.content) == (MessageStatus.ERROR, "Billed answer.")
+    [usage] = await usage_rows(sessions)
+    assert (usage.status, usage.credits_used) == ("complete", 777)

@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 from bot.llm import (
-    AimlClient,
     BadRequestError,
     ChatMessage,
     CompletionResult,
@@ -28,6 +27,7 @@ from bot.llm import (
     UnavailableError,
     Usage,
 )
+from bot.llm.client import AimlClient
 from tests.fakes.aimlapi import ErrorReply, FakeAimlApi, Reply
 
 KEY = "test-key-0123456789"

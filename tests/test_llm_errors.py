@@ -18,11 +18,11 @@ from bot.llm.errors import (
     RateLimitedError,
     UnavailableError,
     error_for_status,
-    error_for_transport,
     parse_error_body,
     parse_retry_after,
     retry_delay,
 )
+from bot.llm.transport_errors import error_for_transport
 
 
 def aiml_body(status: int, message: str) -> bytes:

@@ -320,3 +320,56 @@ async def test_three_429s_in_a_row_on_chat_update_still_land_the_final_text(bot,
     await bot.idle(timeout=30)
     assert bot.answer("C1", "1100.1") == "Rate limits are no match for me."
     assert slack.count_429s == 3
+
+
+async def test_a_follow_up_sent_while_the_first_reply_is_set_up_is_answered_after_it(db_url, slack, aiml):
+    slack.latency = 0.3  # a slow Slack: the placeholder and thread history take a while
+    root = slack.add_message("C1", "Context before the bot joined", user="U2")
+    aiml.enqueue(Reply(content="First."))
+    aiml.enqueue(Reply(content="Second."))
+    async with running_bot(make_settings(db_url, slack, aiml), slack) as bot:
+        await bot.send(mention("first question", "1700000001.000000", thread_ts=root))
+        await asyncio.sleep(0.1)
+        await bot.send(message("a follow-up", "1700000002.000000", thread_ts=root))
+        await bot.idle(timeout=20)
+    assert [r.json["messages"][-1]["content"] for r in aiml.requests] == ["first question", "a follow-up"]
+    assert upstream_texts(aiml)[-3:] == ["first question", "First.", "a follow-up"]
+
+
+async def test_backfill_takes_the_root_and_the_newest_messages_before_the_mention(db_url, slack, aiml):
+    root = slack.add_message("C1", "root message", user="U2")
+    last = root
+    for i in range(30):
+        last = slack.add_message("C1", f"reply {i}", user="U2", thread_ts=root)
+    seconds, micros = last.split(".")
+    mention_ts = f"{seconds}.{int(micros) + 50:06d}"  # between the last reply and the next message
+    slack.add_message("C1", "written after the mention", user="U3", thread_ts=root)
+    aiml.enqueue(Reply(content="Caught up."))
+    settings = make_settings(db_url, slack, aiml, thread_backfill_limit=5)
+    async with running_bot(settings, slack) as bot:
+        await bot.send(mention("summarize", mention_ts, thread_ts=root))
+        await bot.idle()
+    assert upstream_texts(aiml) == [
+        "root message",
+        "reply 26",
+        "reply 27",
+        "reply 28",
+        "reply 29",
+        "summarize",
+    ]
+
+
+async def test_shutdown_ends_a_turn_queued_behind_another_with_a_note(db_url, slack, aiml):
+    aiml.enqueue(Reply(content="word " * 200, chunk_size=5, chunk_interval=0.05))
+    aiml.enqueue(Reply(content="never sent"))
+    settings = make_settings(db_url, slack, aiml, shutdown_grace_seconds=0.5)
+    async with running_bot(settings, slack) as bot:
+        await bot.send(mention("long story", "1900.000001"))
+        await eventually(lambda: "word" in bot.answer("C1", "1900.000001"), 10)
+        await bot.send(message("and another thing", "1900.000002", thread_ts="1900.000001"))
+        await eventually(lambda: len(bot.replies("C1", "1900.000001")) == 2, 10)
+    first, queued = bot.replies("C1", "1900.000001")
+    for reply in (first, queued):
+        assert "Thinking" not in reply.text
+        assert "interrupted" in reply.context.lower()
+    assert len(aiml.requests) == 1

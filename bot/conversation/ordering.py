@@ -39,9 +39,11 @@ class TurnOrder:
             except BaseException:
                 if future.done() and not future.cancelled():
                     self._release(key, queue)  # we were handed the lock while being cancelled
-                else:
+                elif entry in queue.waiters:  # a release may have popped it already
                     queue.waiters.remove(entry)
                     heapq.heapify(queue.waiters)
+                    self._drop_if_idle(key, queue)
+                else:
                     self._drop_if_idle(key, queue)
                 raise
         queue.busy = True
@@ -49,9 +51,6 @@ class TurnOrder:
             yield
         finally:
             self._release(key, queue)
-
-    def active(self, key: Hashable) -> bool:
-        return key in self._queues
 
     def _release(self, key: Hashable, queue: _Queue) -> None:
         while queue.waiters:

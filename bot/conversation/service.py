@@ -60,6 +60,14 @@ class TurnOutcome:
 
 
 @dataclass(frozen=True)
+class _StreamEnd:
+    result: CompletionResult
+    status: MessageStatus
+    label: str  # usage status: "complete", "cancelled" or the upstream error kind
+    note: str | None  # None: finish normally; else fail with this note
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     system_prompt: str
     context_window: int
@@ -106,24 +114,39 @@ class ConversationService:
             )
         except MessageTooLong:
             await sink.fail(NOTE_TOO_LONG)
-            await self._end(assistant_id, "", MessageStatus.ERROR, sink.refs)
+            await self._store_end(assistant_id, "", MessageStatus.ERROR, sink.refs, None)
             return TurnOutcome(MessageStatus.ERROR, "", conversation_id, None, "too_long")
         if request.dropped_turns:
             log.info("history trimmed", extra={"dropped_turns": request.dropped_turns})
 
-        result, status, label = await self._stream(request.messages, sink, assistant_id)
+        end = await self._stream(request.messages, sink, assistant_id)
+        result = end.result
         if result.usage.prompt_tokens:
             self._estimator.calibrate(request.estimated_tokens, result.usage.prompt_tokens)
-        entry = usage_entry(turn, conversation_id, self._model.model, result, label)
-        await self._store_end(assistant_id, result.content, status, sink.refs, entry)
-        if label == "cancelled":
+        entry = usage_entry(turn, conversation_id, self._model.model, result, end.label)
+        status, cancelled = end.status, end.label == "cancelled"
+        try:
+            if end.note is None:
+                await sink.finish(self._summary(result))
+            else:
+                await sink.fail(end.note)
+        except asyncio.CancelledError:
+            status, cancelled = MessageStatus.INTERRUPTED, True
+        except Exception:
+            log.exception("the reply could not be delivered")
+            status = MessageStatus.ERROR
+        finally:
+            # Whatever happened to the delivery, the completion was made (and maybe billed):
+            # store the answer and its ledger row even while being cancelled.
+            await asyncio.shield(self._store_end(assistant_id, result.content, status, sink.refs, entry))
+        if cancelled:
             raise asyncio.CancelledError  # stored and shown as interrupted; now let shutdown proceed
-        return TurnOutcome(status, result.content, conversation_id, result, label)
+        return TurnOutcome(status, result.content, conversation_id, result, end.label)
 
     async def _stream(
         self, messages: Sequence[ChatMessage], sink: ReplySink, assistant_id: int
-    ) -> tuple[CompletionResult, MessageStatus, str]:
-        """Stream one completion into the sink; returns what arrived, its status and usage label."""
+    ) -> _StreamEnd:
+        """Stream one completion into the sink; the caller ends the reply with what this returns."""
         stream = self._model.stream_chat(
             messages, max_tokens=self._config.max_output_tokens, request_id=f"slackbot-{uuid.uuid4().hex}"
         )
@@ -143,16 +166,12 @@ class ConversationService:
                         await sink.thinking()
         except LLMError as exc:
             log.warning("upstream error: %s (%s)", exc.kind, exc.status)
-            await sink.fail(exc.user_message)
             status = MessageStatus.INTERRUPTED if exc.kind == "interrupted" else MessageStatus.ERROR
-            return stream.result(), status, exc.kind
+            return _StreamEnd(stream.result(), status, exc.kind, exc.user_message)
         except asyncio.CancelledError:
             # Finish the Slack message and the stored rows before the cancellation goes on.
-            await sink.fail(NOTE_INTERRUPTED)
-            return stream.result(), MessageStatus.INTERRUPTED, "cancelled"
-        result = stream.result()
-        await sink.finish(self._summary(result))
-        return result, MessageStatus.COMPLETE, "complete"
+            return _StreamEnd(stream.result(), MessageStatus.INTERRUPTED, "cancelled", NOTE_INTERRUPTED)
+        return _StreamEnd(stream.result(), MessageStatus.COMPLETE, "complete", None)
 
     def _summary(self, result: CompletionResult) -> ReplySummary:
         note: str | None = None
@@ -189,9 +208,6 @@ class ConversationService:
                 slack_ts=refs[0] if refs else None,
             )
             return conversation.id, assistant.id, history
-
-    async def _end(self, message_id: int, content: str, status: MessageStatus, refs: Sequence[str]) -> None:
-        await self._store_end(message_id, content, status, refs, None)
 
     async def _store_end(
         self,

@@ -1,6 +1,8 @@
-"""The AI/ML API client: streamed chat completions, usage accounting and a small error tree."""
+"""The AI/ML API client (bot.llm.client): streamed chat completions, usage and a small error tree.
 
-from bot.llm.client import AimlClient, ChatStream
+The package itself imports no HTTP library, so the domain can use its types and errors.
+"""
+
 from bot.llm.errors import (
     BadRequestError,
     ConfigurationError,
@@ -14,10 +16,8 @@ from bot.llm.errors import (
 from bot.llm.types import ChatMessage, CompletionResult, Delta, Usage
 
 __all__ = [
-    "AimlClient",
     "BadRequestError",
     "ChatMessage",
-    "ChatStream",
     "CompletionResult",
     "ConfigurationError",
     "Delta",

@@ -22,13 +22,12 @@ from bot.llm.errors import (
     LLMError,
     LLMTimeoutError,
     error_for_early_end,
-    error_for_read,
     error_for_status,
     error_for_stream_event,
-    error_for_transport,
     retry_delay,
 )
 from bot.llm.sse import ChunkEvent, DoneEvent, ErrorEvent, SseEvent, StreamAccumulator, parse_line
+from bot.llm.transport_errors import error_for_read, error_for_transport
 from bot.llm.types import ChatMessage, CompletionResult, Delta
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Errors of the AI/ML API client; HTTP statuses, error bodies and httpx exceptions become these here.
+"""Errors of the AI/ML API client; HTTP statuses and error bodies become these here (httpx-free, so the
+domain can catch them without the transport; bot/llm/transport_errors.py translates httpx's).
 
     LLMError                      .kind (metrics label), .user_message (shown in Slack), .status
      ├── ConfigurationError       401 invalid key, 403 not allowed, 404 unknown model or endpoint
@@ -23,8 +24,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
-
-import httpx
 
 _MAX_MESSAGE_CHARS = 500
 _CREDITS = re.compile(r"credit|top up|balance|insufficient.quota|billing", re.IGNORECASE)
@@ -182,32 +181,6 @@ def error_for_status(
         retry_after = parse_retry_after(headers.get("retry-after"))
         return UnavailableError(message, retryable=True, retry_after=retry_after, **kwargs)
     return BadRequestError(message, **kwargs)
-
-
-def error_for_transport(exc: httpx.HTTPError) -> LLMError:
-    """The error for an httpx failure before the first token (connection-level ones are retryable)."""
-    detail = f"{type(exc).__name__}: {exc}".rstrip(": ")
-    if isinstance(exc, httpx.ReadTimeout):
-        return LLMTimeoutError(f"no data from the AI/ML API within the read timeout ({detail})")
-    if isinstance(exc, httpx.TimeoutException):  # connect, write or pool: nothing was generated yet
-        return LLMTimeoutError(f"could not reach the AI/ML API in time ({detail})", retryable=True)
-    if isinstance(exc, httpx.UnsupportedProtocol):
-        return ConfigurationError(f"AI/ML API base URL is not usable ({detail})")
-    if isinstance(exc, httpx.LocalProtocolError):
-        return UnavailableError(f"could not send the request ({detail})")
-    if isinstance(exc, httpx.TransportError | httpx.DecodingError):
-        return UnavailableError(f"connection to the AI/ML API failed ({detail})", retryable=True)
-    return UnavailableError(f"request to the AI/ML API failed ({detail})")
-
-
-def error_for_read(exc: httpx.HTTPError, *, after_first_token: bool) -> LLMError:
-    """The error for a failure while reading the body of a 200 stream."""
-    if isinstance(exc, httpx.ReadTimeout):
-        return LLMTimeoutError("the AI/ML API stream stalled: no data within the read timeout")
-    if after_first_token:
-        detail = f"{type(exc).__name__}: {exc}".rstrip(": ")
-        return StreamInterruptedError(f"the AI/ML API stream broke after the first token ({detail})")
-    return error_for_transport(exc)
 
 
 def error_for_stream_event(

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from bot.slack.text import mrkdwn_escape
 from bot.usage.personal import PersonalUsage, PersonalWindow
 from bot.usage.queries import UsageShare
 from bot.usage.report import (
@@ -30,11 +31,6 @@ class SlackMessage:
     blocks: list[Block]
 
 
-def escape(text: str) -> str:
-    """mrkdwn needs only &, < and > escaped."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def _mrkdwn(text: str) -> Block:
     return {"type": "mrkdwn", "text": text}
 
@@ -56,12 +52,12 @@ def _header(text: str) -> Block:
 
 
 def user_ref(user_id: str) -> str:
-    return f"<@{escape(user_id)}>"
+    return f"<@{mrkdwn_escape(user_id)}>"
 
 
 def channel_ref(channel_id: str) -> str:
     # A DM's id (D...) renders as an unreadable mention; say what it is instead.
-    return "a direct message" if channel_id.startswith("D") else f"<#{escape(channel_id)}>"
+    return "a direct message" if channel_id.startswith("D") else f"<#{mrkdwn_escape(channel_id)}>"
 
 
 def _ranking(title: str, shares: Iterable[UsageShare], name: Callable[[str], str]) -> str:
@@ -122,7 +118,7 @@ def digest_message(report: DigestReport) -> SlackMessage:
         {"type": "divider"},
         _section(_ranking("Top users", report.top_users, user_ref)),
         _section(_ranking("Top channels", report.top_channels, channel_ref)),
-        _section(_ranking("Per model", report.models, lambda model: f"`{escape(model)}`")),
+        _section(_ranking("Per model", report.models, lambda model: f"`{mrkdwn_escape(model)}`")),
     ]
     if balance:
         blocks.append(_context(balance))

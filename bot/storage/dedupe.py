@@ -36,6 +36,11 @@ async def claim_event(session: AsyncSession, event_id: str, channel_id: str, mes
     return True
 
 
+async def release_event(session: AsyncSession, event_id: str) -> None:
+    """Forget a claimed event that could not be answered, so Slack's retry is answered instead."""
+    await session.execute(delete(ProcessedEvent).where(ProcessedEvent.event_id == event_id))
+
+
 async def purge_events(session: AsyncSession, older_than: timedelta) -> int:
     """Delete dedupe rows past Slack's retry window; returns how many went."""
     result = await session.execute(

@@ -96,13 +96,6 @@ async def release(session: AsyncSession, day: date, channel_id: str) -> None:
     )
 
 
-async def is_posted(session: AsyncSession, day: date, channel_id: str) -> bool:
-    posted = await session.scalar(
-        select(DigestRun.posted_at).where(DigestRun.day == day, DigestRun.channel_id == channel_id)
-    )
-    return posted is not None
-
-
 async def unposted_days(session: AsyncSession, channel_id: str, since: date) -> list[date]:
     """Days from `since` on that were claimed but never posted (failed or crashed), oldest first."""
     rows = await session.scalars(
