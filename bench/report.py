@@ -1,0 +1,236 @@
+"""The benchmark's printed tables, its verdict against the targets, and the JSON file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+TOTAL_SECONDS_TARGET = 300.0
+FLAT_SLOPE_MS_PER_TURN = 2.0  # over 40 turns: under 80 ms of growth
+
+
+def _pair(summary: dict[str, Any] | None) -> str:
+    if not summary or summary.get("p50") is None:
+        return "-"
+    return f"{summary['p50']:.0f} / {summary['p99']:.0f}"
+
+
+def _num(value: Any, fmt: str = "{:.1f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths, strict=True))
+        )
+    ]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+    return "\n".join(lines)
+
+
+def format_tables(scenarios: dict[str, dict[str, Any]]) -> str:
+    streams = {k: v for k, v in scenarios.items() if "stream_overhead_ms" in v}
+    out = [f"({k}) {v['title']}: FAILED: {v['failed']}" for k, v in scenarios.items() if "failed" in v]
+    if streams:
+        out.append("Latency, ms (p50 / p99)")
+        out.append(
+            _table(
+                [
+                    "scenario",
+                    "n",
+                    "ack",
+                    "placeholder",
+                    "stream overhead",
+                    "last token->final",
+                    "event->final",
+                ],
+                [
+                    [
+                        f"({k}) {v['title']}",
+                        str(v["conversations"]),
+                        _pair(v["ack_ms"]),
+                        _pair(v["placeholder_ms"]),
+                        _pair(v["stream_overhead_ms"]),
+                        _pair(v["last_token_to_final_ms"]),
+                        _pair(v["event_to_final_ms"]),
+                    ]
+                    for k, v in streams.items()
+                ],
+            )
+        )
+        out.append("")
+        out.append("Throughput and resources")
+        out.append(
+            _table(
+                [
+                    "scenario",
+                    "edits/reply",
+                    "429s",
+                    "complete",
+                    "replies/s",
+                    "peak RSS MB",
+                    "CPU s/reply",
+                    "errors",
+                    "edits/min",
+                    "other CPU",
+                ],
+                [
+                    [
+                        f"({k}) {v['title']}",
+                        f"{v['edits_per_reply']['mean']:.1f}",
+                        str(v["slack_429s"]),
+                        f"{v['complete_pct']:.0f} %",
+                        _num(v["replies_per_second"], "{:.2f}"),
+                        _num(v["bot_peak_rss_mb"]),
+                        _num(v["bot_cpu_seconds_per_reply"], "{:.3f}"),
+                        str(v["errors"]["count"]),
+                        f"{v['slack_chat_update_per_minute']:.0f}",
+                        _other_cpu(v),
+                    ]
+                    for k, v in streams.items()
+                ],
+            )
+        )
+    for k, v in scenarios.items():
+        if "per_turn" in v:
+            out.append("")
+            out.append(_deep_table(k, v))
+    return "\n".join(out)
+
+
+def _other_cpu(v: dict[str, Any]) -> str:
+    """Share of the machine's CPU that other processes used meanwhile (noise on a shared machine)."""
+    cpu = v.get("cpu_seconds") or {}
+    capacity = cpu.get("wall_s", 0) * cpu.get("cores", 1)
+    return f"{100 * cpu['other_processes_s'] / capacity:.0f} %" if capacity else "-"
+
+
+def _deep_table(key: str, v: dict[str, Any]) -> str:
+    sql = {r["turn"]: r["statements"] for r in v.get("sql_per_turn", [])}
+    rows = [
+        [
+            str(r["turn"]),
+            _num(r["ack_ms"]),
+            _num(r["placeholder_ms"]),
+            _num(r["upstream_request_ms"]),
+            _num(r["final_ms"]),
+            _num(r["upstream_messages"], "{}"),
+            _num(sql.get(r["turn"]), "{}"),
+            "yes" if r["complete"] else "NO",
+        ]
+        for r in v["per_turn"]
+    ]
+    slopes = v["slope_ms_per_turn"]
+    head = f"({key}) {v['title']}: per turn, ms from the event"
+    table = _table(
+        ["turn", "ack", "placeholder", "upstream req", "final edit", "msgs sent", "SQL stmts", "complete"],
+        rows,
+    )
+    fmt = "{:+.2f}"
+    tail = (
+        f"slope, ms per turn (turns 2..{v['turns']}): placeholder {_num(slopes['placeholder'], fmt)}, "
+        f"upstream request {_num(slopes['upstream_request'], fmt)}, final edit {_num(slopes['final'], fmt)}"
+        f"; peak RSS {_num(v['bot_peak_rss_mb'])} MB, "
+        f"CPU {_num(v['bot_cpu_seconds_per_reply'], '{:.3f}')} s/turn, "
+        f"429s {v['slack_429s']}, errors {v['errors']['count']}, other CPU {_other_cpu(v)}"
+    )
+    return "\n".join([head, table, tail])
+
+
+def _target(name: str, value: Any, limit: str, ok: bool | None) -> dict[str, Any]:
+    return {"target": name, "value": value, "limit": limit, "pass": ok}
+
+
+def evaluate(scenarios: dict[str, dict[str, Any]], total_seconds: float | None) -> list[dict[str, Any]]:
+    """The issue's targets; `pass` is None when the scenario did not run."""
+
+    def got(key: str) -> dict[str, Any] | None:
+        found = scenarios.get(key)
+        return None if found is None or "failed" in found else found
+
+    targets = []
+    c = got("c")
+    p99 = c["ack_ms"]["p99"] if c else None
+    targets.append(_target("(c) ack p99", p99, "< 50 ms", None if p99 is None else p99 < 50))
+    a = got("a")
+    for q, limit in (("p50", 50), ("p99", 250)):
+        value = a["stream_overhead_ms"][q] if a else None
+        targets.append(
+            _target(
+                f"(a) streaming overhead {q}",
+                value,
+                f"< {limit} ms",
+                None if value is None else value < limit,
+            )
+        )
+    for key, v in scenarios.items():
+        if "failed" in v:
+            targets.append(
+                _target(f"({key}) complete, no errors", v["failed"][:80], "100 %, 0, exit 0", False)
+            )
+            continue
+        ok = v["complete_pct"] == 100.0 and v["errors"]["count"] == 0 and v.get("bot_exit_code") == 0
+        value = (
+            f"{v['complete_pct']} % complete, {v['errors']['count']} errors, exit {v.get('bot_exit_code')}"
+        )
+        targets.append(_target(f"({key}) complete, no errors", value, "100 %, 0, exit 0", ok))
+    b = got("b")
+    value = b["slack_429s"] if b else None
+    targets.append(_target("(b) Slack 429s", value, "< 150", None if value is None else value < 150))
+    rss = c["bot_peak_rss_mb"] if c else None
+    targets.append(_target("(c) peak RSS", rss, "< 250 MB", None if rss is None else rss < 250))
+    e = got("e")
+    if e:
+        slopes = e["slope_ms_per_turn"]
+        counts = [r["statements"] for r in e.get("sql_per_turn", []) if r["turn"] >= 2]
+        flat_sql = bool(counts) and max(counts) - min(counts) <= 1
+        flat_time = all(
+            s is not None and s <= FLAT_SLOPE_MS_PER_TURN
+            for s in (slopes["upstream_request"], slopes["final"])
+        )
+        value = (
+            f"slopes {slopes['upstream_request']} / {slopes['final']} ms/turn, SQL/turn "
+            f"{min(counts) if counts else '-'}..{max(counts) if counts else '-'}"
+        )
+        targets.append(
+            _target(
+                "(e) per-turn cost flat",
+                value,
+                f"slope <= {FLAT_SLOPE_MS_PER_TURN} ms/turn, constant SQL count",
+                flat_time and flat_sql,
+            )
+        )
+    else:
+        targets.append(_target("(e) per-turn cost flat", None, "", None))
+    total_ok = None if total_seconds is None else total_seconds < TOTAL_SECONDS_TARGET
+    targets.append(
+        _target(
+            "make bench total",
+            None if total_seconds is None else round(total_seconds, 1),
+            "< 300 s",
+            total_ok,
+        )
+    )
+    return targets
+
+
+def format_targets(targets: list[dict[str, Any]]) -> str:
+    rows = [
+        [t["target"], str(t["value"]), t["limit"], {True: "PASS", False: "FAIL", None: "not run"}[t["pass"]]]
+        for t in targets
+    ]
+    return "Targets\n" + _table(["target", "value", "limit", "verdict"], rows)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
