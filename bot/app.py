@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
+import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
@@ -136,6 +137,9 @@ class BotRuntime:
 
     async def start(self) -> int:
         settings = self.settings
+        # One connection pool for every Web API call (slack_sdk opens a session per call otherwise).
+        session = self.client.session = aiohttp.ClientSession()
+        self._stack.push_async_callback(session.close)
         team = await check_slack(self.client)
         self.core = core = await self._stack.enter_async_context(core_services(settings))
         log.info("database ready at %s", describe(core.engine.url))

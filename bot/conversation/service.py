@@ -19,7 +19,7 @@ from bot.llm.errors import LLMError
 from bot.llm.types import ChatMessage, CompletionResult
 from bot.storage import conversations as repo
 from bot.storage.conversations import ConversationKey
-from bot.storage.db import DatabaseError
+from bot.storage.db import DatabaseError, error_reason
 from bot.storage.models import ConversationKind, Message, MessageStatus, Role
 from bot.storage.usage import UsageEntry, record_usage
 
@@ -98,7 +98,7 @@ class ConversationService:
         try:
             conversation_id, assistant_id, history = await self._begin(turn, sink.refs)
         except (SQLAlchemyError, DatabaseError, OSError) as exc:
-            log.warning("database unavailable at turn start: %s", type(exc).__name__)
+            log.warning("database unavailable at turn start: %s", error_reason(exc))
             await sink.fail(NOTE_DATABASE)
             return TurnOutcome(MessageStatus.ERROR, "", None, None, "database")
 
@@ -236,10 +236,10 @@ class ConversationService:
                     log.error(
                         "could not store the finished reply after %d attempts: %s",
                         attempt + 1,
-                        type(exc).__name__,
+                        error_reason(exc),
                     )
                     return
-                log.warning("storing the finished reply failed (%s); retrying", type(exc).__name__)
+                log.warning("storing the finished reply failed (%s); retrying", error_reason(exc))
                 await asyncio.sleep(delay)
 
     async def _checkpoint(self, message_id: int, content: str, refs: Sequence[str]) -> None:
@@ -248,7 +248,7 @@ class ConversationService:
             async with self._sessions.begin() as session:
                 await repo.checkpoint_message(session, message_id, content=content, slack_refs=refs)
         except (SQLAlchemyError, OSError) as exc:
-            log.warning("could not checkpoint a streaming reply: %s", type(exc).__name__)
+            log.warning("could not checkpoint a streaming reply: %s", error_reason(exc))
 
 
 def usage_entry(

@@ -11,6 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.slack.recovery import recover_interrupted_replies
+from bot.storage.db import error_reason
 from bot.storage.dedupe import purge_events
 from bot.storage.models import utcnow
 
@@ -55,7 +56,7 @@ class Maintenance:
             if purged:
                 log.info("purged %d old dedupe rows", purged)
         except (SQLAlchemyError, OSError) as exc:
-            log.warning("maintenance skipped, database unavailable: %s", type(exc).__name__)
+            log.warning("maintenance skipped, database unavailable: %s", error_reason(exc))
 
     async def run_forever(self) -> None:
         while True:

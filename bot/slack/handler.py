@@ -31,6 +31,7 @@ from bot.slack.events import Ignored, Incoming, classify, readable, strip_bot_me
 from bot.slack.renderer import SlackDeliveryError, SlackReply
 from bot.storage import conversations as repo
 from bot.storage.conversations import ConversationKey
+from bot.storage.db import error_reason
 from bot.storage.dedupe import claim_event, release_event
 from bot.storage.models import ConversationKind
 
@@ -98,7 +99,7 @@ class SlackTurns:
         try:
             admission = await self._admit(incoming, key)
         except (SQLAlchemyError, OSError) as exc:
-            log.warning("database unavailable while admitting an event: %s", type(exc).__name__)
+            log.warning("database unavailable while admitting an event: %s", error_reason(exc))
             if incoming.mentioned or incoming.kind is ConversationKind.DM:
                 await _say_quietly(client, incoming, NOTE_DATABASE)
             return
@@ -176,7 +177,7 @@ class SlackTurns:
             async with self._sessions.begin() as session:
                 await release_event(session, incoming.event_id)
         except (SQLAlchemyError, OSError) as exc:
-            log.warning("could not release the event: %s", type(exc).__name__)
+            log.warning("could not release the event: %s", error_reason(exc))
 
     async def _backfill(
         self, incoming: Incoming, client: AsyncWebClient, bot_user_id: str | None, skip: set[str]

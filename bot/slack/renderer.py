@@ -143,7 +143,8 @@ class SlackReply:
         self._shown = _answer_payload(display(""))
         self._ts.append(await self._post(self._shown))
         self._open = True
-        self._next_edit_at = time.monotonic() + self._interval
+        # The placeholder was a post, not an edit: the first text may be shown at once.
+        self._next_edit_at = time.monotonic()
         self._worker = asyncio.create_task(self._run(), name=f"slack-reply-{self._key}")
 
     async def thinking(self) -> None:

@@ -26,7 +26,7 @@ def _enable_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA busy_timeout=30000")  # writers queue rather than fail under load
     cursor.close()
 
 
@@ -60,7 +60,7 @@ async def check_database(engine: AsyncEngine) -> None:
         async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
-        raise DatabaseError(f"database unreachable at {describe(engine.url)}: {_reason(exc)}") from exc
+        raise DatabaseError(f"database unreachable at {describe(engine.url)}: {error_reason(exc)}") from exc
 
 
 def describe(url: URL) -> str:
@@ -68,6 +68,7 @@ def describe(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
-def _reason(exc: BaseException) -> str:
+def error_reason(exc: BaseException) -> str:
+    """The driver's own one-line reason (e.g. 'database is locked'), without SQL or parameters."""
     orig = getattr(exc, "orig", None) or exc.__cause__ or exc
     return f"{type(orig).__name__}: {orig}".splitlines()[0][:200]
