@@ -33,6 +33,8 @@ from bot.storage.db import create_engine, session_factory
 from bot.storage.migrate import upgrade_head
 from bot.storage.models import Base
 
+pytest_plugins = ["tests.fake_fixtures"]
+
 T = TypeVar("T")
 
 POSTGRES_ADMIN_URL = os.environ.get(

@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -93,14 +92,6 @@ def test_migrate_against_an_unreachable_database_is_one_line_without_the_passwor
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert "127.0.0.1" in line and "hunter2" not in line
-
-
-@pytest.fixture
-async def aiml() -> AsyncIterator[FakeAimlApi]:
-    fake = FakeAimlApi(api_key="test-key")
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 async def start_chat(tmp_path: Path, aiml: FakeAimlApi) -> asyncio.subprocess.Process:

@@ -30,14 +30,6 @@ SYSTEM = "You are a test assistant."
 
 
 @pytest.fixture
-async def aiml() -> AsyncIterator[FakeAimlApi]:
-    fake = FakeAimlApi(api_key="test-key")
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
 async def llm(aiml: FakeAimlApi) -> AsyncIterator[AimlClient]:
     client = AimlClient(
         api_key="test-key", base_url=aiml.base_url, model="zhipu/glm-5", read_timeout=2, backoff_base=0.01

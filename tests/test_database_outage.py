@@ -10,8 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from bot.storage.models import Message, MessageStatus, UsageRecord
-from tests.fakes.aimlapi import FakeAimlApi, Reply
-from tests.fakes.slack_api import FakeSlackApi
+from tests.fakes.aimlapi import Reply
 from tests.fakes.tcp_proxy import TcpProxy
 from tests.harness import eventually, make_settings, mention, running_bot
 
@@ -25,16 +24,6 @@ async def proxy(db_url: str) -> AsyncIterator[TcpProxy]:
     await proxy.start()
     yield proxy
     await proxy.stop()
-
-
-@pytest.fixture
-async def fakes() -> AsyncIterator[tuple[FakeSlackApi, FakeAimlApi]]:
-    slack, aiml = FakeSlackApi(), FakeAimlApi(api_key="test-key")
-    await slack.start()
-    await aiml.start()
-    yield slack, aiml
-    await aiml.stop()
-    await slack.stop()
 
 
 def through(proxy: TcpProxy, db_url: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -29,12 +28,6 @@ LA = ZoneInfo("America/Los_Angeles")
 DAY = date(2026, 3, 8)
 CHANNEL = "CDIGEST"
 TOKEN = "xoxb-test"
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlackApi]:
-    async with FakeSlackApi(bot_token=TOKEN) as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import socket
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -30,16 +29,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-async def fakes() -> AsyncIterator[tuple[FakeSlackApi, FakeAimlApi]]:
-    slack, aiml = FakeSlackApi(bot_token=BOT_TOKEN), FakeAimlApi(api_key=API_KEY)
-    await slack.start()
-    await aiml.start()
-    yield slack, aiml
-    await aiml.stop()
-    await slack.stop()
 
 
 async def start_bot(tmp_path: Path, slack: FakeSlackApi, aiml: FakeAimlApi, grace: float):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -11,19 +10,8 @@ from sqlalchemy import select
 from bot.slack.recovery import NOTE_RESTARTED, last_part
 from bot.slack.text import find_split
 from bot.storage.models import Conversation, ConversationKind, Message, MessageStatus, Role, utcnow
-from tests.fakes.aimlapi import FakeAimlApi
 from tests.fakes.slack_api import FakeSlackApi
 from tests.harness import make_settings, running_bot
-
-
-@pytest.fixture
-async def fakes() -> AsyncIterator[tuple[FakeSlackApi, FakeAimlApi]]:
-    slack, aiml = FakeSlackApi(), FakeAimlApi(api_key="test-key")
-    await slack.start()
-    await aiml.start()
-    yield slack, aiml
-    await aiml.stop()
-    await slack.stop()
 
 
 async def seed_stale_reply(sessions, slack: FakeSlackApi, content: str, age: timedelta) -> tuple[int, str]:

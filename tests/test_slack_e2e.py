@@ -11,24 +11,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.fakes.aimlapi import ErrorReply, FakeAimlApi, Reply
-from tests.fakes.slack_api import FakeSlackApi, FakeUser
+from tests.fakes.slack_api import FakeUser
 from tests.harness import Bot, eventually, make_settings, mention, message, running_bot, signed_headers
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlackApi]:
-    fake = FakeSlackApi()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
-async def aiml() -> AsyncIterator[FakeAimlApi]:
-    fake = FakeAimlApi(api_key="test-key")
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 @pytest.fixture

@@ -20,20 +20,8 @@ sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
 @pytest.fixture
-async def slack() -> AsyncIterator[FakeSlackApi]:
-    async with FakeSlackApi() as fake:
-        yield fake
-
-
-@pytest.fixture
 async def socket(slack: FakeSlackApi) -> AsyncIterator[FakeSocketMode]:
     async with FakeSocketMode(slack, app_token=APP_TOKEN) as fake:
-        yield fake
-
-
-@pytest.fixture
-async def aiml() -> AsyncIterator[FakeAimlApi]:
-    async with FakeAimlApi(api_key="test-key") as fake:
         yield fake
 
 

@@ -68,12 +68,6 @@ async def response_url() -> AsyncIterator[ResponseUrl]:
     await endpoint.stop()
 
 
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlackApi]:
-    async with FakeSlackApi(bot_token=TOKEN) as fake:
-        yield fake
-
-
 def bolt_app(slack: FakeSlackApi, sessions: async_sessionmaker[AsyncSession]) -> AsyncApp:
     app = AsyncApp(client=AsyncWebClient(base_url=slack.api_url, token=TOKEN), signing_secret=SECRET)
     register_usage_command(app, sessions, TZ)

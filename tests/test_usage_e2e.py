@@ -4,27 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
-import pytest
-
 from bot.storage.models import UsageRecord
-from tests.fakes.aimlapi import FakeAimlApi, Reply
-from tests.fakes.slack_api import FakeSlackApi
+from tests.fakes.aimlapi import Reply
 from tests.harness import eventually, make_settings, mention, running_bot, signed_headers
 from tests.test_usage_command import ResponseUrl
-
-
-@pytest.fixture
-async def fakes() -> AsyncIterator[tuple[FakeSlackApi, FakeAimlApi]]:
-    slack, aiml = FakeSlackApi(), FakeAimlApi(api_key="test-key")
-    await slack.start()
-    await aiml.start()
-    yield slack, aiml
-    await aiml.stop()
-    await slack.stop()
 
 
 async def test_usage_command_answers_the_caller_with_their_own_numbers(db_url, fakes):
