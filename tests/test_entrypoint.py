@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.test_cli import bot_env
@@ -12,10 +14,13 @@ ENTRYPOINT = Path(__file__).resolve().parent.parent / "docker" / "entrypoint.sh"
 
 
 def run_entrypoint(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = bot_env(tmp_path, **env)
+    # As in the image (PATH=/opt/venv/bin:...): `python` is the interpreter the bot is installed in.
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
     return subprocess.run(
         ["sh", str(ENTRYPOINT), *args],
         cwd=tmp_path,
-        env=bot_env(tmp_path, **env),
+        env=environment,
         capture_output=True,
         text=True,
         timeout=60,
