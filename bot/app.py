@@ -49,7 +49,7 @@ async def core_services(settings: Settings) -> AsyncIterator[Core]:
     """Database (migrated), AI/ML API client and conversation service; closed on exit."""
     settings.require("aimlapi_key")
     assert settings.aimlapi_key is not None
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
     await check_database(engine)
     await upgrade_head(settings.database_url)
     llm = AimlClient(

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     llm_max_retries: int = Field(3, ge=0, le=10)
 
     database_url: str = "sqlite+aiosqlite:///data/bot.db"
+    database_pool_size: int = Field(20, ge=1, le=500)
 
     host: str = "0.0.0.0"  # reachable from outside the container by design
     port: int = Field(3000, ge=0, le=65535)  # 0 picks a free port (tests, benchmarks)

@@ -30,7 +30,7 @@ def _enable_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_engine(database_url: str, *, echo: bool = False) -> AsyncEngine:
+def create_engine(database_url: str, *, echo: bool = False, pool_size: int = 20) -> AsyncEngine:
     """Build the engine without connecting; SQLite's parent folder is created if missing."""
     url = parse_url(database_url)
     kwargs: dict[str, Any] = {"echo": echo}
@@ -39,7 +39,8 @@ def create_engine(database_url: str, *, echo: bool = False) -> AsyncEngine:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": 30}
     else:
-        kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=10)
+        # Bursts of turns wait for a connection rather than fail: each transaction is short.
+        kwargs.update(pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size * 2, pool_timeout=30)
         kwargs["connect_args"] = {"timeout": 5}
     try:
         engine = create_async_engine(url, **kwargs)
