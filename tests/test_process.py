@@ -31,6 +31,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def spawn_bot(tmp_path: Path, env: dict[str, str]) -> asyncio.subprocess.Process:
+    """`python -m bot run` in `tmp_path` (so no .env of the repository leaks in), output captured."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "run",
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
 async def start_bot(tmp_path: Path, slack: FakeSlackApi, aiml: FakeAimlApi, grace: float):
     port = free_port()
     env = bot_env(
@@ -47,16 +61,7 @@ async def start_bot(tmp_path: Path, slack: FakeSlackApi, aiml: FakeAimlApi, grac
         STREAM_UPDATE_INTERVAL="0.2",
         SHUTDOWN_GRACE_SECONDS=str(grace),
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "run",
-        cwd=tmp_path,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await spawn_bot(tmp_path, env)
     http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5)
     deadline = time.monotonic() + 30
     while True:
@@ -137,16 +142,7 @@ async def test_a_rejected_bot_token_at_start_up_is_one_clear_line(tmp_path, fake
         AIMLAPI_KEY=API_KEY,
         AIMLAPI_BASE_URL=aiml.base_url,
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "run",
-        cwd=tmp_path,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await spawn_bot(tmp_path, env)
     _, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 2
     assert err.decode().strip().splitlines() == [
@@ -159,16 +155,7 @@ async def test_settings_are_read_from_a_dotenv_file_in_the_working_directory(tmp
     (tmp_path / ".env").write_text(
         f"SLACK_BOT_TOKEN=xoxb-from-dotenv\nSLACK_SIGNING_SECRET=s\nAIMLAPI_KEY=k\nSLACK_API_URL={slack.api_url}\n"
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "run",
-        cwd=tmp_path,
-        env=bot_env(tmp_path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await spawn_bot(tmp_path, bot_env(tmp_path))
     _, err = await asyncio.wait_for(process.communicate(), 30)
     # The fake knows only xoxb-test, so the token from .env was sent to Slack and rejected.
     assert process.returncode == 2
