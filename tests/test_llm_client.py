@@ -370,6 +370,19 @@ async def test_the_overall_deadline_ends_a_stream_that_keeps_trickling(fake: Fak
     assert result.duration_ms >= 300
 
 
+async def test_the_deadline_holds_when_it_is_many_read_timeouts_away(fake: FakeAimlApi) -> None:
+    # Far from the deadline only httpx's per-read timeout guards a read; near it, the deadline does.
+    fake.enqueue(Reply(content="word " * 100, chunk_size=5, chunk_interval=0.05))
+
+    async with make_client(fake, read_timeout=0.2, total_timeout=0.8) as client:
+        started = time.monotonic()
+        _, result, error = await complete_until_error(client)
+
+    assert isinstance(error, LLMTimeoutError)
+    assert 0.8 <= time.monotonic() - started < 1.5
+    assert result.content.startswith("word " * 10)
+
+
 @pytest.mark.parametrize("shape", ["aimlapi", "openai"])
 async def test_both_error_body_shapes_give_the_upstream_message(
     fake: FakeAimlApi, client: AimlClient, shape: Any
