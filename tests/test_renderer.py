@@ -7,17 +7,16 @@ import itertools
 import random
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.conversation.ports import ReplySink, ReplySummary
+from bot.conversation.service import NOTE_CUT_OFF, NOTE_EMPTY, NOTE_ONLY_REASONING
 from bot.slack.edit_budget import EditBudget, EditBudgets
 from bot.slack.renderer import (
-    EMPTY_ANSWER_NOTE,
-    LENGTH_NOTE,
-    REASONING_ONLY_NOTE,
     SlackDeliveryError,
     SlackReply,
 )
@@ -246,10 +245,10 @@ async def test_an_answer_of_only_reasoning_ends_with_a_note_not_an_empty_message
     reply = _reply(fake, client)
     await reply.start()
     await reply.thinking()
-    await reply.finish(SUMMARY)
+    await reply.finish(replace(SUMMARY, note=NOTE_ONLY_REASONING))
     [message] = _shown(fake, reply)
     assert message.markdown == ""
-    assert REASONING_ONLY_NOTE in message.context
+    assert NOTE_ONLY_REASONING in message.context
     assert message.text != PLACEHOLDER
 
 
@@ -258,10 +257,11 @@ async def test_an_empty_answer_without_reasoning_says_the_answer_was_empty(
 ) -> None:
     reply = _reply(fake, client)
     await reply.start()
-    await reply.finish(SUMMARY)
+    await reply.finish(replace(SUMMARY, note=NOTE_EMPTY))
     [message] = _shown(fake, reply)
-    assert EMPTY_ANSWER_NOTE in message.context
-    assert message.text == EMPTY_ANSWER_NOTE
+    assert message.markdown == ""
+    assert NOTE_EMPTY in message.context
+    assert message.text == NOTE_EMPTY
 
 
 async def test_a_placeholder_that_cannot_be_posted_raises_and_fail_stays_quiet(
@@ -301,12 +301,12 @@ async def test_an_answer_cut_at_the_length_limit_says_so_outside_the_answer(
     await reply.finish(
         ReplySummary(
             model="zhipu/glm-5", prompt_tokens=None, completion_tokens=None, credits_used=None,
-            finish_reason="length",
+            finish_reason="length", note=NOTE_CUT_OFF,
         )
     )  # fmt: skip
     [message] = _shown(fake, reply)
     assert message.markdown == "An answer that"
-    assert LENGTH_NOTE in message.context
+    assert NOTE_CUT_OFF in message.context
     assert "tokens" not in message.context
 
 

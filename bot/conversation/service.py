@@ -175,7 +175,7 @@ class ConversationService:
 
     def _summary(self, result: CompletionResult) -> ReplySummary:
         note: str | None = None
-        if not result.content:
+        if not result.content.strip():
             note = NOTE_ONLY_REASONING if result.finish_reason == "length" else NOTE_EMPTY
         elif result.finish_reason == "length":
             note = NOTE_CUT_OFF

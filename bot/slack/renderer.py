@@ -30,9 +30,6 @@ from bot.slack.text import MAX_MESSAGE_CHARS, SplitPoint, display, find_split, m
 
 logger = logging.getLogger(__name__)
 
-EMPTY_ANSWER_NOTE = "The model returned an empty answer. Try asking again."
-REASONING_ONLY_NOTE = "The model thought it over but wrote no answer. Try asking again or rephrasing."
-LENGTH_NOTE = "The answer was cut off at the length limit."
 END_NOTE = "End of the answer."
 
 _TRANSIENT = frozenset({"internal_error", "fatal_error", "service_unavailable", "request_timeout"})
@@ -128,7 +125,6 @@ class SlackReply:
         self._ending: _Payload | None = None  # context block of the final message, once ended
         self._ending_note: str | None = None
         self._done = False
-        self._reasoned = False
         self._worker: asyncio.Task[None] | None = None
         self._rate_limited = self._failures = 0
 
@@ -148,7 +144,7 @@ class SlackReply:
         self._worker = asyncio.create_task(self._run(), name=f"slack-reply-{self._key}")
 
     async def thinking(self) -> None:
-        self._reasoned = True  # the placeholder already says the model is thinking
+        """Nothing to do: the placeholder already says the model is thinking."""
 
     async def append(self, text: str) -> None:
         if self._ending is not None or not text:
@@ -163,9 +159,7 @@ class SlackReply:
 
         Raises SlackDeliveryError when Slack never accepted the final text.
         """
-        note = summary.note or (LENGTH_NOTE if summary.finish_reason == "length" else None)
-        if not self._text.strip():
-            note = note or (REASONING_ONLY_NOTE if self._reasoned else EMPTY_ANSWER_NOTE)
+        note = summary.note  # the conversation layer words it (cut off, empty answer, ...)
         elements = [f"_{mrkdwn_escape(note)}_"] if note else []
         line = summary_line(summary)
         if line:
