@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -64,6 +65,19 @@ async def recorded_runs(sessions: async_sessionmaker[AsyncSession]) -> list[Dige
 
 def balance_client(aiml: FakeAimlApi) -> AimlClient:
     return AimlClient(api_key=aiml.api_key, base_url=aiml.base_url, model="zhipu/glm-5", max_retries=0)
+
+
+async def run_until_posted(scheduler: AsyncIOScheduler, slack: FakeSlackApi) -> None:
+    """Run the real scheduler until something is posted to the digest channel (5 s at most)."""
+    scheduler.start()
+    try:
+        for _ in range(100):
+            if slack.messages(CHANNEL):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        scheduler.shutdown(wait=False)
+        await asyncio.sleep(0)
 
 
 async def test_digest_is_posted_to_the_channel_and_recorded(
@@ -296,15 +310,7 @@ async def test_scheduler_posts_yesterdays_digest_at_the_configured_time(
     assert scheduled is not None
     assert str(scheduled.trigger.timezone) == "Asia/Kolkata"
 
-    scheduler.start()
-    try:
-        for _ in range(100):
-            if slack.messages(CHANNEL):
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        scheduler.shutdown(wait=False)
-        await asyncio.sleep(0)
+    await run_until_posted(scheduler, slack)
 
     [message] = slack.messages(CHANNEL)
     yesterday = datetime.now(tz).date() - timedelta(days=1)
@@ -318,15 +324,7 @@ async def test_scheduler_catches_up_as_soon_as_it_starts(
     scheduler = build_scheduler(job(sessions, client, ZoneInfo("UTC")), run_at=time(0, 0), tz=ZoneInfo("UTC"))
     assert scheduler.get_job(CATCH_UP_JOB_ID) is not None
 
-    scheduler.start()
-    try:
-        for _ in range(100):
-            if slack.messages(CHANNEL):
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        scheduler.shutdown(wait=False)
-        await asyncio.sleep(0)
+    await run_until_posted(scheduler, slack)
 
     assert len(slack.messages(CHANNEL)) == 1
     assert [run.day for run in await recorded_runs(sessions)] == [
