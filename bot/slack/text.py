@@ -2,7 +2,8 @@
 
 Slack rejects `chat.update` text over 4,000 characters, so a long answer is spread over several
 messages; the split keeps Markdown intact (never inside a code fence unless one block alone is too
-big, and then the fence is closed and reopened).
+big, and then the fence is closed and reopened) and never cuts through a character as people see it
+(a grapheme cluster: an emoji with its skin tone or ZWJ sequence, a flag, a letter with its accents).
 """
 
 from __future__ import annotations
@@ -11,14 +12,25 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import regex
+
 from bot.conversation.ports import ReplySummary
 
 MAX_MESSAGE_CHARS = 3_900  # answer characters per message; chat.update rejects `text` over 4,000
 PLACEHOLDER = "_Thinking…_"
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<marker>`{3,}|~{3,})(?P<info>.*)$")
-_SENTENCE_END = re.compile(r"[.!?…][)\]\"'”’*_]*[ \t]+")
+_CLOSERS = r")\]\"'”’*_」』）］｝〕〉》】〗〙〛｣"  # may follow a sentence end: brackets, quotes, emphasis
+# A sentence end: `.!?…` only with the space that follows them (so "3.5" and "e.g." mid-word are not
+# ends); the CJK full stops, exclamation and question marks and semicolons, in their full-width,
+# half-width, small and vertical forms, also without one, since CJK text has no spaces. A full-width
+# full stop between full-width digits is a decimal point.
+_SENTENCE_END = re.compile(
+    rf"[.!?…‼⁇⁈⁉][{_CLOSERS}]*[ \t]+"
+    rf"|(?:[。｡！？；﹒﹔﹖﹗︒︔︕︖]|．(?![0-9０-９]))[{_CLOSERS}]*[ \t]*"
+)
 _SPACES = re.compile(r"[ \t]+")
+_GRAPHEME = regex.compile(r"\X")  # an extended grapheme cluster (Unicode UAX #29), as `regex` implements it
 
 
 @dataclass(frozen=True)
@@ -145,10 +157,31 @@ def find_split(text: str, limit: int = MAX_MESSAGE_CHARS) -> SplitPoint:
     for cut in candidates:
         if cut >= floor:
             return SplitPoint(cut)
-    forced = _split_inside(at_limit, fence_lines, limit) if at_limit is not None else None
+    forced = _split_inside(text, at_limit, fence_lines, limit) if at_limit is not None else None
     if forced is not None:
         return forced
-    return SplitPoint(next((cut for cut in candidates if cut > 0), limit))
+    return SplitPoint(next((cut for cut in candidates if cut > 0), None) or _hard_cut(text, limit))
+
+
+def grapheme_start(text: str, offset: int) -> int:
+    """The last grapheme cluster boundary at or before `offset`: a cut there splits no character."""
+    if offset <= 0 or offset >= len(text):
+        return max(0, min(offset, len(text)))
+    # A line feed always ends a cluster (UAX #29 GB4/GB5), so segmenting from the line's start is
+    # exact and keeps the work to one line.
+    for cluster in _GRAPHEME.finditer(text, text.rfind("\n", 0, offset) + 1):
+        if cluster.end() > offset:
+            return cluster.start()
+    return len(text)
+
+
+def _hard_cut(text: str, limit: int) -> int:
+    """Cut at the limit, moved back to the start of the character it would split.
+
+    Only a single cluster longer than a whole message (thousands of combining marks) is cut inside,
+    since Slack refuses the message otherwise.
+    """
+    return grapheme_start(text, limit) or limit
 
 
 def _block_end(text: str, fence: _Fence) -> int:
@@ -175,21 +208,24 @@ def _inline_candidates(text: str, outside: list[_Line], limit: int) -> tuple[int
 
 
 def _last_cut(text: str, offset: int, matches: Iterator[re.Match[str]]) -> int:
-    """The last match end (as an offset into `text`) that leaves something other than blanks before it."""
-    for end in reversed([offset + m.end() for m in matches]):
-        if text[:end].strip():
+    """The end of the last match (as an offset into `text`) that leaves something other than blanks
+    before it, moved back where it would split a character (in "。」́" the mark belongs to the quote),
+    as long as the match's first character (the full stop, the space) stays before the cut."""
+    for match in reversed(list(matches)):
+        end = grapheme_start(text, offset + match.end())
+        if end > offset + match.start() and text[:end].strip():
             return end
     return 0
 
 
-def _split_inside(fence: _Fence, fence_lines: list[_Line], limit: int) -> SplitPoint | None:
+def _split_inside(text: str, fence: _Fence, fence_lines: list[_Line], limit: int) -> SplitPoint | None:
     """Split a code block bigger than a message: close it in the head and reopen it in the rest."""
     close = fence.indent + fence.marker
     reopen = fence.opener + "\n"
     for line in reversed(fence_lines):
         if fence.body < line.start and line.start + len(close) <= limit:
             return SplitPoint(line.start, close, reopen)
-    cut = limit - len(close) - 1  # one line longer than a message: cut it and mark the cut
+    cut = _hard_cut(text, limit - len(close) - 1)  # one line longer than a message: cut it, mark the cut
     if cut <= fence.body:
         return None  # the opening line alone fills a message
     return SplitPoint(cut, "\n" + close, reopen)
