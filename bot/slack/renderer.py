@@ -26,7 +26,16 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.conversation.ports import ReplySummary
 from bot.slack.edit_budget import EditBudget
-from bot.slack.text import MAX_MESSAGE_CHARS, SplitPoint, display, find_split, mrkdwn_escape, summary_line
+from bot.slack.text import (
+    MAX_MESSAGE_CHARS,
+    SplitPoint,
+    defuse,
+    defuse_blocks,
+    display,
+    find_split,
+    mrkdwn_escape,
+    summary_line,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +62,11 @@ class RendererMetrics(Protocol):
 class _Payload:
     text: str
     blocks: tuple[dict[str, Any], ...]
+
+    def message(self) -> dict[str, Any]:
+        """The message fields of a Slack call: the one way the renderer's text reaches Slack, so no
+        path skips `defuse` (the model's text must never notify anyone)."""
+        return {"text": defuse(self.text), "blocks": defuse_blocks(self.blocks)}
 
 
 @dataclass(frozen=True)
@@ -277,12 +291,7 @@ class SlackReply:
         final = plan.kind != "interim"
         started = time.monotonic()
         try:
-            await self._client.chat_update(
-                channel=self._channel,
-                ts=self._ts[-1],
-                text=plan.payload.text,
-                blocks=list(plan.payload.blocks),
-            )
+            await self._client.chat_update(channel=self._channel, ts=self._ts[-1], **plan.payload.message())
         except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
             kind, retry_after = _classify(exc)
             self._observe("chat.update", kind, started)
@@ -324,11 +333,14 @@ class SlackReply:
         for attempt in range(1, 6):
             started = time.monotonic()
             try:
+                # No previews: a link the model built could otherwise carry thread content to
+                # whoever serves it when Slack fetches the preview.
                 response = await self._client.chat_postMessage(
                     channel=self._channel,
                     thread_ts=self._thread_ts,
-                    text=payload.text,
-                    blocks=list(payload.blocks),
+                    unfurl_links=False,
+                    unfurl_media=False,
+                    **payload.message(),
                 )
             except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
                 kind, retry_after = _classify(exc)

@@ -9,8 +9,9 @@ big, and then the fence is closed and reopened) and never cuts through a charact
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import regex
 
@@ -245,6 +246,48 @@ def display(text: str, placeholder: str = PLACEHOLDER) -> str:
     if fence is None:
         return text
     return text + ("" if text.endswith("\n") else "\n") + fence.indent + fence.marker
+
+
+# Slack notifies a channel, a user group, everyone or a person for the control sequences `<!here>`,
+# `<!channel>`, `<!everyone>`, `<!subteam^ID>` and `<@U…>` in mrkdwn `text` (docs.slack.dev, "Formatting
+# text": `&`, `<` and `>` are its control characters). How the `markdown` block treats them is not
+# documented, and a Markdown renderer decodes `&lt;` back into `<`, so the entity forms count too; the
+# bare `@here` words are linked only with `link_names`, which the bot never sets, but may be by the
+# markdown block's translation. A WORD JOINER (U+2060, invisible, no line break) after the `<`, or after
+# the `@` of a bare word, breaks each of them for every parser while the text reads as written, inside
+# code spans and blocks too, where escaping as `&lt;` would show the entity itself.
+# Person mentions are broken as well: the person asking is notified by the thread already, and a
+# model told to (by a prompt or by a pasted document) must not page anyone else, a hundred times.
+WORD_JOINER = "\u2060"
+_BROADCAST = re.compile(
+    r"(?:<|&lt;|&#0*60;|&#x0*3c;)(?=[!@])"  # `<!…>` and `<@…>`, raw or entity-encoded
+    r"|(?<![\w.+\-/])@(?=(?:here|channel|everyone)(?![\w-]|\.\w))",  # bare, not part of an address
+    re.IGNORECASE,
+)
+
+
+def defuse(text: str) -> str:
+    """`text` with every mention the model wrote made inert (see the note above); nothing else changes."""
+    return _BROADCAST.sub(lambda m: m.group() + WORD_JOINER, text)
+
+
+def defuse_blocks(blocks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of Block Kit blocks with `defuse` applied to every `text` string, however deep."""
+    return [_defuse_fields(block) for block in blocks]
+
+
+def _defuse_fields(value: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, str):
+            out[key] = defuse(item) if key == "text" else item
+        elif isinstance(item, Mapping):
+            out[key] = _defuse_fields(item)
+        elif isinstance(item, list):
+            out[key] = [_defuse_fields(x) if isinstance(x, Mapping) else x for x in item]
+        else:
+            out[key] = item
+    return out
 
 
 def mrkdwn_escape(text: str) -> str:
