@@ -1,12 +1,17 @@
-"""A person's text reaches the model exactly as written, through the real endpoint and the fakes."""
+"""Text reaches the model and Slack as written: a person's message, and a long streamed answer."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.conversation.ports import ReplySummary
+from bot.slack.edit_budget import EditBudget
 from bot.slack.events import strip_bot_mention
+from bot.slack.renderer import SlackReply
 from tests.fakes.aimlapi import FakeAimlApi, Reply
 from tests.harness import Bot, make_settings, message, running_bot
 
@@ -102,3 +107,24 @@ def test_only_the_bot_mention_and_its_separator_are_removed(text: str, expected:
 
 def test_without_a_bot_id_the_text_is_unchanged() -> None:
     assert strip_bot_mention("  a  b\n\n", None) == "  a  b\n\n"
+
+
+async def test_a_200_kb_answer_in_one_character_deltas_reaches_slack_exactly(slack):
+    # The renderer keeps the unsent answer as a list of deltas (joined once per edit), so this is
+    # linear; it once copied the whole answer on every delta. Timing is in the benchmark, not here.
+    answer = ("Lorem ipsum dolor sit amet, 中文句子。 👨\u200d👩\u200d👧 e\u0301 " * 4 + "\n\n") * 1_150
+    assert len(answer) >= 200_000
+    client = AsyncWebClient(base_url=slack.api_url, token="xoxb-test")
+    root = slack.add_message("C1", "<@UBOT> a long one")
+    reply = SlackReply(client, EditBudget(), "C1", root, interval=0.05)
+    await reply.start()
+    for i, char in enumerate(answer):
+        await reply.append(char)
+        if i % 97 == 0:
+            await asyncio.sleep(0)  # let the editor seal messages while deltas keep coming
+    await reply.finish(ReplySummary("zhipu/glm-5", 1, 1, 1, "stop"))
+
+    shown = [slack.message("C1", ts) for ts in reply.refs]
+    assert len(shown) >= 50
+    assert "".join(m.markdown for m in shown) == answer
+    assert all(len(m.text) <= 4_000 for m in shown)

@@ -128,8 +128,11 @@ class SlackReply:
         self._budget, self._channel, self._thread_ts = budget, channel, thread_ts
         self._interval, self._metrics, self._limit = interval, metrics, max_chars
         self._key = f"{channel}:{thread_ts}:{id(self):x}"  # this reply's turn in the shared budget
-        self._text = ""  # the whole answer so far
         self._start = 0  # where the current message's part of the answer begins
+        # The answer from `_start` on, as appended: joined only when an edit needs it, so a long
+        # answer in many small deltas costs linear time, not a copy of everything per delta.
+        self._tail: list[str] = []
+        self._tail_length = 0
         self._carry = ""  # a code fence reopened at the top of the current message
         self._ts: list[str] = []
         self._open = False  # the last of `_ts` still takes text (False before start and after a seal)
@@ -163,9 +166,10 @@ class SlackReply:
     async def append(self, text: str) -> None:
         if self._ending is not None or not text:
             return
-        self._text += text
+        self._tail.append(text)
+        self._tail_length += len(text)
         self._changed.set()
-        if len(self._body()) > self._limit:
+        if len(self._carry) + self._tail_length > self._limit:
             self._budget.promote(self._key)  # sealing a full message is its final edit
 
     async def finish(self, summary: ReplySummary) -> None:
@@ -227,7 +231,12 @@ class SlackReply:
     # ---- the background editor -----------------------------------------------------------------
 
     def _body(self) -> str:
-        return self._carry + self._text[self._start :]
+        return self._carry + self._joined_tail()
+
+    def _joined_tail(self) -> str:
+        if len(self._tail) > 1:
+            self._tail[:] = ["".join(self._tail)]
+        return self._tail[0] if self._tail else ""
 
     def _plan(self) -> _Plan | None:
         body = self._body()
@@ -266,7 +275,10 @@ class SlackReply:
             self._done = True
         elif plan.kind == "seal":
             assert plan.split is not None
-            self._start += plan.split.cut - len(self._carry)
+            sealed = plan.split.cut - len(self._carry)  # text appended since the plan comes after it
+            rest = self._joined_tail()[sealed:]
+            self._start += sealed
+            self._tail, self._tail_length = [rest] if rest else [], len(rest)
             self._carry = plan.split.reopen
             self._open = False
             await self._open_message()
