@@ -32,6 +32,8 @@ BROADCASTS = [
     "<@W0123ABCD|someone>",
     "&lt;!everyone&gt;",  # escaped: a Markdown renderer decodes entities
     "&#60;!here&#62;",
+    "&lt!channel&gt",  # HTML decodes these without the semicolon as well
+    "&#x3C;@U0123ABCD&#x3E;",
     "@here",
     "@channel",
     "@everyone",

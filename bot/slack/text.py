@@ -25,7 +25,7 @@ _CLOSERS = r")\]\"'”’*_」』）］｝〕〉》】〗〙〛｣"  # may follo
 # A sentence end: `.!?…` only with the space that follows them (so "3.5" and "e.g." mid-word are not
 # ends); the CJK full stops, exclamation and question marks and semicolons, in their full-width,
 # half-width, small and vertical forms, also without one, since CJK text has no spaces. A full-width
-# full stop between full-width digits is a decimal point.
+# full stop before a digit is a decimal point.
 _SENTENCE_END = re.compile(
     rf"[.!?…‼⁇⁈⁉][{_CLOSERS}]*[ \t]+"
     rf"|(?:[。｡！？；﹒﹔﹖﹗︒︔︕︖]|．(?![0-9０-９]))[{_CLOSERS}]*[ \t]*"
@@ -260,7 +260,8 @@ def display(text: str, placeholder: str = PLACEHOLDER) -> str:
 # model told to (by a prompt or by a pasted document) must not page anyone else, a hundred times.
 WORD_JOINER = "\u2060"
 _BROADCAST = re.compile(
-    r"(?:<|&lt;|&#0*60;|&#x0*3c;)(?=[!@])"  # `<!…>` and `<@…>`, raw or entity-encoded
+    # `<!…>` and `<@…>`, raw or entity-encoded (HTML decodes an entity without its semicolon too)
+    r"(?:<|&lt;?|&#0*60;?|&#x0*3c;?)(?=[!@])"
     r"|(?<![\w.+\-/])@(?=(?:here|channel|everyone)(?![\w-]|\.\w))",  # bare, not part of an address
     re.IGNORECASE,
 )
