@@ -79,9 +79,49 @@ _LINK = re.compile(r"<((?:https?|mailto):[^|>]+)(?:\|([^>]*))?>")
 
 
 def strip_bot_mention(text: str, bot_user_id: str | None) -> str:
-    if bot_user_id:
-        text = re.sub(_BOT_MENTION.format(bot=re.escape(bot_user_id)), "", text)
-    return re.sub(r"[ \t]{2,}", " ", text).strip()
+    """The person's text without the bot's own mention; every other character stays as written.
+
+    Only the whitespace that separated the mention from the text goes with it: one space or tab
+    after it ("<@BOT> hi"), else one before it ("hi <@BOT>"); a mention that starts the text takes the
+    rest of its line with it, and one that ends the text takes the line break before it, so code
+    pasted below or above a mention keeps its indentation and blank lines.
+    """
+    if not bot_user_id:
+        return text
+    pattern = re.compile(_BOT_MENTION.format(bot=re.escape(bot_user_id)))
+    kept: list[str] = []
+    position = 0  # text[:position] is decided
+    for match in pattern.finditer(text):
+        before = text[position : match.start()]
+        start, end = match.start(), match.end()
+        if not (before or any(kept)):  # the mention starts the text
+            end = _separator_after(text, end, whole_line=True)
+        elif (after := _separator_after(text, end, whole_line=False)) > end:
+            end = after
+        elif not text[end:].strip() or text[end] in "\r\n":  # it ends the text or its line
+            start -= _separator_length_before(before)
+        elif before.endswith((" ", "\t")):  # "ask <@BOT>, please": the space before goes
+            start -= 1
+        kept.append(text[position:start])
+        position = end
+    kept.append(text[position:])
+    return "".join(kept)
+
+
+def _separator_after(text: str, end: int, *, whole_line: bool) -> int:
+    """Where the text resumes after a mention ending at `end`: past one space or tab, or (when
+    `whole_line`) past the blanks and line breaks up to the next line that holds text."""
+    if whole_line:
+        blank = re.compile(r"[ \t]*(?:\r?\n[ \t]*)*\r?\n").match(text, end)
+        if blank is not None:
+            return blank.end()
+    return end + 1 if text[end : end + 1] in (" ", "\t") else end
+
+
+def _separator_length_before(before: str) -> int:
+    """The blanks and one line break between the text and a mention that ends it."""
+    match = re.search(r"(?:\r?\n)?[ \t]*\Z", before)
+    return len(match.group()) if match else 0
 
 
 def user_ids_in(text: str) -> list[str]:

@@ -10,7 +10,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.slack.text import MAX_MESSAGE_CHARS, find_split, mrkdwn_escape
+from bot.slack.text import MAX_MESSAGE_CHARS, defuse, find_split, mrkdwn_escape
 from bot.storage import conversations as repo
 from bot.storage.models import ConversationKind, MessageStatus
 
@@ -59,6 +59,7 @@ async def recover_interrupted_replies(
 
 
 async def _show_interrupted(client: AsyncWebClient, channel: str, ts: str, body: str) -> None:
+    body = defuse(body)  # the model's text: it must not notify anyone (see bot.slack.text.defuse)
     warning = f":warning: _{mrkdwn_escape(NOTE_RESTARTED)}_"
     note: dict[str, Any] = {"type": "context", "elements": [{"type": "mrkdwn", "text": warning}]}
     blocks: list[dict[str, Any]] = [{"type": "markdown", "text": body}, note] if body.strip() else [note]

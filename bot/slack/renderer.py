@@ -26,7 +26,16 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.conversation.ports import ReplySummary
 from bot.slack.edit_budget import EditBudget
-from bot.slack.text import MAX_MESSAGE_CHARS, SplitPoint, display, find_split, mrkdwn_escape, summary_line
+from bot.slack.text import (
+    MAX_MESSAGE_CHARS,
+    SplitPoint,
+    defuse,
+    defuse_blocks,
+    display,
+    find_split,
+    mrkdwn_escape,
+    summary_line,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +62,11 @@ class RendererMetrics(Protocol):
 class _Payload:
     text: str
     blocks: tuple[dict[str, Any], ...]
+
+    def message(self) -> dict[str, Any]:
+        """The message fields of a Slack call: the one way the renderer's text reaches Slack, so no
+        path skips `defuse` (the model's text must never notify anyone)."""
+        return {"text": defuse(self.text), "blocks": defuse_blocks(self.blocks)}
 
 
 @dataclass(frozen=True)
@@ -114,8 +128,11 @@ class SlackReply:
         self._budget, self._channel, self._thread_ts = budget, channel, thread_ts
         self._interval, self._metrics, self._limit = interval, metrics, max_chars
         self._key = f"{channel}:{thread_ts}:{id(self):x}"  # this reply's turn in the shared budget
-        self._text = ""  # the whole answer so far
         self._start = 0  # where the current message's part of the answer begins
+        # The answer from `_start` on, as appended: joined only when an edit needs it, so a long
+        # answer in many small deltas costs linear time, not a copy of everything per delta.
+        self._tail: list[str] = []
+        self._tail_length = 0
         self._carry = ""  # a code fence reopened at the top of the current message
         self._ts: list[str] = []
         self._open = False  # the last of `_ts` still takes text (False before start and after a seal)
@@ -149,9 +166,10 @@ class SlackReply:
     async def append(self, text: str) -> None:
         if self._ending is not None or not text:
             return
-        self._text += text
+        self._tail.append(text)
+        self._tail_length += len(text)
         self._changed.set()
-        if len(self._body()) > self._limit:
+        if len(self._carry) + self._tail_length > self._limit:
             self._budget.promote(self._key)  # sealing a full message is its final edit
 
     async def finish(self, summary: ReplySummary) -> None:
@@ -213,7 +231,12 @@ class SlackReply:
     # ---- the background editor -----------------------------------------------------------------
 
     def _body(self) -> str:
-        return self._carry + self._text[self._start :]
+        return self._carry + self._joined_tail()
+
+    def _joined_tail(self) -> str:
+        if len(self._tail) > 1:
+            self._tail[:] = ["".join(self._tail)]
+        return self._tail[0] if self._tail else ""
 
     def _plan(self) -> _Plan | None:
         body = self._body()
@@ -252,7 +275,10 @@ class SlackReply:
             self._done = True
         elif plan.kind == "seal":
             assert plan.split is not None
-            self._start += plan.split.cut - len(self._carry)
+            sealed = plan.split.cut - len(self._carry)  # text appended since the plan comes after it
+            rest = self._joined_tail()[sealed:]
+            self._start += sealed
+            self._tail, self._tail_length = [rest] if rest else [], len(rest)
             self._carry = plan.split.reopen
             self._open = False
             await self._open_message()
@@ -277,12 +303,7 @@ class SlackReply:
         final = plan.kind != "interim"
         started = time.monotonic()
         try:
-            await self._client.chat_update(
-                channel=self._channel,
-                ts=self._ts[-1],
-                text=plan.payload.text,
-                blocks=list(plan.payload.blocks),
-            )
+            await self._client.chat_update(channel=self._channel, ts=self._ts[-1], **plan.payload.message())
         except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
             kind, retry_after = _classify(exc)
             self._observe("chat.update", kind, started)
@@ -324,11 +345,14 @@ class SlackReply:
         for attempt in range(1, 6):
             started = time.monotonic()
             try:
+                # No previews: a link the model built could otherwise carry thread content to
+                # whoever serves it when Slack fetches the preview.
                 response = await self._client.chat_postMessage(
                     channel=self._channel,
                     thread_ts=self._thread_ts,
-                    text=payload.text,
-                    blocks=list(payload.blocks),
+                    unfurl_links=False,
+                    unfurl_media=False,
+                    **payload.message(),
                 )
             except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
                 kind, retry_after = _classify(exc)

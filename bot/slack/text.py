@@ -2,14 +2,18 @@
 
 Slack rejects `chat.update` text over 4,000 characters, so a long answer is spread over several
 messages; the split keeps Markdown intact (never inside a code fence unless one block alone is too
-big, and then the fence is closed and reopened).
+big, and then the fence is closed and reopened) and never cuts through a character as people see it
+(a grapheme cluster: an emoji with its skin tone or ZWJ sequence, a flag, a letter with its accents).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import regex
 
 from bot.conversation.ports import ReplySummary
 
@@ -17,8 +21,17 @@ MAX_MESSAGE_CHARS = 3_900  # answer characters per message; chat.update rejects 
 PLACEHOLDER = "_Thinking…_"
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<marker>`{3,}|~{3,})(?P<info>.*)$")
-_SENTENCE_END = re.compile(r"[.!?…][)\]\"'”’*_]*[ \t]+")
+_CLOSERS = r")\]\"'”’*_」』）］｝〕〉》】〗〙〛｣"  # may follow a sentence end: brackets, quotes, emphasis
+# A sentence end: `.!?…` only with the space that follows them (so "3.5" and "e.g." mid-word are not
+# ends); the CJK full stops, exclamation and question marks and semicolons, in their full-width,
+# half-width, small and vertical forms, also without one, since CJK text has no spaces. A full-width
+# full stop before a digit is a decimal point.
+_SENTENCE_END = re.compile(
+    rf"[.!?…‼⁇⁈⁉][{_CLOSERS}]*[ \t]+"
+    rf"|(?:[。｡！？；﹒﹔﹖﹗︒︔︕︖]|．(?![0-9０-９]))[{_CLOSERS}]*[ \t]*"
+)
 _SPACES = re.compile(r"[ \t]+")
+_GRAPHEME = regex.compile(r"\X")  # an extended grapheme cluster (Unicode UAX #29), as `regex` implements it
 
 
 @dataclass(frozen=True)
@@ -145,10 +158,31 @@ def find_split(text: str, limit: int = MAX_MESSAGE_CHARS) -> SplitPoint:
     for cut in candidates:
         if cut >= floor:
             return SplitPoint(cut)
-    forced = _split_inside(at_limit, fence_lines, limit) if at_limit is not None else None
+    forced = _split_inside(text, at_limit, fence_lines, limit) if at_limit is not None else None
     if forced is not None:
         return forced
-    return SplitPoint(next((cut for cut in candidates if cut > 0), limit))
+    return SplitPoint(next((cut for cut in candidates if cut > 0), None) or _hard_cut(text, limit))
+
+
+def grapheme_start(text: str, offset: int) -> int:
+    """The last grapheme cluster boundary at or before `offset`: a cut there splits no character."""
+    if offset <= 0 or offset >= len(text):
+        return max(0, min(offset, len(text)))
+    # A line feed always ends a cluster (UAX #29 GB4/GB5), so segmenting from the line's start is
+    # exact and keeps the work to one line.
+    for cluster in _GRAPHEME.finditer(text, text.rfind("\n", 0, offset) + 1):
+        if cluster.end() > offset:
+            return cluster.start()
+    return len(text)
+
+
+def _hard_cut(text: str, limit: int) -> int:
+    """Cut at the limit, moved back to the start of the character it would split.
+
+    Only a single cluster longer than a whole message (thousands of combining marks) is cut inside,
+    since Slack refuses the message otherwise.
+    """
+    return grapheme_start(text, limit) or limit
 
 
 def _block_end(text: str, fence: _Fence) -> int:
@@ -175,21 +209,24 @@ def _inline_candidates(text: str, outside: list[_Line], limit: int) -> tuple[int
 
 
 def _last_cut(text: str, offset: int, matches: Iterator[re.Match[str]]) -> int:
-    """The last match end (as an offset into `text`) that leaves something other than blanks before it."""
-    for end in reversed([offset + m.end() for m in matches]):
-        if text[:end].strip():
+    """The end of the last match (as an offset into `text`) that leaves something other than blanks
+    before it, moved back where it would split a character (in "。」́" the mark belongs to the quote),
+    as long as the match's first character (the full stop, the space) stays before the cut."""
+    for match in reversed(list(matches)):
+        end = grapheme_start(text, offset + match.end())
+        if end > offset + match.start() and text[:end].strip():
             return end
     return 0
 
 
-def _split_inside(fence: _Fence, fence_lines: list[_Line], limit: int) -> SplitPoint | None:
+def _split_inside(text: str, fence: _Fence, fence_lines: list[_Line], limit: int) -> SplitPoint | None:
     """Split a code block bigger than a message: close it in the head and reopen it in the rest."""
     close = fence.indent + fence.marker
     reopen = fence.opener + "\n"
     for line in reversed(fence_lines):
         if fence.body < line.start and line.start + len(close) <= limit:
             return SplitPoint(line.start, close, reopen)
-    cut = limit - len(close) - 1  # one line longer than a message: cut it and mark the cut
+    cut = _hard_cut(text, limit - len(close) - 1)  # one line longer than a message: cut it, mark the cut
     if cut <= fence.body:
         return None  # the opening line alone fills a message
     return SplitPoint(cut, "\n" + close, reopen)
@@ -209,6 +246,49 @@ def display(text: str, placeholder: str = PLACEHOLDER) -> str:
     if fence is None:
         return text
     return text + ("" if text.endswith("\n") else "\n") + fence.indent + fence.marker
+
+
+# Slack notifies a channel, a user group, everyone or a person for the control sequences `<!here>`,
+# `<!channel>`, `<!everyone>`, `<!subteam^ID>` and `<@U…>` in mrkdwn `text` (docs.slack.dev, "Formatting
+# text": `&`, `<` and `>` are its control characters). How the `markdown` block treats them is not
+# documented, and a Markdown renderer decodes `&lt;` back into `<`, so the entity forms count too; the
+# bare `@here` words are linked only with `link_names`, which the bot never sets, but may be by the
+# markdown block's translation. A WORD JOINER (U+2060, invisible, no line break) after the `<`, or after
+# the `@` of a bare word, breaks each of them for every parser while the text reads as written, inside
+# code spans and blocks too, where escaping as `&lt;` would show the entity itself.
+# Person mentions are broken as well: the person asking is notified by the thread already, and a
+# model told to (by a prompt or by a pasted document) must not page anyone else, a hundred times.
+WORD_JOINER = "\u2060"
+_BROADCAST = re.compile(
+    # `<!…>` and `<@…>`, raw or entity-encoded (HTML decodes an entity without its semicolon too)
+    r"(?:<|&lt;?|&#0*60;?|&#x0*3c;?)(?=[!@])"
+    r"|(?<![\w.+\-/])@(?=(?:here|channel|everyone)(?![\w-]|\.\w))",  # bare, not part of an address
+    re.IGNORECASE,
+)
+
+
+def defuse(text: str) -> str:
+    """`text` with every mention the model wrote made inert (see the note above); nothing else changes."""
+    return _BROADCAST.sub(lambda m: m.group() + WORD_JOINER, text)
+
+
+def defuse_blocks(blocks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of Block Kit blocks with `defuse` applied to every `text` string, however deep."""
+    return [_defuse_fields(block) for block in blocks]
+
+
+def _defuse_fields(value: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, str):
+            out[key] = defuse(item) if key == "text" else item
+        elif isinstance(item, Mapping):
+            out[key] = _defuse_fields(item)
+        elif isinstance(item, list):
+            out[key] = [_defuse_fields(x) if isinstance(x, Mapping) else x for x in item]
+        else:
+            out[key] = item
+    return out
 
 
 def mrkdwn_escape(text: str) -> str:
