@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import select
@@ -298,6 +299,95 @@ async def test_start_up_makes_up_a_missed_digest_once_todays_run_time_has_passed
     assert (made_up.day, made_up.status) == (DAY, DigestStatus.POSTED)
     assert again.status is DigestStatus.ALREADY_POSTED
     assert len(slack.messages(CHANNEL)) == 1
+
+
+async def mark_posted(sessions: async_sessionmaker[AsyncSession], *days: date) -> None:
+    """Days whose digest an earlier run of the bot posted."""
+    async with sessions() as session:
+        for day in days:
+            assert await digest_runs.claim(session, day, CHANNEL) is Claim.CLAIMED
+            await digest_runs.mark_posted(session, day, CHANNEL, f"1.{day:%Y%m%d}")
+        await session.commit()
+
+
+async def run_start_up_catch_up(scheduler: AsyncIOScheduler) -> None:
+    """Start the real scheduler and wait until its start-up catch-up job has finished."""
+    done = asyncio.Event()
+
+    def on_job(event: JobExecutionEvent) -> None:
+        if event.job_id == CATCH_UP_JOB_ID:
+            done.set()
+
+    scheduler.add_listener(on_job, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+    scheduler.start()
+    try:
+        await asyncio.wait_for(done.wait(), timeout=60)
+    finally:
+        scheduler.shutdown(wait=False)
+        await asyncio.sleep(0)
+
+
+def headers(slack: FakeSlackApi) -> list[str]:
+    return [m.blocks[0]["text"]["text"] for m in slack.messages(CHANNEL) if m.blocks]
+
+
+def header_of(day: date) -> str:
+    return f"Usage digest · {day:%A}, {day.day} {day:%B %Y}"
+
+
+async def test_start_up_posts_each_day_missed_while_down_oldest_first_and_none_twice(
+    sessions: async_sessionmaker[AsyncSession], client: AsyncWebClient, slack: FakeSlackApi
+) -> None:
+    utc = ZoneInfo("UTC")
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    # Up on day -5, down for -4 and -3, up for -2 (and posted it), down again since.
+    await mark_posted(sessions, yesterday - timedelta(days=5), yesterday - timedelta(days=2))
+    scheduler = build_scheduler(job(sessions, client, utc), run_at=time(0, 0), tz=utc)
+
+    await run_start_up_catch_up(scheduler)
+
+    missed = [yesterday - timedelta(days=n) for n in (4, 3, 1, 0)]
+    assert headers(slack) == [header_of(day) for day in missed]
+    runs = await recorded_runs(sessions)
+    assert [run.day for run in runs] == [yesterday - timedelta(days=n) for n in (5, 4, 3, 2, 1, 0)]
+    assert all(run.posted_at is not None for run in runs)
+
+
+async def test_after_more_than_a_week_down_start_up_posts_only_the_last_seven_days_oldest_first(
+    sessions: async_sessionmaker[AsyncSession], client: AsyncWebClient, slack: FakeSlackApi
+) -> None:
+    utc = ZoneInfo("UTC")
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    await mark_posted(sessions, yesterday - timedelta(days=10))
+    scheduler = build_scheduler(job(sessions, client, utc), run_at=time(0, 0), tz=utc)
+
+    await run_start_up_catch_up(scheduler)
+
+    last_week = [yesterday - timedelta(days=n) for n in range(6, -1, -1)]
+    assert headers(slack) == [header_of(day) for day in last_week]
+    assert [run.day for run in await recorded_runs(sessions)] == [yesterday - timedelta(days=10), *last_week]
+
+
+async def test_two_replicas_catching_up_at_once_post_each_missed_day_once_in_order(
+    db_url: str, sessions: async_sessionmaker[AsyncSession], slack: FakeSlackApi
+) -> None:
+    the_next_morning = datetime(2026, 3, 12, 17, tzinfo=UTC)  # 10:00 PDT on 12 March
+    await mark_posted(sessions, DAY)  # then down for 9, 10 and 11 March
+    slack.latency = 0.1  # posts overlap with the other replica's claims
+    engines = [create_engine(db_url), create_engine(db_url)]
+    clients = [AsyncWebClient(base_url=slack.api_url, token=TOKEN) for _ in engines]
+    try:
+        await asyncio.gather(
+            *(
+                job(session_factory(e), c).catch_up(time(9, 0), now=the_next_morning)
+                for e, c in zip(engines, clients, strict=True)
+            )
+        )
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+    assert headers(slack) == [header_of(DAY + timedelta(days=n)) for n in (1, 2, 3)]
 
 
 async def test_scheduler_posts_yesterdays_digest_at_the_configured_time(
