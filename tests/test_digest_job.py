@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -23,8 +24,9 @@ from bot.storage import digest_runs
 from bot.storage.db import create_engine, session_factory
 from bot.storage.digest_runs import Claim
 from bot.storage.models import DigestRun, UsageRecord
-from tests.fakes.aimlapi import ErrorReply, FakeAimlApi
-from tests.fakes.slack_api import FakeSlackApi
+from tests.fakes.aimlapi import ErrorReply, FakeAimlApi, Reply
+from tests.fakes.slack_api import FakeSlackApi, FakeUser
+from tests.test_cli import start_chat
 
 LA = ZoneInfo("America/Los_Angeles")
 DAY = date(2026, 3, 8)
@@ -41,13 +43,20 @@ def job(sessions: async_sessionmaker[AsyncSession], client: AsyncWebClient, tz: 
     return DigestJob(sessions=sessions, client=client, channel=CHANNEL, tz=tz)
 
 
-async def add_usage(sessions: async_sessionmaker[AsyncSession], at: datetime, credits: int = 4_000) -> None:
+async def add_usage(
+    sessions: async_sessionmaker[AsyncSession],
+    at: datetime,
+    credits: int = 4_000,
+    *,
+    user: str = "U1",
+    channel: str = "C1",
+) -> None:
     async with sessions() as session:
         session.add(
             UsageRecord(
                 team_id="T1",
-                channel_id="C1",
-                user_id="U1",
+                channel_id=channel,
+                user_id=user,
                 model_requested="zhipu/glm-5",
                 prompt_tokens=10,
                 completion_tokens=20,
@@ -99,6 +108,82 @@ async def test_digest_is_posted_to_the_channel_and_recorded(
     [run] = await recorded_runs(sessions)
     assert (run.day, run.channel_id, run.slack_ts) == (DAY, CHANNEL, message.ts)
     assert run.posted_at is not None
+
+
+def posted_text(slack: FakeSlackApi) -> str:
+    """Everything the digest channel shows: each message's text and the text of its blocks."""
+    parts: list[str] = []
+    for message in slack.messages(CHANNEL):
+        parts.append(message.text)
+        for block in message.blocks or []:
+            texts = [block.get("text"), *block.get("fields", []), *block.get("elements", [])]
+            parts += [text["text"] for text in texts if isinstance(text, dict) and "text" in text]
+    return "\n".join(parts)
+
+
+async def test_the_digest_names_its_top_users_without_mentioning_them(
+    sessions: async_sessionmaker[AsyncSession], client: AsyncWebClient, slack: FakeSlackApi
+) -> None:
+    slack.users["UADA"] = FakeUser(real_name="Ada Lovelace", display_name="ada")
+    slack.users["UGRACE"] = FakeUser(real_name="Grace Hopper")
+    at = datetime(2026, 3, 8, 20, tzinfo=UTC)
+    await add_usage(sessions, at, 30_000, user="UADA")
+    await add_usage(sessions, at, 20_000, user="UGRACE")
+    await add_usage(sessions, at, 10_000, user="UGONE")  # left the workspace: users.info fails
+
+    outcome = await run_digest(
+        day=DAY, channel=CHANNEL, sessions=sessions, client=client, tz=LA, balance=None
+    )
+
+    assert outcome.status is DigestStatus.POSTED
+    shown = posted_text(slack)
+    assert "<@" not in shown
+    assert "1. ada · 1 request" in shown
+    assert "2. Grace Hopper · 1 request" in shown
+    assert "3. UGONE · 1 request" in shown
+
+
+async def test_a_catch_up_of_several_days_looks_each_name_up_once(
+    sessions: async_sessionmaker[AsyncSession], client: AsyncWebClient, slack: FakeSlackApi
+) -> None:
+    slack.users["UADA"] = FakeUser(real_name="Ada Lovelace", display_name="ada")
+    await mark_posted(sessions, DAY)
+    for day in (9, 10, 11):
+        await add_usage(sessions, datetime(2026, 3, day, 20, tzinfo=UTC), user="UADA")
+
+    outcomes = await job(sessions, client).catch_up(time(9, 0), now=datetime(2026, 3, 12, 17, tzinfo=UTC))
+
+    assert [o.status for o in outcomes] == [DigestStatus.POSTED] * 3
+    assert posted_text(slack).count("1. ada · 1 request") == 3
+    assert len(slack.calls_to("users.info")) == 1
+
+
+async def test_terminal_chat_usage_is_labelled_in_the_digest_not_mentioned(
+    tmp_path: Path, aiml: FakeAimlApi, client: AsyncWebClient, slack: FakeSlackApi
+) -> None:
+    aiml.enqueue(Reply(content="Hello from GLM.", credits_used=5_000))
+    chat = await start_chat(tmp_path, aiml)
+    _, err = await asyncio.wait_for(chat.communicate(b"hi\n"), 60)
+    assert chat.returncode == 0, err.decode()
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/bot.db")
+    try:
+        outcome = await run_digest(
+            day=datetime.now(UTC).date(),
+            channel=CHANNEL,
+            sessions=session_factory(engine),
+            client=client,
+            tz=ZoneInfo("UTC"),
+            balance=None,
+        )
+    finally:
+        await engine.dispose()
+
+    assert outcome.status is DigestStatus.POSTED
+    shown = posted_text(slack)
+    assert "<@" not in shown and "<#terminal>" not in shown
+    assert "*Top users*\n1. Terminal chat · 1 request · 5,000 credits" in shown
+    assert "*Top channels*\n1. Terminal chat · 1 request" in shown
+    assert slack.calls_to("users.info") == []
 
 
 async def test_two_replicas_racing_for_the_same_day_post_once(

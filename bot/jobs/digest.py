@@ -7,6 +7,7 @@ import enum
 import logging
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
+from functools import cached_property
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -16,7 +17,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.slack.digest_blocks import digest_message
+from bot.slack.digest_blocks import TERMINAL_ID, digest_message
+from bot.slack.people import UserDirectory
 from bot.storage import digest_runs
 from bot.storage.digest_runs import Claim
 from bot.usage.report import DigestReport, build_report
@@ -136,8 +138,12 @@ async def run_digest(
     tz: ZoneInfo,
     balance: BalanceSource | None,
     dry_run: bool = False,
+    people: UserDirectory | None = None,
 ) -> DigestOutcome:
     """Build the digest for local `day` and post it to `channel` unless it was already posted.
+
+    Top users are shown by display name, looked up through `people` (a directory of its own when
+    none is given).
 
     Never raises (it runs inside the scheduler): every failure is logged with its fix and returned.
     """
@@ -166,7 +172,9 @@ async def run_digest(
         async with sessions() as session:
             report = await build_report(session, day, tz)
         report = await _with_balance(report, balance)
-        message = digest_message(report)
+        directory = people if people is not None else UserDirectory(client)
+        names = await directory.names(share.key for share in report.top_users if share.key != TERMINAL_ID)
+        message = digest_message(report, names)
         response = await client.chat_postMessage(
             channel=channel, text=message.text, blocks=message.blocks, unfurl_links=False, unfurl_media=False
         )
@@ -231,6 +239,11 @@ class DigestJob:
     tz: ZoneInfo
     balance: BalanceSource | None = None
 
+    @cached_property
+    def people(self) -> UserDirectory:
+        # One bounded cache for the life of the job: a catch-up of several days looks each name up once.
+        return UserDirectory(self.client)
+
     async def run(self, day: date, *, dry_run: bool = False) -> DigestOutcome:
         return await run_digest(
             day=day,
@@ -240,6 +253,7 @@ class DigestJob:
             tz=self.tz,
             balance=self.balance,
             dry_run=dry_run,
+            people=self.people,
         )
 
     async def run_due(self, now: datetime | None = None) -> list[DigestOutcome]:
