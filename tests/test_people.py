@@ -52,7 +52,7 @@ async def test_the_cache_keeps_only_the_most_recently_used_people(slack: FakeSla
     await people.lookup("U1")
     await people.lookup("U2")
 
-    assert len(people) == 2
+    assert people.size == 2
     assert [call.params["user"] for call in slack.calls_to("users.info")] == ["U1", "U2", "U3", "U2"]
 
 

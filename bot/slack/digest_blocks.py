@@ -58,8 +58,8 @@ def _header(text: str) -> Block:
 def user_ref(user_id: str, names: Mapping[str, str]) -> str:
     """The person's name as plain text, never a `<@U…>` mention: the digest must not ping anyone.
 
-    Slack notifies a user mentioned in a bot's message, in any block; an id Slack could not resolve
-    is shown as the bare id.
+    A `<@U…>` in a bot's mrkdwn (section or context alike) is a real mention that notifies the
+    person; Slack offers no silent form of it. An id Slack could not resolve is shown bare.
     """
     if user_id == TERMINAL_ID:
         return TERMINAL_LABEL

@@ -62,7 +62,9 @@ class UserDirectory:
         self._clock = clock
         self._entries: OrderedDict[str, tuple[float, Person]] = OrderedDict()
 
-    def __len__(self) -> int:
+    @property
+    def size(self) -> int:
+        """How many people are cached now (never more than `max_entries`)."""
         return len(self._entries)
 
     async def lookup(self, user_id: str) -> Person | None:
