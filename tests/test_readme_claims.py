@@ -156,24 +156,25 @@ async def run_process_until_healthy(
 ) -> tuple[int | None, str]:
     """`python -m bot *args` until /healthz answers 200, then SIGTERM; its exit code and stderr."""
     port = free_port()
+    variables = bot_env(
+        tmp_path,
+        SLACK_BOT_TOKEN="xoxb-test",
+        SLACK_SIGNING_SECRET="secret",
+        SLACK_API_URL=slack.api_url,
+        AIMLAPI_KEY="test-key",
+        AIMLAPI_BASE_URL=aiml.base_url,
+        HOST="127.0.0.1",
+        PORT=str(port),
+        LOG_LEVEL="INFO",
+    )
+    variables.pop("LOG_FORMAT", None)  # the default is under test unless `env` sets it
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bot",
         *args,
         cwd=tmp_path,
-        env=bot_env(
-            tmp_path,
-            SLACK_BOT_TOKEN="xoxb-test",
-            SLACK_SIGNING_SECRET="secret",
-            SLACK_API_URL=slack.api_url,
-            AIMLAPI_KEY="test-key",
-            AIMLAPI_BASE_URL=aiml.base_url,
-            HOST="127.0.0.1",
-            PORT=str(port),
-            LOG_LEVEL="INFO",
-            **env,
-        ),
+        env=variables | env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
