@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import select
@@ -22,8 +24,9 @@ from bot.storage import digest_runs
 from bot.storage.db import create_engine, session_factory
 from bot.storage.digest_runs import Claim
 from bot.storage.models import DigestRun, UsageRecord
-from tests.fakes.aimlapi import ErrorReply, FakeAimlApi
-from tests.fakes.slack_api import FakeSlackApi
+from tests.fakes.aimlapi import ErrorReply, FakeAimlApi, Reply
+from tests.fakes.slack_api import FakeSlackApi, FakeUser
+from tests.test_cli import start_chat
 
 LA = ZoneInfo("America/Los_Angeles")
 DAY = date(2026, 3, 8)
@@ -40,13 +43,20 @@ def job(sessions: async_sessionmaker[AsyncSession], client: AsyncWebClient, tz: 
     return DigestJob(sessions=sessions, client=client, channel=CHANNEL, tz=tz)
 
 
-async def add_usage(sessions: async_sessionmaker[AsyncSession], at: datetime, credits: int = 4_000) -> None:
+async def add_usage(
+    sessions: async_sessionmaker[AsyncSession],
+    at: datetime,
+    credits: int = 4_000,
+    *,
+    user: str = "U1",
+    channel: str = "C1",
+) -> None:
     async with sessions() as session:
         session.add(
             UsageRecord(
                 team_id="T1",
-                channel_id="C1",
-                user_id="U1",
+                channel_id=channel,
+                user_id=user,
                 model_requested="zhipu/glm-5",
                 prompt_tokens=10,
                 completion_tokens=20,
@@ -98,6 +108,82 @@ async def test_digest_is_posted_to_the_channel_and_recorded(
     [run] = await recorded_runs(sessions)
     assert (run.day, run.channel_id, run.slack_ts) == (DAY, CHANNEL, message.ts)
     assert run.posted_at is not None
+
+
+def posted_text(slack: FakeSlackApi) -> str:
+    """Everything the digest channel shows: each message's text and the text of its blocks."""
+    parts: list[str] = []
+    for message in slack.messages(CHANNEL):
+        parts.append(message.text)
+        for block in message.blocks or []:
+            texts = [block.get("text"), *block.get("fields", []), *block.get("elements", [])]
+            parts += [text["text"] for text in texts if isinstance(text, dict) and "text" in text]
+    return "\n".join(parts)
+
+
+async def test_the_digest_names_its_top_users_without_mentioning_them(
+    sessions: async_sessionmaker[AsyncSession], client: AsyncWebClient, slack: FakeSlackApi
+) -> None:
+    slack.users["UADA"] = FakeUser(real_name="Ada Lovelace", display_name="ada")
+    slack.users["UGRACE"] = FakeUser(real_name="Grace Hopper")
+    at = datetime(2026, 3, 8, 20, tzinfo=UTC)
+    await add_usage(sessions, at, 30_000, user="UADA")
+    await add_usage(sessions, at, 20_000, user="UGRACE")
+    await add_usage(sessions, at, 10_000, user="UGONE")  # left the workspace: users.info fails
+
+    outcome = await run_digest(
+        day=DAY, channel=CHANNEL, sessions=sessions, client=client, tz=LA, balance=None
+    )
+
+    assert outcome.status is DigestStatus.POSTED
+    shown = posted_text(slack)
+    assert "<@" not in shown
+    assert "1. ada · 1 request" in shown
+    assert "2. Grace Hopper · 1 request" in shown
+    assert "3. UGONE · 1 request" in shown
+
+
+async def test_a_catch_up_of_several_days_looks_each_name_up_once(
+    sessions: async_sessionmaker[AsyncSession], client: AsyncWebClient, slack: FakeSlackApi
+) -> None:
+    slack.users["UADA"] = FakeUser(real_name="Ada Lovelace", display_name="ada")
+    await mark_posted(sessions, DAY)
+    for day in (9, 10, 11):
+        await add_usage(sessions, datetime(2026, 3, day, 20, tzinfo=UTC), user="UADA")
+
+    outcomes = await job(sessions, client).catch_up(time(9, 0), now=datetime(2026, 3, 12, 17, tzinfo=UTC))
+
+    assert [o.status for o in outcomes] == [DigestStatus.POSTED] * 3
+    assert posted_text(slack).count("1. ada · 1 request") == 3
+    assert len(slack.calls_to("users.info")) == 1
+
+
+async def test_terminal_chat_usage_is_labelled_in_the_digest_not_mentioned(
+    tmp_path: Path, aiml: FakeAimlApi, client: AsyncWebClient, slack: FakeSlackApi
+) -> None:
+    aiml.enqueue(Reply(content="Hello from GLM.", credits_used=5_000))
+    chat = await start_chat(tmp_path, aiml)
+    _, err = await asyncio.wait_for(chat.communicate(b"hi\n"), 60)
+    assert chat.returncode == 0, err.decode()
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/bot.db")
+    try:
+        outcome = await run_digest(
+            day=datetime.now(UTC).date(),
+            channel=CHANNEL,
+            sessions=session_factory(engine),
+            client=client,
+            tz=ZoneInfo("UTC"),
+            balance=None,
+        )
+    finally:
+        await engine.dispose()
+
+    assert outcome.status is DigestStatus.POSTED
+    shown = posted_text(slack)
+    assert "<@" not in shown and "<#terminal>" not in shown
+    assert "*Top users*\n1. Terminal chat · 1 request · 5,000 credits" in shown
+    assert "*Top channels*\n1. Terminal chat · 1 request" in shown
+    assert slack.calls_to("users.info") == []
 
 
 async def test_two_replicas_racing_for_the_same_day_post_once(
@@ -298,6 +384,95 @@ async def test_start_up_makes_up_a_missed_digest_once_todays_run_time_has_passed
     assert (made_up.day, made_up.status) == (DAY, DigestStatus.POSTED)
     assert again.status is DigestStatus.ALREADY_POSTED
     assert len(slack.messages(CHANNEL)) == 1
+
+
+async def mark_posted(sessions: async_sessionmaker[AsyncSession], *days: date) -> None:
+    """Days whose digest an earlier run of the bot posted."""
+    async with sessions() as session:
+        for day in days:
+            assert await digest_runs.claim(session, day, CHANNEL) is Claim.CLAIMED
+            await digest_runs.mark_posted(session, day, CHANNEL, f"1.{day:%Y%m%d}")
+        await session.commit()
+
+
+async def run_start_up_catch_up(scheduler: AsyncIOScheduler) -> None:
+    """Start the real scheduler and wait until its start-up catch-up job has finished."""
+    done = asyncio.Event()
+
+    def on_job(event: JobExecutionEvent) -> None:
+        if event.job_id == CATCH_UP_JOB_ID:
+            done.set()
+
+    scheduler.add_listener(on_job, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+    scheduler.start()
+    try:
+        await asyncio.wait_for(done.wait(), timeout=60)
+    finally:
+        scheduler.shutdown(wait=False)
+        await asyncio.sleep(0)
+
+
+def headers(slack: FakeSlackApi) -> list[str]:
+    return [m.blocks[0]["text"]["text"] for m in slack.messages(CHANNEL) if m.blocks]
+
+
+def header_of(day: date) -> str:
+    return f"Usage digest · {day:%A}, {day.day} {day:%B %Y}"
+
+
+async def test_start_up_posts_each_day_missed_while_down_oldest_first_and_none_twice(
+    sessions: async_sessionmaker[AsyncSession], client: AsyncWebClient, slack: FakeSlackApi
+) -> None:
+    utc = ZoneInfo("UTC")
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    # Up on day -5, down for -4 and -3, up for -2 (and posted it), down again since.
+    await mark_posted(sessions, yesterday - timedelta(days=5), yesterday - timedelta(days=2))
+    scheduler = build_scheduler(job(sessions, client, utc), run_at=time(0, 0), tz=utc)
+
+    await run_start_up_catch_up(scheduler)
+
+    missed = [yesterday - timedelta(days=n) for n in (4, 3, 1, 0)]
+    assert headers(slack) == [header_of(day) for day in missed]
+    runs = await recorded_runs(sessions)
+    assert [run.day for run in runs] == [yesterday - timedelta(days=n) for n in (5, 4, 3, 2, 1, 0)]
+    assert all(run.posted_at is not None for run in runs)
+
+
+async def test_after_more_than_a_week_down_start_up_posts_only_the_last_seven_days_oldest_first(
+    sessions: async_sessionmaker[AsyncSession], client: AsyncWebClient, slack: FakeSlackApi
+) -> None:
+    utc = ZoneInfo("UTC")
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    await mark_posted(sessions, yesterday - timedelta(days=10))
+    scheduler = build_scheduler(job(sessions, client, utc), run_at=time(0, 0), tz=utc)
+
+    await run_start_up_catch_up(scheduler)
+
+    last_week = [yesterday - timedelta(days=n) for n in range(6, -1, -1)]
+    assert headers(slack) == [header_of(day) for day in last_week]
+    assert [run.day for run in await recorded_runs(sessions)] == [yesterday - timedelta(days=10), *last_week]
+
+
+async def test_two_replicas_catching_up_at_once_post_each_missed_day_once_in_order(
+    db_url: str, sessions: async_sessionmaker[AsyncSession], slack: FakeSlackApi
+) -> None:
+    the_next_morning = datetime(2026, 3, 12, 17, tzinfo=UTC)  # 10:00 PDT on 12 March
+    await mark_posted(sessions, DAY)  # then down for 9, 10 and 11 March
+    slack.latency = 0.1  # posts overlap with the other replica's claims
+    engines = [create_engine(db_url), create_engine(db_url)]
+    clients = [AsyncWebClient(base_url=slack.api_url, token=TOKEN) for _ in engines]
+    try:
+        await asyncio.gather(
+            *(
+                job(session_factory(e), c).catch_up(time(9, 0), now=the_next_morning)
+                for e, c in zip(engines, clients, strict=True)
+            )
+        )
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+    assert headers(slack) == [header_of(DAY + timedelta(days=n)) for n in (1, 2, 3)]
 
 
 async def test_scheduler_posts_yesterdays_digest_at_the_configured_time(

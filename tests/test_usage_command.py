@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -21,7 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.slack.usage_command import UNAVAILABLE, register_usage_command
 from bot.storage.db import create_engine, session_factory
 from bot.storage.models import UsageRecord
-from tests.fakes.slack_api import FakeSlackApi
+from tests.fakes.aimlapi import FakeAimlApi
+from tests.fakes.slack_api import FakeSlackApi, FakeUser
+from tests.harness import Bot, make_settings, running_bot, signed_headers
 
 SECRET = "signing-secret"
 TOKEN = "xoxb-test"
@@ -74,8 +76,8 @@ def bolt_app(slack: FakeSlackApi, sessions: async_sessionmaker[AsyncSession]) ->
     return app
 
 
-def signed_command(user_id: str, response_url: str, *, secret: str = SECRET) -> AsyncBoltRequest:
-    body = urlencode(
+def command_body(user_id: str, response_url: str) -> str:
+    return urlencode(
         {
             "token": "legacy-verification-token",
             "team_id": "T1",
@@ -91,6 +93,10 @@ def signed_command(user_id: str, response_url: str, *, secret: str = SECRET) -> 
             "trigger_id": "1.2.3",
         }
     )
+
+
+def signed_command(user_id: str, response_url: str, *, secret: str = SECRET) -> AsyncBoltRequest:
+    body = command_body(user_id, response_url)
     timestamp = str(int(time.time()))
     signature = SignatureVerifier(secret).generate_signature(timestamp=timestamp, body=body)
     assert signature is not None
@@ -102,7 +108,9 @@ def signed_command(user_id: str, response_url: str, *, secret: str = SECRET) -> 
     return AsyncBoltRequest(body=body, headers=headers)
 
 
-async def add_usage(sessions: async_sessionmaker[AsyncSession], user_id: str, credits: int) -> None:
+async def add_usage(
+    sessions: async_sessionmaker[AsyncSession], user_id: str, credits: int, at: datetime | None = None
+) -> None:
     async with sessions() as session:
         session.add(
             UsageRecord(
@@ -114,7 +122,7 @@ async def add_usage(sessions: async_sessionmaker[AsyncSession], user_id: str, cr
                 completion_tokens=300,
                 credits_used=credits,
                 status="complete",
-                created_at=datetime.now(UTC),
+                created_at=at or datetime.now(UTC),
             )
         )
         await session.commit()
@@ -182,3 +190,68 @@ async def test_usage_apologises_when_the_database_is_not_usable(
 
     assert ack.status == 200
     assert answer == {"text": UNAVAILABLE, "response_type": "ephemeral", "replace_original": False}
+
+
+async def post_command(bot: Bot, user_id: str, response_url: str) -> int:
+    """`/usage` as Slack sends it: a signed form POST to the bot's own events endpoint."""
+    body = command_body(user_id, response_url)
+    headers = signed_headers(body) | {"Content-Type": "application/x-www-form-urlencoded"}
+    return (await bot.http.post("/slack/events", content=body, headers=headers)).status_code
+
+
+def zone_whose_day_differs_from_utcs(now: datetime) -> ZoneInfo:
+    # UTC+14 is a day ahead from 10:00 UTC on, UTC-11 a day behind until 11:00 UTC: one always is.
+    zones = (ZoneInfo("Pacific/Kiritimati"), ZoneInfo("Pacific/Pago_Pago"))
+    return next(zone for zone in zones if now.astimezone(zone).date() != now.date())
+
+
+async def test_usage_counts_today_in_the_callers_own_time_zone(
+    db_url: str,
+    sessions: async_sessionmaker[AsyncSession],
+    fakes: tuple[FakeSlackApi, FakeAimlApi],
+    response_url: ResponseUrl,
+) -> None:
+    slack, aiml = fakes
+    now = datetime.now(UTC)
+    zone = zone_whose_day_differs_from_utcs(now)
+    slack.users["UFAR"] = FakeUser(real_name="Far Away", tz=zone.key)
+
+    def in_local_today(at: datetime) -> bool:
+        return at.astimezone(zone).date() == now.astimezone(zone).date()
+
+    # A call inside the caller's today but not UTC's, or the other way round.
+    earlier = next(
+        at
+        for at in (now - timedelta(hours=h) for h in range(1, 24))
+        if in_local_today(at) != (at.date() == now.date())
+    )
+    await add_usage(sessions, "UFAR", 1_000, at=now)
+    await add_usage(sessions, "UFAR", 1_000, at=earlier)
+    expected = 1 + in_local_today(earlier)
+
+    async with running_bot(make_settings(db_url, slack, aiml, usage_digest_tz="UTC"), slack) as bot:
+        assert await post_command(bot, "UFAR", response_url.url) == 200
+        answer = await response_url.next_answer()
+
+    today = field_texts(answer)[0]
+    assert today.startswith(f"*Today*\n{expected} request{'s' if expected > 1 else ''}\n")
+    assert f"Days are counted in {zone.key}." in str(answer["blocks"])
+    assert [call.params["user"] for call in slack.calls_to("users.info")] == ["UFAR"]
+
+
+async def test_usage_falls_back_to_the_digest_zone_when_the_profile_zone_is_unknown(
+    db_url: str,
+    sessions: async_sessionmaker[AsyncSession],
+    fakes: tuple[FakeSlackApi, FakeAimlApi],
+    response_url: ResponseUrl,
+) -> None:
+    slack, aiml = fakes
+    slack.users["UODD"] = FakeUser(real_name="Odd Zone", tz="Mars/Olympus_Mons")
+    await add_usage(sessions, "UODD", 1_000)
+
+    async with running_bot(make_settings(db_url, slack, aiml, usage_digest_tz="Asia/Tokyo"), slack) as bot:
+        assert await post_command(bot, "UODD", response_url.url) == 200
+        answer = await response_url.next_answer()
+
+    assert answer["response_type"] == "ephemeral"
+    assert "Days are counted in Asia/Tokyo." in str(answer["blocks"])

@@ -224,7 +224,7 @@ async def test_digest_message_formats_numbers_for_people(sessions: async_session
     )
     report = await report_for(sessions, date(2026, 6, 1))
 
-    message = digest_message(report)
+    message = digest_message(report, {"UALICE": "Alice <admin>"})
     text = str(message.blocks)
 
     assert message.blocks[0]["type"] == "header"
@@ -232,7 +232,8 @@ async def test_digest_message_formats_numbers_for_people(sessions: async_session
     assert "1,234,567 credits ($0.62)" in text
     assert "2 (1 succeeded · 1 failed)" in text
     assert "prompt 12,445 · completion 6,839" in text
-    assert "1. <@UALICE> · 1 request · 1,234,567 credits ($0.62)" in text
+    assert "1. Alice &lt;admin&gt; · 1 request · 1,234,567 credits ($0.62)" in text
+    assert "2. UBOB · 1 request" in text  # no name known: the bare id, not a mention
     assert "<#CGENERAL>" in text
     assert "a direct message" in text
     assert "1 call (not in the credits above)" in text

@@ -7,6 +7,7 @@ import enum
 import logging
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
+from functools import cached_property
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -16,7 +17,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.slack.digest_blocks import digest_message
+from bot.slack.digest_blocks import TERMINAL_ID, digest_message
+from bot.slack.people import UserDirectory
 from bot.storage import digest_runs
 from bot.storage.digest_runs import Claim
 from bot.usage.report import DigestReport, build_report
@@ -24,7 +26,9 @@ from bot.usage.report import DigestReport, build_report
 log = logging.getLogger(__name__)
 
 BALANCE_TIMEOUT = 10.0
-RETRY_WINDOW_DAYS = 7  # failed posts older than this are given up on
+# A run posts the digest of each of the last CATCH_UP_DAYS days still missing (downtime, failed
+# posts); older days are given up on, so a long outage does not flood the channel.
+CATCH_UP_DAYS = 7
 _RETRY_NOTE = "The digest was not posted; the next run retries it."
 
 
@@ -134,8 +138,12 @@ async def run_digest(
     tz: ZoneInfo,
     balance: BalanceSource | None,
     dry_run: bool = False,
+    people: UserDirectory | None = None,
 ) -> DigestOutcome:
     """Build the digest for local `day` and post it to `channel` unless it was already posted.
+
+    Top users are shown by display name, looked up through `people` (a directory of its own when
+    none is given).
 
     Never raises (it runs inside the scheduler): every failure is logged with its fix and returned.
     """
@@ -164,7 +172,9 @@ async def run_digest(
         async with sessions() as session:
             report = await build_report(session, day, tz)
         report = await _with_balance(report, balance)
-        message = digest_message(report)
+        directory = people if people is not None else UserDirectory(client)
+        names = await directory.names(share.key for share in report.top_users if share.key != TERMINAL_ID)
+        message = digest_message(report, names)
         response = await client.chat_postMessage(
             channel=channel, text=message.text, blocks=message.blocks, unfurl_links=False, unfurl_media=False
         )
@@ -229,6 +239,11 @@ class DigestJob:
     tz: ZoneInfo
     balance: BalanceSource | None = None
 
+    @cached_property
+    def people(self) -> UserDirectory:
+        # One bounded cache for the life of the job: a catch-up of several days looks each name up once.
+        return UserDirectory(self.client)
+
     async def run(self, day: date, *, dry_run: bool = False) -> DigestOutcome:
         return await run_digest(
             day=day,
@@ -238,25 +253,56 @@ class DigestJob:
             tz=self.tz,
             balance=self.balance,
             dry_run=dry_run,
+            people=self.people,
         )
 
     async def run_due(self, now: datetime | None = None) -> list[DigestOutcome]:
-        """Yesterday's digest, after any day of the last week whose post failed (oldest first)."""
+        """Yesterday's digest, after every earlier day of the last week still missing, oldest first.
+
+        A day is missing when the digest was already on for this channel then (an earlier day is on
+        record) but its post never landed: the bot was down at the run time, or the post failed.
+        The first run for a channel posts yesterday only. A day that fails or that another process
+        is posting ends the run, so the channel never shows a later day above an earlier one; the
+        next run (or that process) carries on from there.
+        """
         yesterday = local_today(self.tz, now) - timedelta(days=1)
-        days = [*await self._failed_days(since=yesterday - timedelta(days=RETRY_WINDOW_DAYS)), yesterday]
-        return [await self.run(day) for day in sorted(set(days))]
+        outcomes: list[DigestOutcome] = []
+        due = await self._due_days(yesterday)
+        for day in due:
+            outcome = await self.run(day)
+            outcomes.append(outcome)
+            if outcome.status in (DigestStatus.FAILED, DigestStatus.IN_PROGRESS):
+                if day != due[-1]:
+                    log.info(
+                        "usage digests after %s are left for the next run",
+                        day,
+                        extra={"channel_id": self.channel, "left": len(due) - len(outcomes)},
+                    )
+                break
+        return outcomes
 
     async def catch_up(self, run_at: time, now: datetime | None = None) -> list[DigestOutcome]:
-        """At start-up: when today's run time has passed, make up yesterday's digest if it is missing."""
+        """At start-up: when today's run time has passed, post every digest the downtime missed."""
         local_now = (now or datetime.now(UTC)).astimezone(self.tz)
         if local_now.time() < run_at:
             return []  # today's scheduled run is still ahead and will do it
         return await self.run_due(now)
 
-    async def _failed_days(self, since: date) -> list[date]:
+    async def _due_days(self, yesterday: date) -> list[date]:
+        oldest = yesterday - timedelta(days=CATCH_UP_DAYS - 1)
         try:
             async with self.sessions() as session:
-                return await digest_runs.unposted_days(session, self.channel, since)
+                first = await digest_runs.first_day(session, self.channel)
+                posted = await digest_runs.posted_days(session, self.channel, since=oldest)
         except (SQLAlchemyError, OSError) as exc:
-            log.warning("could not look up failed digests: %s", type(exc).__name__)
-            return []
+            log.warning("could not look up missed digests: %s", type(exc).__name__)
+            return [yesterday]
+        if first is None:
+            return [yesterday]  # the digest was never on for this channel: nothing was missed
+        start = max(first, oldest)
+        missing = [
+            start + timedelta(days=n)
+            for n in range((yesterday - start).days)
+            if start + timedelta(days=n) not in posted
+        ]
+        return [*missing, yesterday]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from bot.slack.text import mrkdwn_escape
+from bot.storage.models import ConversationKind
 from bot.usage.personal import PersonalUsage, PersonalWindow
 from bot.usage.queries import UsageShare
 from bot.usage.report import (
@@ -21,6 +22,9 @@ from bot.usage.report import (
 
 Block = dict[str, Any]
 _HEADER_MAX = 150  # Slack's limit for plain_text in a header block
+# `python -m bot chat` records its usage with this id as team, channel and user.
+TERMINAL_ID = ConversationKind.TERMINAL.value
+TERMINAL_LABEL = "Terminal chat"
 
 
 @dataclass(frozen=True)
@@ -51,11 +55,20 @@ def _header(text: str) -> Block:
     return {"type": "header", "text": {"type": "plain_text", "text": text[:_HEADER_MAX], "emoji": True}}
 
 
-def user_ref(user_id: str) -> str:
-    return f"<@{mrkdwn_escape(user_id)}>"
+def user_ref(user_id: str, names: Mapping[str, str]) -> str:
+    """The person's name as plain text, never a `<@U…>` mention: the digest must not ping anyone.
+
+    A `<@U…>` in a bot's mrkdwn (section or context alike) is a real mention that notifies the
+    person; Slack offers no silent form of it. An id Slack could not resolve is shown bare.
+    """
+    if user_id == TERMINAL_ID:
+        return TERMINAL_LABEL
+    return mrkdwn_escape(names.get(user_id) or user_id)
 
 
 def channel_ref(channel_id: str) -> str:
+    if channel_id == TERMINAL_ID:
+        return TERMINAL_LABEL
     # A DM's id (D...) renders as an unreadable mention; say what it is instead.
     return "a direct message" if channel_id.startswith("D") else f"<#{mrkdwn_escape(channel_id)}>"
 
@@ -89,7 +102,9 @@ def _span_note(report: DigestReport) -> str:
     return note if report.hours == 24 else f"{note} ({report.hours} hours: clocks changed)"
 
 
-def digest_message(report: DigestReport) -> SlackMessage:
+def digest_message(report: DigestReport, names: Mapping[str, str] | None = None) -> SlackMessage:
+    """The digest; `names` maps the top users' ids to display names (missing ones show as ids)."""
+    known = names or {}
     day = format_day(report.day)
     balance = balance_text(report)
     header = _header(f"Usage digest · {day}")
@@ -116,7 +131,7 @@ def digest_message(report: DigestReport) -> SlackMessage:
             _change_line("Requests change", report.requests_change),
         ),
         {"type": "divider"},
-        _section(_ranking("Top users", report.top_users, user_ref)),
+        _section(_ranking("Top users", report.top_users, lambda user_id: user_ref(user_id, known))),
         _section(_ranking("Top channels", report.top_channels, channel_ref)),
         _section(_ranking("Per model", report.models, lambda model: f"`{mrkdwn_escape(model)}`")),
     ]

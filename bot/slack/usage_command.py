@@ -1,10 +1,14 @@
-"""The `/usage` slash command: the caller's own usage, answered ephemerally (only they see it)."""
+"""The `/usage` slash command: the caller's own usage, answered ephemerally (only they see it).
+
+"Today" and "this month" are the caller's own, in the time zone of their Slack profile; when Slack
+cannot say (look-up failed, no or unknown zone) they are counted in USAGE_DIGEST_TZ.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import ClientError
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
@@ -12,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.slack.digest_blocks import SlackMessage, personal_message
+from bot.slack.people import UserDirectory
 from bot.usage.personal import personal_usage
 
 log = logging.getLogger(__name__)
@@ -20,20 +25,40 @@ COMMAND = "/usage"
 UNAVAILABLE = "Sorry, your usage numbers are unavailable right now. Please try again in a minute."
 
 
-def register_usage_command(app: AsyncApp, sessions: async_sessionmaker[AsyncSession], tz: ZoneInfo) -> None:
+def register_usage_command(
+    app: AsyncApp,
+    sessions: async_sessionmaker[AsyncSession],
+    tz: ZoneInfo,
+    people: UserDirectory | None = None,
+) -> None:
+    """`tz` is the fallback zone; `people` finds each caller's own (a directory of its own if None)."""
+    directory = people if people is not None else UserDirectory(app.client)
+
     async def on_usage(ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond) -> None:
         # Ack first: Slack shows an error to the person if there is no answer within 3 seconds.
         await ack()
         user_id = str(command.get("user_id", ""))
+        zone = await caller_zone(directory, user_id, tz)
         try:
             async with sessions() as session:
-                message = personal_message(await personal_usage(session, user_id, tz))
+                message = personal_message(await personal_usage(session, user_id, zone))
         except (SQLAlchemyError, OSError) as exc:
             log.warning("/usage: database unavailable: %s", type(exc).__name__, extra={"user_id": user_id})
             message = SlackMessage(text=UNAVAILABLE, blocks=[])
         await _answer(respond, message, user_id)
 
     app.command(COMMAND)(on_usage)
+
+
+async def caller_zone(people: UserDirectory, user_id: str, fallback: ZoneInfo) -> ZoneInfo:
+    person = await people.lookup(user_id)
+    if person is None or not person.tz:
+        return fallback
+    try:
+        return ZoneInfo(person.tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        log.info("/usage: unknown time zone %r in the profile", person.tz, extra={"user_id": user_id})
+        return fallback
 
 
 async def _answer(respond: AsyncRespond, message: SlackMessage, user_id: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import Insert, select, update
+from sqlalchemy import Insert, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -88,7 +88,7 @@ async def mark_posted(
 
 
 async def release(session: AsyncSession, day: date, channel_id: str) -> None:
-    """Give up a claim whose post failed; the day stays listed by `unposted_days` for the next run."""
+    """Give up a claim whose post failed; the day stays unposted, so the next run posts it."""
     await session.execute(
         update(DigestRun)
         .where(DigestRun.day == day, DigestRun.channel_id == channel_id, DigestRun.posted_at.is_(None))
@@ -96,11 +96,19 @@ async def release(session: AsyncSession, day: date, channel_id: str) -> None:
     )
 
 
-async def unposted_days(session: AsyncSession, channel_id: str, since: date) -> list[date]:
-    """Days from `since` on that were claimed but never posted (failed or crashed), oldest first."""
-    rows = await session.scalars(
-        select(DigestRun.day)
-        .where(DigestRun.channel_id == channel_id, DigestRun.day >= since, DigestRun.posted_at.is_(None))
-        .order_by(DigestRun.day)
+async def first_day(session: AsyncSession, channel_id: str) -> date | None:
+    """The earliest day ever claimed for the channel: the digest has been on for it since then."""
+    first: date | None = await session.scalar(
+        select(func.min(DigestRun.day)).where(DigestRun.channel_id == channel_id)
     )
-    return list(rows)
+    return first
+
+
+async def posted_days(session: AsyncSession, channel_id: str, since: date) -> set[date]:
+    """Days from `since` on whose digest is in Slack."""
+    rows = await session.scalars(
+        select(DigestRun.day).where(
+            DigestRun.channel_id == channel_id, DigestRun.day >= since, DigestRun.posted_at.is_not(None)
+        )
+    )
+    return set(rows)

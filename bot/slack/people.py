@@ -1,0 +1,98 @@
+"""Who a Slack user id is (display name, time zone): users.info behind a small, bounded cache.
+
+Entries expire after a TTL and the least recently used go first when the cache is full; a failed
+look-up is not cached, so the next caller asks Slack again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import aiohttp
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.web.async_client import AsyncWebClient
+
+log = logging.getLogger(__name__)
+
+MAX_ENTRIES = 1_000
+TTL_SECONDS = 3_600.0  # people rarely rename themselves or move zones; an hour of staleness is fine
+LOOKUP_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Person:
+    user_id: str
+    name: str  # the display name people see in Slack, else their full name, else the handle
+    tz: str | None  # IANA zone from the profile, e.g. "Europe/Berlin"; None when Slack has none
+
+
+def person_from(user: dict[str, object], user_id: str) -> Person:
+    profile = user.get("profile")
+    profile = profile if isinstance(profile, dict) else {}
+    name = (
+        profile.get("display_name")
+        or profile.get("real_name")
+        or user.get("real_name")
+        or user.get("name")
+        or user_id
+    )
+    tz = user.get("tz")
+    return Person(user_id=user_id, name=str(name), tz=str(tz) if tz else None)
+
+
+class UserDirectory:
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        *,
+        max_entries: int = MAX_ENTRIES,
+        ttl: float = TTL_SECONDS,
+        timeout: float = LOOKUP_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._max_entries = max_entries
+        self._ttl = ttl
+        self._timeout = timeout
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, Person]] = OrderedDict()
+
+    @property
+    def size(self) -> int:
+        """How many people are cached now (never more than `max_entries`)."""
+        return len(self._entries)
+
+    async def lookup(self, user_id: str) -> Person | None:
+        """The person behind `user_id`, or None when Slack cannot say right now."""
+        now = self._clock()
+        cached = self._entries.get(user_id)
+        if cached is not None and cached[0] > now:
+            self._entries.move_to_end(user_id)
+            return cached[1]
+        try:
+            async with asyncio.timeout(self._timeout):
+                response = await self._client.users_info(user=user_id)
+        except SlackApiError as exc:
+            log.info("users.info failed: %s", exc.response.get("error"), extra={"user_id": user_id})
+            return None
+        except (SlackClientError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.info("users.info unreachable: %s", type(exc).__name__, extra={"user_id": user_id})
+            return None
+        user = response.get("user")
+        person = person_from(user if isinstance(user, dict) else {}, user_id)
+        self._entries[user_id] = (now + self._ttl, person)
+        self._entries.move_to_end(user_id)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+        return person
+
+    async def names(self, user_ids: Iterable[str]) -> dict[str, str]:
+        """Display names of the ids Slack knows; ids it cannot resolve are left out."""
+        ids = list(dict.fromkeys(user_ids))
+        people = await asyncio.gather(*(self.lookup(user_id) for user_id in ids))
+        return {person.user_id: person.name for person in people if person is not None}
