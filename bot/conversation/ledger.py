@@ -111,11 +111,16 @@ class Ledger:
         if self.pending:
             self._wake()
 
-    async def aclose(self) -> None:
-        """Stop replaying; what is left stays on disk for the next start."""
+    async def aclose(self, last_try: float = 10.0) -> None:
+        """Stop replaying after one last try; what is still left stays on disk for the next start."""
         if self._replayer is not None:
             self._replayer.cancel()
             await asyncio.gather(self._replayer, return_exceptions=True)
+        if self.pending:
+            try:
+                await asyncio.wait_for(self.replay(), last_try)
+            except TimeoutError:
+                log.warning("%d spooled writes wait for the next start", self.pending)
 
     async def replay(self) -> int:
         """Apply spooled writes oldest first until the database refuses one; return how many left."""

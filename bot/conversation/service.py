@@ -150,17 +150,18 @@ class ConversationService:
             self._estimator.calibrate(request.estimated_tokens, result.usage.prompt_tokens)
         entry = usage_entry(turn, conversation_id, self._model.model, result, end.label)
         status, cancelled = end.status, end.label == "cancelled"
-        # The completion was made (and maybe billed): its ledger row is written now, before Slack
-        # shows anything, so no delivery trouble can lose it.
-        written = self._ledger.completion_ended(
-            entry,
-            assistant_id,
-            result.content,
-            refs=sink.refs,
-            parts=_parts(sink),
-            lease_until=self._lease.until(),
+        # The completion was made (and maybe billed): its ledger row is written now, alongside the
+        # delivery rather than after it, so no trouble in Slack can lose or delay it.
+        written = asyncio.ensure_future(
+            self._ledger.completion_ended(
+                entry,
+                assistant_id,
+                result.content,
+                refs=sink.refs,
+                parts=_parts(sink),
+                lease_until=self._lease.until(),
+            )
         )
-        cancelled = await _despite_cancellation(written) or cancelled
         try:
             if end.note is None:
                 await sink.finish(self._summary(result))
@@ -172,6 +173,7 @@ class ConversationService:
             log.exception("the reply could not be delivered")
             status = MessageStatus.ERROR
         finally:
+            cancelled = await _despite_cancellation(written) or cancelled
             # Whatever happened to the delivery, store the answer, even while being cancelled.
             ended = self._ledger.reply_ended(
                 assistant_id, result.content, status, refs=sink.refs, parts=_parts(sink)
