@@ -4,6 +4,7 @@ exactly once; and every reply ends with one INFO line saying how it went and wha
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation.lease import ReplyLease
 from bot.conversation.ledger import Ledger
+from bot.settings import SettingsError, load_settings
 from bot.storage.db import create_engine, session_factory
 from bot.storage.models import (
     Conversation,
@@ -246,3 +248,26 @@ async def test_spooled_rows_left_by_a_stopped_bot_are_stored_at_the_next_start(
         await until(stored)
     [row] = await usage_rows(sessions)
     assert (row.client_request_id, row.credits_used) == ("req-9", 777)
+
+
+async def test_a_long_reply_stores_where_each_of_its_slack_messages_begins(db_url, sessions, fakes):
+    slack, aiml = fakes
+    answer = "".join(f"Sentence {n} of a long answer. " for n in range(400))  # about 12,000 characters
+    aiml.enqueue(Reply(content=answer, chunk_size=400))
+    async with running_bot(make_settings(db_url, slack, aiml), slack) as bot:
+        await bot.send(mention("long please", "100.000001"))
+        await bot.idle(timeout=60)
+        shown = [m.markdown for m in bot.replies("C1", "100.000001")]
+
+    stored = await assistant_row(sessions)
+    parts = stored.slack_parts or []
+    assert len(shown) >= 3 and [p["ts"] for p in parts] == stored.slack_ts_all
+    starts = [int(str(p["start"])) for p in parts] + [len(answer)]
+    assert [answer[a:b] for a, b in itertools.pairwise(starts)] == shown
+
+
+def test_a_spool_folder_that_is_a_file_is_refused_naming_the_variable(tmp_path, monkeypatch):
+    (tmp_path / "spool").write_text("not a folder")
+    monkeypatch.setenv("USAGE_SPOOL_DIR", str(tmp_path / "spool"))
+    with pytest.raises(SettingsError, match=r"^USAGE_SPOOL_DIR: .*not a directory"):
+        load_settings(env_file=None)

@@ -179,7 +179,8 @@ class ConversationService:
                 assistant_id, result.content, status, refs=sink.refs, parts=_parts(sink)
             )
             cancelled = await _despite_cancellation(ended) or cancelled
-        _log_end(status.value if status is not MessageStatus.COMPLETE else end.label, result, began)
+        # The upstream outcome (complete, cancelled, an error kind), unless delivery changed it.
+        _log_end(end.label if status is end.status else status.value, result, began)
         if cancelled:
             raise asyncio.CancelledError  # stored and shown as interrupted; now let shutdown proceed
         return TurnOutcome(status, result.content, conversation_id, result, end.label)
