@@ -72,6 +72,7 @@ async def test_the_ledger_row_is_written_while_slack_still_rate_limits_the_final
     assert (row.status, row.credits_used) == ("complete", 4321)
     stored = await assistant_row(sessions)
     assert (stored.status, stored.content) == (MessageStatus.COMPLETE, "An answer Slack is slow to show.")
+    assert stored.request_id == row.client_request_id and stored.lease_expires_at is None
 
 
 async def test_the_answer_and_its_cost_are_stored_when_slack_refuses_the_final_edit(db_url, sessions, fakes):
@@ -217,7 +218,8 @@ async def test_a_reply_that_only_thinks_keeps_its_lease_renewed(sessions):
         await session.flush()
         message_id = message.id
     lease = ReplyLease(sessions, lease=45, renew_every=0.05)
-    keeper = asyncio.create_task(lease.keep(message_id))
+    ended = asyncio.Event()
+    keeper = asyncio.create_task(lease.keep(message_id, ended))
 
     async def renewed() -> bool:
         async with sessions() as session:
@@ -227,8 +229,8 @@ async def test_a_reply_that_only_thinks_keeps_its_lease_renewed(sessions):
     try:
         await until(renewed)
     finally:
-        keeper.cancel()
-        await asyncio.gather(keeper, return_exceptions=True)
+        ended.set()
+        await keeper
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -271,3 +273,19 @@ def test_a_spool_folder_that_is_a_file_is_refused_naming_the_variable(tmp_path, 
     monkeypatch.setenv("USAGE_SPOOL_DIR", str(tmp_path / "spool"))
     with pytest.raises(SettingsError, match=r"^USAGE_SPOOL_DIR: .*not a directory"):
         load_settings(env_file=None)
+
+
+async def test_a_replayed_row_replaces_the_one_recovery_wrote_for_the_same_call(sessions, tmp_path):
+    async with sessions.begin() as session:
+        session.add(
+            UsageRecord(model_requested="zhipu/glm-5", status="interrupted", client_request_id="req-5")
+        )
+    spool = Spool(tmp_path, max_rows=10)
+    spool.append(
+        {"kind": "usage", "entry": _entry("req-5", 321).__dict__, "created_at": utcnow().isoformat()}
+    )
+
+    await Ledger(sessions, spool).replay()
+
+    [row] = await usage_rows(sessions)
+    assert (row.status, row.credits_used, row.client_request_id) == ("complete", 321, "req-5")

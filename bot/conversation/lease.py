@@ -4,6 +4,7 @@ replica) touches only replies whose process died."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import datetime, timedelta
@@ -45,16 +46,18 @@ class ReplyLease:
         if message_id in self._renewed_at:
             self._renewed_at[message_id] = time.monotonic()
 
-    async def keep(self, message_id: int) -> None:
-        """Renew until cancelled (the reply ended), whenever no checkpoint renewed it in time:
-        while the model only thinks, or Slack is slow to take the final edit."""
+    async def keep(self, message_id: int, ended: asyncio.Event) -> None:
+        """Renew until the reply `ended`, whenever no checkpoint renewed it in time: while the model
+        only thinks, or Slack is slow to take the final edit. Stopped by the event, not cancelled,
+        so a renewal in flight finishes its transaction."""
         self._renewed_at[message_id] = time.monotonic()
         try:
-            while True:
+            while not ended.is_set():
                 due = self._renewed_at[message_id] + self._renew_every
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
-                if time.monotonic() < self._renewed_at[message_id] + self._renew_every:
-                    continue  # a checkpoint renewed it meanwhile
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ended.wait(), max(0.0, due - time.monotonic()))
+                if ended.is_set() or time.monotonic() < self._renewed_at[message_id] + self._renew_every:
+                    continue  # the reply ended, or a checkpoint renewed the lease meanwhile
                 try:
                     async with self._sessions.begin() as session:
                         await repo.renew_lease(session, message_id, self.until())

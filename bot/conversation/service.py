@@ -92,6 +92,7 @@ class ConversationService:
         self._order = TurnOrder()
         self._ledger = ledger or Ledger(sessions, None)
         self._lease = ReplyLease(sessions)
+        self._heartbeats: set[asyncio.Task[None]] = set()  # kept referenced until they stop
 
     async def reply(self, turn: Turn, sink: ReplySink) -> TurnOutcome:
         async with self._order.hold(turn.key, turn.order):
@@ -108,11 +109,15 @@ class ConversationService:
             _log_end("database", None, began)
             return TurnOutcome(MessageStatus.ERROR, "", None, None, "database")
 
-        heartbeat = asyncio.create_task(self._lease.keep(assistant_id), name=f"lease-{assistant_id}")
+        ended = asyncio.Event()
+        heartbeat = self._lease.keep(assistant_id, ended)
+        task = asyncio.create_task(heartbeat, name=f"lease-{assistant_id}")
+        self._heartbeats.add(task)
+        task.add_done_callback(self._heartbeats.discard)
         try:
             return await self._answer(turn, sink, conversation_id, assistant_id, history, request_id, began)
         finally:
-            heartbeat.cancel()
+            ended.set()
 
     async def _answer(
         self,
