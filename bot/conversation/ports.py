@@ -27,7 +27,8 @@ class ReplyPart:
     """One message of a reply split over several: where its text begins in the whole answer.
 
     A message may open with a reopened code fence (`reopen`) that is not part of the answer; `limit`
-    is the size the sink allowed that message (it shrinks when Slack refuses a long one).
+    is the size the sink allows a message now (it shrinks when Slack refuses a long one), so a
+    recovery can cut the last message where the sink would have.
     """
 
     ref: str
