@@ -8,7 +8,6 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
 
 import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -18,6 +17,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from bot.conversation.ledger import Ledger
 from bot.conversation.service import ConversationService, ServiceConfig
 from bot.jobs.digest import DigestJob
 from bot.jobs.maintenance import Maintenance
@@ -31,6 +31,7 @@ from bot.slack.listeners import register_listeners
 from bot.slack.usage_command import register_usage_command
 from bot.storage.db import check_database, create_engine, describe, session_factory
 from bot.storage.migrate import upgrade_head
+from bot.storage.spool import Spool
 from bot.web import WebServer
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,12 @@ class Core:
     sessions: async_sessionmaker[AsyncSession]
     llm: AimlClient
     service: ConversationService
+    ledger: Ledger
 
 
 @asynccontextmanager
-async def core_services(settings: Settings) -> AsyncIterator[Core]:
-    """Database (migrated), AI/ML API client and conversation service; closed on exit."""
+async def core_services(settings: Settings, metrics: Metrics | None = None) -> AsyncIterator[Core]:
+    """Database (migrated), AI/ML API client, ledger and conversation service; closed on exit."""
     settings.require("aimlapi_key")
     assert settings.aimlapi_key is not None
     engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
@@ -65,9 +67,12 @@ async def core_services(settings: Settings) -> AsyncIterator[Core]:
         settings.system_prompt(), settings.llm_context_window, settings.llm_max_output_tokens
     )
     sessions = session_factory(engine)
+    ledger = Ledger(sessions, Spool(settings.spool_dir, settings.usage_spool_max_rows), events=metrics)
+    ledger.start()
     try:
-        yield Core(engine, sessions, llm, ConversationService(sessions, llm, config))
+        yield Core(engine, sessions, llm, ConversationService(sessions, llm, config, ledger=ledger), ledger)
     finally:
+        await ledger.aclose()
         await llm.aclose()
         await engine.dispose()
 
@@ -141,7 +146,7 @@ class BotRuntime:
         session = self.client.session = aiohttp.ClientSession()
         self._stack.push_async_callback(session.close)
         team = await check_slack(self.client)
-        self.core = core = await self._stack.enter_async_context(core_services(settings))
+        self.core = core = await self._stack.enter_async_context(core_services(settings, self.metrics))
         log.info("database ready at %s", describe(core.engine.url))
         bolt = build_bolt(settings, self.client)
         self.turns = SlackTurns(
@@ -156,10 +161,12 @@ class BotRuntime:
         maintenance = Maintenance(
             core.sessions,
             self.client,
-            stale_after=timedelta(seconds=settings.llm_total_timeout + 120),
+            model=settings.aimlapi_model,
             single_process=core.engine.dialect.name == "sqlite",
+            ledger=core.ledger,
+            metrics=self.metrics,
         )
-        await maintenance.at_start_up()
+        await maintenance.at_start_up()  # logs and counts its own failures: start-up goes on
         self._maintenance = asyncio.create_task(maintenance.run_forever(), name="maintenance")
         register_listeners(bolt, self.turns, self.metrics)
         register_usage_command(bolt, core.sessions, settings.digest_zone)

@@ -37,11 +37,39 @@ class Metrics:
         self.credits = Counter("slackbot_credits_used", "AI/ML API credits spent", registry=r)
         self.tokens = Counter("slackbot_tokens", "Tokens used", ["kind"], registry=r)
         self.active_streams = Gauge("slackbot_active_streams", "Replies streaming now", registry=r)
+        self.maintenance_failures = Counter(
+            "slackbot_maintenance_runs_failed", "Maintenance runs that failed", registry=r
+        )
+        self.maintenance_last_success = Gauge(
+            "slackbot_maintenance_last_success_timestamp_seconds",
+            "Unix time of the last successful maintenance run",
+            registry=r,
+        )
+        self.usage_spooled = Counter(
+            "slackbot_usage_rows_spooled",
+            "Ledger writes kept in the spool while the database was away",
+            registry=r,
+        )
+        self.usage_dropped = Counter(
+            "slackbot_usage_rows_dropped", "Ledger writes lost (spool full or unwritable)", registry=r
+        )
 
     def observe_slack_call(self, method: str, outcome: str, seconds: float) -> None:
         """Edits that landed are `chat.update` + `ok`; Slack's 429s are outcome `ratelimited`."""
         self.slack_calls.labels(method, outcome).inc()
         self.slack_call_seconds.labels(method).observe(seconds)
+
+    def maintenance_failed(self) -> None:
+        self.maintenance_failures.inc()
+
+    def maintenance_succeeded(self) -> None:
+        self.maintenance_last_success.set_to_current_time()
+
+    def usage_row_spooled(self) -> None:
+        self.usage_spooled.inc()
+
+    def usage_row_dropped(self) -> None:
+        self.usage_dropped.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite+aiosqlite:///data/bot.db"
     database_pool_size: int = Field(20, ge=1, le=500)
+    # Where ledger writes wait while the database is away (default: next to the SQLite file, or ./data).
+    usage_spool_dir: Path | None = None
+    usage_spool_max_rows: int = Field(100_000, ge=1)
 
     host: str = "0.0.0.0"  # reachable from outside the container by design
     port: int = Field(3000, ge=0, le=65535)  # 0 picks a free port (tests, benchmarks)
@@ -100,6 +103,13 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("usage_spool_dir")
+    @classmethod
+    def _check_spool_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and value.exists() and not value.is_dir():
+            raise ValueError(f"{value} exists and is not a directory")
+        return value
+
     @model_validator(mode="after")
     def _check_budget(self) -> Settings:
         if self.llm_max_output_tokens >= self.llm_context_window:
@@ -114,6 +124,17 @@ class Settings(BaseSettings):
     @property
     def digest_zone(self) -> ZoneInfo:
         return ZoneInfo(self.usage_digest_tz)
+
+    @property
+    def spool_dir(self) -> Path:
+        if self.usage_spool_dir is not None:
+            return self.usage_spool_dir
+        prefix = "sqlite+aiosqlite:///"
+        if self.database_url.startswith(prefix):
+            database = self.database_url[len(prefix) :].split("?", 1)[0]
+            if database and database != ":memory:":
+                return Path(database).parent
+        return Path("data")
 
     @property
     def socket_mode(self) -> bool:

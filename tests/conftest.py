@@ -176,3 +176,12 @@ async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
 def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """The bot's session factory on `engine`: `async with sessions() as session: ...`."""
     return session_factory(engine)
+
+
+@pytest.fixture(autouse=True)
+def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's bot spools ledger writes into its own folder, never the working directory's data/
+    (a later test would replay them into its own database)."""
+    path = tmp_path / "spool"
+    monkeypatch.setenv("USAGE_SPOOL_DIR", str(path))
+    return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bot.conversation.ports import ReplySummary
+from bot.conversation.ports import ReplyPart, ReplySummary
 
 
 @dataclass
@@ -20,6 +20,10 @@ class RecordingSink:
     @property
     def refs(self) -> Sequence[str]:
         return self.refs_
+
+    @property
+    def parts(self) -> Sequence[ReplyPart]:
+        return ()
 
     async def thinking(self) -> None:
         self.thought += 1

@@ -199,7 +199,7 @@ def test_alembic_config_finds_the_scripts_without_alembic_ini(
 
     assert (Path(config.get_main_option("script_location") or "") / "env.py").is_file()
     assert config.get_main_option("sqlalchemy.url") == url
-    assert head_revision() == "0001"
+    assert head_revision() == "0002"
 
 
 async def test_drafted_migrations_use_plain_sqlalchemy_types_not_app_imports(tmp_path: Path) -> None:
@@ -432,3 +432,46 @@ async def test_migrated_tables_start_empty_for_every_test(sessions: async_sessio
         session.add(_conversation())
         await session.commit()
         assert (await session.execute(select(Conversation.id))).scalar_one() == 1
+
+
+async def test_upgrading_from_0001_keeps_the_ledger_and_gives_each_request_id_one_row(
+    empty_db_url: str,
+) -> None:
+    await run_alembic(empty_db_url, lambda config: command.upgrade(config, "0001"))
+    engine = create_engine(empty_db_url)
+    try:
+        async with engine.begin() as conn:
+            for request_id in ("req-a", "req-a", "req-b", None, None):
+                await conn.execute(
+                    text(
+                        "INSERT INTO usage_records (model_requested, status, client_request_id, created_at) "
+                        "VALUES ('m', 'complete', :rid, CURRENT_TIMESTAMP)"
+                    ),
+                    {"rid": request_id},
+                )
+        await upgrade_head(empty_db_url)
+        async with engine.connect() as conn:
+            ids = (await conn.execute(text("SELECT client_request_id FROM usage_records ORDER BY id"))).all()
+            assert [row[0] for row in ids] == ["req-a", None, "req-b", None, None]
+            with pytest.raises(IntegrityError):
+                await conn.execute(
+                    text(
+                        "INSERT INTO usage_records (model_requested, status, client_request_id, created_at) "
+                        "VALUES ('m', 'complete', 'req-b', CURRENT_TIMESTAMP)"
+                    )
+                )
+            await conn.rollback()
+            columns = await conn.run_sync(
+                lambda sync: {c["name"] for c in inspect(sync).get_columns("messages")}
+            )
+            assert {"lease_expires_at", "slack_parts", "request_id"} <= columns
+
+        await run_alembic(empty_db_url, lambda config: command.downgrade(config, "0001"))
+        async with engine.connect() as conn:
+            columns = await conn.run_sync(
+                lambda sync: {c["name"] for c in inspect(sync).get_columns("messages")}
+            )
+            count = (await conn.execute(text("SELECT COUNT(*) FROM usage_records"))).scalar_one()
+        assert "lease_expires_at" not in columns and count == 5
+    finally:
+        await engine.dispose()

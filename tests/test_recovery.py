@@ -2,28 +2,63 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
+import aiohttp
 import pytest
-from sqlalchemy import select
+from aiohttp import web
+from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy import select, update
 
+from bot.jobs.maintenance import Maintenance
 from bot.slack.recovery import NOTE_RESTARTED, last_part
 from bot.slack.text import find_split
-from bot.storage.models import Conversation, ConversationKind, Message, MessageStatus, Role, utcnow
+from bot.storage.db import create_engine, session_factory
+from bot.storage.models import (
+    Conversation,
+    ConversationKind,
+    Message,
+    MessageStatus,
+    Role,
+    UsageRecord,
+    utcnow,
+)
 from tests.fakes.slack_api import FakeSlackApi
 from tests.harness import make_settings, running_bot
 
 
-async def seed_stale_reply(sessions, slack: FakeSlackApi, content: str, age: timedelta) -> tuple[int, str]:
+async def seed_stale_reply(
+    sessions,
+    slack: FakeSlackApi,
+    content: str,
+    age: timedelta,
+    *,
+    lease: timedelta | None = None,
+    request_id: str | None = None,
+    thread_ts: str = "100.000001",
+) -> tuple[int, str]:
+    """A reply left `streaming`, begun `age` ago; `lease`: how long its lease still runs (negative:
+    expired that long ago; None: written before leases existed)."""
     shown_ts = slack.add_message(
-        "C1", content + " ▍", user=slack.bot_user_id, thread_ts="100.000001", bot_id=slack.bot_id
+        "C1", content + " ▍", user=slack.bot_user_id, thread_ts=thread_ts, bot_id=slack.bot_id
     )
     async with sessions.begin() as session:
         conversation = Conversation(
-            team_id="T1", channel_id="C1", thread_ts="100.000001", kind=ConversationKind.CHANNEL
+            team_id="T1", channel_id="C1", thread_ts=thread_ts, kind=ConversationKind.CHANNEL
         )
         session.add(conversation)
         await session.flush()
+        session.add(
+            Message(
+                conversation_id=conversation.id,
+                role=Role.USER,
+                content="a question",
+                user_id="U7",
+                status=MessageStatus.COMPLETE,
+                created_at=utcnow() - age,
+            )
+        )
         message = Message(
             conversation_id=conversation.id,
             role=Role.ASSISTANT,
@@ -32,6 +67,8 @@ async def seed_stale_reply(sessions, slack: FakeSlackApi, content: str, age: tim
             slack_ts=shown_ts,
             slack_ts_all=[shown_ts],
             created_at=utcnow() - age,
+            lease_expires_at=None if lease is None else utcnow() + lease,
+            request_id=request_id,
         )
         session.add(message)
         await session.flush()
@@ -73,3 +110,212 @@ def test_the_last_part_matches_what_the_renderer_put_in_the_last_message():
         second.rest(first.rest(content))
     )
     assert content.endswith(last_part(content, 4))
+
+
+@pytest.fixture
+def slack_client(fakes) -> AsyncWebClient:
+    slack, _ = fakes
+    return AsyncWebClient(token="xoxb-test", base_url=slack.api_url)
+
+
+def maintenance(sessions, client: AsyncWebClient, **kwargs) -> Maintenance:
+    return Maintenance(sessions, client, model="zhipu/glm-5", single_process=False, **kwargs)
+
+
+async def statuses(sessions) -> dict[int, MessageStatus]:
+    async with sessions() as session:
+        rows = await session.execute(select(Message.id, Message.status).where(Message.role == Role.ASSISTANT))
+        return {row[0]: row[1] for row in rows}
+
+
+async def usage_rows(sessions) -> list[UsageRecord]:
+    async with sessions() as session:
+        return list((await session.execute(select(UsageRecord))).scalars())
+
+
+async def test_recovery_leaves_a_reply_with_a_live_lease_alone_however_old(sessions, fakes, slack_client):
+    slack, _ = fakes
+    live, live_ts = await seed_stale_reply(
+        sessions, slack, "Still delivering", timedelta(minutes=30), lease=timedelta(seconds=40)
+    )
+    dead, _ = await seed_stale_reply(
+        sessions,
+        slack,
+        "Its process died",
+        timedelta(seconds=50),
+        lease=-timedelta(seconds=1),
+        thread_ts="200.1",
+    )
+
+    assert await maintenance(sessions, slack_client).run_once()
+
+    assert await statuses(sessions) == {live: MessageStatus.STREAMING, dead: MessageStatus.INTERRUPTED}
+    assert NOTE_RESTARTED not in slack.message("C1", live_ts).context
+    assert live_ts not in [c.params["ts"] for c in slack.calls_to("chat.update")]
+
+
+async def test_recovery_records_the_interrupted_call_with_unknown_cost(sessions, fakes, slack_client):
+    slack, _ = fakes
+    await seed_stale_reply(
+        sessions, slack, "Half", timedelta(minutes=2), lease=-timedelta(seconds=5), request_id="slackbot-abc"
+    )
+
+    await maintenance(sessions, slack_client).run_once()
+
+    [row] = await usage_rows(sessions)
+    assert (row.status, row.client_request_id, row.user_id, row.channel_id) == (
+        "interrupted",
+        "slackbot-abc",
+        "U7",
+        "C1",
+    )
+    assert row.credits_used is None and row.prompt_tokens is None and row.usd_spent is None
+    assert row.model_requested == "zhipu/glm-5"
+
+
+async def test_recovery_adds_no_second_row_when_the_call_was_recorded_at_its_end(
+    sessions, fakes, slack_client
+):
+    slack, _ = fakes
+    await seed_stale_reply(
+        sessions,
+        slack,
+        "All of it",
+        timedelta(minutes=2),
+        lease=-timedelta(seconds=5),
+        request_id="slackbot-xyz",
+    )
+    async with sessions.begin() as session:
+        session.add(
+            UsageRecord(
+                model_requested="zhipu/glm-5",
+                status="complete",
+                credits_used=800,
+                client_request_id="slackbot-xyz",
+                team_id="T1",
+                channel_id="C1",
+            )
+        )
+
+    await maintenance(sessions, slack_client).run_once()
+
+    [row] = await usage_rows(sessions)
+    assert (row.status, row.credits_used) == ("complete", 800)
+
+
+async def test_two_replicas_recovering_at_once_finish_each_reply_once(db_url, sessions, fakes, slack_client):
+    slack, _ = fakes
+    ids = [
+        (
+            await seed_stale_reply(
+                sessions,
+                slack,
+                f"Reply {n}",
+                timedelta(minutes=2),
+                lease=-timedelta(seconds=5),
+                request_id=f"req-{n}",
+                thread_ts=f"{n}00.1",
+            )
+        )[1]
+        for n in range(1, 6)
+    ]
+    other_engine = create_engine(db_url)
+    try:
+        other = session_factory(other_engine)
+        results = await asyncio.gather(
+            maintenance(sessions, slack_client).run_once(), maintenance(other, slack_client).run_once()
+        )
+    finally:
+        await other_engine.dispose()
+
+    assert list(results) == [True, True]
+    edited = [c.params["ts"] for c in slack.calls_to("chat.update")]
+    assert sorted(edited) == sorted(ids)
+    assert len(await usage_rows(sessions)) == 5
+
+
+async def test_recovery_redraws_the_last_message_from_the_split_points_the_renderer_used(
+    sessions, fakes, slack_client
+):
+    slack, _ = fakes
+    content = "".join(f"Sentence number {n}. " for n in range(150))  # about 3,000 characters
+    message_id, last_ts = await seed_stale_reply(
+        sessions, slack, content, timedelta(minutes=2), lease=-timedelta(seconds=5)
+    )
+    first_ts = slack.add_message(
+        "C1", content[:1000], user=slack.bot_user_id, thread_ts="100.000001", bot_id=slack.bot_id
+    )
+    parts = [
+        {"ts": first_ts, "start": 0, "reopen": "", "limit": 1200},
+        {"ts": last_ts, "start": 1000, "reopen": "", "limit": 1200},
+    ]
+    async with sessions.begin() as session:
+        await session.execute(
+            update(Message)
+            .where(Message.id == message_id)
+            .values(slack_ts_all=[first_ts, last_ts], slack_parts=parts)
+        )
+
+    await maintenance(sessions, slack_client).run_once()
+
+    shown = slack.message("C1", last_ts)
+    assert shown.markdown == find_split(content[1000:], 1200).head(content[1000:])
+    assert content[1000:].startswith(shown.markdown)
+    assert slack.calls_to("chat.update")[0].params["ts"] == last_ts
+
+
+async def test_a_slack_disconnect_during_recovery_neither_stops_start_up_nor_the_loop(
+    db_url, sessions, fakes
+):
+    slack, aiml = fakes
+    message_id, _ = await seed_stale_reply(
+        sessions, slack, "Half", timedelta(minutes=2), lease=-timedelta(seconds=5)
+    )
+    async with DroppingSlack(slack.api_url, drop="chat.update") as dropping:
+        settings = make_settings(db_url, slack, aiml, slack_api_url=dropping.url)
+        async with running_bot(settings, slack) as bot:
+            assert (await bot.http.get("/healthz")).status_code == 200
+        assert dropping.dropped >= 1
+    assert (await statuses(sessions))[message_id] is MessageStatus.INTERRUPTED
+
+
+class DroppingSlack:
+    """A pass-through to the fake Slack that hangs up, without an answer, on one method's calls."""
+
+    def __init__(self, upstream: str, *, drop: str) -> None:
+        self._upstream, self._drop = upstream, drop
+        self._runner: web.AppRunner | None = None
+        self._client: aiohttp.ClientSession | None = None
+        self.dropped = 0
+        self.url = ""
+
+    async def __aenter__(self) -> DroppingSlack:
+        app = web.Application()
+        app.router.add_route("*", "/api/{method}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/api/"
+        self._client = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None and self._client is not None
+        await self._client.close()
+        await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        method = request.match_info["method"]
+        body = await request.read()
+        if method == self._drop:
+            self.dropped += 1
+            assert request.transport is not None
+            request.transport.close()  # no answer at all: aiohttp's ServerDisconnectedError
+            raise web.HTTPInternalServerError
+        assert self._client is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
+        async with self._client.post(self._upstream + method, data=body, headers=headers) as upstream:
+            return web.Response(
+                body=await upstream.read(), status=upstream.status, content_type="application/json"
+            )

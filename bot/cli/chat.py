@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from bot.app import core_services
-from bot.conversation.ports import ReplySummary
+from bot.conversation.ports import ReplyPart, ReplySummary
 from bot.conversation.service import Turn
 from bot.settings import Settings
 from bot.storage.conversations import ConversationKey
@@ -26,6 +26,10 @@ class TerminalSink:
 
     @property
     def refs(self) -> Sequence[str]:
+        return ()
+
+    @property
+    def parts(self) -> Sequence[ReplyPart]:
         return ()
 
     async def thinking(self) -> None:

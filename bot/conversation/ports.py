@@ -22,6 +22,21 @@ class ReplySummary:
     note: str | None = None  # e.g. "the answer was cut off at the length limit"
 
 
+@dataclass(frozen=True)
+class ReplyPart:
+    """One message of a reply split over several: where its text begins in the whole answer.
+
+    A message may open with a reopened code fence (`reopen`) that is not part of the answer; `limit`
+    is the size the sink allows a message now (it shrinks when Slack refuses a long one), so a
+    recovery can cut the last message where the sink would have.
+    """
+
+    ref: str
+    start: int
+    reopen: str = ""
+    limit: int | None = None
+
+
 class ReplySink(Protocol):
     """Where one assistant reply is rendered as it streams: Slack message edits, or a terminal.
 
@@ -32,6 +47,11 @@ class ReplySink(Protocol):
     @property
     def refs(self) -> Sequence[str]:
         """Identifiers of the messages showing this reply so far (Slack ts), oldest first."""
+        ...
+
+    @property
+    def parts(self) -> Sequence[ReplyPart]:
+        """Where each message of `refs` begins in the answer (empty when the sink does not split)."""
         ...
 
     async def thinking(self) -> None: ...

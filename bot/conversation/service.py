@@ -6,27 +6,27 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation.budget import MessageTooLong, TokenEstimator, fit_to_budget, prompt_budget
+from bot.conversation.lease import ReplyLease
+from bot.conversation.ledger import Ledger
 from bot.conversation.ordering import TurnOrder
 from bot.conversation.ports import ChatModel, ReplySink, ReplySummary
 from bot.llm.errors import LLMError
 from bot.llm.types import ChatMessage, CompletionResult
 from bot.storage import conversations as repo
 from bot.storage.conversations import ConversationKey
-from bot.storage.db import DatabaseError, error_reason
+from bot.storage.db import UNAVAILABLE, error_reason
 from bot.storage.models import ConversationKind, Message, MessageStatus, Role
-from bot.storage.usage import UsageEntry, record_usage
+from bot.storage.usage import UsageEntry
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SECONDS = 5.0
-STORE_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 NOTE_DATABASE = "I can't reach my database right now, so I can't answer. Please try again in a minute."
 NOTE_TOO_LONG = "Your message is too long for the model's context window. Please shorten it or split it up."
@@ -83,25 +83,52 @@ class ConversationService:
         model: ChatModel,
         config: ServiceConfig,
         estimator: TokenEstimator | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self._sessions = sessions
         self._model = model
         self._config = config
         self._estimator = estimator or TokenEstimator()
         self._order = TurnOrder()
+        self._ledger = ledger or Ledger(sessions, None)
+        self._lease = ReplyLease(sessions)
+        self._heartbeats: set[asyncio.Task[None]] = set()  # kept referenced until they stop
 
     async def reply(self, turn: Turn, sink: ReplySink) -> TurnOutcome:
         async with self._order.hold(turn.key, turn.order):
             return await self._reply(turn, sink)
 
     async def _reply(self, turn: Turn, sink: ReplySink) -> TurnOutcome:
+        began = time.monotonic()
+        request_id = f"slackbot-{uuid.uuid4().hex}"
         try:
-            conversation_id, assistant_id, history = await self._begin(turn, sink.refs)
-        except (SQLAlchemyError, DatabaseError, OSError) as exc:
+            conversation_id, assistant_id, history = await self._begin(turn, sink.refs, request_id)
+        except UNAVAILABLE as exc:
             log.warning("database unavailable at turn start: %s", error_reason(exc))
             await sink.fail(NOTE_DATABASE)
+            _log_end("database", None, began)
             return TurnOutcome(MessageStatus.ERROR, "", None, None, "database")
 
+        ended = asyncio.Event()
+        heartbeat = self._lease.keep(assistant_id, ended)
+        task = asyncio.create_task(heartbeat, name=f"lease-{assistant_id}")
+        self._heartbeats.add(task)
+        task.add_done_callback(self._heartbeats.discard)
+        try:
+            return await self._answer(turn, sink, conversation_id, assistant_id, history, request_id, began)
+        finally:
+            ended.set()
+
+    async def _answer(
+        self,
+        turn: Turn,
+        sink: ReplySink,
+        conversation_id: int,
+        assistant_id: int,
+        history: list[ChatMessage],
+        request_id: str,
+        began: float,
+    ) -> TurnOutcome:
         newest = ChatMessage("user", turn.text)
         system = ChatMessage("system", self._config.system_prompt) if self._config.system_prompt else None
         try:
@@ -114,17 +141,32 @@ class ConversationService:
             )
         except MessageTooLong:
             await sink.fail(NOTE_TOO_LONG)
-            await self._store_end(assistant_id, "", MessageStatus.ERROR, sink.refs, None)
+            await self._ledger.reply_ended(
+                assistant_id, "", MessageStatus.ERROR, refs=sink.refs, parts=_parts(sink)
+            )
+            _log_end("too_long", None, began)
             return TurnOutcome(MessageStatus.ERROR, "", conversation_id, None, "too_long")
         if request.dropped_turns:
             log.info("history trimmed", extra={"dropped_turns": request.dropped_turns})
 
-        end = await self._stream(request.messages, sink, assistant_id)
+        end = await self._stream(request.messages, sink, assistant_id, request_id)
         result = end.result
         if result.usage.prompt_tokens:
             self._estimator.calibrate(request.estimated_tokens, result.usage.prompt_tokens)
         entry = usage_entry(turn, conversation_id, self._model.model, result, end.label)
         status, cancelled = end.status, end.label == "cancelled"
+        # The completion was made (and maybe billed): its ledger row is written now, alongside the
+        # delivery rather than after it, so no trouble in Slack can lose or delay it.
+        written = asyncio.ensure_future(
+            self._ledger.completion_ended(
+                entry,
+                assistant_id,
+                result.content,
+                refs=sink.refs,
+                parts=_parts(sink),
+                lease_until=self._lease.until(),
+            )
+        )
         try:
             if end.note is None:
                 await sink.finish(self._summary(result))
@@ -136,19 +178,24 @@ class ConversationService:
             log.exception("the reply could not be delivered")
             status = MessageStatus.ERROR
         finally:
-            # Whatever happened to the delivery, the completion was made (and maybe billed):
-            # store the answer and its ledger row even while being cancelled.
-            await asyncio.shield(self._store_end(assistant_id, result.content, status, sink.refs, entry))
+            cancelled = await _despite_cancellation(written) or cancelled
+            # Whatever happened to the delivery, store the answer, even while being cancelled.
+            ended = self._ledger.reply_ended(
+                assistant_id, result.content, status, refs=sink.refs, parts=_parts(sink)
+            )
+            cancelled = await _despite_cancellation(ended) or cancelled
+        # The upstream outcome (complete, cancelled, an error kind), unless delivery changed it.
+        _log_end(end.label if status is end.status else status.value, result, began)
         if cancelled:
             raise asyncio.CancelledError  # stored and shown as interrupted; now let shutdown proceed
         return TurnOutcome(status, result.content, conversation_id, result, end.label)
 
     async def _stream(
-        self, messages: Sequence[ChatMessage], sink: ReplySink, assistant_id: int
+        self, messages: Sequence[ChatMessage], sink: ReplySink, assistant_id: int, request_id: str
     ) -> _StreamEnd:
         """Stream one completion into the sink; the caller ends the reply with what this returns."""
         stream = self._model.stream_chat(
-            messages, max_tokens=self._config.max_output_tokens, request_id=f"slackbot-{uuid.uuid4().hex}"
+            messages, max_tokens=self._config.max_output_tokens, request_id=request_id
         )
         answered = thought = False
         checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
@@ -160,7 +207,7 @@ class ConversationService:
                         await sink.append(delta.content)
                         if time.monotonic() >= checkpoint_at:
                             checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
-                            await self._checkpoint(assistant_id, stream.result().content, sink.refs)
+                            await self._checkpoint(assistant_id, stream.result().content, sink)
                     elif delta.reasoning and not answered and not thought:
                         thought = True
                         await sink.thinking()
@@ -188,8 +235,10 @@ class ConversationService:
             note=note,
         )
 
-    async def _begin(self, turn: Turn, refs: Sequence[str]) -> tuple[int, int, list[ChatMessage]]:
-        """Store the user message and a `streaming` assistant row; return the prior history."""
+    async def _begin(
+        self, turn: Turn, refs: Sequence[str], request_id: str
+    ) -> tuple[int, int, list[ChatMessage]]:
+        """Store the user message and a `streaming` assistant row under lease; return the prior history."""
         async with self._sessions.begin() as session:
             conversation = await repo.get_or_create_conversation(session, turn.key, turn.kind)
             stored = await repo.load_history(session, conversation.id)
@@ -206,49 +255,59 @@ class ConversationService:
                 "",
                 status=MessageStatus.STREAMING,
                 slack_ts=refs[0] if refs else None,
+                request_id=request_id,
+                lease_until=self._lease.until(),
             )
             return conversation.id, assistant.id, history
 
-    async def _store_end(
-        self,
-        message_id: int,
-        content: str,
-        status: MessageStatus,
-        refs: Sequence[str],
-        usage: UsageEntry | None,
-    ) -> None:
-        """Finish the assistant row and write the ledger row in one unit of work.
-
-        The reply is already final in Slack, so a database outage is waited out for a while
-        (pool_pre_ping reconnects) rather than losing the ledger row.
-        """
-        for attempt, delay in enumerate((*STORE_RETRY_DELAYS, None)):
-            try:
-                async with self._sessions.begin() as session:
-                    await repo.finish_message(
-                        session, message_id, content=content, status=status, slack_refs=refs
-                    )
-                    if usage is not None:
-                        await record_usage(session, usage)
-                return
-            except (SQLAlchemyError, OSError) as exc:
-                if delay is None:
-                    log.error(
-                        "could not store the finished reply after %d attempts: %s",
-                        attempt + 1,
-                        error_reason(exc),
-                    )
-                    return
-                log.warning("storing the finished reply failed (%s); retrying", error_reason(exc))
-                await asyncio.sleep(delay)
-
-    async def _checkpoint(self, message_id: int, content: str, refs: Sequence[str]) -> None:
-        """Save the partial answer now and then, so start-up recovery can finish it after a crash."""
+    async def _checkpoint(self, message_id: int, content: str, sink: ReplySink) -> None:
+        """Save the partial answer now and then (recovery finishes it after a crash), renewing the
+        lease in the same write so the hot path makes no extra one."""
         try:
             async with self._sessions.begin() as session:
-                await repo.checkpoint_message(session, message_id, content=content, slack_refs=refs)
-        except (SQLAlchemyError, OSError) as exc:
+                await repo.checkpoint_message(
+                    session,
+                    message_id,
+                    content=content,
+                    slack_refs=sink.refs,
+                    slack_parts=_parts(sink),
+                    lease_until=self._lease.until(),
+                )
+            self._lease.note(message_id)
+        except UNAVAILABLE as exc:
             log.warning("could not checkpoint a streaming reply: %s", error_reason(exc))
+
+
+async def _despite_cancellation(write: Awaitable[None]) -> bool:
+    """Run a store to its end even if the turn is cancelled meanwhile; True when it was."""
+    task = asyncio.ensure_future(write)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        return True
+    return False
+
+
+def _parts(sink: ReplySink) -> list[dict[str, object]]:
+    return [{"ts": p.ref, "start": p.start, "reopen": p.reopen, "limit": p.limit} for p in sink.parts]
+
+
+def _log_end(outcome: str, result: CompletionResult | None, began: float) -> None:
+    """The one line every reply ends with: how it went and what it cost, never its text."""
+    usage = result.usage if result is not None else None
+    log.info(
+        "reply ended",
+        extra={
+            "outcome": outcome,
+            "ttft_ms": result.ttft_ms if result is not None else None,
+            "duration_ms": round((time.monotonic() - began) * 1000),
+            "prompt_tokens": usage.prompt_tokens if usage is not None else None,
+            "completion_tokens": usage.completion_tokens if usage is not None else None,
+            "credits_used": usage.credits_used if usage is not None else None,
+            "inference_id": result.inference_id if result is not None else None,
+        },
+    )
 
 
 def usage_entry(

@@ -1,64 +1,97 @@
-"""Housekeeping while the bot runs: finish replies left `streaming` by a crash, purge old dedupe rows."""
+"""Housekeeping while the bot runs: replay spooled ledger writes, finish replies whose process died,
+purge old dedupe rows. Supervised: a failed run is logged and counted, and the next one comes."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
+from typing import Protocol
 
 from slack_sdk.web.async_client import AsyncWebClient
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.conversation.ledger import Ledger
 from bot.slack.recovery import recover_interrupted_replies
-from bot.storage.db import error_reason
+from bot.storage.db import UNAVAILABLE, error_reason
 from bot.storage.dedupe import purge_events
-from bot.storage.models import utcnow
 
 log = logging.getLogger(__name__)
 
 # Slack retries an event for about 5 minutes; a day of dedupe rows is plenty and stays small.
 DEDUPE_KEEP = timedelta(hours=24)
+# With 45 s leases, a crashed reply is finished within a minute.
+EVERY_SECONDS = 15.0
+
+
+class MaintenanceMetrics(Protocol):
+    def maintenance_failed(self) -> None: ...
+
+    def maintenance_succeeded(self) -> None: ...
 
 
 class Maintenance:
-    """`stale_after`: how old a `streaming` reply must be before another process may finish it.
-
-    With SQLite there is only one process, so at start-up everything still streaming is stale; with
-    PostgreSQL other replicas may be streaming, so only replies older than the longest possible
-    answer are touched.
-    """
+    """`single_process` (SQLite): at start-up nothing else can be streaming, so every reply left
+    `streaming` is finished at once; otherwise (and always after start-up) only expired leases."""
 
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
         client: AsyncWebClient,
         *,
-        stale_after: timedelta,
+        model: str,
         single_process: bool,
-        every: float = 60.0,
+        ledger: Ledger | None = None,
+        metrics: MaintenanceMetrics | None = None,
+        every: float = EVERY_SECONDS,
     ) -> None:
         self._sessions = sessions
         self._client = client
-        self._stale_after = stale_after
+        self._model = model
         self._single_process = single_process
+        self._ledger = ledger
+        self._metrics = metrics
         self._every = every
 
-    async def at_start_up(self) -> None:
-        cutoff = utcnow() if self._single_process else utcnow() - self._stale_after
-        await self.run_once(cutoff)
+    async def at_start_up(self) -> bool:
+        """One run before serving; a failure is logged and counted, never stops the start."""
+        return await self.run_once(ignore_leases=self._single_process)
 
-    async def run_once(self, started_before: datetime) -> None:
+    async def run_once(self, *, ignore_leases: bool = False) -> bool:
         try:
-            await recover_interrupted_replies(self._sessions, self._client, started_before)
+            if self._ledger is not None:
+                # Spooled final texts first: a reply whose process only lost the database is not
+                # one to mark as interrupted.
+                await self._ledger.replay()
+            await recover_interrupted_replies(
+                self._sessions, self._client, model=self._model, ignore_leases=ignore_leases
+            )
             async with self._sessions.begin() as session:
                 purged = await purge_events(session, DEDUPE_KEEP)
             if purged:
                 log.info("purged %d old dedupe rows", purged)
-        except (SQLAlchemyError, OSError) as exc:
+        except asyncio.CancelledError:
+            raise
+        except UNAVAILABLE as exc:
             log.warning("maintenance skipped, database unavailable: %s", error_reason(exc))
+            self._count(ok=False)
+            return False
+        except Exception:  # supervision: whatever broke this run, the next one still comes
+            log.exception("maintenance run failed")
+            self._count(ok=False)
+            return False
+        self._count(ok=True)
+        return True
 
     async def run_forever(self) -> None:
         while True:
             await asyncio.sleep(self._every)
-            await self.run_once(utcnow() - self._stale_after)
+            await self.run_once()
+
+    def _count(self, *, ok: bool) -> None:
+        if self._metrics is None:
+            return
+        if ok:
+            self._metrics.maintenance_succeeded()
+        else:
+            self._metrics.maintenance_failed()

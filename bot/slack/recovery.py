@@ -1,18 +1,20 @@
-"""Finishing replies that a crashed process left `streaming`: the Slack message gets an interrupted note."""
+"""Finishing replies whose process died while streaming: the Slack message gets an interrupted note,
+and the ledger a row for the call whose cost is unknown (unless the call's own row is there)."""
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Any
 
+import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.slack.text import MAX_MESSAGE_CHARS, defuse, find_split, mrkdwn_escape
 from bot.storage import conversations as repo
-from bot.storage.models import ConversationKind, MessageStatus
+from bot.storage.models import Conversation, ConversationKind, Message, utcnow
+from bot.storage.usage import RECOVERED_STATUS, UsageEntry, record_if_absent
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +22,8 @@ NOTE_RESTARTED = "This answer was interrupted because the bot restarted. Please 
 
 
 def last_part(content: str, messages: int, limit: int = MAX_MESSAGE_CHARS) -> str:
-    """The part of `content` that the last of `messages` Slack messages shows (the renderer's split)."""
+    """The part of `content` that the last of `messages` Slack messages shows (the renderer's split),
+    for replies stored before their split points were."""
     start, carry = 0, ""
     for _ in range(messages - 1):
         body = carry + content[start:]
@@ -33,29 +36,75 @@ def last_part(content: str, messages: int, limit: int = MAX_MESSAGE_CHARS) -> st
     return find_split(body, limit).head(body) if len(body) > limit else body
 
 
+def last_message(message: Message) -> tuple[str, str] | None:
+    """The ts of the reply's last Slack message and the text it should show, from the stored split
+    points (the renderer may have used a smaller limit than MAX_MESSAGE_CHARS)."""
+    refs = message.slack_ts_all or ([message.slack_ts] if message.slack_ts else [])
+    parts = message.slack_parts or []
+    if parts and str(parts[-1].get("ts")) == (refs[-1] if refs else None):
+        last = parts[-1]
+        start, reopen = last.get("start"), last.get("reopen") or ""
+        limit = last.get("limit") or MAX_MESSAGE_CHARS
+        if isinstance(start, int) and isinstance(reopen, str) and isinstance(limit, int):
+            body = reopen + message.content[start:]
+            return refs[-1], find_split(body, limit).head(body) if len(body) > limit else body
+    if not refs:
+        return None
+    return refs[-1], last_part(message.content, len(refs))
+
+
 async def recover_interrupted_replies(
-    sessions: async_sessionmaker[AsyncSession], client: AsyncWebClient, started_before: datetime
+    sessions: async_sessionmaker[AsyncSession],
+    client: AsyncWebClient,
+    *,
+    model: str,
+    ignore_leases: bool = False,
 ) -> int:
-    """Edit each stale reply's last message to its saved text plus a note; mark it interrupted."""
-    async with sessions() as session:
-        stale = await repo.stale_streaming_messages(session, started_before)
-    for message, conversation in stale:
-        refs = message.slack_ts_all or ([message.slack_ts] if message.slack_ts else [])
-        if refs and conversation.kind is not ConversationKind.TERMINAL:
-            await _show_interrupted(
-                client, conversation.channel_id, refs[-1], last_part(message.content, len(refs))
-            )
-        async with sessions.begin() as session:
-            await repo.finish_message(
-                session,
-                message.id,
-                content=message.content,
-                status=MessageStatus.INTERRUPTED,
-                slack_refs=refs,
-            )
-    if stale:
-        log.info("recovered %d interrupted replies", len(stale))
-    return len(stale)
+    """Claim each reply whose lease expired (all of them when `ignore_leases`: the only process
+    is starting), mark it interrupted with a ledger row, then show the note in Slack."""
+    now = utcnow()
+    claimed: list[tuple[Message, Conversation]] = []
+    async with sessions.begin() as session:
+        candidates = await repo.expired_streaming_messages(session, now, ignore_leases=ignore_leases)
+        for message, conversation in candidates:
+            if not await repo.claim_for_recovery(session, message.id, now, ignore_leases=ignore_leases):
+                continue  # another replica took it, or its process renewed the lease meanwhile
+            user = await repo.requester(session, message)
+            await record_if_absent(session, _interrupted_usage(message, conversation, user, model))
+            claimed.append((message, conversation))
+    for message, conversation in claimed:
+        shown = last_message(message)
+        if shown is not None and conversation.kind is not ConversationKind.TERMINAL:
+            await _show_interrupted(client, conversation.channel_id, *shown)
+    if claimed:
+        log.info("recovered %d interrupted replies", len(claimed))
+    return len(claimed)
+
+
+def _interrupted_usage(
+    message: Message, conversation: Conversation, user_id: str | None, model: str
+) -> UsageEntry:
+    """What is known of a call whose process died: who and where, never what it cost (NULL)."""
+    return UsageEntry(
+        team_id=conversation.team_id,
+        channel_id=conversation.channel_id,
+        user_id=user_id,
+        conversation_id=conversation.id,
+        model_requested=model,
+        model_returned=None,
+        prompt_tokens=None,
+        completion_tokens=None,
+        cached_tokens=None,
+        reasoning_tokens=None,
+        credits_used=None,
+        usd_spent=None,
+        finish_reason=None,
+        status=RECOVERED_STATUS,
+        ttft_ms=None,
+        duration_ms=None,
+        client_request_id=message.request_id,
+        inference_id=None,
+    )
 
 
 async def _show_interrupted(client: AsyncWebClient, channel: str, ts: str, body: str) -> None:
@@ -69,3 +118,5 @@ async def _show_interrupted(client: AsyncWebClient, channel: str, ts: str, body:
         log.warning(
             "could not mark reply %s in %s as interrupted: %s", ts, channel, exc.response.get("error")
         )
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        log.warning("could not mark reply %s in %s as interrupted: %r", ts, channel, exc)

@@ -24,7 +24,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.conversation.ports import ReplySummary
+from bot.conversation.ports import ReplyPart, ReplySummary
 from bot.slack.edit_budget import EditBudget
 from bot.slack.text import (
     MAX_MESSAGE_CHARS,
@@ -135,6 +135,7 @@ class SlackReply:
         self._tail_length = 0
         self._carry = ""  # a code fence reopened at the top of the current message
         self._ts: list[str] = []
+        self._part_starts: list[tuple[int, str]] = []  # (start, carry) of each message in `_ts`
         self._open = False  # the last of `_ts` still takes text (False before start and after a seal)
         self._shown: _Payload | None = None  # what the current message shows
         self._next_edit_at = 0.0
@@ -149,12 +150,21 @@ class SlackReply:
     def refs(self) -> Sequence[str]:
         return tuple(self._ts)
 
+    @property
+    def parts(self) -> Sequence[ReplyPart]:
+        """Where each message's text begins in the answer, so recovery can redraw the last one."""
+        return tuple(
+            ReplyPart(ts, start, carry, self._limit)
+            for ts, (start, carry) in zip(self._ts, self._part_starts, strict=False)
+        )
+
     # ---- ReplySink -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Post the placeholder in the thread now and start editing in the background."""
         self._shown = _answer_payload(display(""))
         self._ts.append(await self._post(self._shown))
+        self._part_starts.append((0, ""))
         self._open = True
         # The placeholder was a post, not an edit: the first text may be shown at once.
         self._next_edit_at = time.monotonic()
@@ -292,7 +302,9 @@ class SlackReply:
             payload, self._done = self._final_payload(body), True
         else:
             payload = _answer_payload(display(body))
+        start, carry = self._start, self._carry
         self._ts.append(await self._post(payload))
+        self._part_starts.append((start, carry))
         self._open, self._shown = True, payload
         self._next_edit_at = time.monotonic() + self._interval
         self._changed.set()

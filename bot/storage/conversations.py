@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -39,8 +39,7 @@ async def get_or_create_conversation(
     existing = await find_conversation(session, key)
     if existing is not None:
         return existing
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    insert = pg_insert if _dialect(session) == "postgresql" else sqlite_insert
     now = utcnow()
     stmt = (
         insert(Conversation)
@@ -79,6 +78,8 @@ async def add_message(
     status: MessageStatus = MessageStatus.COMPLETE,
     user_id: str | None = None,
     slack_ts: str | None = None,
+    request_id: str | None = None,
+    lease_until: datetime | None = None,
 ) -> Message:
     message = Message(
         conversation_id=conversation_id,
@@ -89,6 +90,8 @@ async def add_message(
         slack_ts=slack_ts,
         slack_ts_all=[slack_ts] if slack_ts else None,
         created_at=utcnow(),
+        request_id=request_id,
+        lease_expires_at=lease_until,
     )
     session.add(message)
     await session.execute(
@@ -105,20 +108,36 @@ async def finish_message(
     content: str,
     status: MessageStatus,
     slack_refs: Sequence[str] = (),
-) -> None:
-    values: dict[str, object] = {"content": content, "status": status}
-    if slack_refs:
-        values.update(slack_ts=slack_refs[0], slack_ts_all=list(slack_refs))
-    await session.execute(update(Message).where(Message.id == message_id).values(**values))
+    slack_parts: Sequence[dict[str, object]] = (),
+) -> bool:
+    """End a reply that is still `streaming`; False when it was already ended (e.g. recovered).
+
+    Conditional, so a late writer never overwrites what recovery or another ending stored.
+    """
+    values = _slack_values(slack_refs, slack_parts)
+    values.update(content=content, status=status, lease_expires_at=None)
+    result = await session.execute(
+        update(Message)
+        .where(Message.id == message_id, Message.status == MessageStatus.STREAMING)
+        .values(**values)
+    )
+    return _rowcount(result) == 1
 
 
 async def checkpoint_message(
-    session: AsyncSession, message_id: int, *, content: str, slack_refs: Sequence[str]
+    session: AsyncSession,
+    message_id: int,
+    *,
+    content: str,
+    slack_refs: Sequence[str],
+    slack_parts: Sequence[dict[str, object]] = (),
+    lease_until: datetime | None = None,
 ) -> None:
-    """Save a still-streaming reply's text so far (the status stays `streaming`)."""
-    values: dict[str, object] = {"content": content}
-    if slack_refs:
-        values.update(slack_ts=slack_refs[0], slack_ts_all=list(slack_refs))
+    """Save a still-streaming reply's text so far (the status stays `streaming`), renewing its lease."""
+    values = _slack_values(slack_refs, slack_parts)
+    values["content"] = content
+    if lease_until is not None:
+        values["lease_expires_at"] = lease_until
     await session.execute(
         update(Message)
         .where(Message.id == message_id, Message.status == MessageStatus.STREAMING)
@@ -126,15 +145,80 @@ async def checkpoint_message(
     )
 
 
-async def stale_streaming_messages(
-    session: AsyncSession, started_before: datetime, limit: int = 100
+async def renew_lease(session: AsyncSession, message_id: int, lease_until: datetime) -> None:
+    await session.execute(
+        update(Message)
+        .where(Message.id == message_id, Message.status == MessageStatus.STREAMING)
+        .values(lease_expires_at=lease_until)
+    )
+
+
+def _lease_expired(now: datetime) -> ColumnElement[bool]:
+    return or_(Message.lease_expires_at.is_(None), Message.lease_expires_at < now)
+
+
+async def expired_streaming_messages(
+    session: AsyncSession, now: datetime, *, ignore_leases: bool = False, limit: int = 100
 ) -> Sequence[tuple[Message, Conversation]]:
-    """Assistant messages still `streaming` that began before `started_before`, with their conversation."""
+    """Replies still `streaming` whose lease expired (or all of them), with their conversation.
+
+    On PostgreSQL rows another replica is claiming right now are skipped, not waited for.
+    """
     stmt = (
         select(Message, Conversation)
         .join(Conversation, Conversation.id == Message.conversation_id)
-        .where(Message.status == MessageStatus.STREAMING, Message.created_at < started_before)
+        .where(Message.status == MessageStatus.STREAMING)
         .order_by(Message.id)
         .limit(limit)
     )
+    if not ignore_leases:
+        stmt = stmt.where(_lease_expired(now))
+    if _dialect(session) == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True, of=Message)
     return [(row[0], row[1]) for row in (await session.execute(stmt)).all()]
+
+
+async def claim_for_recovery(
+    session: AsyncSession, message_id: int, now: datetime, *, ignore_leases: bool = False
+) -> bool:
+    """Mark an expired reply `interrupted`; True for the one caller that changed it.
+
+    The conditional UPDATE is the claim: of two replicas, only one sees its row change.
+    """
+    stmt = update(Message).where(Message.id == message_id, Message.status == MessageStatus.STREAMING)
+    if not ignore_leases:
+        stmt = stmt.where(_lease_expired(now))
+    result = await session.execute(stmt.values(status=MessageStatus.INTERRUPTED, lease_expires_at=None))
+    return _rowcount(result) == 1
+
+
+async def requester(session: AsyncSession, message: Message) -> str | None:
+    """The person whose message the assistant reply answers (the newest user message before it)."""
+    stmt = (
+        select(Message.user_id)
+        .where(
+            Message.conversation_id == message.conversation_id,
+            Message.role == Role.USER,
+            Message.id < message.id,
+        )
+        .order_by(Message.id.desc())
+        .limit(1)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+def _slack_values(refs: Sequence[str], parts: Sequence[dict[str, object]]) -> dict[str, object]:
+    values: dict[str, object] = {}
+    if refs:
+        values.update(slack_ts=refs[0], slack_ts_all=list(refs))
+    if parts:
+        values["slack_parts"] = [dict(part) for part in parts]
+    return values
+
+
+def _rowcount(result: object) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.bind.dialect.name if session.bind is not None else "sqlite"

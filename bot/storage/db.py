@@ -15,6 +15,10 @@ class DatabaseError(Exception):
     """The database is misconfigured or unreachable; the message is safe to show an operator."""
 
 
+# What a database call raises when the database is away: the driver's errors and the socket's.
+UNAVAILABLE: tuple[type[Exception], ...] = (SQLAlchemyError, DatabaseError, OSError)
+
+
 def parse_url(database_url: str) -> URL:
     try:
         return make_url(database_url)

@@ -119,15 +119,25 @@ class Message(Base):
     slack_ts: Mapped[str | None] = mapped_column(String(32), index=True)
     # All Slack message ts of a reply split over several messages, in order.
     slack_ts_all: Mapped[list[str] | None] = mapped_column(JSON)
+    # Where each Slack message of the reply begins in `content`, and the limit the renderer used:
+    # [{"ts": ..., "start": ..., "reopen": ..., "limit": ...}, ...]. Recovery edits the last one.
+    slack_parts: Mapped[list[dict[str, object]] | None] = mapped_column(JSON)
     user_id: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[MessageStatus] = mapped_column(_enum(MessageStatus, "message_status"), index=True)
     created_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
+    # The process streaming this reply renews the lease; recovery touches only replies whose lease
+    # expired (the process died). NULL: written by code older than leases, taken as expired.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(_TS)
+    # The upstream call's X-Client-Request-Id: ties the reply to its ledger row (written once).
+    request_id: Mapped[str | None] = mapped_column(String(128))
 
 
 class UsageRecord(Base):
     """One row per upstream completion; kept when message content is purged. Unknown is NULL, not 0."""
 
     __tablename__ = "usage_records"
+    # One row per completion: the spool replays and recovery insert by this id without doubling.
+    __table_args__ = (UniqueConstraint("client_request_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     team_id: Mapped[str | None] = mapped_column(String(32))

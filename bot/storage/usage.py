@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
 
+from sqlalchemy.dialects.postgresql import Insert as PgInsert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.storage.models import UsageRecord, utcnow
+
+# The status of a row recovery writes for a reply whose process died: nothing else is known.
+RECOVERED_STATUS = "interrupted"
 
 
 @dataclass(frozen=True)
@@ -38,3 +47,32 @@ async def record_usage(session: AsyncSession, entry: UsageEntry) -> UsageRecord:
     session.add(record)
     await session.flush()
     return record
+
+
+async def store_usage(session: AsyncSession, entry: UsageEntry, created_at: datetime | None = None) -> None:
+    """Write the completion's row; the same request id again replaces it (spool replays, recovery).
+
+    The caller's entry is what the upstream call reported, so it wins over a row recovery wrote
+    from what it could guess; writing the same entry twice leaves one row.
+    """
+    if entry.client_request_id is None:
+        await record_usage(session, entry)
+        return
+    values = {**asdict(entry), "created_at": created_at or utcnow()}
+    stmt = _insert(session, values)
+    changed = {k: stmt.excluded[k] for k in values if k not in ("client_request_id", "created_at")}
+    await session.execute(stmt.on_conflict_do_update(index_elements=["client_request_id"], set_=changed))
+
+
+async def record_if_absent(session: AsyncSession, entry: UsageEntry) -> bool:
+    """Write the row unless one with its request id exists; True when it was written."""
+    stmt = _insert(session, {**asdict(entry), "created_at": utcnow()})
+    result = await session.execute(stmt.on_conflict_do_nothing(index_elements=["client_request_id"]))
+    return int(getattr(result, "rowcount", 0) or 0) == 1
+
+
+def _insert(session: AsyncSession, values: dict[str, Any]) -> PgInsert | SqliteInsert:
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    if dialect == "postgresql":
+        return pg_insert(UsageRecord).values(**values)
+    return sqlite_insert(UsageRecord).values(**values)

@@ -1,0 +1,68 @@
+"""Reply leases: the process streaming a reply keeps renewing it, so recovery (in this or another
+replica) touches only replies whose process died."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.storage import conversations as repo
+from bot.storage.db import UNAVAILABLE, error_reason
+from bot.storage.models import utcnow
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 45.0
+# Three renewals per lease: one lost write (a blip) does not let another replica take the reply.
+RENEW_SECONDS = 15.0
+
+
+class ReplyLease:
+    """Checkpoints renew the lease as they save text; `keep` writes only when none did for a while."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        lease: float = LEASE_SECONDS,
+        renew_every: float = RENEW_SECONDS,
+    ) -> None:
+        self._sessions = sessions
+        self._lease = timedelta(seconds=lease)
+        self._renew_every = renew_every
+        self._renewed_at: dict[int, float] = {}
+
+    def until(self) -> datetime:
+        """The expiry a write made now sets."""
+        return utcnow() + self._lease
+
+    def note(self, message_id: int) -> None:
+        """A write (a checkpoint) renewed the lease just now."""
+        if message_id in self._renewed_at:
+            self._renewed_at[message_id] = time.monotonic()
+
+    async def keep(self, message_id: int, ended: asyncio.Event) -> None:
+        """Renew until the reply `ended`, whenever no checkpoint renewed it in time: while the model
+        only thinks, or Slack is slow to take the final edit. Stopped by the event, not cancelled,
+        so a renewal in flight finishes its transaction."""
+        self._renewed_at[message_id] = time.monotonic()
+        try:
+            while not ended.is_set():
+                due = self._renewed_at[message_id] + self._renew_every
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ended.wait(), max(0.0, due - time.monotonic()))
+                if ended.is_set() or time.monotonic() < self._renewed_at[message_id] + self._renew_every:
+                    continue  # the reply ended, or a checkpoint renewed the lease meanwhile
+                try:
+                    async with self._sessions.begin() as session:
+                        await repo.renew_lease(session, message_id, self.until())
+                except UNAVAILABLE as exc:
+                    log.warning("could not renew a reply's lease: %s", error_reason(exc))
+                self._renewed_at[message_id] = time.monotonic()
+        finally:
+            self._renewed_at.pop(message_id, None)

@@ -1,0 +1,208 @@
+"""Writes a completion's ledger row and its reply's final text: now, or through the spool once the
+database is back, each exactly once (rows are keyed by the upstream request id)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.storage import conversations as repo
+from bot.storage.db import UNAVAILABLE, error_reason
+from bot.storage.models import MessageStatus, utcnow
+from bot.storage.spool import Spool, SpoolFull
+from bot.storage.usage import UsageEntry, store_usage
+
+log = logging.getLogger(__name__)
+
+
+class LedgerEvents(Protocol):
+    """Counted by the operator's metrics: rows put in the spool, rows lost."""
+
+    def usage_row_spooled(self) -> None: ...
+
+    def usage_row_dropped(self) -> None: ...
+
+
+class Ledger:
+    """`completion_ended` as soon as the upstream call ends, `reply_ended` once the reply is shown."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        spool: Spool | None,
+        *,
+        events: LedgerEvents | None = None,
+        replay_every: float = 2.0,
+    ) -> None:
+        self._sessions = sessions
+        self._spool = spool
+        self._events = events
+        self._replay_every = replay_every
+        self._replaying = asyncio.Lock()
+        self._replayer: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Writes waiting in the spool for the database."""
+        return len(self._spool) if self._spool is not None else 0
+
+    async def completion_ended(
+        self,
+        entry: UsageEntry,
+        message_id: int,
+        content: str,
+        *,
+        refs: Sequence[str],
+        parts: Sequence[dict[str, object]],
+        lease_until: datetime,
+    ) -> None:
+        """The usage row, with the whole answer saved on the still-streaming reply, in one write."""
+        try:
+            async with self._sessions.begin() as session:
+                await store_usage(session, entry)
+                await repo.checkpoint_message(
+                    session,
+                    message_id,
+                    content=content,
+                    slack_refs=refs,
+                    slack_parts=parts,
+                    lease_until=lease_until,
+                )
+            return
+        except UNAVAILABLE as exc:
+            log.warning("could not write the ledger row now (%s); spooling it", error_reason(exc))
+        self._put({"kind": "usage", "entry": asdict(entry), "created_at": utcnow().isoformat()})
+
+    async def reply_ended(
+        self,
+        message_id: int,
+        content: str,
+        status: MessageStatus,
+        *,
+        refs: Sequence[str],
+        parts: Sequence[dict[str, object]],
+    ) -> None:
+        """Store the reply's final text and status (only while it is still `streaming`)."""
+        record: dict[str, Any] = {
+            "kind": "finish",
+            "message_id": message_id,
+            "content": content,
+            "status": status.value,
+            "refs": list(refs),
+            "parts": [dict(p) for p in parts],
+        }
+        try:
+            await self._apply(record)
+            return
+        except UNAVAILABLE as exc:
+            log.warning("could not store the finished reply now (%s); spooling it", error_reason(exc))
+        self._put(record)
+
+    def start(self) -> None:
+        """Replay what an earlier run left in the spool, in the background."""
+        if self.pending:
+            self._wake()
+
+    async def aclose(self, last_try: float = 10.0) -> None:
+        """Stop replaying after one last try; what is still left stays on disk for the next start."""
+        if self._replayer is not None:
+            self._replayer.cancel()
+            await asyncio.gather(self._replayer, return_exceptions=True)
+        if self.pending:
+            try:
+                await asyncio.wait_for(self.replay(), last_try)
+            except TimeoutError:
+                log.warning("%d spooled writes wait for the next start", self.pending)
+
+    async def replay(self) -> int:
+        """Apply spooled writes oldest first until the database refuses one; return how many left."""
+        if self._spool is None:
+            return 0
+        async with self._replaying:
+            done = 0
+            for line in self._spool.lines():
+                try:
+                    record = json.loads(line)
+                    await self._apply(record)
+                except UNAVAILABLE as exc:
+                    log.warning("spool replay waits for the database: %s", error_reason(exc))
+                    break
+                except (ValueError, KeyError, TypeError) as exc:
+                    self._drop(f"a corrupt spool line ({exc.__class__.__name__})")
+                done += 1
+            self._spool.drop_first(done)
+            if done:
+                log.info("replayed %d spooled writes; %d left", done, len(self._spool))
+            return len(self._spool)
+
+    async def _apply(self, record: dict[str, Any]) -> None:
+        if record["kind"] == "usage":
+            entry = UsageEntry(**record["entry"])
+            created_at = datetime.fromisoformat(record["created_at"])
+            try:
+                async with self._sessions.begin() as session:
+                    await store_usage(session, entry, created_at)
+            except IntegrityError:
+                # The conversation was deleted meanwhile: the ledger keeps the row without it.
+                async with self._sessions.begin() as session:
+                    await store_usage(session, _without_conversation(entry), created_at)
+        elif record["kind"] == "finish":
+            async with self._sessions.begin() as session:
+                stored = await repo.finish_message(
+                    session,
+                    int(record["message_id"]),
+                    content=str(record["content"]),
+                    status=MessageStatus(record["status"]),
+                    slack_refs=list(record["refs"]),
+                    slack_parts=list(record["parts"]),
+                )
+            if not stored:
+                log.warning(
+                    "reply %s was already ended (recovered); its final text is not stored",
+                    record["message_id"],
+                )
+        else:
+            raise KeyError(record["kind"])
+
+    def _put(self, record: dict[str, Any]) -> None:
+        what = "ledger row" if record["kind"] == "usage" else "finished reply"
+        if self._spool is None:
+            self._drop(f"a {what} (no spool configured)")
+            return
+        try:
+            self._spool.append(record)
+        except SpoolFull as exc:
+            self._drop(f"a {what}: {exc}")
+            return
+        if self._events is not None:
+            self._events.usage_row_spooled()
+        self._wake()
+
+    def _drop(self, what: str) -> None:
+        log.error("dropped %s; the database did not take it and it cannot be kept", what)
+        if self._events is not None:
+            self._events.usage_row_dropped()
+
+    def _wake(self) -> None:
+        if self._replayer is None or self._replayer.done():
+            self._replayer = asyncio.create_task(self._replay_until_empty(), name="ledger-spool")
+
+    async def _replay_until_empty(self) -> None:
+        while self.pending:
+            await asyncio.sleep(self._replay_every)
+            try:
+                await self.replay()
+            except Exception:  # the replayer must outlive any surprise; the rows stay on disk
+                log.exception("spool replay failed")
+
+
+def _without_conversation(entry: UsageEntry) -> UsageEntry:
+    return UsageEntry(**{**asdict(entry), "conversation_id": None})

@@ -1,0 +1,291 @@
+"""Every billed completion reaches the ledger: written when the upstream call ends, whatever Slack does,
+exactly once; and every reply ends with one INFO line saying how it went and what it cost."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.conversation.lease import ReplyLease
+from bot.conversation.ledger import Ledger
+from bot.settings import SettingsError, load_settings
+from bot.storage.db import create_engine, session_factory
+from bot.storage.models import (
+    Conversation,
+    ConversationKind,
+    Message,
+    MessageStatus,
+    Role,
+    UsageRecord,
+    utcnow,
+)
+from bot.storage.spool import Spool
+from bot.storage.usage import UsageEntry
+from tests.fakes.aimlapi import Reply
+from tests.harness import eventually, make_settings, mention, running_bot
+
+
+async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def usage_rows(sessions: async_sessionmaker[AsyncSession]) -> list[UsageRecord]:
+    async with sessions() as session:
+        return list((await session.execute(select(UsageRecord).order_by(UsageRecord.id))).scalars())
+
+
+async def assistant_row(sessions: async_sessionmaker[AsyncSession]) -> Message:
+    async with sessions() as session:
+        return (await session.execute(select(Message).where(Message.role == Role.ASSISTANT))).scalar_one()
+
+
+async def test_the_ledger_row_is_written_while_slack_still_rate_limits_the_final_edit(
+    db_url, sessions, fakes
+):
+    slack, aiml = fakes
+    slack.fail_next("chat.update", status=429, retry_after=1, times=8)
+    aiml.enqueue(Reply(content="An answer Slack is slow to show.", credits_used=4321))
+    async with running_bot(make_settings(db_url, slack, aiml), slack) as bot:
+        await bot.send(mention("hello", "100.000001"))
+
+        async def recorded() -> bool:
+            return bool(await usage_rows(sessions))
+
+        await until(recorded)
+        assert bot.runtime.turns is not None and bot.runtime.turns.active  # Slack has not shown it yet
+        assert bot.answer("C1", "100.000001") != "An answer Slack is slow to show."
+        await bot.idle(timeout=60)
+        assert bot.answer("C1", "100.000001") == "An answer Slack is slow to show."
+
+    [row] = await usage_rows(sessions)
+    assert (row.status, row.credits_used) == ("complete", 4321)
+    stored = await assistant_row(sessions)
+    assert (stored.status, stored.content) == (MessageStatus.COMPLETE, "An answer Slack is slow to show.")
+    assert stored.request_id == row.client_request_id and stored.lease_expires_at is None
+
+
+async def test_the_answer_and_its_cost_are_stored_when_slack_refuses_the_final_edit(db_url, sessions, fakes):
+    slack, aiml = fakes
+    slack.fail_next("chat.update", error="invalid_blocks", times=1000)
+    aiml.enqueue(Reply(content="Never shown.", credits_used=99))
+    async with running_bot(make_settings(db_url, slack, aiml), slack) as bot:
+        await bot.send(mention("hello", "100.000001"))
+        await bot.idle(timeout=30)
+
+    [row] = await usage_rows(sessions)
+    assert (row.status, row.credits_used) == ("complete", 99)
+    stored = await assistant_row(sessions)
+    assert (stored.status, stored.content) == (MessageStatus.ERROR, "Never shown.")
+
+
+async def test_a_reply_recovered_elsewhere_is_not_overwritten_when_its_stream_ends(db_url, sessions, fakes):
+    slack, aiml = fakes
+    aiml.enqueue(Reply(content="word " * 30, chunk_size=5, chunk_interval=0.05))
+    async with running_bot(make_settings(db_url, slack, aiml), slack) as bot:
+        await bot.send(mention("stream please", "100.000001"))
+        await eventually(lambda: "word" in bot.answer("C1", "100.000001"), 10)
+        async with sessions.begin() as session:  # what another replica's recovery stores
+            await session.execute(
+                update(Message)
+                .where(Message.role == Role.ASSISTANT)
+                .values(status=MessageStatus.INTERRUPTED, content="recovered")
+            )
+        await bot.idle(timeout=30)
+
+    stored = await assistant_row(sessions)
+    assert (stored.status, stored.content) == (MessageStatus.INTERRUPTED, "recovered")
+    [row] = await usage_rows(sessions)
+    assert row.status == "complete"
+
+
+async def test_every_reply_ends_with_one_info_line_with_its_cost_and_no_text(db_url, fakes, caplog):
+    slack, aiml = fakes
+    aiml.enqueue(Reply(content="A secret answer.", credits_used=555, prompt_tokens=42))
+    caplog.set_level(logging.INFO, logger="bot.conversation.service")
+    async with running_bot(make_settings(db_url, slack, aiml), slack) as bot:
+        await bot.send(mention("a secret question", "100.000001"))
+        await bot.idle()
+
+    [line] = [r for r in caplog.records if r.getMessage() == "reply ended"]
+    assert line.levelno == logging.INFO
+    fields = line.__dict__
+    assert fields["outcome"] == "complete"
+    assert fields["credits_used"] == 555
+    assert fields["prompt_tokens"] == 42 and fields["completion_tokens"]
+    assert fields["inference_id"] == aiml.requests[0].inference_id
+    assert isinstance(fields["ttft_ms"], int) and fields["duration_ms"] >= fields["ttft_ms"]
+    assert not any("secret" in str(value) for value in fields.values())
+
+
+def _entry(request_id: str, credits: int | None = 10) -> UsageEntry:
+    return UsageEntry(
+        team_id="T1",
+        channel_id="C1",
+        user_id="U1",
+        conversation_id=None,
+        model_requested="zhipu/glm-5",
+        model_returned="glm-5",
+        prompt_tokens=5,
+        completion_tokens=7,
+        cached_tokens=0,
+        reasoning_tokens=None,
+        credits_used=credits,
+        usd_spent=None,
+        finish_reason="stop",
+        status="complete",
+        ttft_ms=10,
+        duration_ms=20,
+        client_request_id=request_id,
+        inference_id="inf-1",
+    )
+
+
+async def test_a_spooled_ledger_row_replayed_twice_is_stored_once(sessions, tmp_path):
+    spool = Spool(tmp_path, max_rows=10)
+    spool.append(
+        {"kind": "usage", "entry": _entry("req-1").__dict__, "created_at": "2026-12-01T00:00:00+00:00"}
+    )
+    spool.append(
+        {"kind": "usage", "entry": _entry("req-1").__dict__, "created_at": "2026-12-01T00:00:00+00:00"}
+    )
+    spool.append(
+        {"kind": "usage", "entry": _entry("req-2").__dict__, "created_at": "2026-12-01T00:00:00+00:00"}
+    )
+    ledger = Ledger(sessions, spool)
+
+    assert await ledger.replay() == 0
+
+    rows = await usage_rows(sessions)
+    assert sorted(r.client_request_id or "" for r in rows) == ["req-1", "req-2"]
+    assert not spool.path.exists()
+
+
+class Counted:
+    def __init__(self) -> None:
+        self.spooled = self.dropped = 0
+
+    def usage_row_spooled(self) -> None:
+        self.spooled += 1
+
+    def usage_row_dropped(self) -> None:
+        self.dropped += 1
+
+
+async def test_a_full_spool_drops_the_row_with_an_error_line_and_a_count(tmp_path, caplog):
+    engine = create_engine("postgresql+asyncpg://u@127.0.0.1:1/none")  # nothing listens on port 1
+    unreachable = session_factory(engine)
+    spool = Spool(tmp_path / "spool", max_rows=1)
+    counted = Counted()
+    ledger = Ledger(unreachable, spool, events=counted, replay_every=3600)
+    caplog.set_level(logging.ERROR)
+
+    for number in (1, 2):
+        await ledger.completion_ended(
+            _entry(f"req-{number}"), number, "text", refs=(), parts=(), lease_until=utcnow()
+        )
+    await ledger.aclose()
+    await engine.dispose()
+
+    assert (counted.spooled, counted.dropped) == (1, 1)
+    assert len(spool) == 1 and "req-1" in spool.lines()[0]
+    assert any(
+        r.levelno == logging.ERROR and "dropped a ledger row" in r.getMessage() for r in caplog.records
+    )
+
+
+async def test_a_reply_that_only_thinks_keeps_its_lease_renewed(sessions):
+    async with sessions.begin() as session:
+        conversation = Conversation(
+            team_id="T1", channel_id="C1", thread_ts="1.0", kind=ConversationKind.CHANNEL
+        )
+        session.add(conversation)
+        await session.flush()
+        message = Message(
+            conversation_id=conversation.id, role=Role.ASSISTANT, status=MessageStatus.STREAMING
+        )
+        session.add(message)
+        await session.flush()
+        message_id = message.id
+    lease = ReplyLease(sessions, lease=45, renew_every=0.05)
+    ended = asyncio.Event()
+    keeper = asyncio.create_task(lease.keep(message_id, ended))
+
+    async def renewed() -> bool:
+        async with sessions() as session:
+            row = await session.get(Message, message_id)
+            return row is not None and row.lease_expires_at is not None
+
+    try:
+        await until(renewed)
+    finally:
+        ended.set()
+        await keeper
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_spooled_rows_left_by_a_stopped_bot_are_stored_at_the_next_start(
+    db_url, sessions, fakes, tmp_path
+):
+    slack, aiml = fakes
+    spool = Spool(tmp_path / "kept", max_rows=10)
+    spool.append(
+        {"kind": "usage", "entry": _entry("req-9", 777).__dict__, "created_at": "2026-12-01T00:00:00+00:00"}
+    )
+    async with running_bot(make_settings(db_url, slack, aiml, usage_spool_dir=tmp_path / "kept"), slack):
+
+        async def stored() -> bool:
+            return bool(await usage_rows(sessions))
+
+        await until(stored)
+    [row] = await usage_rows(sessions)
+    assert (row.client_request_id, row.credits_used) == ("req-9", 777)
+
+
+async def test_a_long_reply_stores_where_each_of_its_slack_messages_begins(db_url, sessions, fakes):
+    slack, aiml = fakes
+    answer = "".join(f"Sentence {n} of a long answer. " for n in range(400))  # about 12,000 characters
+    aiml.enqueue(Reply(content=answer, chunk_size=400))
+    async with running_bot(make_settings(db_url, slack, aiml), slack) as bot:
+        await bot.send(mention("long please", "100.000001"))
+        await bot.idle(timeout=60)
+        shown = [m.markdown for m in bot.replies("C1", "100.000001")]
+
+    stored = await assistant_row(sessions)
+    parts = stored.slack_parts or []
+    assert len(shown) >= 3 and [p["ts"] for p in parts] == stored.slack_ts_all
+    starts = [int(str(p["start"])) for p in parts] + [len(answer)]
+    assert [answer[a:b] for a, b in itertools.pairwise(starts)] == shown
+
+
+def test_a_spool_folder_that_is_a_file_is_refused_naming_the_variable(tmp_path, monkeypatch):
+    (tmp_path / "spool").write_text("not a folder")
+    monkeypatch.setenv("USAGE_SPOOL_DIR", str(tmp_path / "spool"))
+    with pytest.raises(SettingsError, match=r"^USAGE_SPOOL_DIR: .*not a directory"):
+        load_settings(env_file=None)
+
+
+async def test_a_replayed_row_replaces_the_one_recovery_wrote_for_the_same_call(sessions, tmp_path):
+    async with sessions.begin() as session:
+        session.add(
+            UsageRecord(model_requested="zhipu/glm-5", status="interrupted", client_request_id="req-5")
+        )
+    spool = Spool(tmp_path, max_rows=10)
+    spool.append(
+        {"kind": "usage", "entry": _entry("req-5", 321).__dict__, "created_at": utcnow().isoformat()}
+    )
+
+    await Ledger(sessions, spool).replay()
+
+    [row] = await usage_rows(sessions)
+    assert (row.status, row.credits_used, row.client_request_id) == ("complete", 321, "req-5")
