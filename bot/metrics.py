@@ -37,6 +37,12 @@ class Metrics:
         self.credits = Counter("slackbot_credits_used", "AI/ML API credits spent", registry=r)
         self.tokens = Counter("slackbot_tokens", "Tokens used", ["kind"], registry=r)
         self.active_streams = Gauge("slackbot_active_streams", "Replies streaming now", registry=r)
+        self.turns_waiting = Gauge(
+            "slackbot_turns_waiting",
+            "Turns admitted and waiting for an earlier turn of their thread",
+            registry=r,
+        )
+        self.turns_running = Gauge("slackbot_turns_running", "Turns holding their thread now", registry=r)
 
     def observe_slack_call(self, method: str, outcome: str, seconds: float) -> None:
         """Edits that landed are `chat.update` + `ok`; Slack's 429s are outcome `ratelimited`."""
