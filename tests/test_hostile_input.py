@@ -107,6 +107,17 @@ async def test_an_event_with_missing_or_odd_fields_gets_a_quiet_200(bot, slack, 
     await still_answers(bot, aiml)
 
 
+async def test_a_mention_of_almost_1_mib_gets_a_too_long_note_without_a_model_call(bot, aiml):
+    ts = "1700000400.000001"
+    body = json.dumps(envelope(mention("x" * 1_000_000, ts)))
+    assert len(body) < 1024**2
+    assert await post(bot, body) == 200
+    await bot.idle(timeout=30)
+    assert aiml.requests == []
+    assert "too long" in bot.replies("C1", ts)[-1].context
+    await still_answers(bot, aiml)
+
+
 async def test_a_mention_with_deeply_nested_blocks_is_answered_from_its_text(bot, aiml):
     aiml.enqueue(Reply(content="Blocks are not read."))
     event = json.dumps(envelope({**MENTION, "ts": "1700000300.000001"}))
