@@ -51,7 +51,10 @@ class WebServer:
             body = parse_slack_body(raw, content_type)
         except MalformedBody as exc:
             log.warning("rejected a malformed Slack request body: %s", exc)
-            return web.json_response({"error": "malformed request body"}, status=400)
+            # The same body would fail again: ask Slack not to retry it.
+            return web.json_response(
+                {"error": "malformed request body"}, status=400, headers={"X-Slack-No-Retry": "1"}
+            )
         bolt_request = AsyncBoltRequest(body=body, query=request.query_string, headers=headers)
         bolt_response = await self._bolt.async_dispatch(bolt_request)
         return await to_aiohttp_response(bolt_response)

@@ -40,6 +40,7 @@ def nested_blocks_json(depth: int) -> str:
 
 
 async def post(bot: Bot, body: str | bytes, content_type: str | None = "application/json") -> int:
+    """Sign and post `body`; a 400 must also tell Slack not to retry (the same body fails again)."""
     text = body if isinstance(body, str) else body.decode("latin-1")
     headers = signed_headers(text)
     if content_type is None:
@@ -49,6 +50,8 @@ async def post(bot: Bot, body: str | bytes, content_type: str | None = "applicat
     raw = body.encode() if isinstance(body, str) else body
     response = await bot.http.post("/slack/events", content=raw, headers=headers)
     assert "Traceback" not in response.text
+    if response.status_code == 400:
+        assert response.headers.get("X-Slack-No-Retry") == "1"
     return response.status_code
 
 

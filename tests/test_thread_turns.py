@@ -70,7 +70,7 @@ async def test_a_follow_up_waits_for_the_first_answer_when_slack_is_slow_to_show
 async def test_a_turn_admitted_while_another_streams_posts_nothing_until_that_answer_is_complete(
     db_url, slack, aiml
 ):
-    aiml.enqueue(Reply(content=LONG_ANSWER, chunk_size=200, chunk_interval=0.02))
+    aiml.enqueue(Reply(content=LONG_ANSWER, chunk_size=200, chunk_interval=0.05))
     aiml.enqueue(Reply(content="Second answer."))
     async with running_bot(make_settings(db_url, slack, aiml), slack) as bot:
         await bot.send(mention("first question", ROOT))
@@ -90,7 +90,7 @@ async def test_a_turn_admitted_while_another_streams_posts_nothing_until_that_an
 async def test_turn_gauges_count_waiting_and_running_turns_and_return_to_zero_after_an_error(
     db_url, slack, aiml
 ):
-    aiml.enqueue(Reply(content="word " * 100, chunk_size=5, chunk_interval=0.05))
+    aiml.enqueue(Reply(content="word " * 200, chunk_size=5, chunk_interval=0.05))  # ~10 s
     aiml.enqueue(ErrorReply(status=400))
     async with running_bot(make_settings(db_url, slack, aiml), slack) as bot:
         assert await metric(bot, "slackbot_turns_running") == 0
