@@ -1,9 +1,10 @@
 """From a Slack event to a streamed reply: classify, admit, wait for the thread's turn, answer.
 
 One event crosses this edge once, in `handle`: `classify` (bot.slack.events) decides whether it is a
-person message addressed to the bot, `Admission` claims it and gives it a place in its thread's line,
-and only when the turn comes is anything posted (placeholder, then the answer), so a thread's answers
-appear in the order their questions were admitted and each answer's messages stay together.
+person message the bot may answer, `Admission` (bot.conversation.admission) claims it and gives it a
+place in its thread's line, and only when the turn comes is anything posted (placeholder, then the
+answer), so a thread's answers appear in the order their questions were admitted and each answer's
+messages stay together.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.conversation.admission import Admission, Admitted, Arrival, Refused
 from bot.conversation.ordering import TurnOrder
 from bot.conversation.service import (
     NOTE_DATABASE,
@@ -30,7 +32,6 @@ from bot.conversation.service import (
 from bot.llm.types import ChatMessage
 from bot.logs import bind_context
 from bot.metrics import Metrics
-from bot.slack.admission import Admission, Admitted, Refused
 from bot.slack.backfill import ThreadSpot, thread_context
 from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
 from bot.slack.edit_budget import EditBudgets
@@ -45,6 +46,7 @@ from bot.slack.events import (
 )
 from bot.slack.names import DisplayNames
 from bot.slack.renderer import SlackDeliveryError, SlackReply
+from bot.storage.conversations import ConversationKey
 from bot.storage.db import error_reason
 from bot.storage.models import ConversationKind
 
@@ -106,18 +108,25 @@ class SlackTurns:
 
     async def _handle(self, incoming: Incoming, client: AsyncWebClient, bot_user_id: str | None) -> None:
         started = time.monotonic()
+        arrival = Arrival(
+            event_id=incoming.event_id,
+            key=ConversationKey(incoming.team_id, incoming.channel_id, incoming.thread_ts),
+            kind=incoming.kind,
+            message_ts=incoming.ts,
+            addressed=incoming.mentioned or incoming.kind is ConversationKind.DM,
+        )
         try:
-            admitted = await self._admission.admit(incoming)
+            admitted = await self._admission.admit(arrival)
         except (SQLAlchemyError, OSError) as exc:
             log.warning("database unavailable while admitting an event: %s", error_reason(exc))
-            if incoming.mentioned or incoming.kind is ConversationKind.DM:
+            if arrival.addressed:
                 await _say_quietly(client, incoming, NOTE_DATABASE)
             return
         if isinstance(admitted, Refused):
             self._metrics.events_ignored.labels(admitted.reason).inc()
             return
         try:
-            outcome = await self._take_turn(admitted, client, bot_user_id)
+            outcome = await self._take_turn(incoming, admitted, client, bot_user_id)
         finally:
             admitted.ticket.leave()
         if outcome is not None:
@@ -125,10 +134,9 @@ class SlackTurns:
             self._observe(outcome)
 
     async def _take_turn(
-        self, admitted: Admitted, client: AsyncWebClient, bot_user_id: str | None
+        self, incoming: Incoming, admitted: Admitted, client: AsyncWebClient, bot_user_id: str | None
     ) -> TurnOutcome | None:
         """Wait for the thread's earlier turns, then answer; None when the reply could not start."""
-        incoming = admitted.incoming
         reply = SlackReply(
             client,
             self._budgets.for_team(incoming.team_id),
@@ -149,11 +157,11 @@ class SlackTurns:
             await reply.start()
         except SlackDeliveryError:
             log.error("could not post the placeholder; the event is released for Slack's retry")
-            await self._release(incoming)
+            await self._release(admitted.arrival)
             return None
         self._metrics.active_streams.inc()
         try:
-            return await self._answer(admitted, reply, client, bot_user_id)
+            return await self._answer(incoming, admitted, reply, client, bot_user_id)
         except BaseException as exc:
             # Cancelled (shutdown) or a bug: never leave a placeholder.
             if not isinstance(exc, asyncio.CancelledError):
@@ -164,9 +172,13 @@ class SlackTurns:
             self._metrics.active_streams.dec()
 
     async def _answer(
-        self, admitted: Admitted, reply: SlackReply, client: AsyncWebClient, bot_user_id: str | None
+        self,
+        incoming: Incoming,
+        admitted: Admitted,
+        reply: SlackReply,
+        client: AsyncWebClient,
+        bot_user_id: str | None,
     ) -> TurnOutcome:
-        incoming = admitted.incoming
         backfill: Sequence[ChatMessage] = ()
         if admitted.new_thread and incoming.in_existing_thread:
             spot = ThreadSpot(incoming.channel_id, incoming.thread_ts, incoming.ts, frozenset(reply.refs))
@@ -175,12 +187,12 @@ class SlackTurns:
             )
         text = strip_bot_mention(incoming.text, bot_user_id)
         names = await self._names.resolve(client, user_ids_in(text))
-        turn = Turn(admitted.key, incoming.kind, readable(text, names), incoming.user_id, backfill)
+        turn = Turn(admitted.arrival.key, incoming.kind, readable(text, names), incoming.user_id, backfill)
         return await self._service.reply(turn, reply)
 
-    async def _release(self, incoming: Incoming) -> None:
+    async def _release(self, arrival: Arrival) -> None:
         try:
-            await self._admission.release(incoming)
+            await self._admission.release(arrival)
         except (SQLAlchemyError, OSError) as exc:
             log.warning("could not release the event: %s", error_reason(exc))
 
