@@ -53,6 +53,12 @@ class Metrics:
         self.usage_dropped = Counter(
             "slackbot_usage_rows_dropped", "Ledger writes lost (spool full or unwritable)", registry=r
         )
+        self.turns_waiting = Gauge(
+            "slackbot_turns_waiting",
+            "Turns admitted and waiting for an earlier turn of their thread",
+            registry=r,
+        )
+        self.turns_running = Gauge("slackbot_turns_running", "Turns holding their thread now", registry=r)
 
     def observe_slack_call(self, method: str, outcome: str, seconds: float) -> None:
         """Edits that landed are `chat.update` + `ok`; Slack's 429s are outcome `ratelimited`."""

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from aiohttp import web
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.request.async_request import AsyncBoltRequest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.metrics import Metrics
+from bot.slack.envelope import MalformedBody, parse_slack_body
 from bot.storage.db import DatabaseError, check_database
 
 log = logging.getLogger(__name__)
@@ -38,11 +41,21 @@ class WebServer:
         if not self.accepting:
             # Slack retries a 503; with several replicas another one answers.
             return web.json_response({"error": "shutting down"}, status=503)
+        # aiohttp answers 413 itself past client_max_size (1 MiB; Slack's events are far smaller).
+        raw = await request.read()
+        headers: dict[str, str | Sequence[str]] = {
+            name: request.headers.getall(name) for name in request.headers
+        }
+        content_type = request.headers.get("Content-Type", "").split(";")[0] or None  # as Bolt reads it
         try:
-            bolt_request = await to_bolt_request(request)
-        except ValueError:  # Bolt parses the body up front; not JSON or form data
-            log.warning("rejected a malformed Slack request body")
-            return web.json_response({"error": "malformed request body"}, status=400)
+            body = parse_slack_body(raw, content_type)
+        except MalformedBody as exc:
+            log.warning("rejected a malformed Slack request body: %s", exc)
+            # The same body would fail again: ask Slack not to retry it.
+            return web.json_response(
+                {"error": "malformed request body"}, status=400, headers={"X-Slack-No-Retry": "1"}
+            )
+        bolt_request = AsyncBoltRequest(body=body, query=request.query_string, headers=headers)
         bolt_response = await self._bolt.async_dispatch(bolt_request)
         return await to_aiohttp_response(bolt_response)
 

@@ -44,8 +44,8 @@ def make_service(
     return ConversationService(sessions, llm, ServiceConfig(SYSTEM, window, output))
 
 
-def turn(text: str, order: str = "1700000000.000100", key: ConversationKey = KEY) -> Turn:
-    return Turn(key, ConversationKind.CHANNEL, text, "U1", order)
+def turn(text: str, key: ConversationKey = KEY) -> Turn:
+    return Turn(key, ConversationKind.CHANNEL, text, "U1")
 
 
 async def stored(sessions: async_sessionmaker[AsyncSession]) -> list[Message]:
@@ -89,8 +89,8 @@ async def test_each_reply_sends_the_threads_history(sessions, llm, aiml):
     service = make_service(sessions, llm)
     aiml.enqueue(Reply(content="Paris."))
     aiml.enqueue(Reply(content="About 2.1 million."))
-    await service.reply(turn("Capital of France?", "1.1"), RecordingSink())
-    await service.reply(turn("How many people live there?", "1.2"), RecordingSink())
+    await service.reply(turn("Capital of France?"), RecordingSink())
+    await service.reply(turn("How many people live there?"), RecordingSink())
 
     sent = aiml.requests[1].json["messages"]
     assert sent == [
@@ -110,36 +110,6 @@ async def test_other_threads_do_not_leak_into_the_history(sessions, llm, aiml):
     await service.reply(turn("first thread"), RecordingSink())
     await service.reply(turn("second thread", key=ConversationKey("T1", "C1", "2.0")), RecordingSink())
     assert [m["content"] for m in aiml.requests[1].json["messages"]] == [SYSTEM, "second thread"]
-
-
-async def test_two_quick_messages_in_a_thread_are_answered_one_at_a_time(sessions, llm, aiml):
-    service = make_service(sessions, llm)
-    aiml.enqueue(Reply(content="first answer", chunk_size=2, chunk_interval=0.01))
-    aiml.enqueue(Reply(content="second answer"))
-    await asyncio.gather(
-        service.reply(turn("question one", "1.1"), RecordingSink()),
-        service.reply(turn("question two", "1.2"), RecordingSink()),
-    )
-    # The second request was built after the first answer was complete and stored.
-    assert [m["content"] for m in aiml.requests[1].json["messages"][1:]] == [
-        "question one",
-        "first answer",
-        "question two",
-    ]
-
-
-async def test_ordering_follows_slack_ts_when_both_wait(sessions, llm, aiml):
-    service = make_service(sessions, llm)
-    aiml.enqueue(Reply(content="zero", chunk_size=1, chunk_interval=0.01))
-    aiml.enqueue(Reply(content="one"))
-    aiml.enqueue(Reply(content="two"))
-    blocker = asyncio.create_task(service.reply(turn("q0", "1.0"), RecordingSink()))
-    await asyncio.sleep(0.05)  # q0 holds the thread; q2 then q1 queue up behind it
-    q2 = asyncio.create_task(service.reply(turn("q2", "1.2"), RecordingSink()))
-    await asyncio.sleep(0)
-    q1 = asyncio.create_task(service.reply(turn("q1", "1.1"), RecordingSink()))
-    await asyncio.gather(blocker, q1, q2)
-    assert [r.json["messages"][-1]["content"] for r in aiml.requests] == ["q0", "q1", "q2"]
 
 
 async def test_reasoning_only_answer_ends_with_a_note(sessions, llm, aiml):
@@ -179,9 +149,9 @@ async def test_history_is_trimmed_oldest_first_keeping_system_and_newest(session
     service = make_service(sessions, llm, window=2_000, output=500)
     for i in range(8):
         aiml.enqueue(Reply(content=f"answer {i} " + "x" * 300))
-        await service.reply(turn(f"question {i} " + "y" * 300, f"1.{i}"), RecordingSink())
+        await service.reply(turn(f"question {i} " + "y" * 300), RecordingSink())
     aiml.enqueue(Reply(content="last"))
-    await service.reply(turn("newest question", "1.9"), RecordingSink())
+    await service.reply(turn("newest question"), RecordingSink())
 
     sent = aiml.requests[-1].json["messages"]
     assert sent[0] == {"role": "system", "content": SYSTEM}

@@ -1,4 +1,4 @@
-"""Per-thread ordering of turns: one at a time, earliest message first, cancellation stays clean."""
+"""Per-thread ordering of turns: one at a time, first admitted first, cancellation stays clean."""
 
 from __future__ import annotations
 
@@ -6,49 +6,89 @@ import asyncio
 
 import pytest
 
-from bot.conversation.ordering import TurnOrder
+from bot.conversation.ordering import TurnOrder, TurnTicket
 
 
-async def test_waiting_turns_run_in_message_order_not_arrival_order():
-    order, ran = TurnOrder(), []
-    holder_may_finish = asyncio.Event()
+async def run_turn(ticket: TurnTicket, ran: list[str], name: str, until: asyncio.Event | None = None) -> None:
+    try:
+        await ticket.wait()
+        ran.append(name)
+        if until is not None:
+            await until.wait()
+    finally:
+        ticket.leave()
 
-    async def turn(ts: str, wait: asyncio.Event | None = None) -> None:
-        async with order.hold("thread", ts):
-            ran.append(ts)
-            if wait is not None:
-                await wait.wait()
 
-    first = asyncio.create_task(turn("1.0", holder_may_finish))
+async def test_turns_run_in_admission_order_whenever_they_start_waiting():
+    order, ran = TurnOrder(), list[str]()
+    first, second, third = (order.enter("thread") for _ in range(3))
+    # The later turns start waiting before the first one does (a slow placeholder, say).
+    tasks = [asyncio.create_task(run_turn(t, ran, n)) for t, n in ((third, "3"), (second, "2"))]
     await asyncio.sleep(0)
-    later = [asyncio.create_task(turn(ts)) for ts in ("1.3", "1.1", "1.2")]
+    assert ran == []
+    await run_turn(first, ran, "1")
+    await asyncio.gather(*tasks)
+    assert ran == ["1", "2", "3"]
+
+
+async def test_other_threads_do_not_wait():
+    order, ran = TurnOrder(), list[str]()
+    busy = asyncio.Event()
+    holder = asyncio.create_task(run_turn(order.enter("a"), ran, "a", until=busy))
     await asyncio.sleep(0)
-    holder_may_finish.set()
-    await asyncio.gather(first, *later)
-    assert ran == ["1.0", "1.1", "1.2", "1.3"]
+    other = order.enter("b")
+    assert other.is_next
+    await run_turn(other, ran, "b")
+    busy.set()
+    await holder
+    assert ran == ["a", "b"]
 
 
-async def test_a_waiter_cancelled_as_the_lock_is_released_raises_cancelled_not_value_error():
+async def test_the_counts_say_how_many_turns_wait_and_run():
     order = TurnOrder()
+    first, second = order.enter("thread"), order.enter("thread")
+    assert (order.running, order.waiting) == (0, 2)
+    await first.wait()
+    assert (order.running, order.waiting) == (1, 1)
+    first.leave()
+    assert (order.running, order.waiting) == (0, 1)
+    await second.wait()
+    second.leave()
+    second.leave()  # leaving twice is harmless
+    assert (order.running, order.waiting) == (0, 0)
+
+
+async def test_a_waiter_cancelled_while_queued_gives_up_its_place():
+    order, ran = TurnOrder(), list[str]()
     release = asyncio.Event()
-
-    async def holder() -> None:
-        async with order.hold("thread", "1.0"):
-            await release.wait()
-
-    async def waiter() -> None:
-        async with order.hold("thread", "1.1"):
-            pass
-
-    held = asyncio.create_task(holder())
+    holder = asyncio.create_task(run_turn(order.enter("thread"), ran, "1", until=release))
+    cancelled = asyncio.create_task(run_turn(order.enter("thread"), ran, "2"))
+    last = order.enter("thread")
     await asyncio.sleep(0)
-    cancelled_waiter = asyncio.create_task(waiter())
-    await asyncio.sleep(0)
-    release.set()  # the holder hands the lock on in the same loop iteration...
-    cancelled_waiter.cancel()  # ...as the waiter is cancelled
-    await held
+    cancelled.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await cancelled_waiter
-    async with asyncio.timeout(1):  # and the thread is free again
-        async with order.hold("thread", "1.2"):
-            pass
+        await cancelled
+    assert order.waiting == 1
+    release.set()
+    await holder
+    async with asyncio.timeout(5):
+        await run_turn(last, ran, "3")
+    assert ran == ["1", "3"] and (order.running, order.waiting) == (0, 0)
+
+
+async def test_a_waiter_cancelled_as_the_turn_is_handed_to_it_passes_the_turn_on():
+    order, ran = TurnOrder(), list[str]()
+    release = asyncio.Event()
+    holder = asyncio.create_task(run_turn(order.enter("thread"), ran, "1", until=release))
+    await asyncio.sleep(0)
+    cancelled = asyncio.create_task(run_turn(order.enter("thread"), ran, "2"))
+    await asyncio.sleep(0)
+    release.set()  # the holder hands the turn on in the same loop iteration...
+    await asyncio.sleep(0)
+    cancelled.cancel()  # ...as the waiter is cancelled
+    await holder
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    async with asyncio.timeout(5):  # and the thread is free again
+        await run_turn(order.enter("thread"), ran, "3")
+    assert ran[-1] == "3" and (order.running, order.waiting) == (0, 0)

@@ -91,7 +91,7 @@ async def chat_command(settings: Settings) -> int:
                     return 0
                 if not line.strip():
                     continue
-                turn = Turn(key, ConversationKind.TERMINAL, line, "terminal", f"{time.time():.6f}")
+                turn = Turn(key, ConversationKind.TERMINAL, line, "terminal")
                 print("bot> ", end="", flush=True)
                 current = asyncio.ensure_future(core.service.reply(turn, TerminalSink(sys.stdout)))
                 try:

@@ -1,66 +1,86 @@
-"""Per-conversation ordering: turns of one thread run one at a time, oldest Slack message first."""
+"""Per-conversation ordering: turns of one thread run one at a time, in the order they were admitted.
+
+A turn takes its place when its event is admitted (`TurnOrder.enter`, a plain call with no await, so
+the place is decided at that moment) and runs once every earlier turn of the thread has left. Holding
+the place from admission to the end of the reply is what keeps a thread's answers in order and each
+answer's messages together, however long Slack takes to accept any one call.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-from collections.abc import AsyncIterator, Hashable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Hashable
 
 
-@dataclass
-class _Queue:
-    busy: bool = False
-    waiters: list[tuple[str, int, asyncio.Future[None]]] = field(default_factory=list)
+class TurnTicket:
+    """One turn's place in its thread's line; `leave()` it on every path (it is idempotent)."""
+
+    def __init__(self, order: TurnOrder, key: Hashable) -> None:
+        self._order, self._key = order, key
+        self._granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.running = False
+        self.left = False
+
+    @property
+    def is_next(self) -> bool:
+        """True when no earlier turn of the thread is still waiting or running."""
+        return self._granted.done()
+
+    async def wait(self) -> None:
+        """Wait until every earlier turn of the thread has left; cancelling gives up the place."""
+        if self.left:
+            raise RuntimeError("this turn already left its thread's line")
+        try:
+            await asyncio.shield(self._granted)
+        except asyncio.CancelledError:
+            self.leave()
+            raise
+        self.running = True
+
+    def leave(self) -> None:
+        if not self.left:
+            self.left = True
+            self._order._leave(self)
+
+    @property
+    def key(self) -> Hashable:
+        return self._key
+
+    def _grant(self) -> None:
+        if not self._granted.done():
+            self._granted.set_result(None)
 
 
 class TurnOrder:
-    """An async lock per key whose waiters are served by their order key (e.g. message ts).
-
-    Events can reach the listener slightly out of order (retries, concurrent HTTP requests), so
-    among the turns waiting for one conversation the earliest message goes first.
-    """
+    """The line of turns of each conversation key, first admitted first served; one per process."""
 
     def __init__(self) -> None:
-        self._queues: dict[Hashable, _Queue] = {}
-        self._counter = 0
+        self._lines: dict[Hashable, deque[TurnTicket]] = {}
 
-    @asynccontextmanager
-    async def hold(self, key: Hashable, order: str) -> AsyncIterator[None]:
-        queue = self._queues.setdefault(key, _Queue())
-        if queue.busy or queue.waiters:
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._counter += 1
-            entry = (order, self._counter, future)
-            heapq.heappush(queue.waiters, entry)
-            try:
-                await future
-            except BaseException:
-                if future.done() and not future.cancelled():
-                    self._release(key, queue)  # we were handed the lock while being cancelled
-                elif entry in queue.waiters:  # a release may have popped it already
-                    queue.waiters.remove(entry)
-                    heapq.heapify(queue.waiters)
-                    self._drop_if_idle(key, queue)
-                else:
-                    self._drop_if_idle(key, queue)
-                raise
-        queue.busy = True
-        try:
-            yield
-        finally:
-            self._release(key, queue)
+    def enter(self, key: Hashable) -> TurnTicket:
+        ticket = TurnTicket(self, key)
+        line = self._lines.setdefault(key, deque())
+        line.append(ticket)
+        if len(line) == 1:
+            ticket._grant()
+        return ticket
 
-    def _release(self, key: Hashable, queue: _Queue) -> None:
-        while queue.waiters:
-            _, _, future = heapq.heappop(queue.waiters)
-            if not future.done():
-                future.set_result(None)  # ownership passes directly: busy stays True
-                return
-        queue.busy = False
-        self._drop_if_idle(key, queue)
+    @property
+    def running(self) -> int:
+        """Turns that hold their thread now."""
+        return sum(1 for line in self._lines.values() if line[0].running)
 
-    def _drop_if_idle(self, key: Hashable, queue: _Queue) -> None:
-        if not queue.busy and not queue.waiters:
-            self._queues.pop(key, None)
+    @property
+    def waiting(self) -> int:
+        """Turns admitted but not yet running: queued behind another turn, or about to start."""
+        return sum(len(line) for line in self._lines.values()) - self.running
+
+    def _leave(self, ticket: TurnTicket) -> None:
+        line = self._lines[ticket.key]
+        was_first = line[0] is ticket
+        line.remove(ticket)
+        if not line:
+            del self._lines[ticket.key]
+        elif was_first:
+            line[0]._grant()

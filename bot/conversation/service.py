@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.conversation.budget import MessageTooLong, TokenEstimator, fit_to_budget, prompt_budget
 from bot.conversation.lease import ReplyLease
 from bot.conversation.ledger import Ledger
-from bot.conversation.ordering import TurnOrder
 from bot.conversation.ports import ChatModel, ReplySink, ReplySummary
 from bot.llm.errors import LLMError
 from bot.llm.types import ChatMessage, CompletionResult
@@ -45,7 +44,6 @@ class Turn:
     kind: ConversationKind
     text: str
     user_id: str | None
-    order: str  # the Slack message ts: turns of a thread run in this order
     # Earlier thread messages the bot never saw, used once when the conversation is new.
     backfill: Sequence[ChatMessage] = ()
 
@@ -75,7 +73,11 @@ class ServiceConfig:
 
 
 class ConversationService:
-    """Drives one turn at a time per conversation; the same code serves Slack and the terminal."""
+    """Drives turns; the same code serves Slack and the terminal.
+
+    The caller runs one turn of a conversation at a time (bot.conversation.ordering): a turn reads
+    the history that the turns before it stored.
+    """
 
     def __init__(
         self,
@@ -89,16 +91,11 @@ class ConversationService:
         self._model = model
         self._config = config
         self._estimator = estimator or TokenEstimator()
-        self._order = TurnOrder()
         self._ledger = ledger or Ledger(sessions, None)
         self._lease = ReplyLease(sessions)
         self._heartbeats: set[asyncio.Task[None]] = set()  # kept referenced until they stop
 
     async def reply(self, turn: Turn, sink: ReplySink) -> TurnOutcome:
-        async with self._order.hold(turn.key, turn.order):
-            return await self._reply(turn, sink)
-
-    async def _reply(self, turn: Turn, sink: ReplySink) -> TurnOutcome:
         began = time.monotonic()
         request_id = f"slackbot-{uuid.uuid4().hex}"
         try:

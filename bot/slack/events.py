@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from bot.storage.models import ConversationKind
 
@@ -31,6 +31,26 @@ class Ignored:
     reason: str
 
 
+# Slack's ids and timestamps, bounded so they fit the database columns they are stored in.
+_ID = re.compile(r"[A-Z0-9][A-Za-z0-9_]{0,23}")
+_TS = re.compile(r"[0-9]{1,12}\.[0-9]{1,8}")
+_EVENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_EVENT_TYPE = re.compile(r"[a-z_]{1,40}")
+
+
+def event_type_label(body: dict[str, Any]) -> str:
+    """The event's type as a metrics label: a Slack event type, or "invalid" (labels stay bounded)."""
+    event = body.get("event")
+    event_type = event.get("type") if isinstance(event, dict) else None
+    if event_type is None:
+        return "unknown"
+    return event_type if isinstance(event_type, str) and _EVENT_TYPE.fullmatch(event_type) else "invalid"
+
+
+def _matches(value: Any, pattern: re.Pattern[str]) -> TypeGuard[str]:
+    return isinstance(value, str) and pattern.fullmatch(value) is not None
+
+
 def classify(body: dict[str, Any], bot_user_id: str | None) -> Incoming | Ignored:
     event = body.get("event")
     if not isinstance(event, dict):
@@ -43,22 +63,31 @@ def classify(body: dict[str, Any], bot_user_id: str | None) -> Incoming | Ignore
     if event.get("bot_id") or event.get("bot_profile"):
         return Ignored("bot_message")
     user, channel, ts = event.get("user"), event.get("channel"), event.get("ts")
-    if not (isinstance(user, str) and isinstance(channel, str) and isinstance(ts, str)):
+    if not (_matches(user, _ID) and _matches(channel, _ID) and _matches(ts, _TS)):
         return Ignored("malformed")
     if bot_user_id and user == bot_user_id:
         return Ignored("self")
+    thread_ts = event.get("thread_ts")
+    team = body.get("team_id") or event.get("team") or "T_UNKNOWN"
+    event_id = body.get("event_id")
+    if (
+        (thread_ts is not None and not _matches(thread_ts, _TS))
+        or not _matches(team, _ID)
+        or (event_id is not None and not _matches(event_id, _EVENT_ID))
+    ):
+        return Ignored("malformed")
     raw_text = event.get("text")
-    text = raw_text if isinstance(raw_text, str) else ""
+    if raw_text is not None and not isinstance(raw_text, str):
+        return Ignored("malformed")
+    text = raw_text or ""
     mention_markup = f"<@{bot_user_id}>" if bot_user_id else None
     mentioned = event_type == "app_mention" or bool(mention_markup and mention_markup in text)
     is_dm = event.get("channel_type") == "im" or (event_type == "message" and channel.startswith("D"))
-    thread_ts = event.get("thread_ts")
     in_thread = isinstance(thread_ts, str) and thread_ts != ts
     if not is_dm and not mentioned and not in_thread:
         return Ignored("not_addressed")
-    team = body.get("team_id") or event.get("team") or "T_UNKNOWN"
     return Incoming(
-        event_id=str(body.get("event_id") or f"{channel}:{ts}:{event_type}"),
+        event_id=str(event_id or f"{channel}:{ts}:{event_type}"),
         team_id=str(team),
         channel_id=channel,
         user_id=user,

@@ -1,4 +1,11 @@
-"""From a Slack event to a streamed reply: filter, dedupe, placeholder, context, conversation turn."""
+"""From a Slack event to a streamed reply: classify, admit, wait for the thread's turn, answer.
+
+One event crosses this edge once, in `handle`: `classify` (bot.slack.events) decides whether it is a
+person message the bot may answer, `Admission` (bot.conversation.admission) claims it and gives it a
+place in its thread's line, and only when the turn comes is anything posted (placeholder, then the
+answer), so a thread's answers appear in the order their questions were admitted and each answer's
+messages stay together.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.conversation.admission import Admission, Admitted, Arrival, Refused
 from bot.conversation.ordering import TurnOrder
 from bot.conversation.service import (
     NOTE_DATABASE,
@@ -26,13 +32,22 @@ from bot.conversation.service import (
 from bot.llm.types import ChatMessage
 from bot.logs import bind_context
 from bot.metrics import Metrics
+from bot.slack.backfill import ThreadSpot, thread_context
+from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
 from bot.slack.edit_budget import EditBudgets
-from bot.slack.events import Ignored, Incoming, classify, readable, strip_bot_mention, user_ids_in
+from bot.slack.events import (
+    Ignored,
+    Incoming,
+    classify,
+    event_type_label,
+    readable,
+    strip_bot_mention,
+    user_ids_in,
+)
+from bot.slack.names import DisplayNames
 from bot.slack.renderer import SlackDeliveryError, SlackReply
-from bot.storage import conversations as repo
 from bot.storage.conversations import ConversationKey
 from bot.storage.db import error_reason
-from bot.storage.dedupe import claim_event, release_event
 from bot.storage.models import ConversationKind
 
 log = logging.getLogger(__name__)
@@ -41,12 +56,8 @@ UPSTREAM_ERROR_KINDS = frozenset(
     {"auth", "credits", "bad_request", "rate_limited", "unavailable", "timeout", "interrupted"}
 )
 NOTE_FAILED = "Something went wrong while answering. Please try again."
-BACKFILL_PAGES = 3
-
-
-@dataclass(frozen=True)
-class _Admission:
-    new_thread: bool  # the bot had no conversation for this thread before
+# Shown (as the thread's status line) while a message waits for the answer before it to finish.
+STATUS_WAITING = "will answer this once the previous answer is finished…"
 
 
 @dataclass(frozen=True)
@@ -68,17 +79,19 @@ class SlackTurns:
         config: HandlerConfig,
     ) -> None:
         self._service = service
-        self._sessions = sessions
         self._budgets = budgets
         self._metrics = metrics
         self._config = config
-        self._names: dict[str, str] = {}
-        self._order = TurnOrder()
+        self._names = DisplayNames()
+        order = TurnOrder()
+        self._admission = Admission(sessions, order, thread_followups=config.thread_followups)
+        # Read from the line itself at scrape time, so the gauges are right on every path.
+        metrics.turns_waiting.set_function(lambda: order.waiting)
+        metrics.turns_running.set_function(lambda: order.running)
         self.active: set[asyncio.Task[Any]] = set()
 
     async def handle(self, body: dict[str, Any], client: AsyncWebClient, bot_user_id: str | None) -> None:
-        event_type = str((body.get("event") or {}).get("type", "unknown"))
-        self._metrics.events_received.labels(event_type).inc()
+        self._metrics.events_received.labels(event_type_label(body)).inc()
         incoming = classify(body, bot_user_id)
         if isinstance(incoming, Ignored):
             self._metrics.events_ignored.labels(incoming.reason).inc()
@@ -95,17 +108,35 @@ class SlackTurns:
 
     async def _handle(self, incoming: Incoming, client: AsyncWebClient, bot_user_id: str | None) -> None:
         started = time.monotonic()
-        key = ConversationKey(incoming.team_id, incoming.channel_id, incoming.thread_ts)
+        arrival = Arrival(
+            event_id=incoming.event_id,
+            key=ConversationKey(incoming.team_id, incoming.channel_id, incoming.thread_ts),
+            kind=incoming.kind,
+            message_ts=incoming.ts,
+            addressed=incoming.mentioned or incoming.kind is ConversationKind.DM,
+        )
         try:
-            admission = await self._admit(incoming, key)
+            admitted = await self._admission.admit(arrival)
         except (SQLAlchemyError, OSError) as exc:
             log.warning("database unavailable while admitting an event: %s", error_reason(exc))
-            if incoming.mentioned or incoming.kind is ConversationKind.DM:
+            if arrival.addressed:
                 await _say_quietly(client, incoming, NOTE_DATABASE)
             return
-        if isinstance(admission, str):
-            self._metrics.events_ignored.labels(admission).inc()
+        if isinstance(admitted, Refused):
+            self._metrics.events_ignored.labels(admitted.reason).inc()
             return
+        try:
+            outcome = await self._take_turn(incoming, admitted, client, bot_user_id)
+        finally:
+            admitted.ticket.leave()
+        if outcome is not None:
+            self._metrics.reply_duration.observe(time.monotonic() - started)
+            self._observe(outcome)
+
+    async def _take_turn(
+        self, incoming: Incoming, admitted: Admitted, client: AsyncWebClient, bot_user_id: str | None
+    ) -> TurnOutcome | None:
+        """Wait for the thread's earlier turns, then answer; None when the reply could not start."""
         reply = SlackReply(
             client,
             self._budgets.for_team(incoming.team_id),
@@ -115,114 +146,55 @@ class SlackTurns:
             metrics=self._metrics,
         )
         try:
+            if not admitted.ticket.is_next:
+                await _show_status(client, incoming, STATUS_WAITING)
+            await admitted.ticket.wait()
+        except asyncio.CancelledError:
+            # Shutdown while queued: the person learns that this message will not be answered.
+            await reply.fail(NOTE_INTERRUPTED)
+            raise
+        try:
             await reply.start()
         except SlackDeliveryError:
             log.error("could not post the placeholder; the event is released for Slack's retry")
-            await self._release(incoming)
-            return
+            await self._release(admitted.arrival)
+            return None
         self._metrics.active_streams.inc()
         try:
-            # Hold the thread's turn from here: a follow-up must not overtake this turn while
-            # it reads the thread's history.
-            async with self._order.hold(key, incoming.ts):
-                outcome = await self._answer(incoming, key, reply, client, bot_user_id, admission)
+            return await self._answer(incoming, admitted, reply, client, bot_user_id)
         except BaseException as exc:
-            # Cancelled while queued behind another turn (shutdown), or a bug: never leave a placeholder.
+            # Cancelled (shutdown) or a bug: never leave a placeholder.
             if not isinstance(exc, asyncio.CancelledError):
                 log.exception("a turn failed before its reply ended")
             await reply.fail(NOTE_INTERRUPTED if isinstance(exc, asyncio.CancelledError) else NOTE_FAILED)
             raise
         finally:
             self._metrics.active_streams.dec()
-        self._metrics.reply_duration.observe(time.monotonic() - started)
-        self._observe(outcome)
 
     async def _answer(
         self,
         incoming: Incoming,
-        key: ConversationKey,
+        admitted: Admitted,
         reply: SlackReply,
         client: AsyncWebClient,
         bot_user_id: str | None,
-        admission: _Admission,
     ) -> TurnOutcome:
         backfill: Sequence[ChatMessage] = ()
-        if admission.new_thread and incoming.in_existing_thread:
-            backfill = await self._backfill(incoming, client, bot_user_id, skip=set(reply.refs))
-        text = await self._readable(strip_bot_mention(incoming.text, bot_user_id), client)
-        turn = Turn(key, incoming.kind, text, incoming.user_id, incoming.ts, backfill)
+        if admitted.new_thread and incoming.in_existing_thread:
+            spot = ThreadSpot(incoming.channel_id, incoming.thread_ts, incoming.ts, frozenset(reply.refs))
+            backfill = await thread_context(
+                client, self._names, spot, limit=self._config.backfill_limit, bot_user_id=bot_user_id
+            )
+        text = strip_bot_mention(incoming.text, bot_user_id)
+        names = await self._names.resolve(client, user_ids_in(text))
+        turn = Turn(admitted.arrival.key, incoming.kind, readable(text, names), incoming.user_id, backfill)
         return await self._service.reply(turn, reply)
 
-    async def _admit(self, incoming: Incoming, key: ConversationKey) -> _Admission | str:
-        """Claim the event so it is answered once; a string is the reason to ignore it.
-
-        An answered thread's conversation exists from here on, so follow-ups sent while the first
-        reply is being set up are admitted too (and queue behind it).
-        """
-        async with self._sessions.begin() as session:
-            existing = await repo.find_conversation(session, key)
-            if not incoming.mentioned and incoming.kind is not ConversationKind.DM:
-                if not self._config.thread_followups:
-                    return "followups_off"
-                if existing is None:
-                    return "thread_not_joined"
-            if not await claim_event(session, incoming.event_id, incoming.channel_id, incoming.ts):
-                return "duplicate"
-            if existing is None:
-                await repo.get_or_create_conversation(session, key, incoming.kind)
-        return _Admission(new_thread=existing is None)
-
-    async def _release(self, incoming: Incoming) -> None:
+    async def _release(self, arrival: Arrival) -> None:
         try:
-            async with self._sessions.begin() as session:
-                await release_event(session, incoming.event_id)
+            await self._admission.release(arrival)
         except (SQLAlchemyError, OSError) as exc:
             log.warning("could not release the event: %s", error_reason(exc))
-
-    async def _backfill(
-        self, incoming: Incoming, client: AsyncWebClient, bot_user_id: str | None, skip: set[str]
-    ) -> Sequence[ChatMessage]:
-        """Earlier messages of a thread the bot is new to, read once: the root and the newest ones.
-
-        Bounded (a few pages); when Slack limits or fails the call, the bot answers without them.
-        """
-        limit = self._config.backfill_limit
-        if limit <= 0:
-            return ()
-        messages: list[dict[str, Any]] = []
-        cursor: str | None = None
-        try:
-            for _ in range(BACKFILL_PAGES):
-                response = await client.conversations_replies(
-                    channel=incoming.channel_id, ts=incoming.thread_ts, limit=200, cursor=cursor
-                )
-                messages += response.get("messages") or []
-                cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
-                if cursor is None:
-                    break
-        except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
-            reason = exc.response.get("error") if isinstance(exc, SlackApiError) else type(exc).__name__
-            log.info("thread history unavailable (%s); answering with what arrived", reason)
-        before = float(incoming.ts)
-        earlier = [
-            m
-            for m in messages
-            if m.get("text") and m.get("ts") not in skip and float(m.get("ts", "inf")) < before
-        ]
-        if len(earlier) > limit:
-            earlier = [earlier[0], *earlier[len(earlier) - limit + 1 :]]  # the root, then the newest
-        context: list[ChatMessage] = []
-        for message in earlier:
-            mine = bool(bot_user_id and message.get("user") == bot_user_id)
-            text = await self._readable(strip_bot_mention(message["text"], bot_user_id), client)
-            context.append(ChatMessage("assistant" if mine else "user", text))
-        return context
-
-    async def _readable(self, text: str, client: AsyncWebClient) -> str:
-        for user_id in user_ids_in(text):
-            if user_id not in self._names:
-                self._names[user_id] = await _display_name(client, user_id)
-        return readable(text, self._names)
 
     def _observe(self, outcome: TurnOutcome) -> None:
         metrics = self._metrics
@@ -244,17 +216,18 @@ class SlackTurns:
                 metrics.tokens.labels(kind).inc(value)
 
 
-async def _display_name(client: AsyncWebClient, user_id: str) -> str:
+async def _show_status(client: AsyncWebClient, incoming: Incoming, status: str) -> None:
+    """The thread's status line: one call outside the edit budget; Slack clears it at the next reply."""
     try:
-        user = (await client.users_info(user=user_id)).get("user") or {}
-    except (SlackApiError, aiohttp.ClientError, TimeoutError):
-        return user_id
-    profile = user.get("profile") or {}
-    return str(profile.get("display_name") or user.get("real_name") or user.get("name") or user_id)
+        await client.assistant_threads_setStatus(
+            channel_id=incoming.channel_id, thread_ts=incoming.thread_ts, status=status
+        )
+    except SLACK_CALL_ERRORS as exc:
+        log.info("could not show that a message waits for its turn (%s)", call_error_reason(exc))
 
 
 async def _say_quietly(client: AsyncWebClient, incoming: Incoming, text: str) -> None:
     try:
         await client.chat_postMessage(channel=incoming.channel_id, thread_ts=incoming.thread_ts, text=text)
-    except SlackApiError as exc:
-        log.warning("could not tell the user about the outage: %s", exc.response.get("error"))
+    except SLACK_CALL_ERRORS as exc:
+        log.warning("could not tell the user about the outage: %s", call_error_reason(exc))

@@ -9,6 +9,7 @@ from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.metrics import Metrics
+from bot.slack.events import event_type_label
 from bot.slack.handler import SlackTurns
 
 
@@ -18,8 +19,7 @@ def register_listeners(app: AsyncApp, turns: SlackTurns, metrics: Metrics) -> No
 
     async def on_other_event(body: dict[str, Any]) -> None:
         # Acknowledged (so Slack does not retry) and counted, nothing else.
-        event = body.get("event") or {}
-        metrics.events_received.labels(str(event.get("type", "unknown"))).inc()
+        metrics.events_received.labels(event_type_label(body)).inc()
         metrics.events_ignored.labels("unsupported_type").inc()
 
     app.event("app_mention")(on_message)

@@ -201,16 +201,21 @@ class FakeSlackApi:
 
     # ---- scripting and inspection --------------------------------------------------------------
 
-    def route(self, method: str, handler: Handler, *, tokens: Mapping[str, str] | None = None) -> None:
+    def route(
+        self, method: str, handler: Handler, *, tokens: Mapping[str, str] | None = None
+    ) -> Handler | None:
         """Serve another method: `async handler(params, team_id) -> fields`; raise `reject(...)` to fail.
+
+        Returns the handler it replaces, so a test can wrap the fake's own (e.g. to delay one call).
 
         `tokens` (token -> team_id) makes the method accept only those tokens instead of the bot tokens,
         as Slack does for app-level `xapp-` tokens (`apps.connections.open`); a token the fake knows
         for other methods gets `not_allowed_token_type`, an unknown one `invalid_auth`.
         """
-        self._handlers[method] = handler
+        previous, self._handlers[method] = self._handlers.get(method), handler
         if tokens is not None:
             self._method_tokens[method] = dict(tokens)
+        return previous
 
     def add_token(self, token: str, team_id: str) -> None:
         """Accept another bot token, for another workspace."""
