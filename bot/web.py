@@ -53,7 +53,10 @@ class WebServer:
         """200 when the database answers and the process takes events; the reason stays in the log."""
         database_ok = await self.readiness.database_ok()
         ready = database_ok and self.accepting
-        body = {"status": "ok" if ready else "unavailable", "database": "ok" if database_ok else "unavailable"}
+        body = {
+            "status": "ok" if ready else "unavailable",
+            "database": "ok" if database_ok else "unavailable",
+        }
         return web.json_response(body, status=200 if ready else 503)
 
     async def metrics(self, _request: web.Request) -> web.Response:

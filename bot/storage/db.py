@@ -10,7 +10,6 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-
 COMMAND_TIMEOUT = 15.0  # seconds; every query of a running bot is short (migrations pass None)
 
 
