@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import cast
 
 
 class TcpProxy:
@@ -39,7 +40,7 @@ class TcpProxy:
         if self.holed:
             self.holed = False
             for writer in list(self._writers):
-                writer.transport.resume_reading()
+                _both_ways(writer).resume_reading()
             for writer in self._held:
                 writer.transport.abort()
             self._held.clear()
@@ -49,7 +50,7 @@ class TcpProxy:
         never answered (a dropped route or a frozen server), until `restore`."""
         self.holed = True
         for writer in list(self._writers):
-            writer.transport.pause_reading()
+            _both_ways(writer).pause_reading()
 
     async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         if self.holed:
@@ -79,3 +80,8 @@ class TcpProxy:
             self._writers.discard(writer)
             with contextlib.suppress(Exception):
                 writer.transport.abort()
+
+
+def _both_ways(writer: asyncio.StreamWriter) -> asyncio.Transport:
+    """The socket's transport, which also reads (StreamWriter types it as write-only)."""
+    return cast(asyncio.Transport, writer.transport)
