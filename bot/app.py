@@ -35,6 +35,10 @@ from bot.web import WebServer
 
 log = logging.getLogger(__name__)
 
+# After the grace period: time for interrupted replies to post their note. The container's stop
+# timeout (docker-compose.yml, README) covers the grace period plus this plus closing.
+INTERRUPT_WAIT = 10.0
+
 
 @dataclass
 class Core:
@@ -261,4 +265,4 @@ async def _drain(turns: SlackTurns, grace: float) -> None:
     for task in still_running:
         task.cancel()
     if still_running:
-        await asyncio.wait(still_running, timeout=10)
+        await asyncio.wait(still_running, timeout=INTERRUPT_WAIT)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -14,6 +16,7 @@ from bot.health import CHECK_TIMEOUT
 from tests.fakes.aimlapi import Reply
 from tests.fakes.tcp_proxy import TcpProxy
 from tests.harness import eventually, make_settings, mention, running_bot
+from tests.test_container import healthcheck_command
 
 postgres_only = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 
@@ -111,3 +114,18 @@ async def test_readiness_is_503_while_the_bot_drains_on_shutdown(db_url, fakes):
         finally:
             await stopping
     assert bot.answer("C1", "300.000001") == "word " * 60
+
+
+@postgres_only
+async def test_the_images_health_check_passes_during_a_database_outage_so_docker_restarts_nothing(
+    db_url, proxy, fakes
+):
+    slack, aiml = fakes
+    async with running_bot(make_settings(through(proxy, db_url), slack, aiml), slack) as bot:
+        proxy.cut()
+        assert (await bot.http.get("/readyz")).status_code == 503
+        port = str(bot.runtime.port)
+        check = await asyncio.create_subprocess_exec(
+            sys.executable, *healthcheck_command()[1:], env={**os.environ, "PORT": port}
+        )
+        assert await asyncio.wait_for(check.wait(), 30) == 0
