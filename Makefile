@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install run test test-sqlite lint format bench migrate
+.PHONY: help install run test test-sqlite lint format bench migrate lock
 
 help:  ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -27,10 +27,12 @@ test: install  ## run the test suite (SQLite and PostgreSQL on 127.0.0.1:5432)
 test-sqlite: install  ## run the test suite without PostgreSQL
 	BOT_TEST_SKIP_POSTGRES=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
-lint: install  ## ruff format check, ruff check, mypy
+lint: install  ## ruff format check, ruff check, mypy, hadolint, the compose file's schema
 	$(VENV)/bin/ruff format --check bot tests bench migrations
 	$(VENV)/bin/ruff check bot tests bench migrations
 	$(VENV)/bin/mypy bot tests bench
+	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 format: install  ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff format bot tests bench migrations
@@ -38,3 +40,8 @@ format: install  ## apply ruff's formatting and safe fixes
 
 bench: install  ## run the streaming benchmark (bench/results/latest.json)
 	$(PY) -m bench
+
+lock: install  ## regenerate requirements.lock (hashes, for the image) at the versions in constraints.txt
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
+		--strip-extras --build-deps-for wheel --no-emit-index-url --no-emit-trusted-host --no-emit-find-links \
+		-c constraints.txt -o requirements.lock pyproject.toml

@@ -36,6 +36,10 @@ from bot.web import WebServer
 
 log = logging.getLogger(__name__)
 
+# After the grace period: time for interrupted replies to post their note. The container's stop
+# timeout (docker-compose.yml, README) covers the grace period plus this plus closing.
+INTERRUPT_WAIT = 10.0
+
 
 @dataclass
 class Core:
@@ -149,10 +153,12 @@ class BotRuntime:
         self.core = core = await self._stack.enter_async_context(core_services(settings, self.metrics))
         log.info("database ready at %s", describe(core.engine.url))
         bolt = build_bolt(settings, self.client)
+        budgets = EditBudgets(settings.slack_edits_per_minute, settings.slack_edit_burst)
+        export_live_state(self.metrics, budgets, core.engine)
         self.turns = SlackTurns(
             core.service,
             core.sessions,
-            EditBudgets(settings.slack_edits_per_minute, settings.slack_edit_burst),
+            budgets,
             self.metrics,
             HandlerConfig(
                 settings.stream_update_interval, settings.thread_followups, settings.thread_backfill_limit
@@ -211,6 +217,30 @@ class BotRuntime:
         await self._stack.aclose()
 
 
+def export_live_state(metrics: Metrics, budgets: EditBudgets, engine: AsyncEngine) -> None:
+    """Gauges read at scrape time: each workspace's edit budget and the database pool."""
+
+    def tokens() -> list[tuple[list[str], float]]:
+        return [([team], budget.available()) for team, budget in budgets.by_team().items()]
+
+    def waiters() -> list[tuple[list[str], float]]:
+        return [([team], float(budget.waiting)) for team, budget in budgets.by_team().items()]
+
+    metrics.read_at_scrape(
+        "slackbot_edit_budget_tokens", "chat.update edits a workspace may start now", tokens, ["team"]
+    )
+    metrics.read_at_scrape(
+        "slackbot_edit_budget_waiters", "Replies waiting for a chat.update slot", waiters, ["team"]
+    )
+    checked_out = getattr(engine.pool, "checkedout", None)  # queue pools only (both our dialects)
+    if callable(checked_out):
+        metrics.read_at_scrape(
+            "slackbot_db_pool_connections_in_use",
+            "Database connections checked out of the pool",
+            lambda: [([], float(checked_out()))],
+        )
+
+
 async def run_bot(settings: Settings) -> int:
     runtime = BotRuntime(settings)
     try:
@@ -242,4 +272,4 @@ async def _drain(turns: SlackTurns, grace: float) -> None:
     for task in still_running:
         task.cancel()
     if still_running:
-        await asyncio.wait(still_running, timeout=10)
+        await asyncio.wait(still_running, timeout=INTERRUPT_WAIT)

@@ -2,15 +2,53 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+
+# Label values and the gauge's value, read when Prometheus scrapes.
+Samples = Callable[[], Iterable[tuple[Sequence[str], float]]]
+
+
+class _ReadAtScrape:
+    """A gauge read from live state at scrape time, so no polling loop has to keep it fresh."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str], read: Samples) -> None:
+        self._name, self._documentation, self._labels, self._read = name, documentation, labels, read
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(self._name, self._documentation, labels=self._labels)
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for values, value in self._read():
+            family.add_metric(list(values), value)
+        yield family
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # What the default registry has and a custom one lacks: CPU, memory, file descriptors, GC.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.events_received = Counter(
             "slackbot_events_received", "Slack events received", ["type"], registry=r
         )
@@ -76,6 +114,12 @@ class Metrics:
 
     def usage_row_dropped(self) -> None:
         self.usage_dropped.inc()
+
+    def read_at_scrape(
+        self, name: str, documentation: str, read: Samples, labels: Sequence[str] = ()
+    ) -> None:
+        """Export a gauge whose samples `read()` returns at each scrape (label values, value)."""
+        self.registry.register(_ReadAtScrape(name, documentation, labels, read))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,8 +1,7 @@
-"""The HTTP listener: Slack events (HTTP mode), health with a database check, Prometheus metrics."""
+"""The HTTP listener: Slack events (HTTP mode), liveness and readiness probes, Prometheus metrics."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -12,25 +11,25 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.health import Readiness
 from bot.metrics import Metrics
 from bot.slack.envelope import MalformedBody, parse_slack_body
-from bot.storage.db import DatabaseError, check_database
 
 log = logging.getLogger(__name__)
-
-HEALTH_TIMEOUT = 3.0
 
 
 class WebServer:
     """aiohttp app; `accepting` turns False at shutdown so new events go to another replica."""
 
     def __init__(self, engine: AsyncEngine, metrics: Metrics, bolt: AsyncApp | None) -> None:
-        self._engine = engine
         self._metrics = metrics
         self._bolt = bolt
+        self.readiness = Readiness(engine)
         self.accepting = True
         self.app = web.Application(client_max_size=1024**2)
-        self.app.router.add_get("/healthz", self.healthz)
+        self.app.router.add_get("/livez", self.livez)
+        self.app.router.add_get("/readyz", self.readyz)
+        self.app.router.add_get("/healthz", self.readyz)  # older name, kept for existing probes
         self.app.router.add_get("/metrics", self.metrics)
         if bolt is not None:
             self.app.router.add_post("/slack/events", self.slack_events)
@@ -59,15 +58,19 @@ class WebServer:
         bolt_response = await self._bolt.async_dispatch(bolt_request)
         return await to_aiohttp_response(bolt_response)
 
-    async def healthz(self, _request: web.Request) -> web.Response:
-        try:
-            async with asyncio.timeout(HEALTH_TIMEOUT):
-                await check_database(self._engine)
-        except (DatabaseError, TimeoutError) as exc:
-            reason = str(exc) if isinstance(exc, DatabaseError) else "database check timed out"
-            return web.json_response({"status": "error", "database": reason}, status=503)
-        status = "ok" if self.accepting else "shutting_down"
-        return web.json_response({"status": status, "database": "ok"}, status=200 if self.accepting else 503)
+    async def livez(self, _request: web.Request) -> web.Response:
+        """The event loop serves requests: never depends on the database, so an outage is no restart."""
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, _request: web.Request) -> web.Response:
+        """200 when the database answers and the process takes events; the reason stays in the log."""
+        database_ok = await self.readiness.database_ok()
+        ready = database_ok and self.accepting
+        body = {
+            "status": "ok" if ready else "unavailable",
+            "database": "ok" if database_ok else "unavailable",
+        }
+        return web.json_response(body, status=200 if ready else 503)
 
     async def metrics(self, _request: web.Request) -> web.Response:
         return web.Response(body=self._metrics.render(), content_type="text/plain", charset="utf-8")

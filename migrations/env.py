@@ -71,7 +71,7 @@ def do_run_migrations(connection: Connection) -> None:
 
 async def run_async_migrations() -> None:
     try:
-        engine = create_engine(database_url())
+        engine = create_engine(database_url(), command_timeout=None)  # locks and DDL may be long
     except DatabaseError as exc:
         raise CommandError(str(exc)) from None
     try:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import inspect, text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from tests.fakes.aimlapi import FakeAimlApi, Reply
 
@@ -24,6 +27,25 @@ def bot_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env.update({"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/bot.db", "LOG_LEVEL": "WARNING"})
     env.update(extra)
     return env
+
+
+async def query(database_url: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows from the database a bot process wrote to (SQLite or PostgreSQL)."""
+    engine = create_async_engine(database_url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            return [tuple(row) for row in await conn.execute(text(sql))]
+    finally:
+        await engine.dispose()
+
+
+async def table_names(database_url: str) -> set[str]:
+    engine = create_async_engine(database_url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            return set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
+    finally:
+        await engine.dispose()
 
 
 def run_bot(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -80,10 +102,10 @@ def test_an_unreachable_slack_at_start_up_is_one_clear_line(tmp_path):
     assert line.startswith("error: SLACK_API_URL: cannot reach Slack")
 
 
-def test_migrate_works_from_any_directory(tmp_path):
-    result = run_bot(tmp_path, "migrate")
+async def test_migrate_works_from_any_directory(tmp_path, empty_db_url):
+    result = await asyncio.to_thread(run_bot, tmp_path, "migrate", DATABASE_URL=empty_db_url)
     assert result.returncode == 0, result.stderr
-    tables = {r[0] for r in sqlite3.connect(tmp_path / "bot.db").execute("SELECT name FROM sqlite_master")}
+    tables = await table_names(empty_db_url)
     assert {"conversations", "messages", "usage_records", "processed_events", "digest_runs"} <= tables
 
 
@@ -94,29 +116,30 @@ def test_migrate_against_an_unreachable_database_is_one_line_without_the_passwor
     assert "127.0.0.1" in line and "hunter2" not in line
 
 
-async def start_chat(tmp_path: Path, aiml: FakeAimlApi) -> asyncio.subprocess.Process:
+async def start_chat(tmp_path: Path, aiml: FakeAimlApi, database_url: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bot",
         "chat",
         cwd=tmp_path,
-        env=bot_env(tmp_path, AIMLAPI_KEY="test-key", AIMLAPI_BASE_URL=aiml.base_url),
+        env=bot_env(
+            tmp_path, AIMLAPI_KEY="test-key", AIMLAPI_BASE_URL=aiml.base_url, DATABASE_URL=database_url
+        ),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
 
 
-def stored_messages(tmp_path: Path) -> list[tuple[str, str, str]]:
-    db = sqlite3.connect(tmp_path / "bot.db")
-    return list(db.execute("SELECT role, content, status FROM messages ORDER BY id"))
+async def stored_messages(database_url: str) -> list[tuple[Any, ...]]:
+    return await query(database_url, "SELECT role, content, status FROM messages ORDER BY id")
 
 
-async def test_chat_streams_answers_and_keeps_the_conversation(tmp_path, aiml):
+async def test_chat_streams_answers_and_keeps_the_conversation(tmp_path, aiml, db_url):
     aiml.enqueue(Reply(content="Hello from GLM."))
     aiml.enqueue(Reply(content="You said hi."))
-    chat = await start_chat(tmp_path, aiml)
+    chat = await start_chat(tmp_path, aiml, db_url)
     out, err = await asyncio.wait_for(chat.communicate(b"hi\nwhat did I say?\n"), 60)
     assert chat.returncode == 0, err.decode()
     text = out.decode()
@@ -126,12 +149,12 @@ async def test_chat_streams_answers_and_keeps_the_conversation(tmp_path, aiml):
         "Hello from GLM.",
         "what did I say?",
     ]
-    assert [status for *_, status in stored_messages(tmp_path)] == ["complete"] * 4
+    assert [status for *_, status in await stored_messages(db_url)] == ["complete"] * 4
 
 
-async def test_ctrl_c_during_an_answer_stops_it_and_marks_it_interrupted(tmp_path, aiml):
+async def test_ctrl_c_during_an_answer_stops_it_and_marks_it_interrupted(tmp_path, aiml, db_url):
     aiml.enqueue(Reply(content="word " * 400, chunk_size=5, chunk_interval=0.05))
-    chat = await start_chat(tmp_path, aiml)
+    chat = await start_chat(tmp_path, aiml, db_url)
     assert chat.stdin is not None and chat.stdout is not None
     chat.stdin.write(b"tell me a long story\n")
     await chat.stdin.drain()
@@ -144,6 +167,6 @@ async def test_ctrl_c_during_an_answer_stops_it_and_marks_it_interrupted(tmp_pat
     out, err = await asyncio.wait_for(chat.communicate(), 30)
     assert chat.returncode == 0, err.decode()
     assert "interrupted" in (seen + out).decode()
-    role, content, status = stored_messages(tmp_path)[-1]
+    role, content, status = (await stored_messages(db_url))[-1]
     assert (role, status) == ("assistant", "interrupted")
     assert 0 < len(content) < len("word " * 400)

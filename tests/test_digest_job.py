@@ -162,10 +162,11 @@ async def test_terminal_chat_usage_is_labelled_in_the_digest_not_mentioned(
     tmp_path: Path, aiml: FakeAimlApi, client: AsyncWebClient, slack: FakeSlackApi
 ) -> None:
     aiml.enqueue(Reply(content="Hello from GLM.", credits_used=5_000))
-    chat = await start_chat(tmp_path, aiml)
+    database_url = f"sqlite+aiosqlite:///{tmp_path}/bot.db"
+    chat = await start_chat(tmp_path, aiml, database_url)
     _, err = await asyncio.wait_for(chat.communicate(b"hi\n"), 60)
     assert chat.returncode == 0, err.decode()
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/bot.db")
+    engine = create_engine(database_url)
     try:
         outcome = await run_digest(
             day=datetime.now(UTC).date(),

@@ -47,3 +47,23 @@ def test_other_commands_pass_through(tmp_path):
     result = run_entrypoint(tmp_path, "digest", "--date", "2026-01-01", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert "No usage" in result.stdout
+
+
+def test_a_relative_sqlite_path_is_refused_because_the_database_would_be_lost_on_upgrade(tmp_path):
+    # The old .env.example's value: with WORKDIR /app it would land in the container's own layer.
+    result = run_entrypoint(tmp_path, "run", DATABASE_URL="sqlite+aiosqlite:///data/bot.db")
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: DATABASE_URL: the SQLite path 'data/bot.db' is relative")
+    assert "/data volume" in line
+    assert not (tmp_path / "data").exists()  # refused before anything was created
+
+
+def test_an_absolute_sqlite_path_and_postgresql_pass_the_check(tmp_path):
+    absolute = run_entrypoint(tmp_path, "migrate", DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/abs.db")
+    assert absolute.returncode == 0, absolute.stderr
+    assert (tmp_path / "abs.db").exists()
+    # PostgreSQL is not a path: it gets past the check (and fails here only for want of a server).
+    postgres = run_entrypoint(tmp_path, "migrate", DATABASE_URL="postgresql+asyncpg://bot@127.0.0.1:1/bot")
+    assert postgres.returncode == 2
+    assert "relative" not in postgres.stderr and "127.0.0.1" in postgres.stderr

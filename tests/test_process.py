@@ -6,7 +6,6 @@ import asyncio
 import json
 import signal
 import socket
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from tests.fakes.aimlapi import FakeAimlApi, Reply
 from tests.fakes.slack_api import FakeSlackApi
 from tests.harness import SIGNING_SECRET, eventually, signed_headers
-from tests.test_cli import bot_env
+from tests.test_cli import bot_env, query
 
 BOT_TOKEN = "xoxb-test"
 API_KEY = "test-key"
@@ -45,10 +44,11 @@ async def spawn_bot(tmp_path: Path, env: dict[str, str]) -> asyncio.subprocess.P
     )
 
 
-async def start_bot(tmp_path: Path, slack: FakeSlackApi, aiml: FakeAimlApi, grace: float):
+async def start_bot(tmp_path: Path, slack: FakeSlackApi, aiml: FakeAimlApi, grace: float, database_url: str):
     port = free_port()
     env = bot_env(
         tmp_path,
+        DATABASE_URL=database_url,
         SLACK_BOT_TOKEN=BOT_TOKEN,
         SLACK_SIGNING_SECRET=SIGNING_SECRET,
         SLACK_API_URL=slack.api_url,
@@ -94,22 +94,29 @@ async def send_mention(http: httpx.AsyncClient, ts: str) -> None:
     assert (await http.post("/slack/events", content=body, headers=signed_headers(body))).status_code == 200
 
 
-def stored_status(tmp_path: Path) -> list[tuple[str, str]]:
-    db = sqlite3.connect(tmp_path / "bot.db")
-    return list(db.execute("SELECT role, status FROM messages ORDER BY id"))
+async def stored_status(database_url: str) -> list[tuple[object, ...]]:
+    return await query(database_url, "SELECT role, status FROM messages ORDER BY id")
 
 
 @pytest.mark.parametrize(("grace", "expected"), [(30.0, "complete"), (0.5, "interrupted")])
 async def test_sigterm_during_a_stream_finishes_or_interrupts_it_and_logs_no_secrets(
-    tmp_path, fakes, grace, expected
+    tmp_path, fakes, grace, expected, db_url
 ):
     slack, aiml = fakes
     aiml.enqueue(Reply(content=ANSWER_WORD * 30, chunk_size=len(ANSWER_WORD), chunk_interval=0.1))
-    process, http = await start_bot(tmp_path, slack, aiml, grace)
+    process, http = await start_bot(tmp_path, slack, aiml, grace, db_url)
     try:
         await send_mention(http, "100.000001")
         await eventually(lambda: any(ANSWER_WORD.strip() in m.text for m in slack.messages("C1")), 10)
         process.send_signal(signal.SIGTERM)
+        if expected == "complete":
+            # Draining: load balancers see it as not ready while the reply finishes; it is still alive.
+            ready = await http.get("/readyz")
+            deadline = time.monotonic() + 10
+            while ready.status_code == 200 and time.monotonic() < deadline:
+                ready = await http.get("/readyz")
+            assert ready.json() == {"status": "unavailable", "database": "ok"}
+            assert (await http.get("/livez")).status_code == 200
         _, err = await asyncio.wait_for(process.communicate(), 40)
     finally:
         await http.aclose()
@@ -122,7 +129,7 @@ async def test_sigterm_during_a_stream_finishes_or_interrupts_it_and_logs_no_sec
     else:
         assert reply.markdown.startswith(ANSWER_WORD) and reply.markdown != ANSWER_WORD * 30
         assert "interrupted" in reply.context.lower()
-    assert stored_status(tmp_path)[-1] == ("assistant", expected)
+    assert (await stored_status(db_url))[-1] == ("assistant", expected)
 
     logs = err.decode()
     assert "bot running" in logs  # INFO lines are there...

@@ -222,3 +222,9 @@ async def test_log_format_console_writes_lines_for_people_not_json(
     for line in err.splitlines():
         with pytest.raises(json.JSONDecodeError):
             json.loads(line)
+
+
+def test_the_prompt_in_config_is_the_one_the_bot_ships_with() -> None:
+    """README: `config/system_prompt.md` is the bundled prompt's text, ready to copy and edit."""
+    shipped = (ROOT / "bot" / "default_system_prompt.md").read_text(encoding="utf-8")
+    assert (ROOT / "config" / "system_prompt.md").read_text(encoding="utf-8") == shipped

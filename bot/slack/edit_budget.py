@@ -81,6 +81,14 @@ class EditBudget:
     def waiting(self) -> int:
         return len(self._waiters)
 
+    def available(self) -> float:
+        """Edits that may start now without waiting (0 while blocked after a 429)."""
+        now = self._clock()
+        if now < self._blocked_until:
+            return 0.0
+        self._refill(now)
+        return max(0.0, self._tokens)
+
     def blocked_for(self) -> float:
         """Seconds until edits are allowed again after a 429 (0 when not blocked)."""
         return max(0.0, self._blocked_until - self._clock())
@@ -184,6 +192,10 @@ class EditBudgets:
     ) -> None:
         self._rate, self._burst, self._clock, self._sleep = rate_per_minute, burst, clock, sleep
         self._budgets: dict[str, EditBudget] = {}
+
+    def by_team(self) -> dict[str, EditBudget]:
+        """Every workspace's budget so far (a copy), for metrics."""
+        return dict(self._budgets)
 
     def for_team(self, team_id: str) -> EditBudget:
         budget = self._budgets.get(team_id)

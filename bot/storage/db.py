@@ -10,6 +10,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+COMMAND_TIMEOUT = 15.0  # seconds; every query of a running bot is short (migrations pass None)
+
 
 class DatabaseError(Exception):
     """The database is misconfigured or unreachable; the message is safe to show an operator."""
@@ -34,7 +36,13 @@ def _enable_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_engine(database_url: str, *, echo: bool = False, pool_size: int = 20) -> AsyncEngine:
+def create_engine(
+    database_url: str,
+    *,
+    echo: bool = False,
+    pool_size: int = 20,
+    command_timeout: float | None = COMMAND_TIMEOUT,
+) -> AsyncEngine:
     """Build the engine without connecting; SQLite's parent folder is created if missing."""
     url = parse_url(database_url)
     kwargs: dict[str, Any] = {"echo": echo}
@@ -45,7 +53,9 @@ def create_engine(database_url: str, *, echo: bool = False, pool_size: int = 20)
     else:
         # Bursts of turns wait for a connection rather than fail: each transaction is short.
         kwargs.update(pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size * 2, pool_timeout=30)
-        kwargs["connect_args"] = {"timeout": 5}
+        # command_timeout: a database that stops answering (not refusing) fails a query instead of
+        # hanging the turn, the probe and the maintenance loop until TCP gives up (minutes).
+        kwargs["connect_args"] = {"timeout": 5, "command_timeout": command_timeout}
     try:
         engine = create_async_engine(url, **kwargs)
     except (ArgumentError, ImportError) as exc:

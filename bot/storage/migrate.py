@@ -73,7 +73,8 @@ async def current_revision(database_url: str) -> str | None:
 
 async def run_alembic(database_url: str, run: Callable[[Config], object]) -> None:
     """Run an Alembic command in one migration transaction (env.py is handed the connection)."""
-    engine = create_engine(database_url)
+    # No query timeout: the advisory lock waits for another replica's migration, DDL can be long.
+    engine = create_engine(database_url, command_timeout=None)
     try:
         await check_database(engine)
         async with _alembic_turn(), migration_transaction(engine) as conn:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import cast
 
 
 class TcpProxy:
@@ -11,7 +12,9 @@ class TcpProxy:
         self._target = (target_host, target_port)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._held: set[asyncio.StreamWriter] = set()
         self.up = True
+        self.holed = False
         self.port = 0
 
     async def start(self) -> None:
@@ -19,6 +22,7 @@ class TcpProxy:
         self.port = int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        self.restore()
         self.cut()
         if self._server is not None:
             self._server.close()
@@ -33,8 +37,25 @@ class TcpProxy:
 
     def restore(self) -> None:
         self.up = True
+        if self.holed:
+            self.holed = False
+            for writer in list(self._writers):
+                _both_ways(writer).resume_reading()
+            for writer in self._held:
+                writer.transport.abort()
+            self._held.clear()
+
+    def black_hole(self) -> None:
+        """Hang instead of refusing: no byte moves on open connections, new ones are accepted and
+        never answered (a dropped route or a frozen server), until `restore`."""
+        self.holed = True
+        for writer in list(self._writers):
+            _both_ways(writer).pause_reading()
 
     async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        if self.holed:
+            self._held.add(client_writer)
+            return
         if not self.up:
             client_writer.transport.abort()
             return
@@ -59,3 +80,8 @@ class TcpProxy:
             self._writers.discard(writer)
             with contextlib.suppress(Exception):
                 writer.transport.abort()
+
+
+def _both_ways(writer: asyncio.StreamWriter) -> asyncio.Transport:
+    """The socket's transport, which also reads (StreamWriter types it as write-only)."""
+    return cast(asyncio.Transport, writer.transport)
