@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.conversation.budget import TokenEstimator, prompt_budget
 from bot.conversation.service import (
     NOTE_DATABASE,
     NOTE_INTERRUPTED,
@@ -19,10 +20,12 @@ from bot.conversation.service import (
     Turn,
 )
 from bot.llm.client import AimlClient
+from bot.llm.types import ChatMessage
 from bot.storage.conversations import ConversationKey
 from bot.storage.db import create_engine, session_factory
 from bot.storage.models import ConversationKind, Message, MessageStatus, Role, UsageRecord
 from tests.fakes.aimlapi import ErrorReply, FakeAimlApi, Reply
+from tests.harness import eventually
 from tests.sinks import RecordingSink
 
 KEY = ConversationKey("T1", "C1", "1700000000.000100")
@@ -134,7 +137,7 @@ async def test_ordering_follows_slack_ts_when_both_wait(sessions, llm, aiml):
     aiml.enqueue(Reply(content="one"))
     aiml.enqueue(Reply(content="two"))
     blocker = asyncio.create_task(service.reply(turn("q0", "1.0"), RecordingSink()))
-    await asyncio.sleep(0.05)  # q0 holds the thread; q2 then q1 queue up behind it
+    await eventually(lambda: len(aiml.requests) == 1)  # q0 holds the thread; q2 then q1 queue behind it
     q2 = asyncio.create_task(service.reply(turn("q2", "1.2"), RecordingSink()))
     await asyncio.sleep(0)
     q1 = asyncio.create_task(service.reply(turn("q1", "1.1"), RecordingSink()))
@@ -175,21 +178,35 @@ async def test_mid_stream_disconnect_keeps_the_partial_answer(sessions, llm, aim
     assert usage.status == "interrupted" and usage.credits_used is None and usage.prompt_tokens is None
 
 
-async def test_history_is_trimmed_oldest_first_keeping_system_and_newest(sessions, llm, aiml):
-    service = make_service(sessions, llm, window=2_000, output=500)
+async def test_history_is_trimmed_to_the_token_budget_oldest_first_keeping_system_and_newest(
+    sessions, llm, aiml
+):
+    estimator = TokenEstimator()
+    service = ConversationService(sessions, llm, ServiceConfig(SYSTEM, 2_000, 500), estimator=estimator)
+    history: list[dict[str, str]] = []
     for i in range(8):
-        aiml.enqueue(Reply(content=f"answer {i} " + "x" * 300))
-        await service.reply(turn(f"question {i} " + "y" * 300, f"1.{i}"), RecordingSink())
-    aiml.enqueue(Reply(content="last"))
+        question, answer = f"question {i} " + "y" * 300, f"answer {i} " + "x" * 300
+        aiml.enqueue(Reply(content=answer))
+        await service.reply(turn(question, f"1.{i}"), RecordingSink())
+        history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    aiml.enqueue(Reply(content="last", usage=False))  # no usage: the estimator stays as it was
     await service.reply(turn("newest question", "1.9"), RecordingSink())
 
     sent = aiml.requests[-1].json["messages"]
+    kept = sent[1:-1]
+    budget = prompt_budget(2_000, 500)
     assert sent[0] == {"role": "system", "content": SYSTEM}
     assert sent[-1] == {"role": "user", "content": "newest question"}
-    assert 3 <= len(sent) < 18  # some history kept, the oldest dropped
-    assert sent[1]["role"] == "user"
-    kept = [m["content"].split(" ")[1] for m in sent[1:-1]]
-    assert kept == sorted(kept) and "0" not in kept
+    assert 0 < len(kept) < len(history)
+    assert kept == history[len(history) - len(kept) :], "the newest turns, in order: the oldest went"
+    assert estimator.estimate(_chat(sent)) <= budget
+    # As much history as fits: the turn before the kept ones (its question and answer) would not.
+    dropped_turn = history[len(history) - len(kept) - 2 : len(history) - len(kept)]
+    assert estimator.estimate(_chat([sent[0], *dropped_turn, *sent[1:]])) > budget
+
+
+def _chat(messages: list[dict[str, str]]) -> list[ChatMessage]:
+    return [ChatMessage(m["role"], m["content"]) for m in messages]
 
 
 async def test_a_message_larger_than_the_budget_gets_a_note_not_an_upstream_call(sessions, llm, aiml):

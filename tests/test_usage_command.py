@@ -22,6 +22,7 @@ from bot.slack.usage_command import UNAVAILABLE, register_usage_command
 from bot.storage.db import create_engine, session_factory
 from bot.storage.models import UsageRecord
 from tests.fakes.slack_api import FakeSlackApi
+from tests.harness import settled
 
 SECRET = "signing-secret"
 TOKEN = "xoxb-test"
@@ -33,6 +34,7 @@ class ResponseUrl:
 
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
+        self.idle_since: float | None = time.monotonic()  # None while a request is being received
         self._arrived = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -51,7 +53,11 @@ class ResponseUrl:
             await self._runner.cleanup()
 
     async def _receive(self, request: web.Request) -> web.Response:
-        self.received.append(await request.json())
+        self.idle_since = None
+        try:
+            self.received.append(await request.json())
+        finally:
+            self.idle_since = time.monotonic()
         self._arrived.set()
         return web.Response(text="ok")
 
@@ -162,10 +168,11 @@ async def test_a_badly_signed_usage_request_is_rejected_and_answers_nothing(
     app = bolt_app(slack, sessions)
 
     response = await app.async_dispatch(signed_command("UALICE", response_url.url, secret="wrong"))
-    await asyncio.sleep(0.2)
+    await settled(response_url, slack)
 
     assert response.status == 401
     assert response_url.received == []
+    assert slack.calls == []
 
 
 async def test_usage_apologises_when_the_database_is_not_usable(
