@@ -11,6 +11,9 @@ import pytest
 from tests.fakes.aimlapi import Reply
 from tests.harness import Bot, make_settings, mention, running_bot
 
+# Slack's failures do not depend on the database: these run on SQLite only, to keep the suite quick.
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
 
 @pytest.fixture
 async def bot(db_url, slack, aiml) -> AsyncIterator[Bot]:
@@ -36,6 +39,7 @@ async def test_with_the_default_update_interval_a_reply_is_edited_at_most_once_a
     assert all("".join(pieces).startswith(text) for text in shown[:-1])
 
 
+@sqlite_only
 async def test_a_reply_lands_through_slack_5xx_answers_and_dropped_connections(bot, slack, aiml):
     aiml.enqueue(Reply(content=["Through ", "the ", "storm, ", "every ", "word."], chunk_interval=0.1))
     slack.fault("chat.postMessage", "reset", times=1)
@@ -50,6 +54,7 @@ async def test_a_reply_lands_through_slack_5xx_answers_and_dropped_connections(b
     assert len(bot.replies("C1", "1300.000001")) == 1, "a dropped post was not posted twice"
 
 
+@sqlite_only
 async def test_replies_land_when_slack_fails_edits_at_random(bot, slack, aiml):
     slack.fault("chat.update", "server_error", probability=0.25, seed=3, status=500)
     slack.fault("chat.update", "reset", probability=0.1, seed=4)

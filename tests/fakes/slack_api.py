@@ -144,6 +144,7 @@ class _ServerError(Exception):
 
 
 Handler = Callable[[JsonDict, str], Awaitable[JsonDict]]
+_AiohttpHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class FakeSlackApi:
@@ -194,7 +195,7 @@ class FakeSlackApi:
     # ---- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[self._track])
         app.router.add_route("*", "/api/{method}", self._dispatch)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -310,15 +311,17 @@ class FakeSlackApi:
 
     # ---- HTTP ----------------------------------------------------------------------------------
 
-    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+    @web.middleware
+    async def _track(self, request: web.Request, handler: _AiohttpHandler) -> web.StreamResponse:
+        """Count requests in flight, latency included, for `idle_since`."""
         self._in_flight += 1
         try:
-            return await self._answer(request)
+            return await handler(request)
         finally:
             self._in_flight -= 1
             self._last_activity = time.monotonic()
 
-    async def _answer(self, request: web.Request) -> web.StreamResponse:
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         method = request.match_info["method"]
         if self.latency is not None:
             await asyncio.sleep(self.latency(method))
