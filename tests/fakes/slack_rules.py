@@ -1,8 +1,9 @@
 """What the fake Slack Web API enforces: rate limits per method, latency, message and Block Kit rules.
 
-The numbers are Slack's published ones (see /work/shared/reference/slack.md): tiers per method and
-workspace, chat.postMessage about one a second per channel, and the block limits from Block Kit's
-reference. Slack publishes no burst sizes; the small bursts here are our guess at "bursts allowed".
+The numbers are Slack's published ones: rate limit tiers per method and workspace (Tier 2 20+, Tier 3
+50+, Tier 4 100+ a minute), chat.postMessage about one a second per channel, conversations.replies
+pages of 15 for distributed apps, and the block limits of Block Kit's reference. Slack publishes no
+burst sizes; the small bursts here are our reading of "bursts allowed".
 """
 
 from __future__ import annotations
