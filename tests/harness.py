@@ -6,9 +6,9 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from slack_sdk.signature import SignatureVerifier
@@ -35,7 +35,15 @@ def signed_headers(
     }
 
 
-def make_settings(db_url: str, slack: FakeSlackApi, aiml: FakeAimlApi, **overrides: Any) -> Settings:
+def make_settings(
+    db_url: str,
+    slack: FakeSlackApi,
+    aiml: FakeAimlApi,
+    *,
+    keep_defaults: Sequence[str] = (),
+    **overrides: Any,
+) -> Settings:
+    """Settings for the fakes; quicker than production's defaults except the `keep_defaults` named."""
     values: dict[str, Any] = {
         "slack_bot_token": "xoxb-test",
         "slack_signing_secret": SIGNING_SECRET,
@@ -51,16 +59,71 @@ def make_settings(db_url: str, slack: FakeSlackApi, aiml: FakeAimlApi, **overrid
         "log_format": "console",
     }
     values.update(overrides)
+    for name in keep_defaults:
+        values.pop(name)
     return Settings(_env_file=None, **values)
+
+
+class Watched(Protocol):
+    """A fake the bot talks to: when it last finished a request (None while one is open)."""
+
+    @property
+    def idle_since(self) -> float | None: ...
+
+
+# Bolt runs each listener in a task of this coroutine after acking the request (slack_bolt's
+# listener/asyncio_runner.py); the renderer names its editing tasks "slack-reply-...".
+_LISTENER_CORO = "run_ack_function_asynchronously"
+_REPLY_TASK_PREFIX = "slack-reply-"
+
+
+def _bot_work_running() -> bool:
+    """A Bolt listener or a reply's editing task is still running in this event loop."""
+    for task in asyncio.all_tasks():
+        if task.done():
+            continue
+        if task.get_name().startswith(_REPLY_TASK_PREFIX):
+            return True
+        if getattr(task.get_coro(), "__name__", "") == _LISTENER_CORO:
+            return True
+    return False
+
+
+async def settled(
+    *watched: Watched,
+    busy: Callable[[], bool] = lambda: False,
+    quiet: float = 0.2,
+    timeout: float = 30.0,
+) -> None:
+    """Wait until nothing is left to happen: no listener or reply task runs, `busy()` is false, and
+    none of the `watched` fakes has had a request for `quiet` seconds. Then "nothing happened" and
+    "everything happened" are both safe to assert; a slow wrong answer is still seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = time.monotonic()
+        marks = [w.idle_since for w in watched]
+        quiet_enough = all(m is not None and now - m >= quiet for m in marks)
+        if quiet_enough and not busy() and not _bot_work_running():
+            return
+        if now > deadline:
+            raise AssertionError(f"the bot was still busy after {timeout:g}s")
+        await asyncio.sleep(0.02)
 
 
 class Bot:
     """One running bot plus an HTTP client that posts signed Events API requests to it."""
 
-    def __init__(self, runtime: BotRuntime, http: httpx.AsyncClient, slack: FakeSlackApi) -> None:
+    def __init__(
+        self,
+        runtime: BotRuntime,
+        http: httpx.AsyncClient,
+        slack: FakeSlackApi,
+        watched: Sequence[Watched] = (),
+    ) -> None:
         self.runtime = runtime
         self.http = http
         self.slack = slack
+        self._watched = (slack, *watched)
 
     async def send(
         self,
@@ -93,10 +156,12 @@ class Bot:
     def answer(self, channel: str, thread_ts: str) -> str:
         return "".join(m.markdown for m in self.replies(channel, thread_ts))
 
-    async def idle(self, timeout: float = 10.0) -> None:
-        """Wait until no reply is in flight (events are acked before their listener runs)."""
-        await asyncio.sleep(0.05)
-        await eventually(lambda: not self.runtime.turns or not self.runtime.turns.active, timeout)
+    async def idle(self, timeout: float = 30.0) -> None:
+        """Wait until the bot has done everything it will do: no turn is active, no listener or reply
+        task runs, and the fakes have been quiet for a moment (events are acked before their
+        listener runs, so "nothing happened yet" is not "nothing will happen")."""
+        turns = self.runtime.turns
+        await settled(*self._watched, busy=lambda: bool(turns and turns.active), timeout=timeout)
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -108,12 +173,15 @@ async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> No
 
 
 @asynccontextmanager
-async def running_bot(settings: Settings, slack: FakeSlackApi) -> AsyncIterator[Bot]:
+async def running_bot(
+    settings: Settings, slack: FakeSlackApi, aiml: FakeAimlApi | None = None
+) -> AsyncIterator[Bot]:
+    """The bot on `settings`; `Bot.idle` also waits for `aiml` to be quiet when it is given."""
     runtime = BotRuntime(settings)
     try:
         port = await runtime.start()
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-            yield Bot(runtime, http, slack)
+            yield Bot(runtime, http, slack, () if aiml is None else (aiml,))
     finally:
         await runtime.stop()
 

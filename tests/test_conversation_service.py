@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.conversation.budget import TokenEstimator, prompt_budget
 from bot.conversation.service import (
     NOTE_DATABASE,
     NOTE_INTERRUPTED,
@@ -19,6 +20,7 @@ from bot.conversation.service import (
     Turn,
 )
 from bot.llm.client import AimlClient
+from bot.llm.types import ChatMessage
 from bot.storage.conversations import ConversationKey
 from bot.storage.db import create_engine, session_factory
 from bot.storage.models import ConversationKind, Message, MessageStatus, Role, UsageRecord
@@ -145,21 +147,35 @@ async def test_mid_stream_disconnect_keeps_the_partial_answer(sessions, llm, aim
     assert usage.status == "interrupted" and usage.credits_used is None and usage.prompt_tokens is None
 
 
-async def test_history_is_trimmed_oldest_first_keeping_system_and_newest(sessions, llm, aiml):
-    service = make_service(sessions, llm, window=2_000, output=500)
+async def test_history_is_trimmed_to_the_token_budget_oldest_first_keeping_system_and_newest(
+    sessions, llm, aiml
+):
+    estimator = TokenEstimator()
+    service = ConversationService(sessions, llm, ServiceConfig(SYSTEM, 2_000, 500), estimator=estimator)
+    history: list[dict[str, str]] = []
     for i in range(8):
-        aiml.enqueue(Reply(content=f"answer {i} " + "x" * 300))
-        await service.reply(turn(f"question {i} " + "y" * 300), RecordingSink())
-    aiml.enqueue(Reply(content="last"))
+        question, answer = f"question {i} " + "y" * 300, f"answer {i} " + "x" * 300
+        aiml.enqueue(Reply(content=answer))
+        await service.reply(turn(question), RecordingSink())
+        history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    aiml.enqueue(Reply(content="last", usage=False))  # no usage: the estimator stays as it was
     await service.reply(turn("newest question"), RecordingSink())
 
     sent = aiml.requests[-1].json["messages"]
+    kept = sent[1:-1]
+    budget = prompt_budget(2_000, 500)
     assert sent[0] == {"role": "system", "content": SYSTEM}
     assert sent[-1] == {"role": "user", "content": "newest question"}
-    assert 3 <= len(sent) < 18  # some history kept, the oldest dropped
-    assert sent[1]["role"] == "user"
-    kept = [m["content"].split(" ")[1] for m in sent[1:-1]]
-    assert kept == sorted(kept) and "0" not in kept
+    assert 0 < len(kept) < len(history)
+    assert kept == history[len(history) - len(kept) :], "the newest turns, in order: the oldest went"
+    assert estimator.estimate(_chat(sent)) <= budget
+    # As much history as fits: the turn before the kept ones (its question and answer) would not.
+    dropped_turn = history[len(history) - len(kept) - 2 : len(history) - len(kept)]
+    assert estimator.estimate(_chat([sent[0], *dropped_turn, *sent[1:]])) > budget
+
+
+def _chat(messages: list[dict[str, str]]) -> list[ChatMessage]:
+    return [ChatMessage(m["role"], m["content"]) for m in messages]
 
 
 async def test_a_message_larger_than_the_budget_gets_a_note_not_an_upstream_call(sessions, llm, aiml):

@@ -191,7 +191,7 @@ async def test_two_replicas_racing_for_the_same_day_post_once(
     db_url: str, sessions: async_sessionmaker[AsyncSession], slack: FakeSlackApi
 ) -> None:
     await add_usage(sessions, datetime(2026, 3, 8, 20, tzinfo=UTC))
-    slack.latency = 0.3  # keep the winner's post in flight while the other replica tries
+    slack.latency = lambda _method: 0.3  # keep the winner's post in flight while the other replica tries
     engines = [create_engine(db_url), create_engine(db_url)]
     clients = [AsyncWebClient(base_url=slack.api_url, token=TOKEN) for _ in engines]
     try:
@@ -251,7 +251,7 @@ async def test_a_failed_post_is_explained_not_counted_and_retried_by_the_next_ru
     slack: FakeSlackApi,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    slack.fail_next("chat.postMessage", error="not_in_channel")
+    slack.not_joined.add(CHANNEL)  # nobody has invited the bot to the digest channel yet
     digest = job(sessions, client)
     the_next_morning = datetime(2026, 3, 9, 17, tzinfo=UTC)  # 10:00 PDT on 9 March
 
@@ -268,7 +268,8 @@ async def test_a_failed_post_is_explained_not_counted_and_retried_by_the_next_ru
     [run] = await recorded_runs(sessions)
     assert run.posted_at is None
 
-    # The next day's run posts the failed day first, then its own day.
+    # Someone invites the bot; the next day's run posts the failed day first, then its own day.
+    slack.not_joined.discard(CHANNEL)
     outcomes = await digest.run_due(now=the_next_morning + timedelta(days=1))
 
     assert [(o.day, o.status) for o in outcomes] == [
@@ -459,7 +460,7 @@ async def test_two_replicas_catching_up_at_once_post_each_missed_day_once_in_ord
 ) -> None:
     the_next_morning = datetime(2026, 3, 12, 17, tzinfo=UTC)  # 10:00 PDT on 12 March
     await mark_posted(sessions, DAY)  # then down for 9, 10 and 11 March
-    slack.latency = 0.1  # posts overlap with the other replica's claims
+    slack.latency = lambda _method: 0.1  # posts overlap with the other replica's claims
     engines = [create_engine(db_url), create_engine(db_url)]
     clients = [AsyncWebClient(base_url=slack.api_url, token=TOKEN) for _ in engines]
     try:

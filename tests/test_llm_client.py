@@ -185,6 +185,66 @@ async def test_a_stream_without_the_usage_chunk_leaves_usage_unknown(
     assert result.usage == Usage()
 
 
+WIRE_ANSWER = "Grüße from 世界: naïve café ✓, then plain ASCII to the end."
+
+
+async def test_crlf_line_endings_give_the_same_answer_and_usage(
+    fake: FakeAimlApi, client: AimlClient
+) -> None:
+    fake.enqueue(Reply(reasoning="Hmm, let me see.", content=WIRE_ANSWER, crlf=True, keepalives=True))
+
+    _, result = await complete(client)
+
+    assert (result.reasoning, result.content) == ("Hmm, let me see.", WIRE_ANSWER)
+    assert (result.finish_reason, result.usage.credits_used) == ("stop", 1234)
+
+
+async def test_events_split_across_tcp_writes_are_put_back_together(
+    fake: FakeAimlApi, client: AimlClient
+) -> None:
+    # Cuts fall inside JSON strings, inside multi-byte characters and between a CR and its LF.
+    fake.enqueue(Reply(content=WIRE_ANSWER, chunk_size=7, writes_per_event=5, crlf=True))
+
+    deltas, result = await complete(client)
+
+    assert "".join(d.content for d in deltas) == result.content == WIRE_ANSWER
+    assert len(deltas) == len(range(0, len(WIRE_ANSWER), 7))  # one delta per event, none lost or split
+    assert (result.finish_reason, result.usage.completion_tokens) == ("stop", len(deltas))
+
+
+async def test_a_chunk_spread_over_several_data_lines_is_one_event(
+    fake: FakeAimlApi, client: AimlClient
+) -> None:
+    fake.enqueue(Reply(reasoning="Think.", content=WIRE_ANSWER, multiline_data=True, prompt_tokens=14))
+
+    _, result = await complete(client)
+
+    assert (result.reasoning, result.content, result.finish_reason) == ("Think.", WIRE_ANSWER, "stop")
+    assert (result.usage.prompt_tokens, result.usage.credits_used) == (14, 1234)
+
+
+async def test_response_headers_that_come_late_still_start_the_stream(
+    fake: FakeAimlApi, client: AimlClient
+) -> None:
+    fake.enqueue(Reply(content="Worth the wait.", header_delay=1.0))  # under the 2 s read timeout
+
+    _, result = await complete(client)
+
+    assert result.content == "Worth the wait."
+    assert len(fake.chat_requests) == 1, "not retried"
+    assert result.ttft_ms is not None and result.ttft_ms >= 1000
+
+
+async def test_a_max_tokens_above_the_models_output_limit_is_a_bad_request_and_not_retried(
+    fake: FakeAimlApi, client: AimlClient
+) -> None:
+    _, result, error = await complete_until_error(client, max_tokens=fake.max_output_tokens + 1)
+
+    assert isinstance(error, BadRequestError)
+    assert len(fake.chat_requests) == 1
+    assert result.content == ""
+
+
 async def test_an_invalid_key_is_a_configuration_error_and_is_not_retried(
     fake: FakeAimlApi, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -435,17 +495,6 @@ async def test_a_request_id_is_generated_when_none_is_given(fake: FakeAimlApi, c
 def test_a_request_id_the_api_would_reject_is_refused_before_sending(client: AimlClient) -> None:
     with pytest.raises(ValueError, match="request_id"):
         client.stream_chat(MESSAGES, request_id="has spaces/and slashes")
-
-
-async def test_the_fake_echoes_the_client_request_id(fake: FakeAimlApi) -> None:
-    async with httpx.AsyncClient() as http:
-        response = await http.get(
-            f"{fake.root_url}/v2/billing",
-            headers={"Authorization": f"Bearer {KEY}", "X-Client-Request-Id": "echo-me"},
-        )
-
-    assert response.headers["X-Client-Request-Id"] == "echo-me"
-    assert response.headers["x-inference-id"]
 
 
 async def test_cancelling_the_consumer_closes_the_connection(fake: FakeAimlApi, client: AimlClient) -> None:

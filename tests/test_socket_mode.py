@@ -33,7 +33,7 @@ def socket_settings(db_url: str, slack: FakeSlackApi, aiml: FakeAimlApi, app_tok
 async def bot(
     db_url: str, slack: FakeSlackApi, socket: FakeSocketMode, aiml: FakeAimlApi
 ) -> AsyncIterator[Bot]:
-    async with running_bot(socket_settings(db_url, slack, aiml, APP_TOKEN), slack) as running:
+    async with running_bot(socket_settings(db_url, slack, aiml, APP_TOKEN), slack, aiml) as running:
         await socket.wait_connected()
         yield running
 
@@ -66,7 +66,7 @@ async def test_healthz_checks_the_database_in_socket_mode(bot):
 async def test_there_is_no_events_endpoint_in_socket_mode(bot, aiml):
     response = await bot.http.post("/slack/events", json=event_callback(mention("hi", "100.000001")))
     assert response.status_code == 404
-    await asyncio.sleep(0.1)
+    await bot.idle()
     assert aiml.requests == []
 
 

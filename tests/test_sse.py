@@ -11,6 +11,7 @@ from bot.llm.sse import (
     ChunkEvent,
     DoneEvent,
     ErrorEvent,
+    SseDecoder,
     StreamAccumulator,
     iter_events,
     parse_chunk,
@@ -218,3 +219,27 @@ def test_usage_merge_keeps_known_values_the_newer_chunk_does_not_repeat() -> Non
     older = Usage(prompt_tokens=5, credits_used=10)
 
     assert older.merged(Usage(prompt_tokens=6)) == Usage(prompt_tokens=6, credits_used=10)
+
+
+def test_data_over_several_lines_is_one_event_joined_with_newlines() -> None:
+    pretty = json.dumps(chunk({"content": "Hello\nthere"}), indent=2).split("\n")
+    lines = [f"data: {line}" for line in pretty] + ["", "data: [DONE]", ""]
+
+    assert list(iter_events(lines)) == [ChunkEvent(content="Hello\nthere", model="glm-5"), DoneEvent()]
+
+
+def test_data_split_over_lines_that_never_parses_is_dropped_without_losing_the_next_event() -> None:
+    lines = ["data: {half of", "data:  an object", data(chunk({"content": "Next."})), "", "data: [DONE]"]
+
+    assert list(iter_events(lines)) == [ChunkEvent(content="Next.", model="glm-5"), DoneEvent()]
+
+
+def test_multi_line_data_is_passed_on_as_soon_as_it_is_whole() -> None:
+    decoder = SseDecoder()
+    choices = json.dumps(chunk({"content": "Now."})["choices"])
+
+    assert decoder.feed("data: {") is None
+    assert decoder.feed(f'data:  "choices": {choices}') is None
+    assert decoder.feed("data: }") == ChunkEvent(content="Now.")
+    assert decoder.feed("data: {cut off by the end of the body") is None
+    assert decoder.end() is None

@@ -23,7 +23,7 @@ from bot.storage.db import create_engine, session_factory
 from bot.storage.models import UsageRecord
 from tests.fakes.aimlapi import FakeAimlApi
 from tests.fakes.slack_api import FakeSlackApi, FakeUser
-from tests.harness import Bot, make_settings, running_bot, signed_headers
+from tests.harness import Bot, make_settings, running_bot, settled, signed_headers
 
 SECRET = "signing-secret"
 TOKEN = "xoxb-test"
@@ -35,6 +35,7 @@ class ResponseUrl:
 
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
+        self.idle_since: float | None = time.monotonic()  # None while a request is being received
         self._arrived = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -53,7 +54,11 @@ class ResponseUrl:
             await self._runner.cleanup()
 
     async def _receive(self, request: web.Request) -> web.Response:
-        self.received.append(await request.json())
+        self.idle_since = None
+        try:
+            self.received.append(await request.json())
+        finally:
+            self.idle_since = time.monotonic()
         self._arrived.set()
         return web.Response(text="ok")
 
@@ -170,10 +175,11 @@ async def test_a_badly_signed_usage_request_is_rejected_and_answers_nothing(
     app = bolt_app(slack, sessions)
 
     response = await app.async_dispatch(signed_command("UALICE", response_url.url, secret="wrong"))
-    await asyncio.sleep(0.2)
+    await settled(response_url, slack)
 
     assert response.status == 401
     assert response_url.received == []
+    assert slack.calls == []
 
 
 async def test_usage_apologises_when_the_database_is_not_usable(

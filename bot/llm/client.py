@@ -26,7 +26,7 @@ from bot.llm.errors import (
     error_for_stream_event,
     retry_delay,
 )
-from bot.llm.sse import ChunkEvent, DoneEvent, ErrorEvent, SseEvent, StreamAccumulator, parse_line
+from bot.llm.sse import ChunkEvent, DoneEvent, ErrorEvent, SseDecoder, SseEvent, StreamAccumulator
 from bot.llm.transport_errors import error_for_read, error_for_transport
 from bot.llm.types import ChatMessage, CompletionResult, Delta
 
@@ -161,6 +161,7 @@ class ChatStream:
         self._iterator: AsyncGenerator[Delta, None] | None = None
         self._response: httpx.Response | None = None
         self._lines: AsyncIterator[str] | None = None
+        self._decoder = SseDecoder()
         self._answer = StreamAccumulator()
         self._inference_id: str | None = None
         self._started: float | None = None
@@ -243,6 +244,7 @@ class ChatStream:
         except httpx.HTTPError as exc:
             raise error_for_transport(exc) from exc
         self._response = response
+        self._decoder = SseDecoder()
         self._inference_id = response.headers.get("x-inference-id") or self._inference_id
         if response.is_success and "json" not in response.headers.get("content-type", ""):
             self._lines = response.aiter_lines()
@@ -303,7 +305,7 @@ class ChatStream:
                     # scope per chunk costs about a tenth of the loop's time under load.
                     line = await anext(self._lines)
             except StopAsyncIteration:
-                return None
+                return self._decoder.end()
             except (TimeoutError, httpx.HTTPError) as exc:
                 if finished:  # the answer is whole; only the usage chunk is lost
                     logger.warning("AI/ML API call %s: no usage after the answer (%r)", self.request_id, exc)
@@ -311,7 +313,7 @@ class ChatStream:
                 if isinstance(exc, TimeoutError):
                     raise self._deadline_error() from None
                 raise error_for_read(exc, after_first_token=self._first_token is not None) from exc
-            event = parse_line(line)
+            event = self._decoder.feed(line)
             if event is not None:
                 return event
 

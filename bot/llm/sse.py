@@ -1,7 +1,8 @@
 """Server-sent events of a streamed chat completion, parsed line by line into typed events.
 
-Pure functions, no I/O: the client feeds them the lines of `httpx.Response.aiter_lines()`.
-Each `data:` line is one event (OpenAI-compatible APIs never split a chunk over several lines).
+No I/O: the client feeds an `SseDecoder` the lines of `httpx.Response.aiter_lines()`.
+OpenAI-compatible APIs send each chunk as one `data:` line, passed on at once; the SSE spec also lets
+an event's data span several `data:` lines up to a blank line, and those are joined as the spec says.
 Comments (`: keep-alive`), blank lines, other SSE fields and data that is not a JSON object are
 skipped (logged at DEBUG), so a noisy proxy cannot break a stream.
 """
@@ -86,26 +87,78 @@ def parse_line(line: str) -> SseEvent | None:
     """The event a single SSE line carries, or None for lines that carry nothing usable."""
     if not line.startswith("data:"):
         return None  # blank separator, ": comment", "event:"/"id:"/"retry:" fields, or junk
-    payload = line[5:].strip()
-    if payload == "[DONE]":
-        return DoneEvent()
-    try:
-        data = json.loads(payload)
-    except ValueError:
-        logger.debug("skipping SSE data that is not JSON: %.200r", payload)
-        return None
-    if not isinstance(data, dict):
-        logger.debug("skipping SSE data that is not a JSON object: %.200r", payload)
-        return None
-    return parse_chunk(data, raw=payload)
+    return _parse_data(line[5:].strip())[1]
+
+
+class SseDecoder:
+    """SSE lines in, events out: `feed` each line, then `end` when the body ends.
+
+    A `data:` line that holds a whole JSON value (or `[DONE]`) is an event at once. One that does
+    not starts data that continues over the next `data:` lines, joined with newlines, until they
+    parse or a blank line ends the event. Unparsable data followed, without a blank line, by a line
+    that is a whole chunk on its own (not indented, so not part of pretty-printed JSON) is junk and
+    dropped, so one bad line costs no more than itself.
+    """
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> SseEvent | None:
+        if not line:
+            return self.end()
+        if not line.startswith("data:"):
+            return None  # ": comment", "event:"/"id:"/"retry:" fields, or junk
+        value = line[5:].removeprefix(" ")
+        if self._data:
+            complete, event = _parse_data("\n".join([*self._data, value]).strip())
+            if not complete and value.startswith(("{", "[DONE]")):
+                complete, event = _parse_data(value.strip())
+                if complete:
+                    logger.debug("skipping SSE data that is not JSON: %.200r", "\n".join(self._data))
+        else:
+            complete, event = _parse_data(value.strip())
+        if complete:
+            self._data.clear()
+        else:
+            self._data.append(value)
+        return event
+
+    def end(self) -> SseEvent | None:
+        """The event of data still waiting for its end (a body that ended without a blank line)."""
+        if not self._data:
+            return None
+        payload = "\n".join(self._data).strip()
+        self._data.clear()
+        complete, event = _parse_data(payload)
+        if not complete:
+            logger.debug("skipping SSE data that is not JSON: %.200r", payload)
+        return event
 
 
 def iter_events(lines: Iterable[str]) -> Iterator[SseEvent]:
     """Every event in `lines`, in order (convenience for whole bodies and tests)."""
+    decoder = SseDecoder()
     for line in lines:
-        event = parse_line(line)
+        event = decoder.feed(line)
         if event is not None:
             yield event
+    event = decoder.end()
+    if event is not None:
+        yield event
+
+
+def _parse_data(payload: str) -> tuple[bool, SseEvent | None]:
+    """(whether `payload` is a whole JSON value or `[DONE]`, the event it carries if any)."""
+    if payload == "[DONE]":
+        return True, DoneEvent()
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return False, None
+    if not isinstance(data, dict):
+        logger.debug("skipping SSE data that is not a JSON object: %.200r", payload)
+        return True, None
+    return True, parse_chunk(data, raw=payload)
 
 
 def parse_chunk(data: Mapping[str, Any], *, raw: str = "") -> ChunkEvent | ErrorEvent:

@@ -354,7 +354,11 @@ class SlackReply:
         return False
 
     async def _post(self, payload: _Payload) -> str:
-        for attempt in range(1, 6):
+        # Slack posts about one message a second per channel: replies starting together in one
+        # channel queue behind each other's 429s, so those are waited out like an edit's, apart
+        # from the few retries a failing Slack gets.
+        rate_limited = failures = 0
+        while True:
             started = time.monotonic()
             try:
                 # No previews: a link the model built could otherwise carry thread content to
@@ -369,13 +373,20 @@ class SlackReply:
             except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
                 kind, retry_after = _classify(exc)
                 self._observe("chat.postMessage", kind, started)
-                if kind not in ("ratelimited", "transient") or attempt == 5:
+                if kind == "ratelimited":
+                    rate_limited += 1
+                else:
+                    failures += 1
+                if (
+                    kind not in ("ratelimited", "transient")
+                    or rate_limited > _MAX_RATE_LIMITED
+                    or failures >= _MAX_FAILURES
+                ):
                     raise SlackDeliveryError(f"chat.postMessage failed: {exc}") from exc
-                await asyncio.sleep(retry_after if kind == "ratelimited" else 0.5 * 2**attempt)
+                await asyncio.sleep(retry_after if kind == "ratelimited" else 0.5 * 2**failures)
                 continue
             self._observe("chat.postMessage", "ok", started)
             return str(response["ts"])
-        raise AssertionError("unreachable")
 
     def _observe(self, method: str, outcome: str, started: float) -> None:
         if self._metrics is not None:

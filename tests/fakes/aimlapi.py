@@ -13,13 +13,17 @@
     await fake.stop()
 
 `POST /v1/chat/completions` (also `/chat/completions`) checks the bearer key (401 otherwise), validates
-the body (400 "Body validation error") and serves the next scripted reply. A streamed `Reply` sends
-`data: {chunk}` events shaped like the real API: reasoning pieces (`content: null`), content pieces,
-a chunk with `finish_reason`, a `choices: []` chunk with `usage` and `meta.usage`, then `data: [DONE]`.
+the body (400 "Body validation error": no messages, or `max_tokens` / `max_completion_tokens` below 1
+or above the model's output limit `fake.max_output_tokens`) and serves the next scripted reply.
+A streamed `Reply` sends `data: {chunk}` events shaped like the real API: reasoning pieces
+(`content: null`), content pieces, a chunk with `finish_reason`, then, when the request asked with
+`stream_options.include_usage`, a `choices: []` chunk with `usage` and `meta.usage`; then `data: [DONE]`.
 One piece counts as one token; a request's `max_tokens` cuts the pieces and finishes with "length".
 Reply options add the trouble real streams have: keep-alive comments, empty-`choices` chunks, junk
-lines, a dropped connection, a stall, an error object inside the stream. A request with `stream: false`
-gets one JSON completion. Every response has an `x-inference-id` and echoes `X-Client-Request-Id`.
+lines, a dropped connection, a stall, an error object inside the stream, CRLF line endings, events
+split over several TCP writes, chunks spread over several `data:` lines, a delay before the response
+headers. A request with `stream: false` gets one JSON completion.
+Every response has an `x-inference-id` and echoes `X-Client-Request-Id`.
 Error bodies use AI/ML's shape (`message`, `path`, `requestId`, `statusCode`, `timestamp`) unless
 `shape="openai"` (or `fake.error_shape`) asks for `{"error": {"message", "type", "code"}}`.
 """
@@ -27,6 +31,7 @@ Error bodies use AI/ML's shape (`message`, `path`, `requestId`, `statusCode`, `t
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import time
@@ -88,6 +93,10 @@ class Reply:
     keepalives: bool = False  # `: keep-alive` comments and blank lines between chunks
     empty_choices_chunk: bool = False  # a `choices: []` chunk without usage before the first piece
     garbage_lines: bool = False  # junk lines between chunks: bad JSON, other SSE fields, non-SSE text
+    crlf: bool = False  # end lines with CRLF (the SSE spec allows CRLF, LF or CR)
+    writes_per_event: int = 1  # write each event in this many pieces, flushed a moment apart
+    multiline_data: bool = False  # each chunk's JSON pretty-printed over several `data:` lines
+    header_delay: float = 0.0  # seconds before the response headers are sent
 
 
 @dataclass(frozen=True)
@@ -120,6 +129,10 @@ class RecordedRequest:
     content_sent_at: list[float] = field(default_factory=list)  # monotonic, per content piece written
 
 
+GLM5_OUTPUT_LIMIT = 131_072  # glm-5's `info.outputMax` in GET /v1/models (128K)
+WRITE_PAUSE = 0.005  # seconds between the pieces of an event split over several writes
+
+
 class FakeAimlApi:
     """The fake server; see the module docstring for how to script it."""
 
@@ -134,7 +147,10 @@ class FakeAimlApi:
         self.balance = balance
         self.error_shape: ErrorShape = error_shape
         self.default: Reply | ErrorReply = Reply()
+        self.max_output_tokens = GLM5_OUTPUT_LIMIT
         self.requests: list[RecordedRequest] = []
+        self._in_flight = 0
+        self._last_activity = time.monotonic()
         self._queue: deque[Reply | ErrorReply] = deque()
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
@@ -155,6 +171,11 @@ class FakeAimlApi:
 
     def enqueue(self, *replies: Reply | ErrorReply) -> None:
         self._queue.extend(replies)
+
+    @property
+    def idle_since(self) -> float | None:
+        """`time.monotonic()` of the last request's end, or None while one is being handled."""
+        return None if self._in_flight else self._last_activity
 
     async def start(self) -> None:
         self._stopping.clear()
@@ -186,23 +207,27 @@ class FakeAimlApi:
         await self.stop()
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self._in_flight += 1
+        try:
+            return await self._answer_chat(request)
+        finally:
+            self._in_flight -= 1
+            self._last_activity = time.monotonic()
+
+    async def _answer_chat(self, request: web.Request) -> web.StreamResponse:
         record = await self._record(request)
         try:
             if not self._authorized(request):
                 return self._error(request, record, ErrorReply(401))
-            body = record.json
-            if (
-                not isinstance(body, dict)
-                or not isinstance(body.get("messages"), list)
-                or not body["messages"]
-            ):
+            if not self._valid_body(record.json):
                 return self._error(request, record, ErrorReply(400))
             reply = self._queue.popleft() if self._queue else self.default
             record.reply = reply
             if isinstance(reply, ErrorReply):
                 await asyncio.sleep(reply.delay)
                 return self._error(request, record, reply)
-            if not body.get("stream"):
+            await asyncio.sleep(reply.header_delay)
+            if not record.json.get("stream"):
                 return self._complete(request, record, reply)
             return await self._stream(request, record, reply)
         except asyncio.CancelledError:
@@ -211,7 +236,29 @@ class FakeAimlApi:
         finally:
             record.done.set()
 
+    def _valid_body(self, body: Any) -> bool:
+        """What the API's body validation checks that a client could get wrong."""
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
+            return False
+        for name in ("max_tokens", "max_completion_tokens"):
+            value = body.get(name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return False
+            if not 1 <= value <= self.max_output_tokens:
+                return False
+        return True
+
     async def _billing(self, request: web.Request) -> web.StreamResponse:
+        self._in_flight += 1
+        try:
+            return await self._answer_billing(request)
+        finally:
+            self._in_flight -= 1
+            self._last_activity = time.monotonic()
+
+    async def _answer_billing(self, request: web.Request) -> web.StreamResponse:
         record = await self._record(request)
         try:
             if not self._authorized(request):
@@ -286,16 +333,29 @@ class FakeAimlApi:
         pieces, finish_reason = _script(reply, record.json)
         envelope = _envelope("chat.completion.chunk", f"chatcmpl-{uuid.uuid4().hex}", reply.model)
 
+        newline = "\r\n" if reply.crlf else "\n"
         sent = 0
+
+        async def write(text: str) -> None:
+            data = text.replace("\n", newline).encode()
+            for index, piece in enumerate(_split(data, reply.writes_per_event)):
+                if index:
+                    await asyncio.sleep(WRITE_PAUSE)  # let the client read what came so far
+                await response.write(piece)
 
         async def send(payload: Mapping[str, Any] | str) -> None:
             nonlocal sent
-            text = payload if isinstance(payload, str) else json.dumps(payload)
-            await response.write(f"data: {text}\n\n".encode())
+            if isinstance(payload, str):
+                lines = [payload]
+            elif reply.multiline_data:
+                lines = json.dumps(payload, indent=1).split("\n")
+            else:
+                lines = [json.dumps(payload)]
+            await write("".join(f"data: {line}\n" for line in lines) + "\n")
             if reply.keepalives:
-                await response.write(b": keep-alive\n\n\n")
+                await write(": keep-alive\n\n\n")
             if reply.garbage_lines:
-                await response.write(_GARBAGE[sent % len(_GARBAGE)])
+                await write(_GARBAGE[sent % len(_GARBAGE)].decode())
             sent += 1
 
         try:
@@ -328,7 +388,7 @@ class FakeAimlApi:
             if finish_reason is not None:
                 choice = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason}
                 await send({**envelope, "choices": [choice]})
-            if reply.usage:
+            if reply.usage and _wants_usage(record.json):
                 await send({**envelope, "choices": [], **_usage(reply, record.json, pieces)})
             if reply.done:
                 await send("[DONE]")
@@ -362,6 +422,24 @@ def _script(reply: Reply, request: Any) -> tuple[list[tuple[str, str]], str | No
     if isinstance(limit, int) and 0 < limit < len(pieces):
         return pieces[:limit], "length"
     return pieces, reply.finish_reason
+
+
+def _wants_usage(request: Any) -> bool:
+    """OpenAI-compatible servers send the usage chunk of a stream only when asked for it."""
+    options = request.get("stream_options") if isinstance(request, dict) else None
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _split(data: bytes, parts: int) -> list[bytes]:
+    """`data` in `parts` pieces (fewer if it is short), also cut between a CR and its LF if it has one."""
+    if parts <= 1 or len(data) < 2:
+        return [data]
+    cuts = {len(data) * i // parts for i in range(1, parts)}
+    crlf = data.find(b"\r\n")
+    if crlf >= 0:
+        cuts.add(crlf + 1)  # a decoder must not end a line at the CR and start an empty one at the LF
+    bounds = [0, *sorted(c for c in cuts if 0 < c < len(data)), len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def _pieces(text: str | Sequence[str], size: int) -> list[str]:

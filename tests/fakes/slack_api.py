@@ -2,7 +2,14 @@
 
 Point a real `AsyncWebClient(base_url=fake.api_url, token=...)` at it and assert on what it received,
 in the spirit of bolt-python's `tests/mock_web_api_server`, but async (aiohttp) and stateful:
-messages are stored, edited and listed; rate limits answer HTTP 429 with `Retry-After`.
+messages are stored, edited and listed.
+
+By default it behaves like Slack (see `slack_rules`): every call takes a few tens of milliseconds
+(`latency`), each method has its rate limit per workspace (`limits`; over it: HTTP 429 with
+`Retry-After`, only that method in that workspace blocked), conversations.replies pages hold at most
+15 messages, Block Kit rules are checked, and channels in `not_joined` answer `not_in_channel`.
+Tests ask for more trouble with `fail_next` (scripted errors) and `fault` (5xx answers and dropped
+connections, by count or seeded probability), or relax the defaults (`limits`, `latency = None`).
 """
 
 from __future__ import annotations
@@ -10,30 +17,32 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import math
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.slack_rules import (
+    POST_TEXT_LIMIT,
+    REPLIES_PAGE_LIMIT,
+    SLACK_LIMITS,
+    UPDATE_TEXT_LIMIT,
+    Buckets,
+    Fault,
+    FaultKind,
+    RateLimit,
+    Refusal,
+    SeededLatency,
+    message_content,
+)
+
+__all__ = ["Call", "FakeEphemeral", "FakeMessage", "FakeSlackApi", "FakeUser", "RateLimit", "reject"]
+
 JsonDict = dict[str, Any]
-
-UPDATE_TEXT_LIMIT = 4_000  # chat.update answers msg_too_long past this
-POST_TEXT_LIMIT = 40_000  # chat.postMessage truncates past this
-MARKDOWN_BLOCK_LIMIT = 12_000  # total `markdown` block text per message
-MAX_BLOCKS = 50
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    """A token bucket: `burst` calls at once, refilled at `per_minute`; kept per (method, team[, channel])."""
-
-    per_minute: float
-    burst: int = 1
-    per: Literal["team", "channel"] = "team"
+_Reject = Refusal  # the name this module's handlers raise
 
 
 @dataclass
@@ -97,7 +106,11 @@ class FakeEphemeral:
 
 @dataclass(frozen=True)
 class Call:
-    """One request the fake received (accepted or rejected); `time` is `time.monotonic()` on arrival."""
+    """One request the fake received (accepted or rejected).
+
+    `time` is `time.monotonic()` when the fake acted on it, after its latency: when an edit became
+    visible. A dropped connection has status 0 and error "connection_reset".
+    """
 
     method: str
     params: JsonDict
@@ -118,19 +131,20 @@ class _Failure:
     retry_after: int | None
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
+class _Dropped(Exception):
+    """A fault: drop the connection without an answer."""
 
 
-class _Reject(Exception):
-    def __init__(self, error: str, status: int = 200, retry_after: int | None = None) -> None:
-        super().__init__(error)
-        self.error, self.status, self.retry_after = error, status, retry_after
+class _ServerError(Exception):
+    """A fault: a 5xx answer with an HTML body, as Slack's edge sends when something is down."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
 
 
 Handler = Callable[[JsonDict, str], Awaitable[JsonDict]]
+_AiohttpHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class FakeSlackApi:
@@ -145,10 +159,13 @@ class FakeSlackApi:
     ) -> None:
         self.bot_user_id, self.bot_id, self.team_id = bot_user_id, bot_id, team_id
         self.tokens: dict[str, str] = {bot_token: team_id}  # token -> team_id
-        self.limits: dict[str, RateLimit] = {}
+        # Slack's limits per method; replace or delete entries for a test that needs others.
+        self.limits: dict[str, RateLimit] = dict(SLACK_LIMITS)
         self.known_channels: set[str] | None = None  # None: every channel exists
+        self.not_joined: set[str] = set()  # channels the bot is not a member of: not_in_channel
         self.users: dict[str, FakeUser] = {bot_user_id: FakeUser(real_name="GLM", is_bot=True)}
-        self.latency = 0.0  # seconds added before every answer
+        # method -> seconds before the fake acts on a call and answers; None: no delay at all
+        self.latency: Callable[[str], float] | None = SeededLatency()
         self.calls: list[Call] = []
         self.ephemerals: list[FakeEphemeral] = []
         self.statuses: list[
@@ -156,7 +173,10 @@ class FakeSlackApi:
         ] = []  # assistant.threads.setStatus (channel, thread, status)
         self._messages: dict[str, list[FakeMessage]] = defaultdict(list)
         self._failures: dict[str, deque[_Failure]] = defaultdict(deque)
-        self._buckets: dict[tuple[str, ...], _Bucket] = {}
+        self._faults: dict[str, list[Fault]] = defaultdict(list)
+        self._buckets = Buckets()
+        self._in_flight = 0
+        self._last_activity = time.monotonic()
         self._next_ts = 1_700_000_000_000_100  # microseconds; ts strings increase like Slack's
         self._runner: web.AppRunner | None = None
         self._port = 0
@@ -175,7 +195,7 @@ class FakeSlackApi:
     # ---- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[self._track])
         app.router.add_route("*", "/api/{method}", self._dispatch)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -235,6 +255,24 @@ class FakeSlackApi:
             retry_after = 1
         self._failures[method].extend(_Failure(error, status, retry_after) for _ in range(times))
 
+    def fault(
+        self,
+        method: str,
+        kind: FaultKind,
+        *,
+        times: int | None = None,
+        probability: float | None = None,
+        seed: int = 0,
+        status: int = 503,
+    ) -> None:
+        """Trouble for `method`: "server_error" answers `status` (an HTML body, as Slack's edge sends),
+        "reset" drops the connection without an answer; the call is not carried out either way.
+        Either the next `times` calls, or each call with `probability` from a generator seeded `seed`.
+        """
+        self._faults[method].append(
+            Fault(kind, times=times, probability=probability, seed=seed, status=status)
+        )
+
     def add_message(
         self,
         channel: str,
@@ -271,16 +309,31 @@ class FakeSlackApi:
     def count_429s(self) -> int:
         return sum(1 for c in self.calls if c.status == 429)
 
+    @property
+    def idle_since(self) -> float | None:
+        """`time.monotonic()` of the last request's end, or None while one is being handled."""
+        return None if self._in_flight else self._last_activity
+
     # ---- HTTP ----------------------------------------------------------------------------------
 
-    async def _dispatch(self, request: web.Request) -> web.Response:
+    @web.middleware
+    async def _track(self, request: web.Request, handler: _AiohttpHandler) -> web.StreamResponse:
+        """Count requests in flight, latency included, for `idle_since`."""
+        self._in_flight += 1
+        try:
+            return await handler(request)
+        finally:
+            self._in_flight -= 1
+            self._last_activity = time.monotonic()
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         method = request.match_info["method"]
+        if self.latency is not None:
+            await asyncio.sleep(self.latency(method))
         params = await _read_params(request)
         arrived = time.monotonic()
         token = _bearer(request.headers.get("Authorization")) or params.pop("token", None)
         team = self._method_tokens.get(method, self.tokens).get(token) if token else None
-        if self.latency:
-            await asyncio.sleep(self.latency)
         try:
             if not token:
                 raise _Reject("not_authed")
@@ -290,8 +343,18 @@ class FakeSlackApi:
             if handler is None:
                 raise _Reject("unknown_method")
             self._check_scripted(method)
+            self._check_faults(method)
             self._check_rate(method, team, params)
             body = await handler(params, team)
+        except _Dropped:
+            self.calls.append(Call(method, params, team, arrived, 0, "connection_reset"))
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()  # never sent: the connection is gone
+        except _ServerError as e:
+            self.calls.append(Call(method, params, team, arrived, e.status, "server_error"))
+            page = f"<html><body><h1>{e.status}</h1>Slack is having trouble.</body></html>"
+            return web.Response(text=page, status=e.status, content_type="text/html")
         except _Reject as r:
             self.calls.append(Call(method, params, team, arrived, r.status, r.error))
             headers = {"Retry-After": str(r.retry_after)} if r.retry_after is not None else None
@@ -308,6 +371,13 @@ class FakeSlackApi:
             f = queue.popleft()
             raise _Reject(f.error, f.status, f.retry_after)
 
+    def _check_faults(self, method: str) -> None:
+        for fault in self._faults.get(method, ()):
+            if fault.fires():
+                if fault.kind == "reset":
+                    raise _Dropped
+                raise _ServerError(fault.status)
+
     def _check_rate(self, method: str, team: str, params: JsonDict) -> None:
         limit = self.limits.get(method)
         if limit is None:
@@ -315,15 +385,7 @@ class FakeSlackApi:
         key: tuple[str, ...] = (method, team)
         if limit.per == "channel":
             key += (str(params.get("channel") or params.get("channel_id") or ""),)
-        now = time.monotonic()
-        bucket = self._buckets.setdefault(key, _Bucket(float(limit.burst), now))
-        per_second = limit.per_minute / 60.0
-        bucket.tokens = min(float(limit.burst), bucket.tokens + (now - bucket.updated) * per_second)
-        bucket.updated = now
-        if bucket.tokens < 1.0:
-            wait = (1.0 - bucket.tokens) / per_second
-            raise _Reject("ratelimited", 429, max(1, math.ceil(wait)))
-        bucket.tokens -= 1.0
+        self._buckets.take(key, limit, time.monotonic())
 
     # ---- state ---------------------------------------------------------------------------------
 
@@ -352,10 +414,13 @@ class FakeSlackApi:
     def _find(self, channel: str, ts: str) -> FakeMessage | None:
         return next((m for m in self._messages.get(channel, []) if m.ts == ts), None)
 
-    def _channel(self, params: JsonDict, name: str = "channel") -> str:
+    def _channel(self, params: JsonDict, name: str = "channel", *, member: bool = False) -> str:
+        """The call's channel; `member`: the bot must have joined it, as for posting and reading."""
         channel = params.get(name)
         if not channel or (self.known_channels is not None and channel not in self.known_channels):
             raise _Reject("channel_not_found")
+        if member and channel in self.not_joined:
+            raise _Reject("not_in_channel")
         return str(channel)
 
     # ---- methods -------------------------------------------------------------------------------
@@ -371,20 +436,20 @@ class FakeSlackApi:
         }
 
     async def _post_message(self, params: JsonDict, _team: str) -> JsonDict:
-        channel = self._channel(params)
-        text, blocks = _content(params)
+        channel = self._channel(params, member=True)
+        text, blocks = message_content(params)
         thread_ts = params.get("thread_ts") or None
         msg = self._store(channel, text[:POST_TEXT_LIMIT], blocks, self.bot_user_id, self.bot_id, thread_ts)
         return {"channel": channel, "ts": msg.ts, "message": msg.as_api()}
 
     async def _update(self, params: JsonDict, _team: str) -> JsonDict:
-        channel = self._channel(params)
+        channel = self._channel(params, member=True)
         msg = self._find(channel, str(params.get("ts", "")))
         if msg is None:
             raise _Reject("message_not_found")
         if msg.user != self.bot_user_id:
             raise _Reject("cant_update_message")
-        text, blocks = _content(params)
+        text, blocks = message_content(params)
         if len(text) > UPDATE_TEXT_LIMIT:
             raise _Reject("msg_too_long")
         msg.text, msg.blocks = text, blocks
@@ -403,21 +468,22 @@ class FakeSlackApi:
         return {"channel": channel, "ts": msg.ts}
 
     async def _post_ephemeral(self, params: JsonDict, _team: str) -> JsonDict:
-        channel = self._channel(params)
+        channel = self._channel(params, member=True)
         user = params.get("user")
         if not user:
             raise _Reject("user_not_found")
-        text, blocks = _content(params)
+        text, blocks = message_content(params)
         self.ephemerals.append(FakeEphemeral(channel, str(user), text, blocks, params.get("thread_ts")))
         return {"message_ts": self._allocate_ts()}
 
     async def _replies(self, params: JsonDict, _team: str) -> JsonDict:
-        channel = self._channel(params)
+        channel = self._channel(params, member=True)
         ts = str(params.get("ts", ""))
         if self._find(channel, ts) is None:
             raise _Reject("thread_not_found")
         thread = sorted(self.thread(channel, ts), key=lambda m: m.ts)
-        limit = max(1, min(int(params.get("limit") or 1000), 1000))
+        # A larger `limit` is capped silently, as Slack does for distributed apps: page with cursors.
+        limit = max(1, min(int(params.get("limit") or REPLIES_PAGE_LIMIT), REPLIES_PAGE_LIMIT))
         offset = _decode_cursor(params.get("cursor"))
         page = thread[offset : offset + limit]
         has_more = offset + limit < len(thread)
@@ -478,46 +544,6 @@ async def _read_params(request: web.Request) -> JsonDict:
         if isinstance(params.get(name), str):
             params[name] = json.loads(params[name])
     return params
-
-
-def _content(params: JsonDict) -> tuple[str, list[JsonDict] | None]:
-    """Validate a message body the way Slack does and return (text, blocks)."""
-    text, blocks, markdown_text = params.get("text"), params.get("blocks"), params.get("markdown_text")
-    if markdown_text is not None:
-        if text is not None or blocks is not None:
-            raise _Reject("invalid_arguments")  # markdown_text excludes text and blocks
-        if len(markdown_text) > MARKDOWN_BLOCK_LIMIT:
-            raise _Reject("msg_too_long")
-        return str(markdown_text), [{"type": "markdown", "text": str(markdown_text)}]
-    if blocks is not None:
-        _validate_blocks(blocks)
-    if not text and not blocks:
-        raise _Reject("no_text")
-    return str(text or ""), blocks or None
-
-
-def _validate_blocks(blocks: Any) -> None:
-    if not isinstance(blocks, list) or len(blocks) > MAX_BLOCKS:
-        raise _Reject("invalid_blocks")
-    markdown_total = 0
-    for block in blocks:
-        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
-            raise _Reject("invalid_blocks")
-        if block["type"] == "markdown":
-            text = block.get("text")
-            if not isinstance(text, str) or not text:
-                raise _Reject("invalid_blocks")
-            markdown_total += len(text)
-        elif block["type"] == "context":
-            elements = block.get("elements")
-            if not isinstance(elements, list) or not 1 <= len(elements) <= 10:
-                raise _Reject("invalid_blocks")
-        elif block["type"] == "section":
-            text_obj = block.get("text") or {}
-            if len(str(text_obj.get("text", ""))) > 3_000:
-                raise _Reject("invalid_blocks")
-    if markdown_total > MARKDOWN_BLOCK_LIMIT:
-        raise _Reject("invalid_blocks")
 
 
 def _encode_cursor(offset: int) -> str:

@@ -1,0 +1,231 @@
+"""What the fake Slack Web API enforces: rate limits per method, latency, message and Block Kit rules.
+
+The numbers are Slack's published ones: rate limit tiers per method and workspace (Tier 2 20+, Tier 3
+50+, Tier 4 100+ a minute), chat.postMessage about one a second per channel, conversations.replies
+pages of 15 for distributed apps, and the block limits of Block Kit's reference. Slack publishes no
+burst sizes; the small bursts here are our reading of "bursts allowed".
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Literal
+
+JsonDict = dict[str, Any]
+
+UPDATE_TEXT_LIMIT = 4_000  # chat.update answers msg_too_long past this
+POST_TEXT_LIMIT = 40_000  # chat.postMessage truncates past this
+MARKDOWN_BLOCK_LIMIT = 12_000  # total `markdown` block text per message
+MAX_BLOCKS = 50
+SECTION_TEXT_LIMIT = 3_000
+SECTION_FIELDS = 10
+SECTION_FIELD_LIMIT = 2_000
+HEADER_TEXT_LIMIT = 150
+CONTEXT_ELEMENTS = 10
+CONTEXT_ELEMENT_TYPES = frozenset({"mrkdwn", "plain_text", "image"})
+TEXT_TYPES = frozenset({"mrkdwn", "plain_text"})
+# Every block type Block Kit documents; anything else is refused as Slack refuses it.
+BLOCK_TYPES = frozenset(
+    {
+        "actions",
+        "context",
+        "context_actions",
+        "divider",
+        "file",
+        "header",
+        "image",
+        "input",
+        "markdown",
+        "rich_text",
+        "section",
+        "table",
+        "video",
+    }
+)
+REPLIES_PAGE_LIMIT = 15  # conversations.replies items per page for distributed non-Marketplace apps
+
+
+class Refusal(Exception):
+    """Slack's answer to a call it refuses: `{"ok": false, "error": error}` with this HTTP status."""
+
+    def __init__(self, error: str, status: int = 200, retry_after: int | None = None) -> None:
+        super().__init__(error)
+        self.error, self.status, self.retry_after = error, status, retry_after
+
+
+# ---- rate limits ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket: `burst` calls at once, refilled at `per_minute`; kept per (method, team[, channel])."""
+
+    per_minute: float
+    burst: int = 1
+    per: Literal["team", "channel"] = "team"
+
+
+TIER_2 = RateLimit(20, burst=3)
+TIER_3 = RateLimit(50, burst=5)
+TIER_4 = RateLimit(100, burst=10)
+
+SLACK_LIMITS: Mapping[str, RateLimit] = MappingProxyType(
+    {
+        "chat.postMessage": RateLimit(60, burst=3, per="channel"),
+        "chat.update": TIER_3,
+        "chat.delete": TIER_3,
+        "chat.postEphemeral": TIER_4,
+        "chat.startStream": TIER_2,
+        "chat.appendStream": TIER_4,
+        "chat.stopStream": TIER_2,
+        "conversations.replies": TIER_3,
+        "users.info": TIER_4,
+        "assistant.threads.setStatus": RateLimit(600, burst=10),
+    }
+)
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class Buckets:
+    """The token buckets of every (method, team[, channel]) key the fake has seen."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[tuple[str, ...], _Bucket] = {}
+
+    def take(self, key: tuple[str, ...], limit: RateLimit, now: float) -> None:
+        """Spend one call of `key`'s bucket, or refuse with 429 and the seconds until one is back."""
+        bucket = self._buckets.setdefault(key, _Bucket(float(limit.burst), now))
+        per_second = limit.per_minute / 60.0
+        bucket.tokens = min(float(limit.burst), bucket.tokens + (now - bucket.updated) * per_second)
+        bucket.updated = now
+        if bucket.tokens < 1.0:
+            wait = (1.0 - bucket.tokens) / per_second
+            raise Refusal("ratelimited", 429, max(1, math.ceil(wait)))
+        bucket.tokens -= 1.0
+
+
+class SeededLatency:
+    """Seconds a call takes, uniform in [low, high) from a seeded generator: repeatable, not constant."""
+
+    def __init__(self, low: float = 0.02, high: float = 0.04, seed: int = 0) -> None:
+        self._low, self._high = low, high
+        self._random = random.Random(seed)
+
+    def __call__(self, method: str) -> float:  # noqa: ARG002 - the same spread for every method
+        return self._random.uniform(self._low, self._high)
+
+
+# ---- faults --------------------------------------------------------------------------------------
+
+FaultKind = Literal["server_error", "reset"]
+
+
+class Fault:
+    """Trouble a test asked for on one method: the next `times` calls, or each with `probability`."""
+
+    def __init__(
+        self, kind: FaultKind, *, times: int | None, probability: float | None, seed: int, status: int
+    ) -> None:
+        if (times is None) == (probability is None):
+            raise ValueError("give either times or probability")
+        if probability is not None and not 0.0 <= probability <= 1.0:
+            raise ValueError("probability must be between 0 and 1")
+        if kind == "server_error" and not 500 <= status <= 599:
+            raise ValueError("a server error needs a 5xx status")
+        self.kind, self.status = kind, status
+        self._remaining, self._probability = times, probability
+        self._random = random.Random(seed)
+
+    def fires(self) -> bool:
+        if self._remaining is not None:
+            if self._remaining <= 0:
+                return False
+            self._remaining -= 1
+            return True
+        assert self._probability is not None
+        return self._random.random() < self._probability
+
+
+# ---- message bodies ------------------------------------------------------------------------------
+
+
+def message_content(params: JsonDict) -> tuple[str, list[JsonDict] | None]:
+    """Validate a message body the way Slack does and return (text, blocks)."""
+    text, blocks, markdown_text = params.get("text"), params.get("blocks"), params.get("markdown_text")
+    if markdown_text is not None:
+        if text is not None or blocks is not None:
+            raise Refusal("invalid_arguments")  # markdown_text excludes text and blocks
+        if len(markdown_text) > MARKDOWN_BLOCK_LIMIT:
+            raise Refusal("msg_too_long")
+        return str(markdown_text), [{"type": "markdown", "text": str(markdown_text)}]
+    if blocks is not None:
+        validate_blocks(blocks)
+    if not text and not blocks:
+        raise Refusal("no_text")
+    return str(text or ""), blocks or None
+
+
+def validate_blocks(blocks: Any) -> None:
+    """Refuse (`invalid_blocks`) what Block Kit refuses; only the rules our messages could break."""
+    if not isinstance(blocks, list) or len(blocks) > MAX_BLOCKS:
+        raise Refusal("invalid_blocks")
+    markdown_total = 0
+    for block in blocks:
+        if not isinstance(block, dict) or block.get("type") not in BLOCK_TYPES:
+            raise Refusal("invalid_blocks")
+        kind = block["type"]
+        if kind == "markdown":
+            text = block.get("text")
+            if not isinstance(text, str) or not text:
+                raise Refusal("invalid_blocks")
+            markdown_total += len(text)
+        elif kind == "context":
+            _check_context(block)
+        elif kind == "section":
+            _check_section(block)
+        elif kind == "header":
+            _check_text(block.get("text"), HEADER_TEXT_LIMIT, types=frozenset({"plain_text"}))
+    if markdown_total > MARKDOWN_BLOCK_LIMIT:
+        raise Refusal("invalid_blocks")
+
+
+def _check_context(block: JsonDict) -> None:
+    elements = block.get("elements")
+    if not isinstance(elements, list) or not 1 <= len(elements) <= CONTEXT_ELEMENTS:
+        raise Refusal("invalid_blocks")
+    for element in elements:
+        if not isinstance(element, dict) or element.get("type") not in CONTEXT_ELEMENT_TYPES:
+            raise Refusal("invalid_blocks")
+        if element["type"] != "image":
+            _check_text(element, SECTION_TEXT_LIMIT)
+
+
+def _check_section(block: JsonDict) -> None:
+    text, fields = block.get("text"), block.get("fields")
+    if text is None and fields is None:
+        raise Refusal("invalid_blocks")  # a section shows text, fields or both
+    if text is not None:
+        _check_text(text, SECTION_TEXT_LIMIT)
+    if fields is not None:
+        if not isinstance(fields, list) or not 1 <= len(fields) <= SECTION_FIELDS:
+            raise Refusal("invalid_blocks")
+        for field in fields:
+            _check_text(field, SECTION_FIELD_LIMIT)
+
+
+def _check_text(obj: Any, limit: int, *, types: frozenset[str] = TEXT_TYPES) -> None:
+    """A composition text object: a known type and 1..limit characters."""
+    if not isinstance(obj, dict) or obj.get("type") not in types:
+        raise Refusal("invalid_blocks")
+    text = obj.get("text")
+    if not isinstance(text, str) or not 1 <= len(text) <= limit:
+        raise Refusal("invalid_blocks")
