@@ -104,7 +104,7 @@ async def test_two_replicas_racing_for_the_same_day_post_once(
     db_url: str, sessions: async_sessionmaker[AsyncSession], slack: FakeSlackApi
 ) -> None:
     await add_usage(sessions, datetime(2026, 3, 8, 20, tzinfo=UTC))
-    slack.latency = 0.3  # keep the winner's post in flight while the other replica tries
+    slack.latency = lambda _method: 0.3  # keep the winner's post in flight while the other replica tries
     engines = [create_engine(db_url), create_engine(db_url)]
     clients = [AsyncWebClient(base_url=slack.api_url, token=TOKEN) for _ in engines]
     try:

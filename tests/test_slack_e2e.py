@@ -307,7 +307,7 @@ async def test_three_429s_in_a_row_on_chat_update_still_land_the_final_text(bot,
 
 
 async def test_a_follow_up_sent_while_the_first_reply_is_set_up_is_answered_after_it(db_url, slack, aiml):
-    slack.latency = 0.3  # a slow Slack: the placeholder and thread history take a while
+    slack.latency = lambda _method: 0.3  # a slow Slack: the placeholder and thread history take a while
     root = slack.add_message("C1", "Context before the bot joined", user="U2")
     aiml.enqueue(Reply(content="First."))
     aiml.enqueue(Reply(content="Second."))

@@ -148,7 +148,7 @@ class FakeSlackApi:
         self.limits: dict[str, RateLimit] = {}
         self.known_channels: set[str] | None = None  # None: every channel exists
         self.users: dict[str, FakeUser] = {bot_user_id: FakeUser(real_name="GLM", is_bot=True)}
-        self.latency = 0.0  # seconds added before every answer
+        self.latency: Callable[[str], float] | None = None  # method name -> seconds before answering
         self.calls: list[Call] = []
         self.ephemerals: list[FakeEphemeral] = []
         self.statuses: list[
@@ -274,8 +274,8 @@ class FakeSlackApi:
         arrived = time.monotonic()
         token = _bearer(request.headers.get("Authorization")) or params.pop("token", None)
         team = self._method_tokens.get(method, self.tokens).get(token) if token else None
-        if self.latency:
-            await asyncio.sleep(self.latency)
+        if self.latency is not None:
+            await asyncio.sleep(self.latency(method))
         try:
             if not token:
                 raise _Reject("not_authed")
