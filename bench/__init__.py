@@ -16,7 +16,7 @@ How it measures (details in the modules):
   users.info Tier 4) and a lognormal latency per call, median 60 ms (`bench.fakes.SlackModel`); its
   limits are kept per workspace of the channel (`bench.fakes.BenchSlack`). A full run takes 12-15
   minutes, mostly (c), whose 200 final edits alone need 4.5 minutes at 45 a minute. `--quick` runs
-  chat.update 12x faster and (a) with 5 replies instead of 20 (3-4 minutes); its tables and JSON say
+  chat.update 12x faster and (a) with 5 replies instead of 20 (about 3 minutes); its tables and JSON say
   so, and its numbers are not Slack's.
 - Every reply is in every percentile: one that never showed its placeholder, text or final edit
   counts at the time the bench stopped waiting for it, and the tables count it as "never".

@@ -1,7 +1,7 @@
 """`python -m bench [--quick] [--only a,c] [--postgres] [--slack-latency MS] [--seed N] [--output FILE]`.
 
 By default the fake Slack has Slack's real rate limits and about 60 ms of latency per call (a full
-run takes 12-15 minutes); `--quick` runs chat.update 12x faster and (a) with 5 replies (under 5).
+run takes 12-15 minutes); `--quick` runs chat.update 12x faster and (a) with 5 replies (about 3).
 """
 
 from __future__ import annotations
