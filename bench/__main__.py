@@ -1,4 +1,8 @@
-"""`python -m bench [--only a,c] [--postgres] [--real-limits] [--output FILE]`."""
+"""`python -m bench [--quick] [--only a,c] [--postgres] [--slack-latency MS] [--seed N] [--output FILE]`.
+
+By default the fake Slack has Slack's real rate limits and about 60 ms of latency per call (a full
+run takes 12-15 minutes); `--quick` runs chat.update 12x faster and (a) with 5 replies (about 3).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from bench.runner import DEFAULT_OUTPUT, quiet_library_logs, run_bench, select
+from bench.runner import DEFAULT_OUTPUT, quiet_library_logs, run_bench, select, slack_model
 from bench.scenarios import SCENARIOS
 
 
@@ -21,10 +25,18 @@ def main() -> int:
         help="a fresh database on postgresql+asyncpg://postgres@127.0.0.1:5432 instead of SQLite",
     )
     parser.add_argument(
-        "--real-limits",
+        "--quick",
         action="store_true",
-        help="run (c)-(e) at Slack's 50 chat.update a minute too (much slower: minutes per scenario)",
+        help="for development: chat.update 12x Slack's rate, 5 single replies in (a); labelled quick",
     )
+    parser.add_argument(
+        "--slack-latency",
+        type=float,
+        default=60.0,
+        metavar="MS",
+        help="median latency of the fake Slack per call, lognormal with a tail; 0 for none (default 60)",
+    )
+    parser.add_argument("--seed", type=int, default=1, help="seed of the latency draws (default 1)")
     parser.add_argument("--no-sql-count", action="store_true", help="skip the in-process SQL count of (e)")
     parser.add_argument(
         "--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON file (default {DEFAULT_OUTPUT})"
@@ -33,10 +45,13 @@ def main() -> int:
     unknown = set(args.only.split(",")) - set(SCENARIOS) if args.only else set()
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    if not 0 <= args.slack_latency <= 10_000:
+        parser.error(f"--slack-latency must be between 0 and 10000 ms, not {args.slack_latency:g}")
     quiet_library_logs()
     data = asyncio.run(
         run_bench(
-            select(args.only, args.real_limits),
+            select(args.only, args.quick),
+            model=slack_model(args.quick, args.slack_latency, args.seed),
             db="postgres" if args.postgres else "sqlite",
             output=args.output,
             sql_count=not args.no_sql_count,

@@ -12,6 +12,7 @@ import functools
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,10 @@ from bench.driver import (
     thread_message,
     wait_until,
 )
-from bench.fakes import answer_pieces, new_fakes, slack_limits, streamed_reply
+from bench.fakes import SlackModel, answer_pieces, new_fakes, streamed_reply
 from bench.observe import MessageView, thread_done, threads, upstream_by_tag, upstream_messages
 from bench.scenarios import DeepScenario, process_report, warm_up
-from bench.stats import LoopLag, slope, summary_ms
+from bench.stats import LoopLag, Span, slope, spans_ms
 
 NAN = float("nan")
 CHANNEL = "CDEEP1"
@@ -49,10 +50,9 @@ def _has_finals(slack: Any, root: str, count: int) -> bool:
     return sum(1 for m in mine if m.context or not m.blocks) >= count
 
 
-async def run_deep(s: DeepScenario, db: str, logs: Path | None = None) -> dict[str, Any]:
-    slack, aiml = new_fakes()
+async def run_deep(s: DeepScenario, db: str, model: SlackModel, logs: Path | None = None) -> dict[str, Any]:
+    slack, aiml = new_fakes(model)
     async with slack, aiml:
-        slack.limits.update(slack_limits(s.slack_updates_per_minute))
         pieces = answer_pieces(s.words, s.words_per_piece)
         expected = "".join(pieces)
         aiml.default = streamed_reply(pieces, ttft=s.ttft, chunk_interval=s.chunk_interval)
@@ -62,11 +62,12 @@ async def run_deep(s: DeepScenario, db: str, logs: Path | None = None) -> dict[s
         with tempfile.TemporaryDirectory(prefix=f"bench-{s.key}-") as tmp:
             workdir = Path(tmp)
             async with fresh_database(db, workdir) as db_url:
-                env = bot_environment(db_url, slack.api_url, aiml.base_url, s.bot_env)
+                env = bot_environment(db_url, slack.api_url, aiml.base_url, {**model.bot_env(), **s.bot_env})
                 async with running_bot(workdir, env) as bot, DriverThread() as driver:
                     sender = await driver.call(new_sender(bot.url))
                     lag, meter = LoopLag(), CpuMeter(bot)
                     answered = 0
+                    deadlines: dict[int, float] = {}  # turn -> when the bench stopped waiting for it
                     try:
                         await warm_up(driver, sender, slack, aiml)
                         calls_from = len(slack.calls)
@@ -82,7 +83,9 @@ async def run_deep(s: DeepScenario, db: str, logs: Path | None = None) -> dict[s
                             turn_started = time.monotonic()
                             await driver.call(sender.send(conv, ev))
                             answered_now = functools.partial(_has_finals, slack, root, n)
-                            if not await wait_until(answered_now, s.turn_timeout, period=0.01):
+                            in_time = await wait_until(answered_now, s.turn_timeout, period=0.01)
+                            deadlines[n] = time.monotonic()
+                            if not in_time:
                                 break
                             answered = n
                             await asyncio.sleep(max(0.0, turn_started + s.pace_seconds - time.monotonic()))
@@ -96,7 +99,7 @@ async def run_deep(s: DeepScenario, db: str, logs: Path | None = None) -> dict[s
                 ups = upstream_by_tag(aiml)
                 rows = [_turn_row(conv, messages, ups, expected) for conv in turns]
                 complete = sum(1 for r in rows if r["complete"])
-                result = _deep_summary(s, rows)
+                result = _deep_summary(s, model, rows, turns, messages, deadlines)
                 result.update(
                     answered_turns=answered,
                     complete_replies=complete,
@@ -126,13 +129,22 @@ def _turn_row(
         "ack_ms": ms(conv.acked_at),
         "placeholder_ms": ms(message.posted_at) if message else None,
         "upstream_request_ms": ms(up.received_at) if up else None,
-        "final_ms": ms(message.last_ok_at) if message else None,
+        "final_ms": ms(message.last_ok_at) if message and message.final else None,
         "upstream_messages": upstream_messages(up) if up else None,
         "complete": bool(message and message.final and message.markdown == expected),
     }
 
 
-def _deep_summary(s: DeepScenario, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _deep_summary(
+    s: DeepScenario,
+    model: SlackModel,
+    rows: list[dict[str, Any]],
+    turns: list[Conversation],
+    messages: list[MessageView],
+    deadlines: dict[int, float],
+) -> dict[str, Any]:
+    """Per-turn rows, slopes, and summaries over every turn: one that was never asked (an earlier
+    turn timed out) counts as never, at the turn timeout."""
     later = [r for r in rows if r["turn"] >= 2]  # turn 1 creates the conversation
 
     def trend(name: str) -> float | None:
@@ -144,17 +156,41 @@ def _deep_summary(s: DeepScenario, rows: list[dict[str, Any]]) -> dict[str, Any]
         "title": s.title,
         "turns": s.turns,
         "stream": {"words": s.words, "chunks": len(answer_pieces(s.words, s.words_per_piece))},
-        "slack_chat_update_per_minute": s.slack_updates_per_minute,
-        "bot_env": dict(s.bot_env),
+        "slack": model.label,
+        "slack_chat_update_per_minute": model.updates_per_minute,
+        "bot_env": {**model.bot_env(), **s.bot_env},
         "per_turn": rows,
-        "ack_ms": summary_ms([r["ack_ms"] / 1000 for r in rows if r["ack_ms"] is not None]),
-        "event_to_final_ms": summary_ms([r["final_ms"] / 1000 for r in rows if r["final_ms"] is not None]),
+        "ack_ms": spans_ms(_turn_spans(s, turns, deadlines, lambda c, _m: c.acked_at, messages)),
+        "placeholder_ms": spans_ms(
+            _turn_spans(s, turns, deadlines, lambda _c, m: m.posted_at if m else NAN, messages)
+        ),
+        "event_to_final_ms": spans_ms(
+            _turn_spans(s, turns, deadlines, lambda _c, m: m.last_ok_at if m and m.final else NAN, messages)
+        ),
         "slope_ms_per_turn": {
             "placeholder": trend("placeholder_ms"),
             "upstream_request": trend("upstream_request_ms"),
             "final": trend("final_ms"),
         },
     }
+
+
+def _turn_spans(
+    s: DeepScenario,
+    turns: list[Conversation],
+    deadlines: dict[int, float],
+    end: Callable[[Conversation, MessageView | None], float],
+    messages: list[MessageView],
+) -> list[Span]:
+    spans = []
+    for conv in turns:
+        n = conv.index
+        if n not in deadlines:  # never asked: counts as never, at the turn timeout
+            spans.append(Span(0.0, NAN, s.turn_timeout))
+            continue
+        message = messages[n - 1] if len(messages) >= n else None
+        spans.append(Span(conv.sent_at, end(conv, message), deadlines[n]))
+    return spans
 
 
 class StatementCounter:
@@ -186,8 +222,6 @@ async def sql_statements_per_turn(turns: int, db: str) -> list[dict[str, Any]]:
                     stream_update_interval=0.05,
                     slack_edits_per_minute=6000.0,
                     slack_edit_burst=100,
-                    llm_context_window=16000,
-                    llm_max_output_tokens=2048,
                 )
                 async with in_process_bot(settings, slack) as bot:
                     assert bot.runtime.core is not None

@@ -1,13 +1,17 @@
-"""What the fakes saw, per bot message and per thread: when each Slack call arrived, which upstream
-request served which question. All times are `time.monotonic()` of this (the bench) process."""
+"""What the fakes saw, per bot message and per thread: when each post and edit became visible, which
+upstream request served which question, how long each chunk took from the model into the thread.
+All times are `time.monotonic()` of this (the bench) process."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from bench.fakes import BenchSlack, Shown
+from bench.stats import Span
 from bot.slack.text import PLACEHOLDER
 from tests.fakes.aimlapi import FakeAimlApi, RecordedRequest
 from tests.fakes.slack_api import FakeSlackApi
@@ -23,9 +27,9 @@ class MessageView:
     ts: str
     markdown: str  # its answer text now (the `markdown` blocks)
     final: bool  # it carries the context block the final edit adds
-    posted_at: float = NAN  # chat.postMessage accepted (arrival at the fake)
-    first_text_at: float = NAN  # first accepted call showing answer text (not the placeholder)
-    last_ok_at: float = NAN  # last accepted call on it: the final edit once the reply is done
+    posted_at: float = NAN  # chat.postMessage accepted and visible
+    first_text_at: float = NAN  # first visible answer text (not the placeholder)
+    last_ok_at: float = NAN  # last accepted call visible: the final edit once the reply is done
     edits: int = 0  # accepted chat.update calls
 
 
@@ -53,6 +57,9 @@ class ThreadView:
 
     @property
     def final_at(self) -> float:
+        """When the final edit became visible; NaN while the reply is not done."""
+        if not self.done:
+            return NAN
         return max((m.last_ok_at for m in self.messages if not math.isnan(m.last_ok_at)), default=NAN)
 
     @property
@@ -67,50 +74,86 @@ def thread_done(slack: FakeSlackApi, channel: str, root_ts: str) -> bool:
     return bool(mine) and (bool(mine[-1].context) or not mine[-1].blocks)
 
 
-def threads(slack: FakeSlackApi, channels: Iterable[str]) -> dict[tuple[str, str], ThreadView]:
-    """(channel, root ts) -> the bot's messages in that thread, with call timings."""
+def threads(slack: BenchSlack, channels: Iterable[str]) -> dict[tuple[str, str], ThreadView]:
+    """(channel, root ts) -> the bot's messages in that thread, with the times they became visible."""
+    channels = set(channels)
     views: dict[tuple[str, str], ThreadView] = {}
     by_ts: dict[tuple[str, str], tuple[ThreadView, MessageView]] = {}
-    for channel in set(channels):
+    for channel in channels:
         for m in slack.messages(channel):
             if m.bot_id == slack.bot_id and m.thread_ts:
                 thread = views.setdefault((channel, m.thread_ts), ThreadView())
                 view = MessageView(m.ts, m.markdown, bool(m.context))
                 thread.messages.append(view)
                 by_ts[(channel, m.ts)] = (thread, view)
-    posted: dict[tuple[str, str], int] = {}
-    for call in slack.calls:
-        channel = str(call.params.get("channel", ""))
-        text = str(call.params.get("text") or "")
-        shows_text = bool(text.strip()) and text != PLACEHOLDER
-        if call.method == "chat.postMessage":
-            key = (channel, str(call.params.get("thread_ts") or ""))
-            thread_view = views.get(key)
-            if thread_view is None:
-                continue
-            if not call.ok:
-                thread_view.rejected_429 += call.status == 429
-                continue
-            # Posts are stored in arrival order, so the n-th accepted post is the n-th message.
-            n = posted[key] = posted.get(key, -1) + 1
-            if n < len(thread_view.messages):
-                message = thread_view.messages[n]
-                message.posted_at = message.last_ok_at = call.time
-                if shows_text:
-                    message.first_text_at = call.time
-        elif call.method == "chat.update":
-            found = by_ts.get((channel, str(call.params.get("ts", ""))))
-            if found is None:
-                continue
-            thread_view, message = found
-            if not call.ok:
-                thread_view.rejected_429 += call.status == 429
-                continue
+    for shown in slack.shown:
+        found = by_ts.get((shown.channel, shown.ts))
+        if found is None:
+            continue
+        message = found[1]
+        if shown.method == "chat.postMessage":
+            message.posted_at = shown.time
+        else:
             message.edits += 1
-            message.last_ok_at = call.time
-            if shows_text and math.isnan(message.first_text_at):
-                message.first_text_at = call.time
+        message.last_ok_at = shown.time
+        if _shows_text(shown.markdown) and math.isnan(message.first_text_at):
+            message.first_text_at = shown.time
+    for call in slack.calls:
+        if call.status == 429 and call.method in ("chat.postMessage", "chat.update"):
+            channel = str(call.params.get("channel", ""))
+            if call.method == "chat.postMessage":
+                thread_view = views.get((channel, str(call.params.get("thread_ts") or "")))
+            else:
+                edited = by_ts.get((channel, str(call.params.get("ts", ""))))
+                thread_view = None if edited is None else edited[0]
+            if thread_view is not None:
+                thread_view.rejected_429 += 1
     return views
+
+
+def _shows_text(markdown: str) -> bool:
+    return bool(markdown.strip()) and markdown != PLACEHOLDER
+
+
+def shown_by_thread(slack: BenchSlack) -> dict[tuple[str, str], list[Shown]]:
+    """(channel, root ts) -> what the bot's messages there showed, in the order it became visible."""
+    found: dict[tuple[str, str], list[Shown]] = {}
+    for shown in slack.shown:
+        found.setdefault((shown.channel, shown.thread_ts), []).append(shown)
+    return found
+
+
+def chunk_spans(
+    pieces: Sequence[str], sent_at: Sequence[float], shown: Sequence[Shown], deadline: float
+) -> list[Span]:
+    """One span per chunk the model sent: from its leaving the fake model until the thread first
+    showed the answer up to and including that chunk (the bot's messages in ts order, joined)."""
+    expected = "".join(pieces)
+    ends = list(itertools.accumulate(len(p) for p in pieces))
+    texts: dict[str, str] = {}
+    spans: list[Span] = []
+    chunk, visible = 0, 0
+    for event in shown:
+        texts[event.ts] = event.markdown
+        joined = "".join(texts[ts] for ts in sorted(texts))
+        visible = max(visible, common_prefix(joined, expected))
+        while chunk < len(sent_at) and ends[chunk] <= visible:
+            spans.append(Span(sent_at[chunk], event.time, deadline))
+            chunk += 1
+    spans.extend(Span(at, NAN, deadline) for at in sent_at[chunk:])
+    return spans
+
+
+def common_prefix(a: str, b: str) -> int:
+    """How many leading characters `a` and `b` share (binary search on slices: fast for long texts)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[:mid] == b[:mid]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def upstream_by_tag(aiml: FakeAimlApi) -> dict[str, RecordedRequest]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import platform
@@ -14,45 +13,41 @@ from pathlib import Path
 from typing import Any
 
 from bench.deep import run_deep, sql_statements_per_turn
-from bench.report import evaluate, format_tables, format_targets, write_json
-from bench.scenarios import (
-    SCENARIOS,
-    SLACK_UPDATES_PER_MINUTE,
-    DeepScenario,
-    Scenario,
-    StreamScenario,
-    run_stream,
-)
+from bench.fakes import SlackModel
+from bench.report import evaluate, format_summary, format_tables, format_targets, write_json
+from bench.scenarios import SCENARIOS, DeepScenario, Scenario, StreamScenario, quick, run_stream
 
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "latest.json"
-
-
-def with_real_limits(scenario: Scenario) -> Scenario:
-    """The scenario against Slack's own chat.update rate (and the bot's default budget)."""
-    env = {k: v for k, v in scenario.bot_env.items() if not k.startswith("SLACK_EDIT")}
-    return dataclasses.replace(scenario, slack_updates_per_minute=SLACK_UPDATES_PER_MINUTE, bot_env=env)
+QUICK_UPDATE_SPEEDUP = 12.0  # --quick: chat.update 12x Slack's rate, for development
 
 
 async def run_bench(
     scenarios: Sequence[Scenario],
     *,
+    model: SlackModel | None = None,
     db: str = "sqlite",
     output: Path | None = DEFAULT_OUTPUT,
     sql_count: bool = True,
     log: bool = True,
 ) -> dict[str, Any]:
-    """Run `scenarios` one after another (each against a fresh bot process and database)."""
+    """Run `scenarios` one after another (each against a fresh bot process and database) against
+    a fake Slack that behaves as `model` says (default: Slack's real limits and latency)."""
+    model = model or SlackModel()
+    mode = "full" if model.real_limits else "quick"
+    _say(log, f"mode: {mode} ({_describe(model)})")
     started = time.monotonic()
     switch = sys.getswitchinterval()
     sys.setswitchinterval(0.001)  # the driver thread waits less for the GIL: steadier ack timings
     try:
-        results = await _run_all(scenarios, db, output, sql_count, log)
+        results = await _run_all(scenarios, model, db, output, sql_count, log)
     finally:
         sys.setswitchinterval(switch)
     total = time.monotonic() - started
-    targets = evaluate(results, total if len(scenarios) == len(SCENARIOS) else None)
+    targets = evaluate(results, mode, total if len(scenarios) == len(SCENARIOS) else None)
     data = {
         "meta": {
+            "mode": mode,
+            "slack": model.describe(),
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "database": db,
             "python": sys.version.split()[0],
@@ -66,15 +61,33 @@ async def run_bench(
     if output is not None:
         write_json(output, data)
     _say(log, "")
-    _say(log, format_tables(results))
+    _say(log, format_tables(results, f"{mode}: {_describe(model)}"))
     _say(log, "")
     _say(log, format_targets(targets))
-    _say(log, f"\ntotal {total:.1f} s" + (f"; results in {output}" if output is not None else ""))
+    _say(log, "")
+    _say(log, format_summary(results, f"{mode}: {_describe(model)}", total))
+    minutes = f"{int(total // 60)} min {total % 60:.0f} s"
+    where = f"; results in {output}" if output is not None else ""
+    _say(log, f"\nthe {mode} run took {total:.1f} s ({minutes}){where}")
     return data
 
 
+def _describe(model: SlackModel) -> str:
+    latency = (
+        f"latency p50 {model.latency_p50_ms:g} ms lognormal sigma {model.latency_sigma:g} seed {model.seed}"
+        if model.latency_p50_ms > 0
+        else "no latency"
+    )
+    return f"{model.label}, {latency}"
+
+
 async def _run_all(
-    scenarios: Sequence[Scenario], db: str, output: Path | None, sql_count: bool, log: bool
+    scenarios: Sequence[Scenario],
+    model: SlackModel,
+    db: str,
+    output: Path | None,
+    sql_count: bool,
+    log: bool,
 ) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     logs = None if output is None else output.parent / "logs"
@@ -83,11 +96,11 @@ async def _run_all(
         t0 = time.monotonic()
         try:
             if isinstance(scenario, DeepScenario):
-                result = await run_deep(scenario, db, logs)
+                result = await run_deep(scenario, db, model, logs)
                 if sql_count:
                     result["sql_per_turn"] = await sql_statements_per_turn(scenario.turns, db)
             else:
-                result = await run_stream(scenario, db, logs)
+                result = await run_stream(scenario, db, model, logs)
         except Exception as exc:  # one broken scenario (e.g. the bot did not start) must not hide the rest
             result = {"title": scenario.title, "failed": f"{type(exc).__name__}: {exc}"[:2000]}
             _say(log, f"  FAILED: {result['failed']}")
@@ -102,9 +115,14 @@ def _say(enabled: bool, text: str) -> None:
         print(text, flush=True)
 
 
-def select(keys: str | None, real_limits: bool) -> list[Scenario]:
+def select(keys: str | None, quick_mode: bool) -> list[Scenario]:
     chosen = [SCENARIOS[k] for k in (keys.split(",") if keys else SCENARIOS)]
-    return [with_real_limits(s) if real_limits else s for s in chosen]
+    return [quick(s) for s in chosen] if quick_mode else chosen
+
+
+def slack_model(quick_mode: bool, latency_p50_ms: float, seed: int) -> SlackModel:
+    speedup = QUICK_UPDATE_SPEEDUP if quick_mode else 1.0
+    return SlackModel(update_speedup=speedup, latency_p50_ms=latency_p50_ms, seed=seed)
 
 
 def quiet_library_logs() -> None:
@@ -112,4 +130,4 @@ def quiet_library_logs() -> None:
     logging.basicConfig(level=logging.WARNING)
 
 
-__all__ = ["DEFAULT_OUTPUT", "StreamScenario", "run_bench", "select"]
+__all__ = ["DEFAULT_OUTPUT", "StreamScenario", "run_bench", "select", "slack_model"]

@@ -6,6 +6,7 @@ import asyncio
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -20,8 +21,14 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 
 def summary_ms(seconds: Sequence[float]) -> dict[str, Any]:
-    """n, p50, p99, mean and max of durations given in seconds, reported in milliseconds."""
-    ms = [s * 1000.0 for s in seconds if math.isfinite(s)]
+    """n, p50, p99, mean and max of durations given in seconds, reported in milliseconds.
+
+    Every value counts: a NaN or infinite one raises instead of being dropped (a reply that never
+    got somewhere goes through `spans_ms`, which counts it at its deadline)."""
+    bad = [s for s in seconds if not math.isfinite(s)]
+    if bad:
+        raise ValueError(f"{len(bad)} of {len(seconds)} durations are not finite (e.g. {bad[0]})")
+    ms = [s * 1000.0 for s in seconds]
     if not ms:
         return {"n": 0, "p50": None, "p99": None, "mean": None, "max": None}
     return {
@@ -31,6 +38,33 @@ def summary_ms(seconds: Sequence[float]) -> dict[str, Any]:
         "mean": _round(sum(ms) / len(ms)),
         "max": _round(max(ms)),
     }
+
+
+@dataclass(frozen=True)
+class Span:
+    """One measure of one reply (or one chunk): from `start` until `end`, where the bench stopped
+    waiting at `deadline`. `end` is NaN when it never happened; one after the deadline did not
+    happen in time either. Times are `time.monotonic()` seconds."""
+
+    start: float
+    end: float
+    deadline: float
+
+    @property
+    def never(self) -> bool:
+        return not math.isfinite(self.end) or self.end > self.deadline
+
+    @property
+    def seconds(self) -> float:
+        """The duration; one that never ended counts up to the deadline (so it is a lower bound)."""
+        return (self.deadline if self.never else self.end) - self.start
+
+
+def spans_ms(spans: Sequence[Span]) -> dict[str, Any]:
+    """`summary_ms` over every span, with `never`: how many of them count at their deadline."""
+    summary = summary_ms([s.seconds for s in spans])
+    summary["never"] = sum(1 for s in spans if s.never)
+    return summary
 
 
 def slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:

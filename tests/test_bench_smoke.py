@@ -1,4 +1,5 @@
-"""The benchmark's own code path, shortened: scenario (a) with 40 chunks against the real bot process."""
+"""The benchmark's own code path, shortened: scenario (a) with 2 replies of 40 chunks against the real
+bot process, behind a fake Slack with Slack's real limits and latency."""
 
 from __future__ import annotations
 
@@ -6,24 +7,32 @@ import dataclasses
 import json
 from pathlib import Path
 
+from bench.fakes import SlackModel
 from bench.runner import run_bench
-from bench.scenarios import SCENARIOS
+from bench.scenarios import SCENARIOS, StreamScenario
 
 
 async def test_a_short_single_stream_benchmark_writes_complete_results(tmp_path: Path) -> None:
-    short = dataclasses.replace(SCENARIOS["a"], words=40)
+    single = SCENARIOS["a"]
+    assert isinstance(single, StreamScenario) and single.sequential and single.conversations >= 20
+    short = dataclasses.replace(single, conversations=2, words=40)
     output = tmp_path / "latest.json"
 
-    await run_bench([short], output=output, log=False)
+    await run_bench([short], model=SlackModel(latency_p50_ms=20.0), output=output, log=False)
 
     data = json.loads(output.read_text())
+    assert data["meta"]["mode"] == "full"
+    assert data["meta"]["slack"]["real_limits"] is True
     result = data["scenarios"]["a"]
     assert result["complete_pct"] == 100.0
     assert result["errors"]["count"] == 0 and result["bot_exit_code"] == 0
     assert result["stream"]["chunks"] == 40
     for metric in ("ack_ms", "placeholder_ms", "stream_overhead_ms", "last_token_to_final_ms"):
-        assert result[metric]["n"] == 1 and result[metric]["p50"] is not None, metric
-        assert result[metric]["p99"] is not None, metric
+        assert result[metric]["n"] == 2 and result[metric]["never"] == 0, metric
+        assert result[metric]["p50"] is not None and result[metric]["p99"] is not None, metric
+    # Every chunk of both replies was timed into Slack, and Slack's latency is part of it.
+    assert result["chunk_lag_ms"]["n"] == 80 and result["chunk_lag_ms"]["never"] == 0
+    assert result["chunk_lag_ms"]["p50"] > 0
     assert result["edits_per_reply"]["mean"] >= 1
     assert result["slack_429s"] == 0
     assert result["replies_per_second"] > 0

@@ -1,0 +1,96 @@
+"""The benchmark's statistics: every reply is in every percentile, and chunks are timed into Slack."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench.fakes import Shown
+from bench.observe import chunk_spans, common_prefix
+from bench.stats import Span, percentile, spans_ms, summary_ms
+
+NAN = math.nan
+
+
+def test_a_reply_that_never_got_there_counts_at_the_deadline_and_as_never() -> None:
+    # 98 replies in 100 ms; two never showed anything before the bench gave up 30 s after their event.
+    spans = [Span(float(i), i + 0.1, 1000.0) for i in range(98)] + [Span(970.0, NAN, 1000.0)] * 2
+
+    summary = spans_ms(spans)
+
+    assert summary["n"] == 100
+    assert summary["never"] == 2
+    assert summary["p50"] == 100.0
+    assert summary["p99"] == 30_000.0  # without the two missing replies it would be 100 ms
+
+
+def test_a_reply_that_arrived_only_after_the_deadline_counts_as_never() -> None:
+    # The bot stopped (SIGTERM) after the bench gave up and then wrote its "interrupted" edit.
+    late = Span(0.0, 12.0, 10.0)
+
+    summary = spans_ms([late])
+
+    assert summary["never"] == 1
+    assert summary["p50"] == 10_000.0
+
+
+def test_summary_refuses_a_missing_value_instead_of_dropping_it() -> None:
+    with pytest.raises(ValueError, match="1 of 3 durations are not finite"):
+        summary_ms([0.1, NAN, 0.2])
+
+
+def test_percentiles_interpolate_between_ranks() -> None:
+    values = [float(v) for v in range(1, 101)]
+
+    assert percentile(values, 50) == pytest.approx(50.5)
+    assert percentile(values, 99) == pytest.approx(99.01)
+    assert percentile([], 50) is None
+
+
+def _shown(at: float, ts: str, markdown: str) -> Shown:
+    return Shown(at, "chat.update", "C1", "1.000001", ts, markdown)
+
+
+def test_each_chunk_is_timed_until_the_thread_first_shows_it() -> None:
+    pieces = ["Hello", " big", " world."]
+    sent = [1.0, 1.1, 1.2]
+    shown = [
+        _shown(1.05, "2.000001", "_Thinking…_"),
+        _shown(1.5, "2.000001", "Hello b"),  # the first chunk, half of the second
+        _shown(2.5, "2.000001", "Hello big world."),
+    ]
+
+    spans = chunk_spans(pieces, sent, shown, deadline=9.0)
+
+    assert [round(s.seconds, 3) for s in spans] == [0.5, 1.4, 1.3]
+    assert not any(s.never for s in spans)
+
+
+def test_a_chunk_continued_in_a_second_message_is_visible_once_that_message_shows_it() -> None:
+    pieces = ["One.", " Two."]
+    shown = [
+        _shown(1.0, "2.000001", "One."),
+        _shown(2.0, "2.000002", " Tw"),
+        _shown(3.0, "2.000002", " Two."),
+    ]
+
+    spans = chunk_spans(pieces, [0.5, 0.6], shown, deadline=9.0)
+
+    assert [s.end for s in spans] == [1.0, 3.0]
+
+
+def test_chunks_the_thread_never_showed_count_at_the_deadline() -> None:
+    pieces = ["Hello", " world."]
+
+    spans = chunk_spans(pieces, [1.0, 2.0], [_shown(1.5, "2.000001", "Hello")], deadline=10.0)
+
+    assert [s.never for s in spans] == [False, True]
+    assert spans_ms(spans)["max"] == 8_000.0
+
+
+def test_common_prefix_counts_shared_leading_characters() -> None:
+    assert common_prefix("Hello world", "Hello there") == 6
+    assert common_prefix("abc", "abc") == 3
+    assert common_prefix("", "abc") == 0
+    assert common_prefix("xbc", "abc") == 0
