@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.slack.digest_blocks import TERMINAL_ID, digest_message
 from bot.slack.people import UserDirectory
+from bot.slack.retries import with_rate_limit_retries
 from bot.storage import digest_runs
 from bot.storage.digest_runs import Claim
 from bot.usage.report import DigestReport, build_report
@@ -175,7 +176,7 @@ async def run_digest(
         directory = people if people is not None else UserDirectory(client)
         names = await directory.names(share.key for share in report.top_users if share.key != TERMINAL_ID)
         message = digest_message(report, names)
-        response = await client.chat_postMessage(
+        response = await with_rate_limit_retries(client).chat_postMessage(
             channel=channel, text=message.text, blocks=message.blocks, unfurl_links=False, unfurl_media=False
         )
         slack_ts = str(response["ts"])

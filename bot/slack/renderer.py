@@ -12,7 +12,6 @@ Errors from slack_sdk are translated here:
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -21,11 +20,11 @@ from typing import Any, Literal, Protocol
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.conversation.ports import ReplyPart, ReplySummary
 from bot.slack.edit_budget import EditBudget
+from bot.slack.retries import without_rate_limit_retries
 from bot.slack.text import (
     MAX_MESSAGE_CHARS,
     SplitPoint,
@@ -94,16 +93,6 @@ def _classify(exc: Exception) -> tuple[Kind, float]:
             return "transient", 0.0
         return "fatal", 0.0
     return "transient", 0.0  # aiohttp.ClientError, TimeoutError
-
-
-def without_rate_limit_retries(client: AsyncWebClient) -> AsyncWebClient:
-    """The same client minus slack_sdk's 429 retry handler, so rate limits reach the edit budget."""
-    kept = [h for h in client.retry_handlers if not isinstance(h, AsyncRateLimitErrorRetryHandler)]
-    if len(kept) == len(client.retry_handlers):
-        return client
-    clone = copy.copy(client)
-    clone.retry_handlers = kept
-    return clone
 
 
 def _answer_payload(text: str) -> _Payload:
