@@ -20,6 +20,7 @@ from bot.llm.types import ChatMessage
 from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
 from bot.slack.events import readable, strip_bot_mention, user_ids_in
 from bot.slack.names import DisplayNames
+from bot.slack.retries import with_rate_limit_retries
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 # (200 a page) or 140 for a distributed one (15 a page, and 1 call a minute: its second page is
 # refused, and the bot answers with the first).
 PAGES = 10
+BACKFILL_MAX_WAIT = 3.0  # seconds of one Retry-After a backfill sleeps through
 PAGE_SIZE = 200
 # Names of the backfilled messages' authors and of the people they mention, for the whole backfill.
 NAME_LOOKUPS = 25
@@ -73,6 +75,9 @@ async def _read(
     seen: set[str] = set()
     before = _ts_key(spot.before_ts)
     cursor: str | None = None
+    # Tier 3 allows short bursts: a brief Retry-After while paging is waited out; a long one (1 a
+    # minute for distributed apps) means answering with what arrived.
+    client = with_rate_limit_retries(client, max_retries=2, max_wait=BACKFILL_MAX_WAIT)
     try:
         for _ in range(PAGES):
             response = await client.conversations_replies(

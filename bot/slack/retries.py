@@ -10,11 +10,14 @@ from slack_sdk.http_retry.request import HttpRequest
 from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
-SHORT_WAIT = 10.0  # seconds of Retry-After worth sleeping through; longer is left to the next run
-
 
 class ShortRateLimitRetries(AsyncRateLimitErrorRetryHandler):
-    """slack_sdk's 429 handler, but only for a short `Retry-After`: a long one is the caller's to report."""
+    """slack_sdk's 429 handler, but only for a `Retry-After` of at most `max_wait` seconds: a longer
+    one is the caller's to report or work around."""
+
+    def __init__(self, max_retry_count: int, max_wait: float) -> None:
+        super().__init__(max_retry_count=max_retry_count)
+        self.max_wait = max_wait
 
     async def _can_retry_async(
         self,
@@ -28,7 +31,7 @@ class ShortRateLimitRetries(AsyncRateLimitErrorRetryHandler):
             return False
         retry_after = next((v for k, v in response.headers.items() if k.lower() == "retry-after"), ["1"])
         try:
-            return float(retry_after[0]) <= SHORT_WAIT
+            return float(retry_after[0]) <= self.max_wait
         except (ValueError, IndexError):
             return False
 
@@ -43,13 +46,16 @@ def without_rate_limit_retries(client: AsyncWebClient) -> AsyncWebClient:
     return clone
 
 
-def with_rate_limit_retries(client: AsyncWebClient, max_retries: int = 5) -> AsyncWebClient:
+def with_rate_limit_retries(
+    client: AsyncWebClient, *, max_retries: int = 5, max_wait: float = 10.0
+) -> AsyncWebClient:
     """The same client with a handler that sleeps a short `Retry-After` and retries the 429.
 
-    For one-off posts that may wait (the digest catching up several days into one channel meets
-    chat.postMessage's one-a-second limit), never for streaming, whose budget must see every 429.
+    For calls that may wait a little (the digest catching up several days into one channel meets
+    chat.postMessage's one-a-second limit; a backfill paging a long thread meets Tier 3), never for
+    streaming, whose budget must see every 429.
     """
     others = without_rate_limit_retries(client).retry_handlers
     clone = copy.copy(client)
-    clone.retry_handlers = [*others, ShortRateLimitRetries(max_retry_count=max_retries)]
+    clone.retry_handlers = [*others, ShortRateLimitRetries(max_retries, max_wait)]
     return clone
