@@ -28,6 +28,7 @@ from bot.settings import Settings, SettingsError
 from bot.slack.edit_budget import EditBudgets
 from bot.slack.handler import HandlerConfig, SlackTurns
 from bot.slack.listeners import register_listeners
+from bot.slack.people import UserDirectory
 from bot.slack.usage_command import register_usage_command
 from bot.storage.db import check_database, create_engine, describe, session_factory
 from bot.storage.migrate import upgrade_head
@@ -155,6 +156,7 @@ class BotRuntime:
         bolt = build_bolt(settings, self.client)
         budgets = EditBudgets(settings.slack_edits_per_minute, settings.slack_edit_burst)
         export_live_state(self.metrics, budgets, core.engine)
+        people = UserDirectory(self.client)  # one users.info cache for turns and /usage
         self.turns = SlackTurns(
             core.service,
             core.sessions,
@@ -163,6 +165,7 @@ class BotRuntime:
             HandlerConfig(
                 settings.stream_update_interval, settings.thread_followups, settings.thread_backfill_limit
             ),
+            people,
         )
         maintenance = Maintenance(
             core.sessions,
@@ -175,7 +178,7 @@ class BotRuntime:
         await maintenance.at_start_up()  # logs and counts its own failures: start-up goes on
         self._maintenance = asyncio.create_task(maintenance.run_forever(), name="maintenance")
         register_listeners(bolt, self.turns, self.metrics)
-        register_usage_command(bolt, core.sessions, settings.digest_zone)
+        register_usage_command(bolt, core.sessions, settings.digest_zone, people=people)
         if settings.usage_digest_channel:
             job = DigestJob(
                 sessions=core.sessions,

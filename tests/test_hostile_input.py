@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bot.slack.names import LOOKUPS_PER_MESSAGE
+from bot.slack.people import LOOKUPS_PER_MESSAGE
 from tests.fakes.aimlapi import Reply
 from tests.fakes.slack_api import FakeUser
 from tests.harness import Bot, make_settings, mention, running_bot, signed_headers

@@ -10,7 +10,7 @@ import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.slack.backfill import PAGES
-from bot.slack.names import DisplayNames
+from bot.slack.people import UserDirectory
 from tests.fakes.aimlapi import Reply
 from tests.fakes.slack_api import FakeSlackApi, FakeUser, reject
 from tests.harness import make_settings, mention, running_bot
@@ -135,31 +135,12 @@ def client(slack: FakeSlackApi) -> AsyncWebClient:
     return AsyncWebClient(token="xoxb-test", base_url=slack.api_url)
 
 
-async def test_the_name_cache_keeps_the_most_recently_used_names_up_to_its_size(slack, client):
-    for user in ("U2", "U3", "U4"):
-        slack.users[user] = FakeUser(real_name=f"Person {user}")
-    names = DisplayNames(size=2, ttl=3600)
-    await names.resolve(client, ["U2", "U3"])
-    await names.resolve(client, ["U2"])  # U2 is now the most recently used
-    await names.resolve(client, ["U4"])  # ...so U3 is dropped
-    assert len(names) == 2
-    looked_up = len(slack.calls_to("users.info"))
-    assert await names.resolve(client, ["U2", "U4"]) == {"U2": "Person U2", "U4": "Person U4"}
-    assert len(slack.calls_to("users.info")) == looked_up
-    await names.resolve(client, ["U3"])
-    assert len(slack.calls_to("users.info")) == looked_up + 1
-
-
-async def test_an_expired_name_is_looked_up_again(slack, client):
-    slack.users["U2"] = FakeUser(real_name="Old Name")
-    names = DisplayNames(ttl=0)
-    assert await names.resolve(client, ["U2"]) == {"U2": "Old Name"}
-    slack.users["U2"] = FakeUser(real_name="New Name")
-    assert await names.resolve(client, ["U2"]) == {"U2": "New Name"}
-
-
 async def test_names_are_looked_up_at_most_a_bounded_number_of_times_per_message(slack, client):
     for i in range(30):
         slack.users[f"U{i:03d}"] = FakeUser(real_name=f"Person {i}")
-    found = await DisplayNames().resolve(client, [f"U{i:03d}" for i in range(30)], lookups=5)
+    people = UserDirectory(client)
+    found = await people.names([f"U{i:03d}" for i in range(30)], lookups=5)
     assert len(found) == 5 and len(slack.calls_to("users.info")) == 5
+    # Cached names cost no look-up: the next message naming them all resolves the 5 known plus 5 more.
+    again = await people.names([f"U{i:03d}" for i in range(30)], lookups=5)
+    assert len(again) == 10 and len(slack.calls_to("users.info")) == 10

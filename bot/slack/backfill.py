@@ -19,7 +19,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.llm.types import ChatMessage
 from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
 from bot.slack.events import readable, strip_bot_mention, user_ids_in
-from bot.slack.names import DisplayNames
+from bot.slack.people import UserDirectory
 from bot.slack.retries import with_rate_limit_retries
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class ThreadSpot:
 
 async def thread_context(
     client: AsyncWebClient,
-    names: DisplayNames,
+    people: UserDirectory,
     spot: ThreadSpot,
     *,
     limit: int,
@@ -63,7 +63,7 @@ async def thread_context(
     messages = [m for m in (root, *newest) if m is not None]
     authors = [m["user"] for m in messages if _is_person(m)]
     mentioned = [uid for m in messages for uid in user_ids_in(m["text"])]
-    known = await names.resolve(client, [*authors, *mentioned], lookups=NAME_LOOKUPS)
+    known = await people.names([*authors, *mentioned], lookups=NAME_LOOKUPS)
     return [_as_chat(m, known, bot_user_id) for m in messages]
 
 

@@ -44,7 +44,7 @@ from bot.slack.events import (
     strip_bot_mention,
     user_ids_in,
 )
-from bot.slack.names import DisplayNames
+from bot.slack.people import LOOKUPS_PER_MESSAGE, UserDirectory
 from bot.slack.renderer import SlackDeliveryError, SlackReply
 from bot.storage.conversations import ConversationKey
 from bot.storage.db import error_reason
@@ -77,12 +77,13 @@ class SlackTurns:
         budgets: EditBudgets,
         metrics: Metrics,
         config: HandlerConfig,
+        people: UserDirectory,
     ) -> None:
         self._service = service
         self._budgets = budgets
         self._metrics = metrics
         self._config = config
-        self._names = DisplayNames()
+        self._people = people
         order = TurnOrder()
         self._admission = Admission(sessions, order, thread_followups=config.thread_followups)
         # Read from the line itself at scrape time, so the gauges are right on every path.
@@ -183,10 +184,10 @@ class SlackTurns:
         if admitted.new_thread and incoming.in_existing_thread:
             spot = ThreadSpot(incoming.channel_id, incoming.thread_ts, incoming.ts, frozenset(reply.refs))
             backfill = await thread_context(
-                client, self._names, spot, limit=self._config.backfill_limit, bot_user_id=bot_user_id
+                client, self._people, spot, limit=self._config.backfill_limit, bot_user_id=bot_user_id
             )
         text = strip_bot_mention(incoming.text, bot_user_id)
-        names = await self._names.resolve(client, user_ids_in(text))
+        names = await self._people.names(user_ids_in(text), lookups=LOOKUPS_PER_MESSAGE)
         turn = Turn(admitted.arrival.key, incoming.kind, readable(text, names), incoming.user_id, backfill)
         return await self._service.reply(turn, reply)
 

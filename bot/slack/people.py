@@ -1,7 +1,8 @@
-"""Who a Slack user id is (display name, time zone): users.info behind a small, bounded cache.
+"""Who a Slack user id is (display name, time zone): users.info behind one small, bounded cache.
 
 Entries expire after a TTL and the least recently used go first when the cache is full; a failed
-look-up is not cached, so the next caller asks Slack again.
+look-up is not cached, so the next caller asks Slack again. One directory per process serves the
+turns (names in messages), `/usage` (time zones) and the digest (top users).
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 log = logging.getLogger(__name__)
 
-MAX_ENTRIES = 1_000
+MAX_ENTRIES = 10_000  # a busy workspace's active people; the least recently used go first
+# users.info is Tier 4 (about 100 calls a minute per workspace, shared by every turn). A person names a
+# handful of people in one message; a hostile one can name 10,000. Ten look-ups per message keep one
+# message to a tenth of the minute's budget; the rest stay ids (`@U123`), which the model can still use.
+LOOKUPS_PER_MESSAGE = 10
 TTL_SECONDS = 3_600.0  # people rarely rename themselves or move zones; an hour of staleness is fine
 LOOKUP_TIMEOUT = 5.0
 
@@ -67,13 +72,23 @@ class UserDirectory:
         """How many people are cached now (never more than `max_entries`)."""
         return len(self._entries)
 
+    def cached(self, user_id: str) -> Person | None:
+        """The person behind `user_id` if a fresh entry is cached; never calls Slack."""
+        entry = self._entries.get(user_id)
+        if entry is None:
+            return None
+        if entry[0] <= self._clock():
+            del self._entries[user_id]
+            return None
+        self._entries.move_to_end(user_id)
+        return entry[1]
+
     async def lookup(self, user_id: str) -> Person | None:
         """The person behind `user_id`, or None when Slack cannot say right now."""
+        cached = self.cached(user_id)
+        if cached is not None:
+            return cached
         now = self._clock()
-        cached = self._entries.get(user_id)
-        if cached is not None and cached[0] > now:
-            self._entries.move_to_end(user_id)
-            return cached[1]
         try:
             async with asyncio.timeout(self._timeout):
                 response = await self._client.users_info(user=user_id)
@@ -91,8 +106,17 @@ class UserDirectory:
             self._entries.popitem(last=False)
         return person
 
-    async def names(self, user_ids: Iterable[str]) -> dict[str, str]:
-        """Display names of the ids Slack knows; ids it cannot resolve are left out."""
+    async def names(self, user_ids: Iterable[str], *, lookups: int | None = None) -> dict[str, str]:
+        """Display names of the ids Slack knows; ids it cannot resolve are left out.
+
+        `lookups` bounds the users.info calls (None: no bound): ids past it are named only if cached.
+        """
         ids = list(dict.fromkeys(user_ids))
-        people = await asyncio.gather(*(self.lookup(user_id) for user_id in ids))
-        return {person.user_id: person.name for person in people if person is not None}
+        found = {uid: person for uid in ids if (person := self.cached(uid)) is not None}
+        missing = [uid for uid in ids if uid not in found]
+        if lookups is not None:
+            missing = missing[: max(lookups, 0)]
+        for person in await asyncio.gather(*(self.lookup(uid) for uid in missing)):
+            if person is not None:
+                found[person.user_id] = person
+        return {uid: person.name for uid, person in found.items()}
