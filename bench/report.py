@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -164,8 +165,27 @@ def _target(name: str, value: Any, limit: str, ok: bool | None) -> dict[str, Any
     return {"target": name, "value": value, "limit": limit, "pass": ok}
 
 
+Z_99 = 2.326  # the standard normal's 99th percentile
+
+
+def _update_latency_ms(slack: dict[str, Any], z: float) -> float:
+    """The fake Slack's own chat.update latency at a quantile (lognormal; 0 when latency is off).
+
+    The overhead of showing a chunk includes one edit's round trip to Slack, which the bot cannot
+    shorten: the (a) targets are the bot's own 50 / 250 ms on top of it.
+    """
+    latency = slack.get("latency")
+    if not latency:
+        return 0.0
+    factor = latency["factor_by_method"].get("chat.update", 1.0)
+    return float(latency["p50_ms"] * factor * math.exp(z * latency["sigma"]))
+
+
 def evaluate(
-    scenarios: dict[str, dict[str, Any]], mode: str, total_seconds: float | None
+    scenarios: dict[str, dict[str, Any]],
+    mode: str,
+    total_seconds: float | None,
+    slack: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The issue's targets; `pass` is None when the scenario did not run."""
 
@@ -178,14 +198,16 @@ def evaluate(
     p99 = c["ack_ms"]["p99"] if c else None
     targets.append(_target("(c) ack p99", p99, "< 50 ms", None if p99 is None else p99 < 50))
     a = got("a")
-    for q, limit in (("p50", 50), ("p99", 250)):
+    for q, z, limit in (("p50", 0.0, 50), ("p99", Z_99, 250)):
         value = a["stream_overhead_ms"][q] if a else None
+        slack_ms = _update_latency_ms(slack or {}, z)
+        bound = limit + slack_ms
         targets.append(
             _target(
                 f"(a) streaming overhead {q}",
                 value,
-                f"< {limit} ms",
-                None if value is None else value < limit,
+                f"< {limit} ms + Slack's {slack_ms:.0f} ms" if slack_ms else f"< {limit} ms",
+                None if value is None else value < bound,
             )
         )
     for key, v in scenarios.items():

@@ -43,7 +43,7 @@ async def run_bench(
     finally:
         sys.setswitchinterval(switch)
     total = time.monotonic() - started
-    targets = evaluate(results, mode, total if len(scenarios) == len(SCENARIOS) else None)
+    targets = evaluate(results, mode, total if len(scenarios) == len(SCENARIOS) else None, model.describe())
     data = {
         "meta": {
             "mode": mode,

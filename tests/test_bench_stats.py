@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
 from bench.fakes import Shown
 from bench.observe import chunk_spans, common_prefix
+from bench.report import evaluate
 from bench.stats import Span, percentile, spans_ms, summary_ms
 
 NAN = math.nan
@@ -94,3 +96,25 @@ def test_common_prefix_counts_shared_leading_characters() -> None:
     assert common_prefix("abc", "abc") == 3
     assert common_prefix("", "abc") == 0
     assert common_prefix("xbc", "abc") == 0
+
+
+def _overhead_verdicts(p50: float, p99: float, slack: dict[str, Any] | None) -> list[bool | None]:
+    scenarios: dict[str, dict[str, Any]] = {
+        "a": {
+            "stream_overhead_ms": {"p50": p50, "p99": p99},
+            "complete_pct": 100.0,
+            "errors": {"count": 0},
+            "bot_exit_code": 0,
+        }
+    }
+    targets = evaluate(scenarios, "full", None, slack)
+    return [t["pass"] for t in targets if t["target"].startswith("(a) streaming overhead")]
+
+
+def test_the_streaming_overhead_target_adds_only_slacks_own_edit_latency() -> None:
+    latency = {"latency": {"p50_ms": 60.0, "sigma": 0.5, "seed": 1, "factor_by_method": {}}}
+    # p50 bound 50 + 60 ms; p99 bound 250 + 60 * e^(2.326 * 0.5) = about 442 ms.
+    assert _overhead_verdicts(105.0, 400.0, latency) == [True, True]
+    assert _overhead_verdicts(115.0, 450.0, latency) == [False, False]
+    # Without latency the bot's own 50 / 250 ms are the whole bound.
+    assert _overhead_verdicts(55.0, 200.0, None) == [False, True]
