@@ -193,13 +193,24 @@ def _turn_spans(
     return spans
 
 
+# Tasks of the bot's own housekeeping (bot/app.py, bot/conversation/ledger.py): not part of a turn.
+BACKGROUND_TASKS = frozenset({"maintenance", "ledger-spool"})
+
+
 class StatementCounter:
-    """`before_cursor_execute` listener: statements by their first keyword."""
+    """`before_cursor_execute` listener: a turn's statements by their first keyword."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self.background = 0  # housekeeping statements, left out of the turns' counts
 
     def __call__(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        # SQLAlchemy's async engine runs this hook inside the awaiting task: the housekeeping loop's
+        # statements (every 15 s, whatever the turns do) are not a turn's cost.
+        task = asyncio.current_task()
+        if task is not None and task.get_name() in BACKGROUND_TASKS:
+            self.background += 1
+            return
         self.counts[statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "?"] += 1
 
 
