@@ -19,7 +19,7 @@ RUN /opt/venv/bin/pip install --no-deps --no-build-isolation --no-index .
 
 FROM python:3.11.15-slim-bookworm
 # DATABASE_URL: the /data volume. A relative SQLite path would land in the container's own layer and
-# be lost on upgrade, so the entrypoint refuses one. USAGE_SPOOL_DIR: ledger rows that wait out a
+# be lost on upgrade, so the entrypoint puts this default back (with a warning). USAGE_SPOOL_DIR: ledger rows that wait out a
 # database outage live on the volume too, so a recreated container still replays them.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

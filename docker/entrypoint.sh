@@ -3,15 +3,18 @@
 set -eu
 
 # The image sets DATABASE_URL to the /data volume. A relative SQLite path (three slashes, e.g. the
-# old .env.example's sqlite+aiosqlite:///data/bot.db) resolves inside the container's own layer,
-# which the next upgrade throws away with every conversation and the usage ledger: refuse it.
+# old .env.example's sqlite+aiosqlite:///data/bot.db) would resolve inside the container's own layer,
+# which the next upgrade throws away with every conversation and the usage ledger: the image's
+# default wins over it, with a warning. (IMAGE_DATABASE_URL exists for the tests, which run this
+# script outside the image.)
+image_database_url="${IMAGE_DATABASE_URL:-sqlite+aiosqlite:////data/bot.db}"
 case "${DATABASE_URL:-}" in
   sqlite*:////* | sqlite*:///:memory:* | sqlite*://) ;;
   sqlite*:///*)
-    echo "error: DATABASE_URL: the SQLite path '${DATABASE_URL#*:///}' is relative, so the database" \
-      "would live in the container and be lost on upgrade; leave DATABASE_URL unset to use the" \
-      "/data volume, or give an absolute path (sqlite+aiosqlite:////data/bot.db)" >&2
-    exit 2
+    echo "warning: DATABASE_URL: the SQLite path '${DATABASE_URL#*:///}' is relative, so the database" \
+      "would live in the container and be lost on upgrade; using the /data volume instead" \
+      "(${image_database_url}). Give an absolute path to choose another file." >&2
+    export DATABASE_URL="$image_database_url"
     ;;
 esac
 

@@ -49,14 +49,22 @@ def test_other_commands_pass_through(tmp_path):
     assert "No usage" in result.stdout
 
 
-def test_a_relative_sqlite_path_is_refused_because_the_database_would_be_lost_on_upgrade(tmp_path):
+def test_a_relative_sqlite_path_gives_way_to_the_images_volume_so_no_upgrade_loses_the_database(tmp_path):
     # The old .env.example's value: with WORKDIR /app it would land in the container's own layer.
-    result = run_entrypoint(tmp_path, "run", DATABASE_URL="sqlite+aiosqlite:///data/bot.db")
-    assert result.returncode == 2
-    [line] = result.stderr.strip().splitlines()
-    assert line.startswith("error: DATABASE_URL: the SQLite path 'data/bot.db' is relative")
-    assert "/data volume" in line
-    assert not (tmp_path / "data").exists()  # refused before anything was created
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    result = run_entrypoint(
+        tmp_path,
+        "migrate",
+        DATABASE_URL="sqlite+aiosqlite:///data/bot.db",
+        IMAGE_DATABASE_URL=f"sqlite+aiosqlite:///{volume}/bot.db",
+    )
+    assert result.returncode == 0, result.stderr
+    warning = result.stderr.strip().splitlines()[0]
+    assert warning.startswith("warning: DATABASE_URL: the SQLite path 'data/bot.db' is relative")
+    assert "/data volume" in warning
+    assert (volume / "bot.db").exists()  # the image's database was migrated...
+    assert not (tmp_path / "data").exists()  # ...and nothing landed in the container's layer
 
 
 def test_an_absolute_sqlite_path_and_postgresql_pass_the_check(tmp_path):
