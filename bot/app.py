@@ -156,7 +156,7 @@ class BotRuntime:
         bolt = build_bolt(settings, self.client)
         budgets = EditBudgets(settings.slack_edits_per_minute, settings.slack_edit_burst)
         export_live_state(self.metrics, budgets, core.engine)
-        people = UserDirectory(self.client)  # one users.info cache for turns and /usage
+        people = UserDirectory(self.client)  # one users.info cache: turns, /usage, the digest
         self.turns = SlackTurns(
             core.service,
             core.sessions,
@@ -186,6 +186,7 @@ class BotRuntime:
                 channel=settings.usage_digest_channel,
                 tz=settings.digest_zone,
                 balance=core.llm,
+                directory=people,
             )
             self._scheduler = build_scheduler(job, run_at=settings.digest_time, tz=settings.digest_zone)
             self._scheduler.start()

@@ -162,7 +162,8 @@ async def test_ctrl_c_during_an_answer_stops_it_and_marks_it_interrupted(tmp_pat
     while b"word" not in seen:
         seen += await asyncio.wait_for(chat.stdout.read(64), 30)
     chat.send_signal(signal.SIGINT)
-    await asyncio.sleep(0.5)
+    while b"interrupted" not in seen:  # the answer ends with its note before we leave
+        seen += await asyncio.wait_for(chat.stdout.read(64), 30)
     chat.stdin.close()  # Ctrl-D: leave
     out, err = await asyncio.wait_for(chat.communicate(), 30)
     assert chat.returncode == 0, err.decode()

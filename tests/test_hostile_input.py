@@ -136,10 +136,11 @@ async def test_a_mention_with_deeply_nested_blocks_is_answered_from_its_text(bot
     "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", None]
 )
 async def test_a_wrong_content_type_does_not_crash_the_bot(bot, aiml, content_type):
+    # Signed bodies are read by their shape, whatever the header says: a quiet 200 for each.
     status = await post(bot, json.dumps(envelope({"type": "reaction_added", "user": "U1"})), content_type)
-    assert status < 500
+    assert status == 200
     form = "command=%2Fusage&text=" + "%FF" * 10
-    assert await post(bot, form, content_type) < 500
+    assert await post(bot, form, content_type) == 200
     await still_answers(bot, aiml)
 
 

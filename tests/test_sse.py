@@ -8,17 +8,23 @@ from typing import Any
 import pytest
 
 from bot.llm.sse import (
+    MAX_EVENT_CHARS,
     ChunkEvent,
     DoneEvent,
     ErrorEvent,
     SseDecoder,
+    SseEvent,
     StreamAccumulator,
     iter_events,
     parse_chunk,
-    parse_line,
     parse_usage,
 )
 from bot.llm.types import Delta, Usage
+
+
+def parse_line(line: str) -> SseEvent | None:
+    """What the client's decoder makes of one line arriving alone."""
+    return SseDecoder().feed(line)
 
 
 def data(payload: dict[str, Any]) -> str:
@@ -243,3 +249,13 @@ def test_multi_line_data_is_passed_on_as_soon_as_it_is_whole() -> None:
     assert decoder.feed("data: }") == ChunkEvent(content="Now.")
     assert decoder.feed("data: {cut off by the end of the body") is None
     assert decoder.end() is None
+
+
+def test_data_that_never_forms_an_event_is_dropped_once_it_passes_the_bound() -> None:
+    decoder = SseDecoder()
+    piece = "data: " + "x" * 100_000
+    for _ in range(MAX_EVENT_CHARS // 100_000 + 1):
+        assert decoder.feed(piece) is None
+    assert decoder._waiting <= MAX_EVENT_CHARS  # bounded: the junk was let go
+    # ...and the next whole chunk still comes through.
+    assert decoder.feed(data({"choices": [{"delta": {"content": "ok"}}]})) == ChunkEvent(content="ok")

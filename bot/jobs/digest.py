@@ -21,6 +21,7 @@ from bot.slack.digest_blocks import TERMINAL_ID, digest_message
 from bot.slack.people import UserDirectory
 from bot.slack.retries import with_rate_limit_retries
 from bot.storage import digest_runs
+from bot.storage.db import UNAVAILABLE
 from bot.storage.digest_runs import Claim
 from bot.usage.report import DigestReport, build_report
 
@@ -125,7 +126,7 @@ async def _release(sessions: async_sessionmaker[AsyncSession], day: date, channe
         async with sessions() as session:
             await digest_runs.release(session, day, channel)
             await session.commit()
-    except (SQLAlchemyError, OSError) as exc:
+    except UNAVAILABLE as exc:
         # The claim goes stale on its own after digest_runs.STALE_AFTER, so a retry still happens.
         log.warning("could not release the digest claim: %s", type(exc).__name__)
 
@@ -155,7 +156,7 @@ async def run_digest(
         async with sessions() as session:
             claim = await digest_runs.claim(session, day, channel)
             await session.commit()
-    except (SQLAlchemyError, OSError) as exc:
+    except UNAVAILABLE as exc:
         problem = (
             f"database error ({type(exc).__name__}): check DATABASE_URL, that the database is up, and that "
             "it is migrated (python -m bot migrate)."
@@ -211,7 +212,7 @@ async def _dry_run(
     try:
         async with sessions() as session:
             report = await build_report(session, day, tz)
-    except (SQLAlchemyError, OSError) as exc:
+    except UNAVAILABLE as exc:
         problem = (
             f"cannot read usage ({type(exc).__name__}): check DATABASE_URL, that the database is up, and "
             "that it is migrated (python -m bot migrate)."
@@ -225,7 +226,7 @@ async def _mark_posted(sessions: async_sessionmaker[AsyncSession], day: date, ch
         async with sessions() as session:
             await digest_runs.mark_posted(session, day, channel, ts)
             await session.commit()
-    except (SQLAlchemyError, OSError) as exc:
+    except UNAVAILABLE as exc:
         # The message is in Slack; if the claim goes stale a later run may post the day a second time.
         log.error("usage digest posted (ts %s) but not recorded: %s", ts, type(exc).__name__)
 
@@ -239,11 +240,12 @@ class DigestJob:
     channel: str
     tz: ZoneInfo
     balance: BalanceSource | None = None
+    directory: UserDirectory | None = None  # the process's users.info cache, when it has one
 
     @cached_property
     def people(self) -> UserDirectory:
         # One bounded cache for the life of the job: a catch-up of several days looks each name up once.
-        return UserDirectory(self.client)
+        return self.directory if self.directory is not None else UserDirectory(self.client)
 
     async def run(self, day: date, *, dry_run: bool = False) -> DigestOutcome:
         return await run_digest(
@@ -295,7 +297,7 @@ class DigestJob:
             async with self.sessions() as session:
                 first = await digest_runs.first_day(session, self.channel)
                 posted = await digest_runs.posted_days(session, self.channel, since=oldest)
-        except (SQLAlchemyError, OSError) as exc:
+        except UNAVAILABLE as exc:
             log.warning("could not look up missed digests: %s", type(exc).__name__)
             return [yesterday]
         if first is None:

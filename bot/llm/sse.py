@@ -19,6 +19,8 @@ from typing import Any
 from bot.llm.types import Delta, Usage
 
 logger = logging.getLogger(__name__)
+# One completion chunk is a few kB; a megabyte of data with no end is a broken stream, not a chunk.
+MAX_EVENT_CHARS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -83,13 +85,6 @@ class StreamAccumulator:
         return Delta(content=event.content, reasoning=event.reasoning)
 
 
-def parse_line(line: str) -> SseEvent | None:
-    """The event a single SSE line carries, or None for lines that carry nothing usable."""
-    if not line.startswith("data:"):
-        return None  # blank separator, ": comment", "event:"/"id:"/"retry:" fields, or junk
-    return _parse_data(line[5:].strip())[1]
-
-
 class SseDecoder:
     """SSE lines in, events out: `feed` each line, then `end` when the body ends.
 
@@ -102,6 +97,7 @@ class SseDecoder:
 
     def __init__(self) -> None:
         self._data: list[str] = []
+        self._waiting = 0  # characters of data waiting for the rest of their event
 
     def feed(self, line: str) -> SseEvent | None:
         if not line:
@@ -119,8 +115,15 @@ class SseDecoder:
             complete, event = _parse_data(value.strip())
         if complete:
             self._data.clear()
+            self._waiting = 0
+        elif self._waiting + len(value) > MAX_EVENT_CHARS:
+            # Data that never completes (no blank line, no parsable JSON) must not grow without bound.
+            logger.warning("dropping %d characters of SSE data that never formed an event", self._waiting)
+            self._data.clear()
+            self._waiting = 0
         else:
             self._data.append(value)
+            self._waiting += len(value)
         return event
 
     def end(self) -> SseEvent | None:

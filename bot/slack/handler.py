@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from slack_sdk.web.async_client import AsyncWebClient
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation.admission import Admission, Admitted, Arrival, Refused
@@ -47,7 +46,7 @@ from bot.slack.events import (
 from bot.slack.people import LOOKUPS_PER_MESSAGE, UserDirectory
 from bot.slack.renderer import SlackDeliveryError, SlackReply
 from bot.storage.conversations import ConversationKey
-from bot.storage.db import error_reason
+from bot.storage.db import UNAVAILABLE, error_reason
 from bot.storage.models import ConversationKind
 
 log = logging.getLogger(__name__)
@@ -118,7 +117,7 @@ class SlackTurns:
         )
         try:
             admitted = await self._admission.admit(arrival)
-        except (SQLAlchemyError, OSError) as exc:
+        except UNAVAILABLE as exc:
             log.warning("database unavailable while admitting an event: %s", error_reason(exc))
             if arrival.addressed:
                 await _say_quietly(client, incoming, NOTE_DATABASE)
@@ -194,7 +193,7 @@ class SlackTurns:
     async def _release(self, arrival: Arrival) -> None:
         try:
             await self._admission.release(arrival)
-        except (SQLAlchemyError, OSError) as exc:
+        except UNAVAILABLE as exc:
             log.warning("could not release the event: %s", error_reason(exc))
 
     def _observe(self, outcome: TurnOutcome) -> None:

@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.conversation.ports import ReplyPart, ReplySummary
+from bot.slack.call_errors import SLACK_CALL_ERRORS
 from bot.slack.edit_budget import EditBudget
 from bot.slack.retries import without_rate_limit_retries
 from bot.slack.text import (
@@ -305,7 +305,7 @@ class SlackReply:
         started = time.monotonic()
         try:
             await self._client.chat_update(channel=self._channel, ts=self._ts[-1], **plan.payload.message())
-        except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
+        except SLACK_CALL_ERRORS as exc:
             kind, retry_after = _classify(exc)
             self._observe("chat.update", kind, started)
             return await self._handle_failure(exc, kind, retry_after, plan, final)
@@ -359,7 +359,7 @@ class SlackReply:
                     unfurl_media=False,
                     **payload.message(),
                 )
-            except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
+            except SLACK_CALL_ERRORS as exc:
                 kind, retry_after = _classify(exc)
                 self._observe("chat.postMessage", kind, started)
                 if kind == "ratelimited":

@@ -12,11 +12,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import ClientError
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.slack.digest_blocks import SlackMessage, personal_message
 from bot.slack.people import UserDirectory
+from bot.storage.db import UNAVAILABLE as DATABASE_ERRORS
 from bot.usage.personal import personal_usage
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def register_usage_command(
         try:
             async with sessions() as session:
                 message = personal_message(await personal_usage(session, user_id, zone))
-        except (SQLAlchemyError, OSError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("/usage: database unavailable: %s", type(exc).__name__, extra={"user_id": user_id})
             message = SlackMessage(text=UNAVAILABLE, blocks=[])
         await _answer(respond, message, user_id)
