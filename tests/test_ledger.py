@@ -376,3 +376,13 @@ async def test_only_ledger_rows_count_as_spooled_not_the_final_texts_that_wait_w
 
     assert len(spool) == 2
     assert (counted.spooled, counted.dropped) == (1, 0)
+
+
+async def test_the_spool_depth_is_exported_as_a_gauge_read_at_scrape(db_url, fakes):
+    from tests.test_metrics import scrape
+
+    slack, aiml = fakes
+    async with running_bot(make_settings(db_url, slack, aiml), slack) as bot:
+        assert bot.runtime.core is not None
+        samples = await scrape(bot.http)
+        assert samples[("slackbot_usage_spool_rows", ())] == bot.runtime.core.ledger.pending == 0
