@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.storage import conversations as repo
-from bot.storage.db import DISCONNECTED, UNAVAILABLE, error_reason
+from bot.storage.db import UNAVAILABLE, disconnected, error_reason
 from bot.storage.models import MessageStatus, utcnow
 from bot.storage.spool import Spool, SpoolFull
 from bot.storage.usage import UsageEntry, store_usage
@@ -73,11 +73,12 @@ class Ledger:
         }
         try:
             await self._apply(record)
-        except DISCONNECTED as exc:
-            log.warning("could not write the ledger row now (%s); spooling it", error_reason(exc))
-            await self._put(record)
         except UNAVAILABLE as exc:
-            await self._reject(record, exc)
+            if not disconnected(exc):
+                await self._reject(record, exc)
+            else:
+                log.warning("could not write the ledger row now (%s); spooling it", error_reason(exc))
+                await self._put(record)
         try:
             async with self._sessions.begin() as session:
                 await repo.checkpoint_message(
@@ -112,11 +113,12 @@ class Ledger:
         }
         try:
             await self._apply(record)
-        except DISCONNECTED as exc:
-            log.warning("could not store the finished reply now (%s); spooling it", error_reason(exc))
-            await self._put(record)
         except UNAVAILABLE as exc:
-            await self._reject(record, exc)
+            if not disconnected(exc):
+                await self._reject(record, exc)
+            else:
+                log.warning("could not store the finished reply now (%s); spooling it", error_reason(exc))
+                await self._put(record)
 
     def start(self) -> None:
         """Replay what an earlier run left in the spool, in the background."""
@@ -144,15 +146,15 @@ class Ledger:
                 try:
                     record = json.loads(line)
                     await self._apply(record)
-                except DISCONNECTED as exc:
-                    log.warning("spool replay waits for the database: %s", error_reason(exc))
-                    break
+                except UNAVAILABLE as exc:
+                    if disconnected(exc):
+                        log.warning("spool replay waits for the database: %s", error_reason(exc))
+                        break
+                    batch.reject(line)
+                    self._refused(record, exc)
                 except (ValueError, KeyError, TypeError, AttributeError) as exc:
                     batch.reject(line)
                     self._drop(f"a corrupt spool line ({exc.__class__.__name__})", counted=True)
-                except UNAVAILABLE as exc:
-                    batch.reject(line)
-                    self._refused(record, exc)
                 batch.done += 1
         if batch.done:
             log.info("replayed %d spooled writes; %d left", batch.done, len(self._spool))

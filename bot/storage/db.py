@@ -44,6 +44,12 @@ DISCONNECTED: tuple[type[Exception], ...] = (
 )
 
 
+def disconnected(exc: BaseException) -> bool:
+    """The write may succeed later: a DISCONNECTED error, or any driver error that SQLAlchemy
+    recognised as a lost connection (e.g. PostgreSQL shutting down mid-query)."""
+    return isinstance(exc, DISCONNECTED) or bool(getattr(exc, "connection_invalidated", False))
+
+
 def parse_url(database_url: str) -> URL:
     try:
         return make_url(database_url)

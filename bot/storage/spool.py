@@ -87,9 +87,18 @@ class Spool:
         try:
             batch = SpoolBatch(await asyncio.to_thread(self._lines))
             yield batch
-            await asyncio.to_thread(self._settle, batch)
+        except BaseException:
+            os.close(fd)  # releases the flock; nothing is removed
+            raise
+        # Shielded, and the lock released by the thread itself: a cancellation here cannot let
+        # another process append while the rewrite is still under way.
+        await asyncio.shield(asyncio.to_thread(self._settle_then_unlock, batch, fd))
+
+    def _settle_then_unlock(self, batch: SpoolBatch, fd: int) -> None:
+        try:
+            self._settle(batch)
         finally:
-            os.close(fd)  # releases the flock
+            os.close(fd)
 
     def _settle(self, batch: SpoolBatch) -> None:
         if batch.rejected:
