@@ -8,6 +8,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -74,6 +75,9 @@ async def core_services(settings: Settings, metrics: Metrics | None = None) -> A
     sessions = session_factory(engine)
     ledger = Ledger(sessions, Spool(settings.spool_dir, settings.usage_spool_max_rows), events=metrics)
     ledger.start()
+    if metrics is not None:
+        gauge = "slackbot_usage_spool_rows"
+        metrics.read_at_scrape(gauge, "Writes waiting in the spool", lambda: [([], float(ledger.pending))])
     try:
         yield Core(engine, sessions, llm, ConversationService(sessions, llm, config, ledger=ledger), ledger)
     finally:
@@ -174,6 +178,7 @@ class BotRuntime:
             single_process=core.engine.dialect.name == "sqlite",
             ledger=core.ledger,
             metrics=self.metrics,
+            legacy_after=timedelta(seconds=settings.llm_total_timeout + 120),
         )
         await maintenance.at_start_up()  # logs and counts its own failures: start-up goes on
         self._maintenance = asyncio.create_task(maintenance.run_forever(), name="maintenance")
@@ -214,6 +219,8 @@ class BotRuntime:
             self._scheduler.shutdown(wait=False)
         if self._maintenance is not None:
             self._maintenance.cancel()
+            # A recovery cut short may leave rows `interrupted` without their Slack note: let it end.
+            await asyncio.wait([self._maintenance], timeout=5)
         if self.turns is not None:
             await _drain(self.turns, self.settings.shutdown_grace_seconds)
         if self._web is not None:

@@ -7,10 +7,11 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation.lease import ReplyLease
@@ -29,6 +30,7 @@ from bot.storage.models import (
 from bot.storage.spool import Spool
 from bot.storage.usage import UsageEntry
 from tests.fakes.aimlapi import Reply
+from tests.fakes.tcp_proxy import TcpProxy
 from tests.harness import eventually, make_settings, mention, running_bot
 
 
@@ -289,3 +291,149 @@ async def test_a_replayed_row_replaces_the_one_recovery_wrote_for_the_same_call(
 
     [row] = await usage_rows(sessions)
     assert (row.status, row.credits_used, row.client_request_id) == ("complete", 321, "req-5")
+
+
+async def streaming_reply(sessions: async_sessionmaker[AsyncSession]) -> int:
+    async with sessions.begin() as session:
+        conversation = Conversation(
+            team_id="T1", channel_id="C1", thread_ts="1.0", kind=ConversationKind.CHANNEL
+        )
+        session.add(conversation)
+        await session.flush()
+        message = Message(
+            conversation_id=conversation.id, role=Role.ASSISTANT, status=MessageStatus.STREAMING
+        )
+        session.add(message)
+        await session.flush()
+        return message.id
+
+
+async def test_an_answer_with_a_nul_character_is_stored_without_it_and_its_usage_row_lands(
+    sessions, tmp_path
+):
+    message_id = await streaming_reply(sessions)
+    spool = Spool(tmp_path, max_rows=10)
+    ledger = Ledger(sessions, spool, replay_every=3600)
+    answer = "before\x00after"
+
+    await ledger.completion_ended(
+        _entry("req-nul"), message_id, answer, refs=(), parts=(), lease_until=utcnow()
+    )
+    await ledger.reply_ended(message_id, answer, MessageStatus.COMPLETE, refs=(), parts=())
+    await ledger.aclose()
+
+    assert [r.client_request_id for r in await usage_rows(sessions)] == ["req-nul"]
+    stored = await assistant_row(sessions)
+    assert (stored.status, stored.content) == (MessageStatus.COMPLETE, "beforeafter")
+    assert len(spool) == 0 and not spool.path.exists()
+
+
+async def test_a_spooled_row_the_database_refuses_for_good_is_moved_aside_and_later_rows_replay(
+    sessions, tmp_path, caplog
+):
+    spool = Spool(tmp_path, max_rows=10)
+    refused = {**_entry("req-bad").__dict__, "status": None}  # NOT NULL: refused however often tried
+    for entry in (_entry("req-1").__dict__, refused, _entry("req-2").__dict__):
+        spool.append({"kind": "usage", "entry": entry, "created_at": "2026-12-01T00:00:00+00:00"})
+    counted = Counted()
+    caplog.set_level(logging.ERROR)
+
+    assert await Ledger(sessions, spool, events=counted).replay() == 0
+
+    assert sorted(r.client_request_id or "" for r in await usage_rows(sessions)) == ["req-1", "req-2"]
+    assert not spool.path.exists()
+    [kept] = spool.rejected_path.read_text().splitlines()
+    assert "req-bad" in kept
+    assert counted.dropped == 1
+    assert any(
+        r.levelno == logging.ERROR and "refused a ledger row" in r.getMessage() for r in caplog.records
+    )
+
+
+async def test_a_replay_while_the_database_is_away_leaves_the_spool_file_untouched(tmp_path):
+    engine = create_engine("postgresql+asyncpg://u@127.0.0.1:1/none")  # nothing listens on port 1
+    spool = Spool(tmp_path, max_rows=10)
+    spool.append(
+        {"kind": "usage", "entry": _entry("req-1").__dict__, "created_at": "2026-12-01T00:00:00+00:00"}
+    )
+    before = spool.path.stat()
+
+    assert await Ledger(session_factory(engine), spool).replay() == 1
+    await engine.dispose()
+
+    after = spool.path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+async def test_only_ledger_rows_count_as_spooled_not_the_final_texts_that_wait_with_them(tmp_path):
+    engine = create_engine("postgresql+asyncpg://u@127.0.0.1:1/none")  # nothing listens on port 1
+    spool = Spool(tmp_path, max_rows=10)
+    counted = Counted()
+    ledger = Ledger(session_factory(engine), spool, events=counted, replay_every=3600)
+
+    await ledger.completion_ended(_entry("req-1"), 1, "text", refs=(), parts=(), lease_until=utcnow())
+    await ledger.reply_ended(1, "text", MessageStatus.COMPLETE, refs=(), parts=())
+    await ledger.aclose(last_try=0.1)
+    await engine.dispose()
+
+    assert len(spool) == 2
+    assert (counted.spooled, counted.dropped) == (1, 0)
+
+
+async def test_the_spool_depth_is_exported_as_a_gauge_read_at_scrape(db_url, fakes):
+    from tests.test_metrics import scrape
+
+    slack, aiml = fakes
+    async with running_bot(make_settings(db_url, slack, aiml), slack) as bot:
+        assert bot.runtime.core is not None
+        samples = await scrape(bot.http)
+        assert samples[("slackbot_usage_spool_rows", ())] == bot.runtime.core.ledger.pending == 0
+
+
+@pytest.fixture
+async def proxy(db_url: str) -> AsyncIterator[TcpProxy]:
+    url = make_url(db_url)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_a_failed_lease_renewal_is_retried_within_seconds_not_a_whole_period_later(
+    db_url, proxy, sessions
+):
+    message_id = await streaming_reply(sessions)
+    engine = create_engine(make_url(db_url).set(port=proxy.port).render_as_string(hide_password=False))
+    period = 10.0
+    lease = ReplyLease(session_factory(engine), lease=45, renew_every=period)
+    proxy.cut()
+    ended = asyncio.Event()
+    failed = asyncio.Event()
+
+    class FirstFailure(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "could not renew" in record.getMessage():
+                failed.set()
+
+    watcher = FirstFailure()
+    logging.getLogger("bot.conversation.lease").addHandler(watcher)
+    keeper = asyncio.create_task(lease.keep(message_id, ended))
+
+    async def renewed() -> bool:
+        async with sessions() as session:
+            row = await session.get(Message, message_id)
+            return row is not None and row.lease_expires_at is not None
+
+    try:
+        await asyncio.wait_for(failed.wait(), 60)
+        proxy.restore()
+        failed_at = time.monotonic()
+        await until(renewed, timeout=60)
+        # The next regular renewal would come a whole period after the failure.
+        assert time.monotonic() - failed_at < period / 2
+    finally:
+        logging.getLogger("bot.conversation.lease").removeHandler(watcher)
+        ended.set()
+        await keeper
+        await engine.dispose()

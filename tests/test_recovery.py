@@ -11,6 +11,7 @@ from aiohttp import web
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import select, update
 
+from bot.conversation.lease import ReplyLease, kept_here
 from bot.jobs.maintenance import Maintenance
 from bot.slack.recovery import NOTE_RESTARTED, last_part
 from bot.slack.text import find_split
@@ -319,3 +320,41 @@ class DroppingSlack:
             return web.Response(
                 body=await upstream.read(), status=upstream.status, content_type="application/json"
             )
+
+
+async def test_maintenance_leaves_alone_a_reply_this_process_still_streams_though_its_row_lease_ran_out(
+    sessions, fakes, slack_client
+):
+    slack, _ = fakes
+    streaming, shown_ts = await seed_stale_reply(
+        sessions, slack, "Still arriving", timedelta(minutes=2), lease=-timedelta(seconds=30)
+    )
+    ended = asyncio.Event()
+    keeper = asyncio.create_task(ReplyLease(sessions, renew_every=3600).keep(streaming, ended))
+    try:
+        while streaming not in kept_here():
+            await asyncio.sleep(0.01)
+
+        assert await maintenance(sessions, slack_client).run_once()
+
+        assert await statuses(sessions) == {streaming: MessageStatus.STREAMING}
+        assert shown_ts not in [c.params["ts"] for c in slack.calls_to("chat.update")]
+    finally:
+        ended.set()
+        await keeper
+    assert await maintenance(sessions, slack_client).run_once()  # no longer kept: its lease counts
+    assert await statuses(sessions) == {streaming: MessageStatus.INTERRUPTED}
+
+
+async def test_a_reply_without_a_lease_is_recovered_only_once_older_than_the_old_timeout(
+    sessions, fakes, slack_client
+):
+    slack, _ = fakes
+    fresh, _ = await seed_stale_reply(sessions, slack, "Written by old code", timedelta(seconds=30))
+    old, _ = await seed_stale_reply(
+        sessions, slack, "Left by old code", timedelta(minutes=10), thread_ts="200.1"
+    )
+
+    assert await maintenance(sessions, slack_client, legacy_after=timedelta(seconds=420)).run_once()
+
+    assert await statuses(sessions) == {fresh: MessageStatus.STREAMING, old: MessageStatus.INTERRUPTED}

@@ -20,6 +20,18 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 45.0
 # Three renewals per lease: one lost write (a blip) does not let another replica take the reply.
 RENEW_SECONDS = 15.0
+# After a failed renewal (the database away): retry soon, so that when it returns this process
+# renews before any maintenance run (here or in another replica) sees the lease expired.
+RETRY_SECONDS = 1.5
+
+# Replies some ReplyLease of this process is keeping alive: its own maintenance never recovers them,
+# even when an outage let the lease in the row run out.
+_KEPT_HERE: set[int] = set()
+
+
+def kept_here() -> frozenset[int]:
+    """The ids of the replies this process is streaming now."""
+    return frozenset(_KEPT_HERE)
 
 
 class ReplyLease:
@@ -36,6 +48,7 @@ class ReplyLease:
         self._lease = timedelta(seconds=lease)
         self._renew_every = renew_every
         self._renewed_at: dict[int, float] = {}
+        self._retry = min(RETRY_SECONDS, renew_every)
 
     def until(self) -> datetime:
         """The expiry a write made now sets."""
@@ -51,6 +64,7 @@ class ReplyLease:
         only thinks, or Slack is slow to take the final edit. Stopped by the event, not cancelled,
         so a renewal in flight finishes its transaction."""
         self._renewed_at[message_id] = time.monotonic()
+        _KEPT_HERE.add(message_id)
         try:
             while not ended.is_set():
                 due = self._renewed_at[message_id] + self._renew_every
@@ -63,6 +77,10 @@ class ReplyLease:
                         await repo.renew_lease(session, message_id, self.until())
                 except UNAVAILABLE as exc:
                     log.warning("could not renew a reply's lease: %s", error_reason(exc))
-                self._renewed_at[message_id] = time.monotonic()
+                    # Due again in RETRY_SECONDS rather than a whole period.
+                    self._renewed_at[message_id] = time.monotonic() - self._renew_every + self._retry
+                else:
+                    self._renewed_at[message_id] = time.monotonic()
         finally:
             self._renewed_at.pop(message_id, None)
+            _KEPT_HERE.discard(message_id)

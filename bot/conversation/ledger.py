@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.storage import conversations as repo
-from bot.storage.db import UNAVAILABLE, error_reason
+from bot.storage.db import UNAVAILABLE, disconnected, error_reason
 from bot.storage.models import MessageStatus, utcnow
 from bot.storage.spool import Spool, SpoolFull
 from bot.storage.usage import UsageEntry, store_usage
@@ -64,10 +64,23 @@ class Ledger:
         parts: Sequence[dict[str, object]],
         lease_until: datetime,
     ) -> None:
-        """The usage row, with the whole answer saved on the still-streaming reply, in one write."""
+        """The usage row in its own transaction first (one bad content cannot take the billing row
+        with it), then the whole answer saved on the still-streaming reply."""
+        record: dict[str, Any] = {
+            "kind": "usage",
+            "entry": asdict(entry),
+            "created_at": utcnow().isoformat(),
+        }
+        try:
+            await self._apply(record)
+        except UNAVAILABLE as exc:
+            if not disconnected(exc):
+                await self._reject(record, exc)
+            else:
+                log.warning("could not write the ledger row now (%s); spooling it", error_reason(exc))
+                await self._put(record)
         try:
             async with self._sessions.begin() as session:
-                await store_usage(session, entry)
                 await repo.checkpoint_message(
                     session,
                     message_id,
@@ -76,10 +89,9 @@ class Ledger:
                     slack_parts=parts,
                     lease_until=lease_until,
                 )
-            return
         except UNAVAILABLE as exc:
-            log.warning("could not write the ledger row now (%s); spooling it", error_reason(exc))
-        self._put({"kind": "usage", "entry": asdict(entry), "created_at": utcnow().isoformat()})
+            # Not spooled: the final text follows in `reply_ended`, which spools when it must.
+            log.warning("could not save the answer before it is shown: %s", error_reason(exc))
 
     async def reply_ended(
         self,
@@ -101,10 +113,12 @@ class Ledger:
         }
         try:
             await self._apply(record)
-            return
         except UNAVAILABLE as exc:
-            log.warning("could not store the finished reply now (%s); spooling it", error_reason(exc))
-        self._put(record)
+            if not disconnected(exc):
+                await self._reject(record, exc)
+            else:
+                log.warning("could not store the finished reply now (%s); spooling it", error_reason(exc))
+                await self._put(record)
 
     def start(self) -> None:
         """Replay what an earlier run left in the spool, in the background."""
@@ -123,25 +137,28 @@ class Ledger:
                 log.warning("%d spooled writes wait for the next start", self.pending)
 
     async def replay(self) -> int:
-        """Apply spooled writes oldest first until the database refuses one; return how many left."""
+        """Apply spooled writes oldest first until the database is away; a write it refuses for good
+        is moved aside rather than blocking every later one. Return how many are left."""
         if self._spool is None:
             return 0
-        async with self._replaying:
-            done = 0
-            for line in self._spool.lines():
+        async with self._replaying, self._spool.claim() as batch:
+            for line in batch.lines:
                 try:
                     record = json.loads(line)
                     await self._apply(record)
                 except UNAVAILABLE as exc:
-                    log.warning("spool replay waits for the database: %s", error_reason(exc))
-                    break
-                except (ValueError, KeyError, TypeError) as exc:
-                    self._drop(f"a corrupt spool line ({exc.__class__.__name__})")
-                done += 1
-            self._spool.drop_first(done)
-            if done:
-                log.info("replayed %d spooled writes; %d left", done, len(self._spool))
-            return len(self._spool)
+                    if disconnected(exc):
+                        log.warning("spool replay waits for the database: %s", error_reason(exc))
+                        break
+                    batch.reject(line)
+                    self._refused(record, exc)
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    batch.reject(line)
+                    self._drop(f"a corrupt spool line ({exc.__class__.__name__})", counted=True)
+                batch.done += 1
+        if batch.done:
+            log.info("replayed %d spooled writes; %d left", batch.done, len(self._spool))
+        return len(self._spool)
 
     async def _apply(self, record: dict[str, Any]) -> None:
         if record["kind"] == "usage":
@@ -172,23 +189,48 @@ class Ledger:
         else:
             raise KeyError(record["kind"])
 
-    def _put(self, record: dict[str, Any]) -> None:
-        what = "ledger row" if record["kind"] == "usage" else "finished reply"
+    async def _put(self, record: dict[str, Any]) -> None:
+        usage = record["kind"] == "usage"
+        what = "ledger row" if usage else "finished reply"
         if self._spool is None:
-            self._drop(f"a {what} (no spool configured)")
+            self._drop(f"a {what} (no spool configured)", counted=usage)
             return
         try:
-            self._spool.append(record)
+            # Off the event loop: the append waits for the lock while another process replays.
+            await asyncio.to_thread(self._spool.append, record)
         except SpoolFull as exc:
-            self._drop(f"a {what}: {exc}")
+            self._drop(f"a {what}: {exc}", counted=usage)
             return
-        if self._events is not None:
+        if usage and self._events is not None:
             self._events.usage_row_spooled()
         self._wake()
 
-    def _drop(self, what: str) -> None:
+    async def _reject(self, record: dict[str, Any], exc: Exception) -> None:
+        """A write the database refuses for good: kept beside the spool for an operator, never retried."""
+        self._refused(record, exc)
+        if self._spool is None:
+            return
+        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+        try:
+            await asyncio.to_thread(self._spool.reject, line)
+        except OSError as reason:
+            log.error("could not keep the refused write in %s: %s", self._spool.rejected_path, reason)
+
+    def _refused(self, record: dict[str, Any], exc: Exception) -> None:
+        usage = record.get("kind") == "usage"
+        what = "ledger row" if usage else "finished reply"
+        # The reason only: the driver's message may quote the parameters, i.e. the reply's text.
+        log.error(
+            "the database refused a %s for good (%s); moved aside, not retried",
+            what,
+            type(getattr(exc, "orig", None) or exc).__name__,
+        )
+        if usage and self._events is not None:
+            self._events.usage_row_dropped()
+
+    def _drop(self, what: str, *, counted: bool) -> None:
         log.error("dropped %s; the database did not take it and it cannot be kept", what)
-        if self._events is not None:
+        if counted and self._events is not None:
             self._events.usage_row_dropped()
 
     def _wake(self) -> None:

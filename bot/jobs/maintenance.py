@@ -11,8 +11,10 @@ from typing import Protocol
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.conversation.lease import kept_here
 from bot.conversation.ledger import Ledger
 from bot.slack.recovery import recover_interrupted_replies
+from bot.storage.conversations import LEGACY_STALE_AFTER
 from bot.storage.db import UNAVAILABLE, error_reason
 from bot.storage.dedupe import purge_events
 
@@ -44,6 +46,7 @@ class Maintenance:
         ledger: Ledger | None = None,
         metrics: MaintenanceMetrics | None = None,
         every: float = EVERY_SECONDS,
+        legacy_after: timedelta = LEGACY_STALE_AFTER,
     ) -> None:
         self._sessions = sessions
         self._client = client
@@ -52,6 +55,7 @@ class Maintenance:
         self._ledger = ledger
         self._metrics = metrics
         self._every = every
+        self._legacy_after = legacy_after
 
     async def at_start_up(self) -> bool:
         """One run before serving; a failure is logged and counted, never stops the start."""
@@ -64,7 +68,12 @@ class Maintenance:
                 # one to mark as interrupted.
                 await self._ledger.replay()
             await recover_interrupted_replies(
-                self._sessions, self._client, model=self._model, ignore_leases=ignore_leases
+                self._sessions,
+                self._client,
+                model=self._model,
+                ignore_leases=ignore_leases,
+                kept=kept_here(),
+                legacy_after=self._legacy_after,
             )
             async with self._sessions.begin() as session:
                 purged = await purge_events(session, DEDUPE_KEEP)

@@ -4,6 +4,8 @@ and the ledger a row for the call whose cost is unknown (unless the call's own r
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -59,15 +61,23 @@ async def recover_interrupted_replies(
     *,
     model: str,
     ignore_leases: bool = False,
+    kept: Collection[int] = (),
+    legacy_after: timedelta = repo.LEGACY_STALE_AFTER,
 ) -> int:
     """Claim each reply whose lease expired (all of them when `ignore_leases`: the only process
-    is starting), mark it interrupted with a ledger row, then show the note in Slack."""
+    is starting), except those this process is still streaming (`kept`), mark it interrupted with
+    a ledger row, then show the note in Slack. A reply without a lease (written before leases
+    existed) counts as expired once older than `legacy_after`."""
     now = utcnow()
     claimed: list[tuple[Message, Conversation]] = []
     async with sessions.begin() as session:
-        candidates = await repo.expired_streaming_messages(session, now, ignore_leases=ignore_leases)
+        candidates = await repo.expired_streaming_messages(
+            session, now, ignore_leases=ignore_leases, kept=kept, legacy_after=legacy_after
+        )
         for message, conversation in candidates:
-            if not await repo.claim_for_recovery(session, message.id, now, ignore_leases=ignore_leases):
+            if not await repo.claim_for_recovery(
+                session, message.id, now, ignore_leases=ignore_leases, legacy_after=legacy_after
+            ):
                 continue  # another replica took it, or its process renewed the lease meanwhile
             user = await repo.requester(session, message)
             await record_if_absent(session, _interrupted_usage(message, conversation, user, model))

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.storage.models import Conversation, ConversationKind, Message, MessageStatus, Role, utcnow
+
+# Replies written before leases existed (by pre-0002 code during a rolling upgrade) have none: such
+# a reply counts as dead only once no call could still run for it (the old rule, with the default
+# LLM_TOTAL_TIMEOUT of 300 s plus 120 s); callers pass the configured one.
+LEGACY_STALE_AFTER = timedelta(seconds=300 + 120)
+
+
+def storable(text: str) -> str:
+    """Text as the database can keep it: PostgreSQL refuses U+0000, which model output can hold."""
+    return text.replace("\x00", "")
 
 
 @dataclass(frozen=True)
@@ -84,7 +94,7 @@ async def add_message(
     message = Message(
         conversation_id=conversation_id,
         role=role,
-        content=content,
+        content=storable(content),
         status=status,
         user_id=user_id,
         slack_ts=slack_ts,
@@ -115,7 +125,7 @@ async def finish_message(
     Conditional, so a late writer never overwrites what recovery or another ending stored.
     """
     values = _slack_values(slack_refs, slack_parts)
-    values.update(content=content, status=status, lease_expires_at=None)
+    values.update(content=storable(content), status=status, lease_expires_at=None)
     result = await session.execute(
         update(Message)
         .where(Message.id == message_id, Message.status == MessageStatus.STREAMING)
@@ -135,7 +145,7 @@ async def checkpoint_message(
 ) -> None:
     """Save a still-streaming reply's text so far (the status stays `streaming`), renewing its lease."""
     values = _slack_values(slack_refs, slack_parts)
-    values["content"] = content
+    values["content"] = storable(content)
     if lease_until is not None:
         values["lease_expires_at"] = lease_until
     await session.execute(
@@ -153,14 +163,23 @@ async def renew_lease(session: AsyncSession, message_id: int, lease_until: datet
     )
 
 
-def _lease_expired(now: datetime) -> ColumnElement[bool]:
-    return or_(Message.lease_expires_at.is_(None), Message.lease_expires_at < now)
+def _lease_expired(now: datetime, legacy_after: timedelta) -> ColumnElement[bool]:
+    legacy_dead = and_(Message.lease_expires_at.is_(None), Message.created_at < now - legacy_after)
+    return or_(Message.lease_expires_at < now, legacy_dead)
 
 
 async def expired_streaming_messages(
-    session: AsyncSession, now: datetime, *, ignore_leases: bool = False, limit: int = 100
+    session: AsyncSession,
+    now: datetime,
+    *,
+    ignore_leases: bool = False,
+    kept: Collection[int] = (),
+    legacy_after: timedelta = LEGACY_STALE_AFTER,
+    limit: int = 100,
 ) -> Sequence[tuple[Message, Conversation]]:
-    """Replies still `streaming` whose lease expired (or all of them), with their conversation.
+    """Replies still `streaming` whose lease expired (or all of them), with their conversation,
+    except those in `kept`: this process is streaming them and renewing their lease, whatever the
+    row says after an outage.
 
     On PostgreSQL rows another replica is claiming right now are skipped, not waited for.
     """
@@ -172,14 +191,21 @@ async def expired_streaming_messages(
         .limit(limit)
     )
     if not ignore_leases:
-        stmt = stmt.where(_lease_expired(now))
+        stmt = stmt.where(_lease_expired(now, legacy_after))
+    if kept:
+        stmt = stmt.where(Message.id.not_in(list(kept)))
     if _dialect(session) == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True, of=Message)
     return [(row[0], row[1]) for row in (await session.execute(stmt)).all()]
 
 
 async def claim_for_recovery(
-    session: AsyncSession, message_id: int, now: datetime, *, ignore_leases: bool = False
+    session: AsyncSession,
+    message_id: int,
+    now: datetime,
+    *,
+    ignore_leases: bool = False,
+    legacy_after: timedelta = LEGACY_STALE_AFTER,
 ) -> bool:
     """Mark an expired reply `interrupted`; True for the one caller that changed it.
 
@@ -187,7 +213,7 @@ async def claim_for_recovery(
     """
     stmt = update(Message).where(Message.id == message_id, Message.status == MessageStatus.STREAMING)
     if not ignore_leases:
-        stmt = stmt.where(_lease_expired(now))
+        stmt = stmt.where(_lease_expired(now, legacy_after))
     result = await session.execute(stmt.values(status=MessageStatus.INTERRUPTED, lease_expires_at=None))
     return _rowcount(result) == 1
 

@@ -7,7 +7,14 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 COMMAND_TIMEOUT = 15.0  # seconds; every query of a running bot is short (migrations pass None)
@@ -17,8 +24,30 @@ class DatabaseError(Exception):
     """The database is misconfigured or unreachable; the message is safe to show an operator."""
 
 
-# What a database call raises when the database is away: the driver's errors and the socket's.
+# Any database problem: the driver's errors and the socket's (for "could not store; say so").
 UNAVAILABLE: tuple[type[Exception], ...] = (SQLAlchemyError, DatabaseError, OSError)
+
+# The database is away, busy or cut off, so the same write may succeed later: the only errors that
+# justify "keep it and retry" (spooling). A refused connection is the driver's OSError raised as is;
+# asyncpg's lost connection arrives as InterfaceError, a busy SQLite ("database is locked") and a
+# PostgreSQL shutting down as OperationalError, asyncpg's command_timeout as TimeoutError, a full
+# pool as sqlalchemy.exc.TimeoutError. A DataError or IntegrityError (e.g. PostgreSQL refusing
+# U+0000 in text) would fail the same way forever: it is not in this tuple.
+DISCONNECTED: tuple[type[Exception], ...] = (
+    OperationalError,
+    InterfaceError,
+    DisconnectionError,
+    PoolTimeout,
+    DatabaseError,
+    OSError,
+    TimeoutError,
+)
+
+
+def disconnected(exc: BaseException) -> bool:
+    """The write may succeed later: a DISCONNECTED error, or any driver error that SQLAlchemy
+    recognised as a lost connection (e.g. PostgreSQL shutting down mid-query)."""
+    return isinstance(exc, DISCONNECTED) or bool(getattr(exc, "connection_invalidated", False))
 
 
 def parse_url(database_url: str) -> URL:
