@@ -71,14 +71,7 @@ class Ledger:
             "entry": asdict(entry),
             "created_at": utcnow().isoformat(),
         }
-        try:
-            await self._apply(record)
-        except UNAVAILABLE as exc:
-            if not disconnected(exc):
-                await self._reject(record, exc)
-            else:
-                log.warning("could not write the ledger row now (%s); spooling it", error_reason(exc))
-                await self._put(record)
+        await self._write(record, "the ledger row")
         try:
             async with self._sessions.begin() as session:
                 await repo.checkpoint_message(
@@ -111,13 +104,17 @@ class Ledger:
             "refs": list(refs),
             "parts": [dict(p) for p in parts],
         }
+        await self._write(record, "the finished reply")
+
+    async def _write(self, record: dict[str, Any], what: str) -> None:
+        """Apply `record` now; spool it while the database is away, set it aside if it is refused."""
         try:
             await self._apply(record)
         except UNAVAILABLE as exc:
             if not disconnected(exc):
                 await self._reject(record, exc)
             else:
-                log.warning("could not store the finished reply now (%s); spooling it", error_reason(exc))
+                log.warning("could not store %s now (%s); spooling it", what, error_reason(exc))
                 await self._put(record)
 
     def start(self) -> None:
