@@ -8,6 +8,7 @@ import pytest
 
 from tests.fakes.aimlapi import FakeAimlApi
 from tests.fakes.slack_api import FakeSlackApi
+from tests.fakes.tcp_proxy import TcpProxy
 
 
 @pytest.fixture
@@ -27,3 +28,12 @@ async def aiml() -> AsyncIterator[FakeAimlApi]:
 @pytest.fixture
 def fakes(slack: FakeSlackApi, aiml: FakeAimlApi) -> tuple[FakeSlackApi, FakeAimlApi]:
     return slack, aiml
+
+
+@pytest.fixture
+async def proxy(db_url: str) -> AsyncIterator[TcpProxy]:
+    """A loopback TCP proxy in front of the test's database, to cut or black-hole it."""
+    proxy = TcpProxy.in_front_of(db_url)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()

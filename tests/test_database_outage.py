@@ -4,37 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 
 from bot.jobs.maintenance import Maintenance
 from bot.storage.models import Message, MessageStatus, UsageRecord
 from tests.fakes.aimlapi import Reply
-from tests.fakes.tcp_proxy import TcpProxy
 from tests.harness import eventually, make_settings, mention, running_bot
 
 pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 
 
-@pytest.fixture
-async def proxy(db_url: str) -> AsyncIterator[TcpProxy]:
-    url = make_url(db_url)
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
-    await proxy.start()
-    yield proxy
-    await proxy.stop()
-
-
-def through(proxy: TcpProxy, db_url: str) -> str:
-    return make_url(db_url).set(port=proxy.port).render_as_string(hide_password=False)
-
-
 async def test_health_reports_the_outage_and_the_recovery(db_url, proxy, fakes):
     slack, aiml = fakes
-    async with running_bot(make_settings(through(proxy, db_url), slack, aiml), slack) as bot:
+    async with running_bot(make_settings(proxy.url_for(db_url), slack, aiml), slack) as bot:
         assert (await bot.http.get("/healthz")).status_code == 200
         proxy.cut()
         down = await bot.http.get("/healthz")
@@ -46,7 +30,7 @@ async def test_health_reports_the_outage_and_the_recovery(db_url, proxy, fakes):
 
 async def test_a_mention_during_an_outage_gets_a_note_and_the_next_one_an_answer(db_url, proxy, fakes):
     slack, aiml = fakes
-    async with running_bot(make_settings(through(proxy, db_url), slack, aiml), slack) as bot:
+    async with running_bot(make_settings(proxy.url_for(db_url), slack, aiml), slack) as bot:
         proxy.cut()
         await bot.send(mention("hello?", "100.000001"))
         await eventually(lambda: bool(bot.replies("C1", "100.000001")), 10)
@@ -67,7 +51,7 @@ async def test_an_outage_in_the_middle_of_a_reply_still_stores_it_once_the_datab
 ):
     slack, aiml = fakes
     aiml.enqueue(Reply(content="word " * 40, chunk_size=5, chunk_interval=0.05))
-    async with running_bot(make_settings(through(proxy, db_url), slack, aiml), slack) as bot:
+    async with running_bot(make_settings(proxy.url_for(db_url), slack, aiml), slack) as bot:
         await bot.send(mention("stream please", "300.000001"))
         await eventually(lambda: "word" in bot.answer("C1", "300.000001"), 10)
         proxy.cut()
@@ -88,7 +72,7 @@ async def test_an_outage_longer_than_the_old_retry_bound_still_records_the_usage
 ):
     slack, aiml = fakes
     aiml.enqueue(Reply(content="word " * 40, chunk_size=5, chunk_interval=0.05, credits_used=2468))
-    async with running_bot(make_settings(through(proxy, db_url), slack, aiml), slack) as bot:
+    async with running_bot(make_settings(proxy.url_for(db_url), slack, aiml), slack) as bot:
         await bot.send(mention("stream please", "300.000001"))
         await eventually(lambda: "word" in bot.answer("C1", "300.000001"), 10)
         proxy.cut()
@@ -111,7 +95,7 @@ async def test_an_outage_longer_than_the_old_retry_bound_still_records_the_usage
 
 async def test_a_maintenance_run_during_an_outage_is_counted_and_the_next_one_succeeds(db_url, proxy, fakes):
     slack, aiml = fakes
-    async with running_bot(make_settings(through(proxy, db_url), slack, aiml), slack) as bot:
+    async with running_bot(make_settings(proxy.url_for(db_url), slack, aiml), slack) as bot:
         metrics = bot.runtime.metrics
         assert bot.runtime.core is not None
         maintenance = Maintenance(

@@ -7,14 +7,11 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from bot.health import CHECK_TIMEOUT
 from tests.fakes.aimlapi import Reply
-from tests.fakes.tcp_proxy import TcpProxy
 from tests.harness import eventually, make_settings, mention, running_bot
 from tests.test_container import healthcheck_command
 
@@ -22,19 +19,6 @@ postgres_only = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 
 OK = {"status": "ok", "database": "ok"}
 DOWN = {"status": "unavailable", "database": "unavailable"}
-
-
-@pytest.fixture
-async def proxy(db_url: str) -> AsyncIterator[TcpProxy]:
-    url = make_url(db_url)
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
-    await proxy.start()
-    yield proxy
-    await proxy.stop()
-
-
-def through(proxy: TcpProxy, db_url: str) -> str:
-    return make_url(db_url).set(port=proxy.port).render_as_string(hide_password=False)
 
 
 async def test_liveness_and_readiness_answer_ok_with_no_detail(db_url, fakes):
@@ -53,7 +37,7 @@ async def test_an_outage_makes_readiness_503_without_host_or_driver_text_while_l
     db_url, proxy, fakes, outage, caplog
 ):
     slack, aiml = fakes
-    url = through(proxy, db_url)
+    url = proxy.url_for(db_url)
     async with running_bot(make_settings(url, slack, aiml), slack) as bot:
         proxy.cut() if outage == "refused" else proxy.black_hole()
         with caplog.at_level(logging.WARNING, logger="bot.health"):
@@ -77,7 +61,7 @@ async def test_an_outage_makes_readiness_503_without_host_or_driver_text_while_l
 @postgres_only
 async def test_a_black_holed_database_gets_the_outage_note_in_slack_and_nothing_hangs(db_url, proxy, fakes):
     slack, aiml = fakes
-    async with running_bot(make_settings(through(proxy, db_url), slack, aiml), slack) as bot:
+    async with running_bot(make_settings(proxy.url_for(db_url), slack, aiml), slack) as bot:
         proxy.black_hole()
         await bot.send(mention("hello?", "100.000001"))
         await eventually(lambda: bool(bot.replies("C1", "100.000001")), 60)
@@ -121,7 +105,7 @@ async def test_the_images_health_check_passes_during_a_database_outage_so_docker
     db_url, proxy, fakes
 ):
     slack, aiml = fakes
-    async with running_bot(make_settings(through(proxy, db_url), slack, aiml), slack) as bot:
+    async with running_bot(make_settings(proxy.url_for(db_url), slack, aiml), slack) as bot:
         proxy.cut()
         assert (await bot.http.get("/readyz")).status_code == 503
         port = str(bot.runtime.port)

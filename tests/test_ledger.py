@@ -7,11 +7,10 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from sqlalchemy import select, update
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation.lease import ReplyLease
@@ -30,7 +29,6 @@ from bot.storage.models import (
 from bot.storage.spool import Spool
 from bot.storage.usage import UsageEntry
 from tests.fakes.aimlapi import Reply
-from tests.fakes.tcp_proxy import TcpProxy
 from tests.harness import eventually, make_settings, mention, running_bot
 
 
@@ -390,21 +388,12 @@ async def test_the_spool_depth_is_exported_as_a_gauge_read_at_scrape(db_url, fak
         assert samples[("slackbot_usage_spool_rows", ())] == bot.runtime.core.ledger.pending == 0
 
 
-@pytest.fixture
-async def proxy(db_url: str) -> AsyncIterator[TcpProxy]:
-    url = make_url(db_url)
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
-    await proxy.start()
-    yield proxy
-    await proxy.stop()
-
-
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 async def test_a_failed_lease_renewal_is_retried_within_seconds_not_a_whole_period_later(
     db_url, proxy, sessions
 ):
     message_id = await streaming_reply(sessions)
-    engine = create_engine(make_url(db_url).set(port=proxy.port).render_as_string(hide_password=False))
+    engine = create_engine(proxy.url_for(db_url))
     period = 10.0
     lease = ReplyLease(session_factory(engine), lease=45, renew_every=period)
     proxy.cut()

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 from typing import cast
 
+from sqlalchemy.engine import make_url
+
 
 class TcpProxy:
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -16,6 +18,15 @@ class TcpProxy:
         self.up = True
         self.holed = False
         self.port = 0
+
+    @classmethod
+    def in_front_of(cls, database_url: str) -> TcpProxy:
+        url = make_url(database_url)
+        return cls(url.host or "127.0.0.1", url.port or 5432)
+
+    def url_for(self, database_url: str) -> str:
+        """`database_url` with its connections going through this proxy."""
+        return make_url(database_url).set(port=self.port).render_as_string(hide_password=False)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
