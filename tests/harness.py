@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
 import httpx
 from slack_sdk.signature import SignatureVerifier
@@ -148,6 +149,45 @@ class Bot:
         if retry_num is not None:
             headers |= {"X-Slack-Retry-Num": str(retry_num), "X-Slack-Retry-Reason": "http_timeout"}
         return await self.http.post("/slack/events", content=body, headers=headers)
+
+    async def post_form(self, fields: dict[str, str]) -> httpx.Response:
+        """A signed form POST to the events endpoint, as Slack sends commands and interactions."""
+        body = urlencode(fields)
+        headers = signed_headers(body) | {"Content-Type": "application/x-www-form-urlencoded"}
+        return await self.http.post("/slack/events", content=body, headers=headers)
+
+    async def command(
+        self,
+        command: str,
+        text: str = "",
+        *,
+        user: str = "U1",
+        channel: str = "C1",
+        response_url: str = "http://127.0.0.1:9/unused",
+        team: str = "T1",
+        trigger_id: str = "1.2.3",
+    ) -> httpx.Response:
+        """A slash command (`/usage`, `/glm ...`) as Slack sends it."""
+        return await self.post_form(
+            {
+                "token": "legacy",
+                "team_id": team,
+                "team_domain": "fake",
+                "channel_id": channel,
+                "channel_name": "channel",
+                "user_id": user,
+                "user_name": user.lower(),
+                "command": command,
+                "text": text,
+                "api_app_id": "A1",
+                "response_url": response_url,
+                "trigger_id": trigger_id,
+            }
+        )
+
+    async def interact(self, payload: dict[str, Any]) -> httpx.Response:
+        """An interactivity payload (`block_actions`, `view_submission`, ...) as Slack sends it."""
+        return await self.post_form({"payload": json.dumps(payload)})
 
     def replies(self, channel: str, thread_ts: str) -> list[FakeMessage]:
         """The bot's messages in a thread, oldest first."""
