@@ -5,14 +5,17 @@ from __future__ import annotations
 import re
 from datetime import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _DEFAULT_PROMPT = Path(__file__).with_name("default_system_prompt.md")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+_SLACK_ID = re.compile(r"[A-Z][A-Z0-9]+")
 
 
 class SettingsError(Exception):
@@ -58,8 +61,25 @@ class Settings(BaseSettings):
     system_prompt_file: Path = _DEFAULT_PROMPT
     shutdown_grace_seconds: float = Field(20.0, ge=0)
 
+    # Bot admins besides the workspace's admins and owners (comma-separated Slack user ids).
+    admin_user_ids: Annotated[frozenset[str], NoDecode] = frozenset()
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
+
+    @field_validator("admin_user_ids", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        """Lists of Slack ids are written comma-separated in the environment: `U1,U2, U3`."""
+        if isinstance(value, str):
+            items = [item.strip() for item in value.split(",") if item.strip()]
+            bad = [item for item in items if not _SLACK_ID.fullmatch(item)]
+            if bad:
+                raise ValueError(
+                    f"not Slack ids: {', '.join(bad[:3])} (expected e.g. U012AB3CD, comma-separated)"
+                )
+            return frozenset(items)
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

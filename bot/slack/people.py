@@ -1,4 +1,4 @@
-"""Who a Slack user id is (display name, time zone): users.info behind one small, bounded cache.
+"""Who a Slack user id is (name, time zone, admin, guest, team): users.info behind one small, bounded cache.
 
 Entries expire after a TTL and the least recently used go first when the cache is full; a failed
 look-up is not cached, so the next caller asks Slack again. One directory per process serves the
@@ -18,6 +18,8 @@ import aiohttp
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.conversation.person import Person
+
 log = logging.getLogger(__name__)
 
 MAX_ENTRIES = 10_000  # a busy workspace's active people; the least recently used go first
@@ -30,13 +32,29 @@ LOOKUP_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
-class Person:
+class Profile:
+    """What users.info says about a person that the bot uses."""
+
     user_id: str
     name: str  # the display name people see in Slack, else their full name, else the handle
     tz: str | None  # IANA zone from the profile, e.g. "Europe/Berlin"; None when Slack has none
+    team_id: str | None = None  # the person's own workspace (another one for Slack Connect users)
+    is_workspace_admin: bool = False  # a workspace admin, owner or primary owner
+    is_guest: bool = False  # a single- or multi-channel guest
+
+    def asker(self, *, admins: frozenset[str], workspace: str) -> Person:
+        """The domain's facts about this person asking in `workspace` (the team the bot serves)."""
+        return Person(
+            user_id=self.user_id,
+            team_id=self.team_id,
+            is_admin=self.is_workspace_admin or self.user_id in admins,
+            is_guest=self.is_guest,
+            is_external=self.team_id is not None and self.team_id != workspace,
+            name=self.name,
+        )
 
 
-def person_from(user: dict[str, object], user_id: str) -> Person:
+def person_from(user: dict[str, object], user_id: str) -> Profile:
     profile = user.get("profile")
     profile = profile if isinstance(profile, dict) else {}
     name = (
@@ -47,7 +65,17 @@ def person_from(user: dict[str, object], user_id: str) -> Person:
         or user_id
     )
     tz = user.get("tz")
-    return Person(user_id=user_id, name=str(name), tz=str(tz) if tz else None)
+    team = user.get("team_id")
+    return Profile(
+        user_id=user_id,
+        name=str(name),
+        tz=str(tz) if tz else None,
+        team_id=str(team) if team else None,
+        is_workspace_admin=any(
+            user.get(flag) is True for flag in ("is_admin", "is_owner", "is_primary_owner")
+        ),
+        is_guest=user.get("is_restricted") is True or user.get("is_ultra_restricted") is True,
+    )
 
 
 class UserDirectory:
@@ -65,14 +93,14 @@ class UserDirectory:
         self._ttl = ttl
         self._timeout = timeout
         self._clock = clock
-        self._entries: OrderedDict[str, tuple[float, Person]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, Profile]] = OrderedDict()
 
     @property
     def size(self) -> int:
         """How many people are cached now (never more than `max_entries`)."""
         return len(self._entries)
 
-    def cached(self, user_id: str) -> Person | None:
+    def cached(self, user_id: str) -> Profile | None:
         """The person behind `user_id` if a fresh entry is cached; never calls Slack."""
         entry = self._entries.get(user_id)
         if entry is None:
@@ -83,7 +111,7 @@ class UserDirectory:
         self._entries.move_to_end(user_id)
         return entry[1]
 
-    async def lookup(self, user_id: str) -> Person | None:
+    async def lookup(self, user_id: str) -> Profile | None:
         """The person behind `user_id`, or None when Slack cannot say right now."""
         cached = self.cached(user_id)
         if cached is not None:

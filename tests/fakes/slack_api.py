@@ -93,6 +93,11 @@ class FakeUser:
     display_name: str = ""
     is_bot: bool = False
     tz: str = "UTC"
+    is_admin: bool = False
+    is_owner: bool = False
+    is_restricted: bool = False  # a multi-channel guest
+    is_ultra_restricted: bool = False  # a single-channel guest
+    team_id: str | None = None  # another workspace's id for a Slack Connect user; None: the caller's
 
 
 @dataclass(frozen=True)
@@ -503,7 +508,12 @@ class FakeSlackApi:
         return {
             "user": {
                 "id": user_id,
-                "team_id": team,
+                "team_id": user.team_id or team,
+                "is_admin": user.is_admin,
+                "is_owner": user.is_owner,
+                "is_primary_owner": False,
+                "is_restricted": user.is_restricted,
+                "is_ultra_restricted": user.is_ultra_restricted,
                 "name": user.display_name or user.real_name.lower().replace(" ", "."),
                 "real_name": user.real_name,
                 "is_bot": user.is_bot,
