@@ -13,6 +13,7 @@ changes, i.e. after the modelled latency, which is when a person in the thread c
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -22,7 +23,7 @@ from typing import Any
 
 from bench.botproc import AIMLAPI_KEY, BOT_TOKEN
 from tests.fakes.aimlapi import FakeAimlApi, Reply
-from tests.fakes.slack_api import FakeSlackApi, RateLimit
+from tests.fakes.slack_api import FakeSlackApi, Handler, RateLimit
 
 # Slack's published limits (see /work/shared/reference/slack.md); per workspace unless said otherwise.
 SLACK_UPDATES_PER_MINUTE = 50.0  # chat.update: Tier 3, about 50 a minute...
@@ -32,6 +33,7 @@ SLACK_POST_BURST = 3  # ...with a burst
 SLACK_TIER3 = RateLimit(50.0, burst=10)  # conversations.replies for an internal (self-hosted) app
 SLACK_TIER4 = RateLimit(100.0, burst=20)  # users.info, auth.test
 SLACK_STATUS = RateLimit(600.0, burst=20)  # assistant.threads.setStatus ("special")
+STREAM_METHODS = ("chat.startStream", "chat.appendStream", "chat.stopStream")
 
 # Median latency of each method relative to chat.update's (the `--slack-latency` p50). Slack publishes
 # no figures: writes that fan out to clients (posts) and history pages take a little longer than an
@@ -175,6 +177,22 @@ class BenchSlack(FakeSlackApi):
         self.shown: list[Shown] = []
         self.limits.update(model.limits())
         self.latency = model.latency()
+        # Native streaming is the fake's own (by name, once it serves it): stamp what each call shows.
+        for method in STREAM_METHODS:
+            handler = self._handlers.get(method)
+            if handler is not None:
+                self.route(method, self._stamping(method, handler))
+
+    def _stamping(self, method: str, handler: Handler) -> Handler:
+        async def stamped(params: dict[str, Any], team: str) -> dict[str, Any]:
+            body = await handler(params, team)
+            channel = str(body.get("channel") or params.get("channel") or "")
+            ts = str(body.get("ts") or params.get("ts") or "")
+            with contextlib.suppress(KeyError):  # no message to show (the fake keeps none for it)
+                self._stamp(method, channel, ts)
+            return body
+
+        return stamped
 
     def _check_rate(self, method: str, team: str, params: dict[str, Any]) -> None:
         channel = str(params.get("channel") or params.get("channel_id") or "")
