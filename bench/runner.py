@@ -29,6 +29,9 @@ from bench.targets import evaluate
 
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "latest.json"
 QUICK_UPDATE_SPEEDUP = 12.0  # --quick: chat.update 12x Slack's rate, for development
+# (a) alongside (c): this long after (c)'s last chunk, once its bot has stored the 200 replies' usage
+# and only sends final edits at Slack's pace (under one a second).
+SETTLE_SECONDS = 5.0
 
 
 async def run_bench(
@@ -132,6 +135,7 @@ async def _run_all(
     async def side_by_side(after: asyncio.Event | None = None) -> None:
         if after is not None:
             await after.wait()
+            await asyncio.sleep(SETTLE_SECONDS)
         names = ", ".join(s.run_key for s in singles)
         _say(log, f"running ({names}) {singles[0].title}, side by side ...")
         await asyncio.gather(*(one(s) for s in singles))

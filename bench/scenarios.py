@@ -33,6 +33,7 @@ from bench.measure import stream_result
 from bench.observe import thread_done
 from bench.stats import LoopLag
 from tests.fakes.aimlapi import FakeAimlApi, Reply
+from tests.fakes.slack_rules import SLACK_LIMITS
 
 
 @dataclass(frozen=True)
@@ -65,12 +66,17 @@ class StreamScenario:
 
     def timeout(self, model: SlackModel) -> float:
         """Generous bound on the wait (for each reply when sequential): streaming time plus 1.5x the
-        time the bot's edit budget needs for the final edits (one reply: and an edit a second)."""
+        time the bot's budget needs for the final calls (one reply: and an edit a second). Finals are
+        edits unless the mode is native, where they are chat.stopStream's (Tier 2, slower); auto can
+        always fall back to edits."""
         pieces = -(-self.words // self.words_per_piece)
         stream = self.ttft + pieces * self.chunk_interval
         per_team = 1 if self.sequential else -(-self.conversations // self.teams)
         edits = per_team * (1 + (stream if self.sequential else 0))
-        budget = edits / (0.9 * model.updates_per_minute) * 60.0
+        rate = model.updates_per_minute
+        if self.streaming == "native":
+            rate = min(rate, SLACK_LIMITS["chat.stopStream"].per_minute)
+        budget = edits / (0.9 * rate) * 60.0
         return (0 if self.sequential else self.ramp_seconds) + stream + 1.5 * budget + 10.0
 
 
