@@ -34,5 +34,5 @@ How it measures (details in the modules):
 - Every reply is in every percentile: one that never showed its placeholder, text or final edit
   counts at the time the bench stopped waiting for it, and the tables count it as "never".
 - Chunk lag: for each chunk the fake model sent, the time until the thread showed the answer up to
-  that chunk (`BenchSlack.shown` stamps each accepted post and edit after its latency).
+  that chunk (`BenchSlack.shown` stamps each accepted post, edit and stream call after its latency).
 """

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bench.botproc import BOT_TOKEN
 from bench.calls import (
     answer_text,
     calls_by_method,
@@ -15,10 +18,10 @@ from bench.calls import (
     message_index,
     short_calls,
 )
-from bench.fakes import SlackModel
+from bench.fakes import BenchSlack, SlackModel
 from bench.scenarios import SCENARIOS, in_modes
 from bench.targets import auto_targets, evaluate
-from tests.fakes.slack_api import Call, FakeMessage
+from tests.fakes.slack_api import Call, FakeMessage, FakeSlackApi
 
 ROOT, OTHER_ROOT = "1800000000.000001", "1800000000.000002"
 REPLY, OTHER_REPLY = "1700000000.000100", "1700000000.000200"
@@ -191,3 +194,50 @@ def test_a_and_b_run_in_every_mode_and_the_rest_in_the_bots_default() -> None:
     assert runs[0].environment(SlackModel())["SLACK_STREAMING"] == "edits"
     assert "SLACK_STREAMING" not in runs[6].environment(SlackModel())
     assert [s.run_key for s in in_modes([SCENARIOS["c"]], ["edits"])] == ["c/edits"]
+
+
+class _StreamingSlack(FakeSlackApi):
+    """A fake that serves chat.startStream and chat.appendStream (the native work's fake will have its
+    own): the bench must stamp them by name without knowing how they are made."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.route("chat.startStream", self._start)
+        self.route("chat.appendStream", self._append)
+
+    async def _start(self, params: dict[str, Any], _team: str) -> dict[str, Any]:
+        text = str(params.get("markdown_text") or "")
+        ts = self.add_message(str(params["channel"]), text, "UBOT", str(params["thread_ts"]), bot_id="BBOT")
+        self.message(str(params["channel"]), ts).blocks = _markdown(text) if text else None
+        return {"channel": params["channel"], "ts": ts}
+
+    async def _append(self, params: dict[str, Any], _team: str) -> dict[str, Any]:
+        message = self.message(str(params["channel"]), str(params["ts"]))
+        text = message.markdown + answer_text(params)
+        message.blocks = _markdown(text)
+        return {"channel": params["channel"], "ts": message.ts}
+
+
+class _StreamingBench(BenchSlack, _StreamingSlack):
+    pass
+
+
+async def test_the_bench_fake_stamps_what_native_stream_calls_show_and_the_log_finds_their_text() -> None:
+    slack = _StreamingBench(SlackModel(latency_p50_ms=0))
+    async with slack:
+        client = AsyncWebClient(token=BOT_TOKEN, base_url=slack.api_url)
+        root = slack.add_message("C1", "question")
+        started = await client.chat_startStream(channel="C1", thread_ts=root, recipient_user_id="U1")
+        await client.chat_appendStream(
+            channel="C1", ts=started["ts"], chunks=[{"type": "markdown_text", "text": "Hello"}]
+        )
+        await client.chat_appendStream(channel="C1", ts=started["ts"], markdown_text=" world.")
+
+        assert [(s.method, s.markdown) for s in slack.shown] == [
+            ("chat.startStream", ""),
+            ("chat.appendStream", "Hello"),
+            ("chat.appendStream", "Hello world."),
+        ]
+        index = message_index(slack.messages("C1"))
+        appended = slack.calls_to("chat.appendStream")[0]
+        assert first_text_at(slack.calls, index) == {("C1", root): appended.time}
