@@ -238,6 +238,26 @@ def format_summary(scenarios: dict[str, dict[str, Any]], mode: str, total_second
             _num(v["bot_cpu_seconds_per_reply"], "{:.2f}"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    modes = [(k, v) for k, v in scenarios.items() if "first_text_ms" in v]
+    if modes:
+        lines += [
+            "",
+            "| run | mode | status shown s | first answer text s | last token->final s "
+            "| Slack calls/reply | 429s | complete |",
+            "|" + "---|" * 8,
+        ]
+        for k, v in modes:
+            cells = [
+                f"({k}) {v['title']}",
+                v.get("streaming", "default"),
+                _three(v["status_shown_ms"]),
+                _three(v["first_text_ms"]),
+                _three(v["last_token_to_final_ms"]),
+                short_calls(v.get("slack_calls_per_reply", {})),
+                str(v["slack_429s"]),
+                f"{v['complete_pct']:.0f} %",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -113,6 +113,8 @@ async def _run_all(
     host = next((s for s in scenarios if s.key == "c" and s not in singles), None) if overlap else None
     results: dict[str, dict[str, Any]] = {}
 
+    began = time.monotonic()
+
     async def one(scenario: Scenario, streamed: asyncio.Event | None = None) -> None:
         t0 = time.monotonic()
         try:
@@ -128,6 +130,7 @@ async def _run_all(
         finally:
             if streamed is not None:
                 streamed.set()
+        result["started_after_s"] = round(t0 - began, 1)  # from the start of the bench
         result["wall_seconds"] = round(time.monotonic() - t0, 1)
         results[scenario.run_key] = result
         _say(log, f"  ({scenario.run_key}) done in {result['wall_seconds']} s")

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 from bench.fakes import SlackModel
-from bench.runner import run_bench
-from bench.scenarios import SCENARIOS, StreamScenario
+from bench.runner import SETTLE_SECONDS, run_bench
+from bench.scenarios import SCENARIOS, StreamScenario, in_modes
 
 
 async def test_a_short_single_stream_benchmark_writes_complete_results(tmp_path: Path) -> None:
@@ -53,3 +53,29 @@ async def test_a_short_single_stream_benchmark_writes_complete_results(tmp_path:
     verdicts = {t["target"]: t["pass"] for t in data["targets"]}
     assert verdicts["(a/edits) complete, no errors"] is True
     assert verdicts["(a/edits) streaming overhead p50"] is not None
+
+
+async def test_the_single_streams_of_every_mode_run_side_by_side_once_c_has_streamed(tmp_path: Path) -> None:
+    single, many = SCENARIOS["a"], SCENARIOS["c"]
+    assert isinstance(single, StreamScenario) and isinstance(many, StreamScenario)
+    single = dataclasses.replace(single, conversations=1, words=20)
+    # 25 final edits against Slack's 50 a minute with a burst of 10: (c) waits for Slack a while.
+    many = dataclasses.replace(many, conversations=25, words=20, ramp_seconds=0.0)
+    runs = [*in_modes([single], None), many]
+    output = tmp_path / "latest.json"
+
+    await run_bench(runs, model=SlackModel(latency_p50_ms=5.0), output=output, log=False, sql_count=False)
+
+    data = json.loads(output.read_text())
+    assert list(data["scenarios"]) == ["a/edits", "a/native", "a/auto", "c"]
+    c = data["scenarios"]["c"]
+    for key in ("a/edits", "a/native", "a/auto"):
+        a = data["scenarios"][key]
+        assert a["complete_pct"] == 100.0 and a["bot_env"]["SLACK_STREAMING"] == key[2:], key
+        assert a["ran_alongside"].startswith("(c)"), key
+        # After (c)'s model sent its last chunk and the settling time, while (c) still waits for Slack.
+        assert c["started_after_s"] + SETTLE_SECONDS < a["started_after_s"], key
+        assert a["started_after_s"] < c["started_after_s"] + c["wall_seconds"], key
+    assert c["complete_pct"] == 100.0 and "ran_alongside" not in c
+    verdicts = {t["target"]: t["pass"] for t in data["targets"]}
+    assert verdicts["(a/auto) streaming overhead p50"] is not None
