@@ -54,7 +54,8 @@ def format_tables(scenarios: dict[str, dict[str, Any]], mode: str) -> str:
     if streams:
         out.append(
             'Latency, ms (p50 / p99 over every reply; "never": replies, or chunks, that never got there,'
-            " counted at the time the bench stopped waiting)"
+            ' counted at the time the bench stopped waiting; "placeholder": the first message of the reply,'
+            " a native stream's start too)"
         )
         out.append(
             _table(
