@@ -24,6 +24,7 @@ from typing import Any
 from bench.botproc import AIMLAPI_KEY, BOT_TOKEN
 from tests.fakes.aimlapi import FakeAimlApi, Reply
 from tests.fakes.slack_api import FakeSlackApi, Handler, RateLimit
+from tests.fakes.slack_rules import SLACK_LIMITS
 
 # Slack's published limits (see /work/shared/reference/slack.md); per workspace unless said otherwise.
 SLACK_UPDATES_PER_MINUTE = 50.0  # chat.update: Tier 3, about 50 a minute...
@@ -107,6 +108,16 @@ class SlackModel:
             "chat_update_per_minute": self.updates_per_minute,
             "chat_update_burst": SLACK_UPDATE_BURST,
             "chat_post_per_minute_per_channel": SLACK_POST_PER_MINUTE,
+            # Per workspace. 50 statuses due within 1 s of 50 events spread over 1 s need a burst of
+            # at least 31 at 600 a minute: with this one, the (b) status target cannot hold for all.
+            "status_per_minute": SLACK_STATUS.per_minute,
+            "status_burst": SLACK_STATUS.burst,
+            # Native streaming keeps the fake's own limits (Tier 2 start/stop, Tier 4 append).
+            "stream_limits": {
+                method: {"per_minute": limit.per_minute, "burst": limit.burst}
+                for method in STREAM_METHODS
+                if (limit := SLACK_LIMITS.get(method)) is not None
+            },
             "latency": {
                 "p50_ms": self.latency_p50_ms,
                 "sigma": self.latency_sigma,
