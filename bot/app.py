@@ -21,13 +21,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.conversation.ledger import Ledger
 from bot.conversation.service import ConversationService, ServiceConfig
+from bot.conversation.settings_rules import SettingsBounds
+from bot.conversation.settings_store import ChannelSettingsStore
 from bot.jobs.digest import DigestJob
 from bot.jobs.maintenance import Maintenance
 from bot.jobs.scheduler import build_scheduler
 from bot.llm.client import AimlClient
 from bot.metrics import Metrics
 from bot.settings import Settings, SettingsError
+from bot.slack.admin_access import AdminAccess
+from bot.slack.app_home import AppHome, register_app_home
 from bot.slack.edit_budget import EditBudgets
+from bot.slack.glm_command import GlmCommand, register_glm_command
 from bot.slack.handler import HandlerConfig, SlackTurns
 from bot.slack.listeners import register_listeners
 from bot.slack.people import UserDirectory
@@ -71,7 +76,10 @@ async def core_services(settings: Settings, metrics: Metrics | None = None) -> A
         max_retries=settings.llm_max_retries,
     )
     config = ServiceConfig(
-        settings.system_prompt(), settings.llm_context_window, settings.llm_max_output_tokens
+        settings.system_prompt(),
+        settings.llm_context_window,
+        settings.llm_max_output_tokens,
+        allowed_models=settings.models_allowed,
     )
     sessions = session_factory(engine)
     ledger = Ledger(sessions, Spool(settings.spool_dir, settings.usage_spool_max_rows), events=metrics)
@@ -149,6 +157,9 @@ class BotRuntime:
         self._maintenance: asyncio.Task[None] | None = None
         self.turns: SlackTurns | None = None
         self.core: Core | None = None
+        self.channel_settings: ChannelSettingsStore | None = None
+        self.home: AppHome | None = None  # its `allowances` and `alerts` seams are set by the quotas
+        self.glm: GlmCommand | None = None  # `/glm` subcommands: self.glm.add(word, Subcommand(...))
 
     async def start(self) -> int:
         settings = self.settings
@@ -162,6 +173,7 @@ class BotRuntime:
         budgets = EditBudgets(settings.slack_edits_per_minute, settings.slack_edit_burst)
         export_live_state(self.metrics, budgets, core.engine)
         people = UserDirectory(self.client)  # one users.info cache: turns, /usage, the digest
+        self.channel_settings = channel_settings = ChannelSettingsStore(core.sessions)
         self.turns = SlackTurns(
             core.service,
             core.sessions,
@@ -171,6 +183,7 @@ class BotRuntime:
                 settings.stream_update_interval, settings.thread_followups, settings.thread_backfill_limit
             ),
             people,
+            channels=channel_settings,
         )
         maintenance = Maintenance(
             core.sessions,
@@ -183,7 +196,14 @@ class BotRuntime:
         )
         await maintenance.at_start_up()  # logs and counts its own failures: start-up goes on
         self._maintenance = asyncio.create_task(maintenance.run_forever(), name="maintenance")
+        access = AdminAccess(people, settings.admin_user_ids)
+        self.home = AppHome(core.sessions, access, people, channel_settings, settings.digest_zone)
+        # Before register_listeners: Bolt runs the first listener that matches, and theirs catch all.
+        register_app_home(bolt, self.home)
         register_listeners(bolt, self.turns, self.metrics)
+        bounds = SettingsBounds(settings.aimlapi_model, settings.models_allowed, settings.llm_max_output_tokens)
+        self.glm = GlmCommand(access, channel_settings, bounds, self.home)
+        register_glm_command(bolt, self.glm)
         register_usage_command(bolt, core.sessions, settings.digest_zone, people=people)
         if settings.usage_digest_channel:
             job = DigestJob(

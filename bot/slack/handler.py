@@ -20,6 +20,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation.admission import Admission, Admitted, Arrival, Refused
+from bot.conversation.channel_settings import DEFAULT_CHANNEL_SETTINGS, ChannelSettings, ChannelSettingsSource
 from bot.conversation.ordering import TurnOrder
 from bot.conversation.service import (
     NOTE_DATABASE,
@@ -77,8 +78,10 @@ class SlackTurns:
         metrics: Metrics,
         config: HandlerConfig,
         people: UserDirectory,
+        channels: ChannelSettingsSource | None = None,
     ) -> None:
         self._service = service
+        self._channels = channels
         self._budgets = budgets
         self._metrics = metrics
         self._config = config
@@ -187,8 +190,25 @@ class SlackTurns:
             )
         text = strip_bot_mention(incoming.text, bot_user_id)
         names = await self._people.names(user_ids_in(text), lookups=LOOKUPS_PER_MESSAGE)
-        turn = Turn(admitted.arrival.key, incoming.kind, readable(text, names), incoming.user_id, backfill)
+        turn = Turn(
+            admitted.arrival.key,
+            incoming.kind,
+            readable(text, names),
+            incoming.user_id,
+            backfill,
+            await self._channel_settings(admitted.arrival.key),
+        )
         return await self._service.reply(turn, reply)
+
+    async def _channel_settings(self, key: ConversationKey) -> ChannelSettings:
+        if self._channels is None:
+            return DEFAULT_CHANNEL_SETTINGS
+        try:
+            return await self._channels.for_channel(key.team_id, key.channel_id)
+        except UNAVAILABLE as exc:
+            # The turn's own first write meets the same outage and tells the person.
+            log.warning("channel settings unavailable: %s", error_reason(exc))
+            return DEFAULT_CHANNEL_SETTINGS
 
     async def _release(self, arrival: Arrival) -> None:
         try:
