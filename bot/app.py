@@ -201,7 +201,9 @@ class BotRuntime:
         # Before register_listeners: Bolt runs the first listener that matches, and theirs catch all.
         register_app_home(bolt, self.home)
         register_listeners(bolt, self.turns, self.metrics)
-        bounds = SettingsBounds(settings.aimlapi_model, settings.models_allowed, settings.llm_max_output_tokens)
+        bounds = SettingsBounds(
+            settings.aimlapi_model, settings.models_allowed, settings.llm_max_output_tokens
+        )
         self.glm = GlmCommand(access, channel_settings, bounds, self.home)
         register_glm_command(bolt, self.glm)
         register_usage_command(bolt, core.sessions, settings.digest_zone, people=people)

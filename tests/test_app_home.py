@@ -87,15 +87,23 @@ async def test_the_messages_tab_is_left_to_its_own_listener(bot: Bot) -> None:
 
 class FixedAllowances:
     async def for_person(self, team_id: str, user_id: str) -> Sequence[Allowance]:
-        return [Allowance(f"Daily quota of {user_id} in {team_id}", limit=50_000, used=38_000, resets="at midnight UTC")]
+        return [
+            Allowance(
+                f"Daily quota of {user_id} in {team_id}", limit=50_000, used=38_000, resets="at midnight UTC"
+            )
+        ]
 
     async def for_workspace(self, team_id: str) -> Sequence[Allowance]:
-        return [Allowance("Workspace budget this month", limit=5_000_000, used=4_750_000)]
+        return [Allowance(f"Budget of {team_id} this month", limit=5_000_000, used=4_750_000)]
 
 
 class OneAlert:
     async def open_alerts(self, team_id: str) -> Sequence[OpenAlert]:
-        return [OpenAlert(f"{team_id} passed 95 % of its monthly budget", datetime(2026, 12, 1, 9, 30, tzinfo=UTC))]
+        return [
+            OpenAlert(
+                f"{team_id} passed 95 % of its monthly budget", datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+            )
+        ]
 
 
 async def test_remaining_credits_and_open_alerts_appear_once_wired(bot: Bot) -> None:
@@ -121,7 +129,9 @@ async def test_changing_a_channels_settings_refreshes_the_admins_home(bot: Bot) 
     await bot.idle()
     view = bot.slack.opened_views[-1]
     values = {
-        b["block_id"]: {b["element"]["action_id"]: _initial(b["element"])} for b in view["blocks"] if b["type"] == "input"
+        b["block_id"]: {b["element"]["action_id"]: _initial(b["element"])}
+        for b in view["blocks"]
+        if b["type"] == "input"
     }
     values["max_output_tokens"]["max_output_tokens"]["value"] = "1000"
     payload = {
@@ -138,7 +148,9 @@ async def test_changing_a_channels_settings_refreshes_the_admins_home(bot: Bot) 
     refreshed = bot.slack.home_views["UADMIN"]
     assert refreshed["id"] != first["id"]
     assert "<#C7>: mode threads, answers up to 1,000 tokens" in text_of(refreshed)
-    assert await bot.runtime.channel_settings.for_channel("T1", "C7") == ChannelSettings(max_output_tokens=1000)
+    assert await bot.runtime.channel_settings.for_channel("T1", "C7") == ChannelSettings(
+        max_output_tokens=1000
+    )
 
 
 def _initial(element: dict[str, Any]) -> dict[str, Any]:

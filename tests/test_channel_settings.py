@@ -1,4 +1,4 @@
-"""Channel settings: stored and audited, cached per process with a TTL, bounded when saved and at each turn."""
+"""Channel settings: stored and audited, cached with a TTL, bounded when saved and at each turn."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ class Clock:
         return self.now
 
 
-async def test_a_channel_nobody_configured_has_the_defaults(sessions: async_sessionmaker[AsyncSession]) -> None:
+async def test_a_channel_nobody_configured_has_the_defaults(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
     store = ChannelSettingsStore(sessions)
 
     assert await store.for_channel("T1", "C1") == DEFAULT_CHANNEL_SETTINGS
@@ -38,7 +40,10 @@ async def test_a_save_is_seen_at_once_here_and_within_the_ttl_by_another_replica
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     clock = Clock()
-    here, replica = ChannelSettingsStore(sessions, ttl=5, clock=clock), ChannelSettingsStore(sessions, ttl=5, clock=clock)
+    here, replica = (
+        ChannelSettingsStore(sessions, ttl=5, clock=clock),
+        ChannelSettingsStore(sessions, ttl=5, clock=clock),
+    )
     await here.for_channel("T1", "C1")
     assert await replica.for_channel("T1", "C1") == DEFAULT_CHANNEL_SETTINGS
 
@@ -50,7 +55,9 @@ async def test_a_save_is_seen_at_once_here_and_within_the_ttl_by_another_replica
     assert await replica.for_channel("T1", "C1") == FRENCH
 
 
-async def test_every_save_is_audited_with_what_it_replaced(sessions: async_sessionmaker[AsyncSession]) -> None:
+async def test_every_save_is_audited_with_what_it_replaced(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
     store = ChannelSettingsStore(sessions)
     quiet = ChannelSettings(mode=ChannelMode.MENTIONS, followups=False)
 
@@ -113,7 +120,9 @@ def test_a_valid_form_becomes_settings_with_the_prompt_trimmed() -> None:
 
 
 def test_every_problem_of_a_form_is_reported_at_once() -> None:
-    checked = check_form(form(mode="loud", model="x/y", max_output_tokens="9", system_prompt="p" * 4001), BOUNDS)
+    checked = check_form(
+        form(mode="loud", model="x/y", max_output_tokens="9", system_prompt="p" * 4001), BOUNDS
+    )
     assert isinstance(checked, Invalid)
     assert set(checked.errors) == {"mode", "model", "max_output_tokens", "system_prompt"}
 
@@ -152,7 +161,9 @@ async def test_the_settings_migration_downgrades_and_upgrades_again(empty_db_url
 
 
 @pytest.mark.parametrize("mode", list(ChannelMode))
-async def test_each_mode_is_stored_and_read_back(sessions: async_sessionmaker[AsyncSession], mode: ChannelMode) -> None:
+async def test_each_mode_is_stored_and_read_back(
+    sessions: async_sessionmaker[AsyncSession], mode: ChannelMode
+) -> None:
     settings = ChannelSettings(mode=mode)
     await ChannelSettingsStore(sessions).save("T1", "C9", settings, actor_id="U1")
 

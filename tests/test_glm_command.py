@@ -40,10 +40,14 @@ async def bot(db_url: str, slack: FakeSlackApi, aiml: FakeAimlApi) -> AsyncItera
         yield running
 
 
-async def open_settings(bot: Bot, user: str, response_url: ResponseUrl, channel: str = "C1") -> dict[str, Any]:
+async def open_settings(
+    bot: Bot, user: str, response_url: ResponseUrl, channel: str = "C1"
+) -> dict[str, Any]:
     """Run `/glm settings` and return the modal Slack was asked to open."""
     opened = len(bot.slack.opened_views)
-    response = await bot.command("/glm", "settings", user=user, channel=channel, response_url=response_url.url)
+    response = await bot.command(
+        "/glm", "settings", user=user, channel=channel, response_url=response_url.url
+    )
     assert response.status_code == 200
     await eventually(lambda: len(bot.slack.opened_views) > opened)
     return bot.slack.opened_views[-1]
@@ -196,7 +200,9 @@ async def test_a_forged_submission_by_someone_else_is_refused(bot: Bot, response
     assert await stored(bot) == ([], [])
 
 
-async def test_settings_in_a_direct_message_explain_where_to_run_them(bot: Bot, response_url: ResponseUrl) -> None:
+async def test_settings_in_a_direct_message_explain_where_to_run_them(
+    bot: Bot, response_url: ResponseUrl
+) -> None:
     await bot.command("/glm", "settings", user="UADMIN", channel="D1", response_url=response_url.url)
 
     answer = await response_url.next_answer()

@@ -152,7 +152,9 @@ class ConversationService:
         if request.dropped_turns:
             log.info("history trimmed", extra={"dropped_turns": request.dropped_turns})
 
-        end = await self._stream(request.messages, sink, assistant_id, request_id, plan.model, plan.max_output_tokens)
+        end = await self._stream(
+            request.messages, sink, assistant_id, request_id, plan.model, plan.max_output_tokens
+        )
         result = end.result
         if result.usage.prompt_tokens:
             self._estimator.calibrate(request.estimated_tokens, result.usage.prompt_tokens)

@@ -29,7 +29,9 @@ class AdminAccess:
         profile = await self._people.lookup(user_id)
         return profile is not None and profile.asker(admins=self._admins, workspace=team_id).is_admin
 
-    async def may_configure(self, client: AsyncWebClient, user_id: str, team_id: str, channel_id: str) -> bool:
+    async def may_configure(
+        self, client: AsyncWebClient, user_id: str, team_id: str, channel_id: str
+    ) -> bool:
         """An admin, or the channel's creator (conversations.info)."""
         if await self.is_admin(user_id, team_id):
             return True

@@ -68,7 +68,9 @@ class AppHome:
         try:
             await client.views_publish(user_id=user_id, view=home_view(page))
         except SLACK_CALL_ERRORS as exc:
-            log.warning("App Home: views.publish failed: %s", call_error_reason(exc), extra={"user_id": user_id})
+            log.warning(
+                "App Home: views.publish failed: %s", call_error_reason(exc), extra={"user_id": user_id}
+            )
 
     async def page(self, user_id: str, team_id: str) -> HomePage:
         zone = await caller_zone(self._people, user_id, self._zone)

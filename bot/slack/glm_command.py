@@ -101,7 +101,9 @@ class GlmCommand:
         try:
             answer = await subcommand.run(request)
         except UNAVAILABLE as exc:
-            log.warning("/glm %s: database unavailable: %s", word, error_reason(exc), extra={"user_id": user_id})
+            log.warning(
+                "/glm %s: database unavailable: %s", word, error_reason(exc), extra={"user_id": user_id}
+            )
             answer = DATABASE_AWAY
         if answer:
             await _answer(respond, answer, user_id)
@@ -168,7 +170,9 @@ class GlmCommand:
             return
         await ack()
         log.info("channel settings changed", extra={"channel": target.channel_id, "user_id": user_id})
-        await _confirm(client, target, user_id, f"Saved the settings for this channel: {describe_settings(checked)}.")
+        await _confirm(
+            client, target, user_id, f"Saved the settings for this channel: {describe_settings(checked)}."
+        )
         if self._home is not None:
             await self._home.publish(client, user_id, target.team_id)
 

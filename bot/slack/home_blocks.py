@@ -49,7 +49,9 @@ def home_view(page: HomePage) -> View:
         blocks += _allowances("Your allowance", page.allowances, "No limits apply to you.")
     if page.admin is not None:
         blocks += _admin(page.admin)
-    blocks.append(_context("Use `/usage` for the same numbers in any channel, `/glm help` for the admin commands."))
+    blocks.append(
+        _context("Use `/usage` for the same numbers in any channel, `/glm help` for the admin commands.")
+    )
     return View(type="home", callback_id=HOME_CALLBACK_ID, blocks=blocks[:100])
 
 
@@ -107,8 +109,8 @@ def _admin(page: AdminPage) -> list[Block]:
         DividerBlock(),
         HeaderBlock(text="Workspace (admins)"),
         _section(
-            f"*This month* (since {month.first_day.day} {month.first_day:%B}): {format_credits(month.totals.credits)}, "
-            f"{format_count(month.totals.requests)} requests"
+            f"*This month* (since {month.first_day.day} {month.first_day:%B}): "
+            f"{format_credits(month.totals.credits)}, {format_count(month.totals.requests)} requests"
             + (f", {month.totals.unknown_cost} of unknown cost" if month.totals.unknown_cost else "")
         ),
     ]
@@ -123,7 +125,10 @@ def _admin(page: AdminPage) -> list[Block]:
         blocks.append(_section("*Open alerts*\n" + ("\n".join(alerts) or "None.")))
     configured = [f"• <#{channel}>: {describe_settings(s)}" for channel, s in page.channels[:SECTION_LINES]]
     blocks.append(
-        _section("*Channels with their own settings*\n" + ("\n".join(configured) or "None: every channel uses the defaults."))
+        _section(
+            "*Channels with their own settings*\n"
+            + ("\n".join(configured) or "None: every channel uses the defaults.")
+        )
     )
     return blocks
 
@@ -136,7 +141,9 @@ def describe_settings(settings: ChannelSettings) -> str:
     if settings.max_output_tokens:
         parts.append(f"answers up to {format_count(settings.max_output_tokens)} tokens")
     if settings.system_prompt:
-        parts.append("own instructions (replacing the bot's)" if settings.replace_prompt else "own instructions")
+        parts.append(
+            "own instructions (replacing the bot's)" if settings.replace_prompt else "own instructions"
+        )
     if not settings.followups:
         parts.append("no follow-ups")
     return ", ".join(parts)

@@ -78,14 +78,18 @@ def settings_view(target: ModalTarget, current: ChannelSettings, bounds: Setting
             label="Follow-ups",
             optional=True,
             element=CheckboxesElement(
-                action_id="followups", options=[followups], initial_options=[followups] if current.followups else None
+                action_id="followups",
+                options=[followups],
+                initial_options=[followups] if current.followups else None,
             ),
         ),
         InputBlock(
             block_id="system_prompt",
             label="Instructions for this channel",
             optional=True,
-            hint=PlainTextObject(text=f"Added to the bot's own instructions. At most {bounds.max_prompt_chars:,} characters."),
+            hint=PlainTextObject(
+                text=f"Added to the bot's own instructions. At most {bounds.max_prompt_chars:,} characters."
+            ),
             element=PlainTextInputElement(
                 action_id="system_prompt",
                 multiline=True,
@@ -98,7 +102,9 @@ def settings_view(target: ModalTarget, current: ChannelSettings, bounds: Setting
             label="Replace",
             optional=True,
             element=CheckboxesElement(
-                action_id="replace_prompt", options=[replace], initial_options=[replace] if current.replace_prompt else None
+                action_id="replace_prompt",
+                options=[replace],
+                initial_options=[replace] if current.replace_prompt else None,
             ),
         ),
         InputBlock(
@@ -123,7 +129,9 @@ def settings_view(target: ModalTarget, current: ChannelSettings, bounds: Setting
                 initial_value=current.max_output_tokens,
             ),
         ),
-        ContextBlock(elements=[MarkdownTextObject(text="Every change is logged: admins see them with `/glm audit`.")]),
+        ContextBlock(
+            elements=[MarkdownTextObject(text="Every change is logged: admins see them with `/glm audit`.")]
+        ),
     ]
     return View(
         type="modal",

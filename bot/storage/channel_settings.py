@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.storage.models import AdminAudit, ChannelSettingsRow, utcnow
 
+
 @dataclass(frozen=True)
 class AuditEntry:
     """One audited change, as `/glm audit` shows it."""
@@ -38,7 +39,9 @@ async def find_channel_settings(
     return (await session.scalars(query)).one_or_none()
 
 
-async def channel_settings_rows(session: AsyncSession, team_id: str, limit: int = 20) -> Sequence[ChannelSettingsRow]:
+async def channel_settings_rows(
+    session: AsyncSession, team_id: str, limit: int = 20
+) -> Sequence[ChannelSettingsRow]:
     """Channels of the workspace with their own settings, most recently changed first."""
     rows = await session.scalars(
         select(ChannelSettingsRow)

@@ -219,7 +219,9 @@ class AdminAudit(Base):
     team_id: Mapped[str] = mapped_column(String(32))
     actor_id: Mapped[str] = mapped_column(String(64))  # the Slack user who made the change
     target_kind: Mapped[str] = mapped_column(String(16))  # channel | user | workspace
-    target_id: Mapped[str] = mapped_column(String(64))  # the channel or user id; the team id for the workspace
+    target_id: Mapped[str] = mapped_column(
+        String(64)
+    )  # the channel or user id; the team id for the workspace
     action: Mapped[str] = mapped_column(String(64))  # e.g. "channel_settings", "quota", "budget"
     before: Mapped[dict[str, object] | None] = mapped_column(JSON)  # None: nothing was set
     after: Mapped[dict[str, object] | None] = mapped_column(JSON)  # None: removed
