@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation.channel_settings import DEFAULT_CHANNEL_SETTINGS, ChannelMode, ChannelSettings
 from bot.storage import channel_settings as repo
-from bot.storage.channel_settings import AuditEntry
+from bot.storage.channel_settings import AuditEntry as AuditEntry  # what `recent_changes` returns
 from bot.storage.db import UNAVAILABLE, error_reason
 from bot.storage.models import ChannelSettingsRow
 

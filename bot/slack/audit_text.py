@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from bot.storage.channel_settings import AuditEntry
+from bot.conversation.settings_store import AuditEntry
 
 _LABELS = {
     "mode": "mode",

@@ -58,8 +58,13 @@ class ModalTarget:
 
 def settings_view(target: ModalTarget, current: ChannelSettings, bounds: SettingsBounds) -> View:
     mode_options = [Option(value=mode.value, text=label) for mode, label in _MODES.items()]
+    # A select holds at most 100 options of at most 75 characters; the default model comes first.
     model_options = [Option(value=model, text=model[:75]) for model in bounds.models[:100]]
-    current_model = current.model if current.model in bounds.models else bounds.default_model
+    current_model = next((o for o in model_options if o.value == current.model), model_options[0])
+    # Stored values the bounds have since shrunk below would make Slack refuse the whole view.
+    limit = current.max_output_tokens
+    limit = None if limit is None else max(min(limit, bounds.max_output_tokens), MIN_OUTPUT_TOKENS)
+    prompt = (current.system_prompt or "")[: bounds.max_prompt_chars] or None
     followups = Option(value=_CHECKED, text="Answer follow-ups in threads without a new mention")
     replace = Option(value=_CHECKED, text="Replace the bot's own instructions instead of adding to them")
     blocks = [
@@ -94,7 +99,7 @@ def settings_view(target: ModalTarget, current: ChannelSettings, bounds: Setting
                 action_id="system_prompt",
                 multiline=True,
                 max_length=bounds.max_prompt_chars,
-                initial_value=current.system_prompt or None,
+                initial_value=prompt,
             ),
         ),
         InputBlock(
@@ -113,7 +118,7 @@ def settings_view(target: ModalTarget, current: ChannelSettings, bounds: Setting
             element=StaticSelectElement(
                 action_id="model",
                 options=model_options,
-                initial_option=model_options[bounds.models.index(current_model)],
+                initial_option=current_model,
             ),
         ),
         InputBlock(
@@ -126,7 +131,7 @@ def settings_view(target: ModalTarget, current: ChannelSettings, bounds: Setting
                 is_decimal_allowed=False,
                 min_value=MIN_OUTPUT_TOKENS,
                 max_value=bounds.max_output_tokens,
-                initial_value=current.max_output_tokens,
+                initial_value=limit,
             ),
         ),
         ContextBlock(
