@@ -1,4 +1,4 @@
-"""The fake Slack refuses the views and arguments Slack refuses, so the bot's modals and Home tab are checked."""
+"""The fake Slack refuses the views and arguments Slack refuses, so modals and the Home tab are checked."""
 
 from __future__ import annotations
 
