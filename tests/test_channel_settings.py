@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.conversation.channel_settings import DEFAULT_CHANNEL_SETTINGS, ChannelMode, ChannelSettings
 from bot.conversation.settings_rules import Invalid, SettingsBounds, SettingsForm, check_form, plan_turn
 from bot.conversation.settings_store import ChannelSettingsStore
+from bot.settings import SettingsError, load_settings
 from bot.storage.db import create_engine
 from bot.storage.migrate import run_alembic, upgrade_head
 from bot.storage.models import AdminAudit, ChannelSettingsRow
@@ -168,3 +169,25 @@ async def test_each_mode_is_stored_and_read_back(
     await ChannelSettingsStore(sessions).save("T1", "C9", settings, actor_id="U1")
 
     assert await ChannelSettingsStore(sessions).for_channel("T1", "C9") == settings
+
+
+def test_allowed_models_are_read_comma_separated_with_the_default_model_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ALLOWED_MODELS", " openai/gpt-4o, zhipu/glm-4.5 ,openai/gpt-4o")
+    monkeypatch.setenv("AIMLAPI_MODEL", "zhipu/glm-5")
+
+    assert load_settings(env_file=None).models_allowed == ("zhipu/glm-5", "openai/gpt-4o", "zhipu/glm-4.5")
+
+
+def test_without_allowed_models_only_the_default_model_is_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ALLOWED_MODELS", raising=False)
+
+    assert load_settings(env_file=None).models_allowed == (load_settings(env_file=None).aimlapi_model,)
+
+
+def test_a_malformed_allowed_model_is_named_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALLOWED_MODELS", "zhipu/glm-5,not a model")
+
+    with pytest.raises(SettingsError, match=r"^ALLOWED_MODELS: not model ids: not a model"):
+        load_settings(env_file=None)
