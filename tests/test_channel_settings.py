@@ -13,9 +13,10 @@ from bot.conversation.channel_settings import DEFAULT_CHANNEL_SETTINGS, ChannelM
 from bot.conversation.settings_rules import Invalid, SettingsBounds, SettingsForm, check_form, plan_turn
 from bot.conversation.settings_store import ChannelSettingsStore
 from bot.settings import SettingsError, load_settings
-from bot.storage.db import create_engine
+from bot.storage.db import UNAVAILABLE, create_engine, session_factory
 from bot.storage.migrate import run_alembic, upgrade_head
 from bot.storage.models import AdminAudit, ChannelSettingsRow
+from tests.fakes.tcp_proxy import TcpProxy
 
 BOUNDS = SettingsBounds("zhipu/glm-5", ("zhipu/glm-5", "openai/gpt-4o"), max_output_tokens=8192)
 FRENCH = ChannelSettings(system_prompt="Answer in French.", model="openai/gpt-4o", max_output_tokens=1024)
@@ -191,3 +192,24 @@ def test_a_malformed_allowed_model_is_named_in_one_line(monkeypatch: pytest.Monk
 
     with pytest.raises(SettingsError, match=r"^ALLOWED_MODELS: not model ids: not a model"):
         load_settings(env_file=None)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_while_the_database_is_away_the_last_settings_read_are_used(
+    db_url: str, proxy: TcpProxy
+) -> None:
+    engine = create_engine(proxy.url_for(db_url))
+    clock = Clock()
+    store = ChannelSettingsStore(session_factory(engine), ttl=5, clock=clock)
+    try:
+        await store.save("T1", "C1", FRENCH, actor_id="U1")
+        assert await store.for_channel("T1", "C1") == FRENCH
+        clock.now += 60  # long expired
+        proxy.cut()
+
+        assert await store.for_channel("T1", "C1") == FRENCH
+        with pytest.raises(UNAVAILABLE):
+            await store.for_channel("T1", "C2")  # never read: no settings to fall back on
+    finally:
+        proxy.restore()
+        await engine.dispose()
