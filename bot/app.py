@@ -31,6 +31,7 @@ from bot.slack.edit_budget import EditBudgets
 from bot.slack.handler import HandlerConfig, SlackTurns
 from bot.slack.listeners import register_listeners
 from bot.slack.people import UserDirectory
+from bot.slack.stop import StopControl, register_stop_controls
 from bot.slack.usage_command import register_usage_command
 from bot.storage.db import check_database, create_engine, describe, session_factory
 from bot.storage.migrate import upgrade_head
@@ -183,6 +184,8 @@ class BotRuntime:
         )
         await maintenance.at_start_up()  # logs and counts its own failures: start-up goes on
         self._maintenance = asyncio.create_task(maintenance.run_forever(), name="maintenance")
+        # Before register_listeners: its catch-all would take agent_session_stopped otherwise.
+        register_stop_controls(bolt, StopControl(self.turns.running, people, settings.admin_user_ids))
         register_listeners(bolt, self.turns, self.metrics)
         register_usage_command(bolt, core.sessions, settings.digest_zone, people=people)
         if settings.usage_digest_channel:

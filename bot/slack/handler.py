@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation.admission import Admission, Admitted, Arrival, Refused
 from bot.conversation.ordering import TurnOrder
+from bot.conversation.stop import StopHandle
 from bot.conversation.service import (
     NOTE_DATABASE,
     NOTE_INTERRUPTED,
@@ -45,6 +46,7 @@ from bot.slack.events import (
 )
 from bot.slack.people import LOOKUPS_PER_MESSAGE, UserDirectory
 from bot.slack.renderer import SlackDeliveryError, SlackReply
+from bot.slack.stop import RunningTurn, RunningTurns
 from bot.storage.conversations import ConversationKey
 from bot.storage.db import UNAVAILABLE, error_reason
 from bot.storage.models import ConversationKind
@@ -89,6 +91,7 @@ class SlackTurns:
         metrics.turns_waiting.set_function(lambda: order.waiting)
         metrics.turns_running.set_function(lambda: order.running)
         self.active: set[asyncio.Task[Any]] = set()
+        self.running = RunningTurns()  # what the Stop controls can stop (bot.slack.stop)
 
     async def handle(self, body: dict[str, Any], client: AsyncWebClient, bot_user_id: str | None) -> None:
         self._metrics.events_received.labels(event_type_label(body)).inc()
@@ -144,6 +147,7 @@ class SlackTurns:
             incoming.thread_ts,
             interval=self._config.update_interval,
             metrics=self._metrics,
+            stop_value=incoming.ts,
         )
         try:
             if not admitted.ticket.is_next:
@@ -159,9 +163,19 @@ class SlackTurns:
             log.error("could not post the placeholder; the event is released for Slack's retry")
             await self._release(admitted.arrival)
             return None
+        running = self.running.add(
+            RunningTurn(
+                incoming.team_id,
+                incoming.channel_id,
+                incoming.thread_ts,
+                incoming.ts,
+                incoming.user_id,
+                reply,
+            )
+        )
         self._metrics.active_streams.inc()
         try:
-            return await self._answer(incoming, admitted, reply, client, bot_user_id)
+            return await self._answer(incoming, admitted, reply, client, bot_user_id, running.handle)
         except BaseException as exc:
             # Cancelled (shutdown) or a bug: never leave a placeholder.
             if not isinstance(exc, asyncio.CancelledError):
@@ -169,6 +183,7 @@ class SlackTurns:
             await reply.fail(NOTE_INTERRUPTED if isinstance(exc, asyncio.CancelledError) else NOTE_FAILED)
             raise
         finally:
+            self.running.remove(running)
             self._metrics.active_streams.dec()
 
     async def _answer(
@@ -178,6 +193,7 @@ class SlackTurns:
         reply: SlackReply,
         client: AsyncWebClient,
         bot_user_id: str | None,
+        stop: StopHandle,
     ) -> TurnOutcome:
         backfill: Sequence[ChatMessage] = ()
         if admitted.new_thread and incoming.in_existing_thread:
@@ -188,7 +204,7 @@ class SlackTurns:
         text = strip_bot_mention(incoming.text, bot_user_id)
         names = await self._people.names(user_ids_in(text), lookups=LOOKUPS_PER_MESSAGE)
         turn = Turn(admitted.arrival.key, incoming.kind, readable(text, names), incoming.user_id, backfill)
-        return await self._service.reply(turn, reply)
+        return await self._service.reply(turn, reply, stop)
 
     async def _release(self, arrival: Arrival) -> None:
         try:

@@ -28,6 +28,8 @@ from aiohttp import web
 from tests.fakes.slack_rules import (
     POST_TEXT_LIMIT,
     REPLIES_PAGE_LIMIT,
+    SESSION_STATUSES,
+    SESSION_TITLE_LIMIT,
     SLACK_LIMITS,
     UPDATE_TEXT_LIMIT,
     Buckets,
@@ -176,6 +178,9 @@ class FakeSlackApi:
         self.statuses: list[
             tuple[str, str, str]
         ] = []  # assistant.threads.setStatus (channel, thread, status)
+        # agents.sessions.setStatus (channel, thread, status) and agents.sessions.rename (channel, thread, title)
+        self.session_statuses: list[tuple[str, str, str]] = []
+        self.session_titles: list[tuple[str, str, str]] = []
         self._messages: dict[str, list[FakeMessage]] = defaultdict(list)
         self._failures: dict[str, deque[_Failure]] = defaultdict(deque)
         self._faults: dict[str, list[Fault]] = defaultdict(list)
@@ -195,6 +200,8 @@ class FakeSlackApi:
             "conversations.replies": self._replies,
             "users.info": self._users_info,
             "assistant.threads.setStatus": self._set_status,
+            "agents.sessions.setStatus": self._session_status,
+            "agents.sessions.rename": self._session_rename,
         }
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -528,6 +535,31 @@ class FakeSlackApi:
             raise _Reject("invalid_arguments")
         self.statuses.append((channel, str(params["thread_ts"]), str(params.get("status", ""))))
         return {}
+
+
+    # agents.sessions.*: arguments as docs.slack.dev/reference/methods/agents.sessions.setStatus and
+    # .rename document them (form or JSON bodies; slack_sdk has no methods, the bot sends JSON).
+    async def _session_status(self, params: JsonDict, _team: str) -> JsonDict:
+        channel, thread_ts = self._session(params)
+        status = str(params.get("status") or "")
+        if status not in SESSION_STATUSES:
+            raise _Reject("invalid_arguments")
+        self.session_statuses.append((channel, thread_ts, status))
+        return {"status": status}
+
+    async def _session_rename(self, params: JsonDict, _team: str) -> JsonDict:
+        channel, thread_ts = self._session(params)
+        title = str(params.get("title") or "")
+        if not 1 <= len(title) <= SESSION_TITLE_LIMIT:
+            raise _Reject("invalid_arguments")
+        self.session_titles.append((channel, thread_ts, title))
+        return {"title": title}
+
+    def _session(self, params: JsonDict) -> tuple[str, str]:
+        channel = self._channel(params, "channel_id")
+        if not params.get("thread_ts"):
+            raise _Reject("invalid_arguments")  # thread-based sessions need their root's ts
+        return channel, str(params["thread_ts"])
 
 
 def reject(error: str, status: int = 200, retry_after: int | None = None) -> Exception:

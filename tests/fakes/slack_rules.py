@@ -47,6 +47,8 @@ BLOCK_TYPES = frozenset(
     }
 )
 REPLIES_PAGE_LIMIT = 15  # conversations.replies items per page for distributed non-Marketplace apps
+SESSION_STATUSES = frozenset({"active", "processing", "suspended", "closed"})  # agents.sessions.setStatus
+SESSION_TITLE_LIMIT = 200  # agents.sessions.rename
 
 
 class Refusal(Exception):
@@ -85,6 +87,9 @@ SLACK_LIMITS: Mapping[str, RateLimit] = MappingProxyType(
         "conversations.replies": TIER_3,
         "users.info": TIER_4,
         "assistant.threads.setStatus": RateLimit(600, burst=10),
+        # Tier 3 as slack-morphism declares them (Slack's page for the methods names no tier).
+        "agents.sessions.setStatus": TIER_3,
+        "agents.sessions.rename": TIER_3,
     }
 )
 
