@@ -21,7 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation.admission import Admission, Admitted, Arrival, Refused
 from bot.conversation.ordering import TurnOrder
-from bot.conversation.stop import StopHandle
 from bot.conversation.service import (
     NOTE_DATABASE,
     NOTE_INTERRUPTED,
@@ -29,6 +28,7 @@ from bot.conversation.service import (
     Turn,
     TurnOutcome,
 )
+from bot.conversation.stop import StopHandle
 from bot.llm.types import ChatMessage
 from bot.logs import bind_context
 from bot.metrics import Metrics

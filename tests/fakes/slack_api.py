@@ -178,7 +178,7 @@ class FakeSlackApi:
         self.statuses: list[
             tuple[str, str, str]
         ] = []  # assistant.threads.setStatus (channel, thread, status)
-        # agents.sessions.setStatus (channel, thread, status) and agents.sessions.rename (channel, thread, title)
+        # agents.sessions.setStatus (channel, thread, status); agents.sessions.rename (channel, thread, title)
         self.session_statuses: list[tuple[str, str, str]] = []
         self.session_titles: list[tuple[str, str, str]] = []
         self._messages: dict[str, list[FakeMessage]] = defaultdict(list)
@@ -535,7 +535,6 @@ class FakeSlackApi:
             raise _Reject("invalid_arguments")
         self.statuses.append((channel, str(params["thread_ts"]), str(params.get("status", ""))))
         return {}
-
 
     # agents.sessions.*: arguments as docs.slack.dev/reference/methods/agents.sessions.setStatus and
     # .rename document them (form or JSON bodies; slack_sdk has no methods, the bot sends JSON).
