@@ -18,7 +18,7 @@ from bot.slack.edit_budget import EditBudget
 from bot.slack.renderer import STOP_ACTION, SlackReply
 from bot.storage.models import Message, MessageStatus, Role, UsageRecord
 from tests.fakes.aimlapi import FakeAimlApi, RecordedRequest, Reply
-from tests.fakes.slack_api import FakeMessage, FakeSlackApi, FakeUser
+from tests.fakes.slack_api import FakeMessage, FakeSlackApi, FakeUser, reject
 from tests.harness import (
     Bot,
     agent_session_stopped,
@@ -171,7 +171,8 @@ async def test_the_agent_sessions_stop_control_stops_the_answer_and_ends_process
     assert final.markdown == "one two thre"
     assert "Stopped by ada" in final.context
     assert stop_buttons(final) == []
-    assert slack.session_statuses == [("D1", QUESTION, "active")]
+    # The session was `processing` while the answer streamed, and is moved out of it after the stop.
+    assert slack.session_statuses == [("D1", QUESTION, "processing"), ("D1", QUESTION, "active")]
     [usage], _ = await rows(db_url)
     assert (usage.status, usage.tokens_estimated) == ("stopped", True)
 
@@ -281,6 +282,24 @@ async def test_the_next_question_after_a_stop_is_answered_with_the_stopped_answe
     assert answered.markdown == "Seven."
     assert "Stopped" not in answered.context
     assert stop_buttons(answered) == []
+
+
+async def test_a_workspace_that_refuses_agent_sessions_is_not_asked_again_for_every_answer(
+    bot: Bot, slack: FakeSlackApi, aiml: FakeAimlApi
+) -> None:
+    async def not_an_agent(_params: dict[str, Any], _team: str) -> dict[str, Any]:
+        raise reject("not_allowed")  # e.g. the app is not declared an agent
+
+    slack.route("agents.sessions.setStatus", not_an_agent)
+    aiml.enqueue(Reply(content="First."), Reply(content="Second."))
+    await bot.send(mention("one", QUESTION, user=ASKER))
+    await bot.idle()
+    await bot.send(mention("two", "200.000001", user=ASKER))
+    await bot.idle()
+
+    assert bot.answer("C1", QUESTION) == "First."
+    assert bot.answer("C1", "200.000001") == "Second."
+    assert len(slack.calls_to("agents.sessions.setStatus")) == 1
 
 
 # ---- the renderer: the button rides along with the text, never alone ----------------------------

@@ -32,6 +32,7 @@ from bot.conversation.stop import StopHandle
 from bot.llm.types import ChatMessage
 from bot.logs import bind_context
 from bot.metrics import Metrics
+from bot.slack.agent_sessions import AgentSessions
 from bot.slack.backfill import ThreadSpot, thread_context
 from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
 from bot.slack.edit_budget import EditBudgets
@@ -91,7 +92,7 @@ class SlackTurns:
         metrics.turns_waiting.set_function(lambda: order.waiting)
         metrics.turns_running.set_function(lambda: order.running)
         self.active: set[asyncio.Task[Any]] = set()
-        self.running = RunningTurns()  # what the Stop controls can stop (bot.slack.stop)
+        self.running = RunningTurns(AgentSessions())  # what the stop controls can stop (bot.slack.stop)
 
     async def handle(self, body: dict[str, Any], client: AsyncWebClient, bot_user_id: str | None) -> None:
         self._metrics.events_received.labels(event_type_label(body)).inc()
@@ -163,16 +164,10 @@ class SlackTurns:
             log.error("could not post the placeholder; the event is released for Slack's retry")
             await self._release(admitted.arrival)
             return None
-        running = self.running.add(
-            RunningTurn(
-                incoming.team_id,
-                incoming.channel_id,
-                incoming.thread_ts,
-                incoming.ts,
-                incoming.user_id,
-                reply,
-            )
+        turn = RunningTurn(
+            incoming.team_id, incoming.channel_id, incoming.thread_ts, incoming.ts, incoming.user_id, reply
         )
+        running = self.running.add(turn, client)
         self._metrics.active_streams.inc()
         try:
             return await self._answer(incoming, admitted, reply, client, bot_user_id, running.handle)
@@ -183,8 +178,8 @@ class SlackTurns:
             await reply.fail(NOTE_INTERRUPTED if isinstance(exc, asyncio.CancelledError) else NOTE_FAILED)
             raise
         finally:
-            self.running.remove(running)
             self._metrics.active_streams.dec()
+            await self.running.end(running)
 
     async def _answer(
         self,

@@ -22,15 +22,14 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.conversation.person import Person
 from bot.conversation.ports import ReplySink
 from bot.conversation.stop import StopHandle, StopRequest
+from bot.slack.agent_sessions import AgentSessions
 from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
 from bot.slack.people import UserDirectory
 from bot.slack.renderer import STOP_ACTION
 
 log = logging.getLogger(__name__)
 
-# How long the agent-session stop waits for the stopped answer's final edit before it moves the
-# session out of `processing`; the final edit normally lands within a second or two.
-SESSION_SETTLE_SECONDS = 30.0
+SESSION_END_WAIT = 5.0  # seconds a finished turn waits for its session's `active` call
 
 
 @dataclass(eq=False)
@@ -45,31 +44,46 @@ class RunningTurn:
     sink: ReplySink
     handle: StopHandle = field(default_factory=StopHandle)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    session: asyncio.Task[None] | None = None  # its agent session's processing -> active calls
 
     def shows(self, ts: str) -> bool:
         return ts in self.sink.refs
 
 
 class RunningTurns:
-    """The turns of this process that are streaming now, found by channel and message or thread."""
+    """The turns of this process that are streaming now, found by channel and message or thread.
 
-    def __init__(self) -> None:
+    With `sessions`, each turn's agent session is `processing` while it runs (Slack shows its stop
+    control then) and `active` after; the calls run beside the turn, never delaying it.
+    """
+
+    def __init__(self, sessions: AgentSessions | None = None) -> None:
         self._by_channel: dict[str, list[RunningTurn]] = defaultdict(list)
+        self.sessions = sessions
+        self._lifecycles: set[asyncio.Task[None]] = set()  # referenced until they end
 
     def __len__(self) -> int:
         return sum(len(turns) for turns in self._by_channel.values())
 
-    def add(self, turn: RunningTurn) -> RunningTurn:
+    def add(self, turn: RunningTurn, client: AsyncWebClient | None = None) -> RunningTurn:
         self._by_channel[turn.channel].append(turn)
+        if self.sessions is not None and client is not None:
+            task = asyncio.create_task(self._session(self.sessions, turn, client), name="agent-session")
+            self._lifecycles.add(task)
+            task.add_done_callback(self._lifecycles.discard)
+            turn.session = task
         return turn
 
-    def remove(self, turn: RunningTurn) -> None:
+    async def end(self, turn: RunningTurn) -> None:
+        """The turn's reply has ended: it can no longer be stopped, and its session goes `active`."""
         turns = self._by_channel.get(turn.channel)
         if turns is not None and turn in turns:
             turns.remove(turn)
             if not turns:
                 del self._by_channel[turn.channel]
         turn.ended.set()
+        if turn.session is not None:
+            await asyncio.wait({turn.session}, timeout=SESSION_END_WAIT)
 
     def showing(self, channel: str, ts: str) -> RunningTurn | None:
         """The turn one of whose messages is `ts` (a reply's refs grow as it continues)."""
@@ -81,6 +95,14 @@ class RunningTurns:
     def in_thread(self, channel: str, thread_ts: str) -> list[RunningTurn]:
         return [t for t in self._by_channel.get(channel, ()) if t.thread_ts == thread_ts]
 
+    @staticmethod
+    async def _session(sessions: AgentSessions, turn: RunningTurn, client: AsyncWebClient) -> None:
+        where = (turn.team_id, turn.channel, turn.thread_ts)
+        started = await sessions.set_status(client, *where, "processing")
+        await turn.ended.wait()
+        if started:  # a session this turn did not open is not this turn's to move
+            await sessions.set_status(client, *where, "active")
+
 
 class StopControl:
     """Bolt listeners for the two stop controls; register with `register_stop_controls`."""
@@ -89,6 +111,7 @@ class StopControl:
         self._turns = turns
         self._people = people
         self._admins = admins
+        self._sessions = turns.sessions or AgentSessions()  # one Retry-After memory per process
 
     async def on_button(self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
         """A press of the Stop button (`block_actions`): ack at once, then stop if allowed."""
@@ -126,16 +149,13 @@ class StopControl:
         )
         if not turns and thread_ts:
             turns = self._turns.in_thread(channel, thread_ts)
-        stopped = [t for t in turns if await self._stop(t, user_id, team_id or t.team_id, client)]
-        if turns and not stopped:
-            return  # refused: the answer goes on, and so does the session's `processing`
-        if stopped:
-            waits = [asyncio.create_task(t.ended.wait()) for t in stopped]
-            _, late = await asyncio.wait(waits, timeout=SESSION_SETTLE_SECONDS)
-            for wait in late:
-                wait.cancel()
-        if thread_ts:
-            await _session_status(client, channel, thread_ts, "active")
+        for turn in turns:
+            # A turn moves its own session to `active` when it ends (`RunningTurns`); a refused stop
+            # leaves the answer, and the session's `processing`, going on.
+            await self._stop(turn, user_id, team_id or turn.team_id, client)
+        if not turns and thread_ts:
+            # Nothing runs here (any more): Slack leaves moving the session out of `processing` to us.
+            await self._sessions.set_status(client, team_id, channel, thread_ts, "active")
 
     async def _stop(self, turn: RunningTurn, user_id: str, team_id: str, client: AsyncWebClient) -> bool:
         """Stop `turn` for `user_id` if they may; otherwise tell them, privately, who may."""
@@ -169,17 +189,6 @@ async def _tell(client: AsyncWebClient, turn: RunningTurn, user_id: str, text: s
         )
     except SLACK_CALL_ERRORS as exc:
         log.info("could not tell a person why they cannot stop an answer (%s)", call_error_reason(exc))
-
-
-async def _session_status(client: AsyncWebClient, channel: str, thread_ts: str, status: str) -> None:
-    """`agents.sessions.setStatus`: slack_sdk has no method for it yet, so through `api_call`."""
-    try:
-        await client.api_call(
-            "agents.sessions.setStatus",
-            json={"channel_id": channel, "thread_ts": thread_ts, "status": status},
-        )
-    except SLACK_CALL_ERRORS as exc:
-        log.info("could not set the agent session's status (%s)", call_error_reason(exc))
 
 
 def _text(obj: Any, key: str) -> str:
