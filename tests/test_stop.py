@@ -284,6 +284,28 @@ async def test_the_next_question_after_a_stop_is_answered_with_the_stopped_answe
     assert stop_buttons(answered) == []
 
 
+async def test_an_answer_stopped_while_the_model_only_thinks_ends_with_the_note_alone(
+    bot: Bot, aiml: FakeAimlApi, db_url: str
+) -> None:
+    aiml.enqueue(Reply(reasoning="Let me think about it.", content="Six.", chunk_size=4, stall_after=3))
+    await bot.send(mention("count to six", QUESTION, user=ASKER))
+    shown = await streaming_reply(bot, "")  # the placeholder, thinking, with its Stop button
+    await eventually(lambda: len(aiml.chat_requests) == 1)
+    await asyncio.sleep(0.3)  # the three reasoning pieces are sent at once; let them arrive
+
+    await bot.interact(press_stop(shown, ASKER))
+
+    assert await closed_promptly(aiml.chat_requests[-1])
+    await bot.idle()
+    [final] = bot.replies("C1", QUESTION)
+    assert final.markdown == ""
+    assert "Stopped by ada" in final.context
+    assert stop_buttons(final) == []
+    [usage], _ = await rows(db_url)
+    assert (usage.status, usage.tokens_estimated, usage.credits_used) == ("stopped", True, None)
+    assert usage.reasoning_tokens is not None and usage.reasoning_tokens > 0
+
+
 async def test_a_workspace_that_refuses_agent_sessions_is_not_asked_again_for_every_answer(
     bot: Bot, slack: FakeSlackApi, aiml: FakeAimlApi
 ) -> None:
