@@ -19,19 +19,23 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from bot.conversation.admission import Admission
 from bot.conversation.ledger import Ledger
+from bot.conversation.ordering import TurnOrder
 from bot.conversation.service import ConversationService, ServiceConfig
+from bot.conversation.turns import RunningReplies, TurnObserver, Turns
 from bot.jobs.digest import DigestJob
 from bot.jobs.maintenance import Maintenance
 from bot.jobs.scheduler import build_scheduler
 from bot.llm.client import AimlClient
 from bot.metrics import Metrics
 from bot.settings import Settings, SettingsError
+from bot.slack.agent_sessions import AgentSessions
 from bot.slack.edit_budget import EditBudgets
-from bot.slack.handler import HandlerConfig, SlackTurns
+from bot.slack.handler import EdgeConfig, SlackEdge
 from bot.slack.listeners import register_listeners
 from bot.slack.people import UserDirectory
-from bot.slack.stop import StopControl, register_stop_controls
+from bot.slack.stop import RunningTurns, StopControl, register_stop_controls
 from bot.slack.usage_command import register_usage_command
 from bot.storage.db import check_database, create_engine, describe, session_factory
 from bot.storage.migrate import upgrade_head
@@ -52,6 +56,24 @@ class Core:
     llm: AimlClient
     service: ConversationService
     ledger: Ledger
+
+
+def admission_pipeline(
+    settings: Settings,
+    core: Core,
+    observer: TurnObserver | None = None,
+    running: RunningReplies | None = None,
+) -> Turns:
+    """The domain's path from an arrival to a reply, the same for Slack and the terminal."""
+    order = TurnOrder()
+    admission = Admission(core.sessions, order, thread_followups=settings.thread_followups)
+    turns = Turns(admission, core.service, observer=observer, running=running)
+    if isinstance(observer, Metrics):
+        # Read from the line itself at scrape time, so the gauges are right on every path.
+        observer.turns_waiting.set_function(lambda: order.waiting)
+        observer.turns_running.set_function(lambda: order.running)
+        observer.active_streams.set_function(lambda: turns.streaming)
+    return turns
 
 
 @asynccontextmanager
@@ -148,7 +170,8 @@ class BotRuntime:
         self._socket: AsyncSocketModeHandler | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._maintenance: asyncio.Task[None] | None = None
-        self.turns: SlackTurns | None = None
+        self.turns: Turns | None = None
+        self.running: RunningTurns | None = None
         self.core: Core | None = None
 
     async def start(self) -> int:
@@ -163,15 +186,19 @@ class BotRuntime:
         budgets = EditBudgets(settings.slack_edits_per_minute, settings.slack_edit_burst)
         export_live_state(self.metrics, budgets, core.engine)
         people = UserDirectory(self.client)  # one users.info cache: turns, /usage, the digest
-        self.turns = SlackTurns(
-            core.service,
-            core.sessions,
-            budgets,
-            self.metrics,
-            HandlerConfig(
-                settings.stream_update_interval, settings.thread_followups, settings.thread_backfill_limit
+        # What the stop controls can stop (bot.slack.stop); sessions go `processing` while answering.
+        self.running = RunningTurns(self.client, AgentSessions())
+        self.turns = admission_pipeline(settings, core, self.metrics, self.running)
+        edge = SlackEdge(
+            self.turns,
+            people=people,
+            budgets=budgets,
+            metrics=self.metrics,
+            config=EdgeConfig(
+                settings.stream_update_interval,
+                settings.thread_backfill_limit,
+                admins=frozenset(settings.admin_user_ids),
             ),
-            people,
         )
         maintenance = Maintenance(
             core.sessions,
@@ -185,8 +212,9 @@ class BotRuntime:
         await maintenance.at_start_up()  # logs and counts its own failures: start-up goes on
         self._maintenance = asyncio.create_task(maintenance.run_forever(), name="maintenance")
         # Before register_listeners: its catch-all would take agent_session_stopped otherwise.
-        register_stop_controls(bolt, StopControl(self.turns.running, people, settings.admin_user_ids))
-        register_listeners(bolt, self.turns, self.metrics)
+        admins = frozenset(settings.admin_user_ids)
+        register_stop_controls(bolt, StopControl(self.running, people, admins))
+        register_listeners(bolt, edge)
         register_usage_command(bolt, core.sessions, settings.digest_zone, people=people)
         if settings.usage_digest_channel:
             job = DigestJob(
@@ -231,6 +259,8 @@ class BotRuntime:
             await asyncio.wait([self._maintenance], timeout=5)
         if self.turns is not None:
             await _drain(self.turns, self.settings.shutdown_grace_seconds)
+        if self.running is not None:
+            await self.running.aclose()
         if self._web is not None:
             await self._web.stop()
         await self._stack.aclose()
@@ -279,7 +309,7 @@ async def _wait_for_signal() -> None:
     await stop.wait()
 
 
-async def _drain(turns: SlackTurns, grace: float) -> None:
+async def _drain(turns: Turns, grace: float) -> None:
     """Let replies finish for `grace` seconds; the rest end with an interrupted note."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace

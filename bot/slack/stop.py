@@ -19,6 +19,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.conversation.admission import Arrival
 from bot.conversation.person import Person
 from bot.conversation.ports import ReplySink
 from bot.conversation.stop import StopHandle, StopRequest
@@ -29,7 +30,7 @@ from bot.slack.renderer import STOP_ACTION
 
 log = logging.getLogger(__name__)
 
-SESSION_END_WAIT = 5.0  # seconds a finished turn waits for its session's `active` call
+SESSION_CLOSE_WAIT = 5.0  # seconds shutdown waits for the sessions' last `active` calls
 
 
 @dataclass(eq=False)
@@ -42,48 +43,55 @@ class RunningTurn:
     reply_id: str  # the question's ts: the Stop button's value
     asker_id: str | None
     sink: ReplySink
-    handle: StopHandle = field(default_factory=StopHandle)
+    handle: StopHandle
     ended: asyncio.Event = field(default_factory=asyncio.Event)
-    session: asyncio.Task[None] | None = None  # its agent session's processing -> active calls
 
     def shows(self, ts: str) -> bool:
         return ts in self.sink.refs
 
 
 class RunningTurns:
-    """The turns of this process that are streaming now, found by channel and message or thread.
+    """The turns of this process that are streaming now, found by channel and message or thread;
+    the domain's `RunningReplies` (bot.conversation.turns) tells it when each starts and ends.
 
     With `sessions`, each turn's agent session is `processing` while it runs (Slack shows its stop
-    control then) and `active` after; the calls run beside the turn, never delaying it.
+    control then) and `active` after; those calls run beside the turn and never delay the answer.
     """
 
-    def __init__(self, sessions: AgentSessions | None = None) -> None:
-        self._by_channel: dict[str, list[RunningTurn]] = defaultdict(list)
+    def __init__(self, client: AsyncWebClient, sessions: AgentSessions | None = None) -> None:
+        self._client = client
         self.sessions = sessions
+        self._by_channel: dict[str, list[RunningTurn]] = defaultdict(list)
+        self._by_handle: dict[StopHandle, RunningTurn] = {}
         self._lifecycles: set[asyncio.Task[None]] = set()  # referenced until they end
 
-    def __len__(self) -> int:
-        return sum(len(turns) for turns in self._by_channel.values())
-
-    def add(self, turn: RunningTurn, client: AsyncWebClient | None = None) -> RunningTurn:
+    def started(self, arrival: Arrival, reply: ReplySink, stop: StopHandle) -> None:
+        key = arrival.key
+        turn = RunningTurn(
+            key.team_id, key.channel_id, key.thread_ts, arrival.message_ts, arrival.user_id, reply, stop
+        )
         self._by_channel[turn.channel].append(turn)
-        if self.sessions is not None and client is not None:
-            task = asyncio.create_task(self._session(self.sessions, turn, client), name="agent-session")
+        self._by_handle[stop] = turn
+        if self.sessions is not None:
+            task = asyncio.create_task(self._session(self.sessions, turn), name="agent-session")
             self._lifecycles.add(task)
             task.add_done_callback(self._lifecycles.discard)
-            turn.session = task
-        return turn
 
-    async def end(self, turn: RunningTurn) -> None:
-        """The turn's reply has ended: it can no longer be stopped, and its session goes `active`."""
+    def ended(self, stop: StopHandle) -> None:
+        turn = self._by_handle.pop(stop, None)
+        if turn is None:
+            return
         turns = self._by_channel.get(turn.channel)
         if turns is not None and turn in turns:
             turns.remove(turn)
             if not turns:
                 del self._by_channel[turn.channel]
         turn.ended.set()
-        if turn.session is not None:
-            await asyncio.wait({turn.session}, timeout=SESSION_END_WAIT)
+
+    async def aclose(self) -> None:
+        """At shutdown, after the turns ended: let their sessions' last calls finish, briefly."""
+        if self._lifecycles:
+            await asyncio.wait(set(self._lifecycles), timeout=SESSION_CLOSE_WAIT)
 
     def showing(self, channel: str, ts: str) -> RunningTurn | None:
         """The turn one of whose messages is `ts` (a reply's refs grow as it continues)."""
@@ -95,13 +103,12 @@ class RunningTurns:
     def in_thread(self, channel: str, thread_ts: str) -> list[RunningTurn]:
         return [t for t in self._by_channel.get(channel, ()) if t.thread_ts == thread_ts]
 
-    @staticmethod
-    async def _session(sessions: AgentSessions, turn: RunningTurn, client: AsyncWebClient) -> None:
+    async def _session(self, sessions: AgentSessions, turn: RunningTurn) -> None:
         where = (turn.team_id, turn.channel, turn.thread_ts)
-        started = await sessions.set_status(client, *where, "processing")
+        started = await sessions.set_status(self._client, *where, "processing")
         await turn.ended.wait()
         if started:  # a session this turn did not open is not this turn's to move
-            await sessions.set_status(client, *where, "active")
+            await sessions.set_status(self._client, *where, "active")
 
 
 class StopControl:
