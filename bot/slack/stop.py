@@ -105,10 +105,10 @@ class RunningTurns:
 
     async def _session(self, sessions: AgentSessions, turn: RunningTurn) -> None:
         where = (turn.team_id, turn.channel, turn.thread_ts)
-        started = await sessions.set_status(self._client, *where, "processing")
+        opened = await sessions.open(self._client, *where)
         await turn.ended.wait()
-        if started:  # a session this turn did not open is not this turn's to move
-            await sessions.set_status(self._client, *where, "active")
+        if opened:  # a session this turn did not open is not this turn's to move
+            await sessions.close(self._client, *where)
 
 
 class StopControl:
@@ -162,7 +162,7 @@ class StopControl:
             await self._stop(turn, user_id, team_id or turn.team_id, client)
         if not turns and thread_ts:
             # Nothing runs here (any more): Slack leaves moving the session out of `processing` to us.
-            await self._sessions.set_status(client, team_id, channel, thread_ts, "active")
+            await self._sessions.close(client, team_id, channel, thread_ts)
 
     async def _stop(self, turn: RunningTurn, user_id: str, team_id: str, client: AsyncWebClient) -> bool:
         """Stop `turn` for `user_id` if they may; otherwise tell them, privately, who may."""
