@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation.ports import ReplySummary
 from bot.slack.edit_budget import EditBudget
-from bot.slack.renderer import STOP_ACTION, SlackReply
+from bot.slack.renderer import STOP_ACTION, SlackReply, stop_button
 from bot.storage.models import Message, MessageStatus, Role, UsageRecord
 from tests.fakes.aimlapi import FakeAimlApi, RecordedRequest, Reply
 from tests.fakes.slack_api import FakeMessage, FakeSlackApi, FakeUser, reject
@@ -358,3 +359,15 @@ async def test_the_stop_button_shows_while_streaming_and_costs_no_edit_of_its_ow
 
 def _has_stop(blocks: Any) -> bool:
     return any(b.get("type") == "actions" and b.get("block_id") == STOP_ACTION for b in blocks or [])
+
+
+async def test_the_stop_button_is_one_slack_accepts_and_the_fake_refuses_one_slack_would_not() -> None:
+    async with FakeSlackApi() as fake:
+        client = AsyncWebClient(base_url=fake.api_url, token="xoxb-test")
+        ok = await client.chat_postMessage(channel="C1", text="streaming", blocks=[stop_button("1.000001")])
+        too_long = stop_button("1.000001")
+        too_long["elements"][0]["value"] = "x" * 2001  # slack_sdk's models would refuse to build it
+        with pytest.raises(SlackApiError) as refused:
+            await client.chat_postMessage(channel="C1", text="streaming", blocks=[too_long])
+    assert ok["ok"]
+    assert refused.value.response["error"] == "invalid_blocks"

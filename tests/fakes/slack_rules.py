@@ -28,6 +28,10 @@ HEADER_TEXT_LIMIT = 150
 CONTEXT_ELEMENTS = 10
 CONTEXT_ELEMENT_TYPES = frozenset({"mrkdwn", "plain_text", "image"})
 TEXT_TYPES = frozenset({"mrkdwn", "plain_text"})
+ACTIONS_ELEMENTS = 25
+BUTTON_TEXT_LIMIT = 75
+BUTTON_VALUE_LIMIT = 2_000
+ACTION_ID_LIMIT = 255
 # Every block type Block Kit documents; anything else is refused as Slack refuses it.
 BLOCK_TYPES = frozenset(
     {
@@ -199,6 +203,8 @@ def validate_blocks(blocks: Any) -> None:
             _check_section(block)
         elif kind == "header":
             _check_text(block.get("text"), HEADER_TEXT_LIMIT, types=frozenset({"plain_text"}))
+        elif kind == "actions":
+            _check_actions(block)
     if markdown_total > MARKDOWN_BLOCK_LIMIT:
         raise Refusal("invalid_blocks")
 
@@ -225,6 +231,24 @@ def _check_section(block: JsonDict) -> None:
             raise Refusal("invalid_blocks")
         for field in fields:
             _check_text(field, SECTION_FIELD_LIMIT)
+
+
+def _check_actions(block: JsonDict) -> None:
+    """An actions block: 1..25 interactive elements; buttons as Block Kit's reference limits them."""
+    elements = block.get("elements")
+    if not isinstance(elements, list) or not 1 <= len(elements) <= ACTIONS_ELEMENTS:
+        raise Refusal("invalid_blocks")
+    for element in elements:
+        if not isinstance(element, dict) or not isinstance(element.get("type"), str):
+            raise Refusal("invalid_blocks")
+        if element["type"] != "button":
+            continue
+        _check_text(element.get("text"), BUTTON_TEXT_LIMIT, types=frozenset({"plain_text"}))
+        action_id, value = element.get("action_id", ""), element.get("value", "")
+        if not isinstance(action_id, str) or len(action_id) > ACTION_ID_LIMIT:
+            raise Refusal("invalid_blocks")
+        if not isinstance(value, str) or len(value) > BUTTON_VALUE_LIMIT:
+            raise Refusal("invalid_blocks")
 
 
 def _check_text(obj: Any, limit: int, *, types: frozenset[str] = TEXT_TYPES) -> None:
