@@ -156,6 +156,27 @@ async def test_the_asker_stops_an_answer_with_the_button_and_keeps_what_was_writ
     assert [(m.content, m.status) for m in answer] == [("one two thre", MessageStatus.COMPLETE)]
 
 
+async def test_an_answer_that_continued_in_a_second_message_is_stopped_from_that_message(
+    bot: Bot, aiml: FakeAimlApi
+) -> None:
+    paragraphs = [f"Paragraph {i}. " + "words " * 80 + "\n\n" for i in range(12)]  # ~6,000 characters
+    aiml.enqueue(Reply(content=paragraphs, stall_after=len(paragraphs)))
+    await bot.send(mention("write a lot", QUESTION, user=ASKER))
+    await eventually(
+        lambda: len(bot.replies("C1", QUESTION)) == 2 and bool(stop_buttons(bot.replies("C1", QUESTION)[1]))
+    )
+    second = bot.replies("C1", QUESTION)[1]
+
+    await bot.interact(press_stop(second, ASKER))
+
+    assert await closed_promptly(aiml.chat_requests[-1])
+    await bot.idle()
+    first, last = bot.replies("C1", QUESTION)
+    assert bot.answer("C1", QUESTION) == "".join(paragraphs)
+    assert "Stopped by ada" in last.context
+    assert stop_buttons(first) == stop_buttons(last) == []
+
+
 async def test_the_agent_sessions_stop_control_stops_the_answer_and_ends_processing(
     bot: Bot, slack: FakeSlackApi, aiml: FakeAimlApi, db_url: str
 ) -> None:
