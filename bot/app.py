@@ -26,7 +26,7 @@ from bot.conversation.ordering import TurnOrder
 from bot.conversation.service import ConversationService, ServiceConfig
 from bot.conversation.settings_rules import SettingsBounds
 from bot.conversation.settings_store import ChannelSettingsStore
-from bot.conversation.turns import TurnObserver, Turns
+from bot.conversation.turns import RunningReplies, TurnObserver, Turns
 from bot.jobs.digest import DigestJob
 from bot.jobs.maintenance import Maintenance
 from bot.jobs.scheduler import build_scheduler
@@ -34,12 +34,14 @@ from bot.llm.client import AimlClient
 from bot.metrics import Metrics
 from bot.settings import Settings, SettingsError
 from bot.slack.admin_access import AdminAccess
+from bot.slack.agent_sessions import AgentSessions
 from bot.slack.app_home import AppHome, register_app_home
 from bot.slack.edit_budget import EditBudgets
 from bot.slack.glm_command import GlmCommand, register_glm_command
 from bot.slack.handler import EdgeConfig, SlackEdge
 from bot.slack.listeners import register_listeners
 from bot.slack.people import UserDirectory
+from bot.slack.stop import RunningTurns, StopControl, register_stop_controls
 from bot.slack.usage_command import register_usage_command
 from bot.storage.db import check_database, create_engine, describe, session_factory
 from bot.storage.migrate import upgrade_head
@@ -68,11 +70,12 @@ def admission_pipeline(
     observer: TurnObserver | None = None,
     *,
     channels: ChannelSettingsSource | None = None,
+    running: RunningReplies | None = None,
 ) -> Turns:
     """The domain's path from an arrival to a reply, the same for Slack and the terminal."""
     order = TurnOrder()
     admission = Admission(core.sessions, order, thread_followups=settings.thread_followups, channels=channels)
-    turns = Turns(admission, core.service, observer=observer)
+    turns = Turns(admission, core.service, observer=observer, running=running)
     if isinstance(observer, Metrics):
         # Read from the line itself at scrape time, so the gauges are right on every path.
         observer.turns_waiting.set_function(lambda: order.waiting)
@@ -179,6 +182,7 @@ class BotRuntime:
         self._scheduler: AsyncIOScheduler | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self.turns: Turns | None = None
+        self.running: RunningTurns | None = None
         self.core: Core | None = None
         self.channel_settings: ChannelSettingsStore | None = None
         self.home: AppHome | None = None  # its `allowances` and `alerts` seams are set by the quotas
@@ -197,7 +201,11 @@ class BotRuntime:
         export_live_state(self.metrics, budgets, core.engine)
         people = UserDirectory(self.client)  # one users.info cache: turns, /usage, the digest
         self.channel_settings = channel_settings = ChannelSettingsStore(core.sessions)
-        self.turns = admission_pipeline(settings, core, self.metrics, channels=channel_settings)
+        # What the stop controls can stop (bot.slack.stop); sessions go `processing` while answering.
+        self.running = RunningTurns(self.client, AgentSessions())
+        self.turns = admission_pipeline(
+            settings, core, self.metrics, channels=channel_settings, running=self.running
+        )
         edge = SlackEdge(
             self.turns,
             people=people,
@@ -222,8 +230,10 @@ class BotRuntime:
         self._maintenance = asyncio.create_task(maintenance.run_forever(), name="maintenance")
         access = AdminAccess(people, settings.admin_user_ids)
         self.home = AppHome(core.sessions, access, people, channel_settings, settings.digest_zone)
-        # Before register_listeners: Bolt runs the first listener that matches, and theirs catch all.
+        # Before register_listeners: Bolt runs the first listener that matches, and its catch-all
+        # would take app_home_opened and agent_session_stopped otherwise.
         register_app_home(bolt, self.home)
+        register_stop_controls(bolt, StopControl(self.running, people, settings.admin_user_ids))
         register_listeners(bolt, edge)
         bounds = SettingsBounds(
             settings.aimlapi_model, settings.models_allowed, settings.llm_max_output_tokens
@@ -274,6 +284,8 @@ class BotRuntime:
             await asyncio.wait([self._maintenance], timeout=5)
         if self.turns is not None:
             await _drain(self.turns, self.settings.shutdown_grace_seconds)
+        if self.running is not None:
+            await self.running.aclose()
         if self._web is not None:
             await self._web.stop()
         await self._stack.aclose()

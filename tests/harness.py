@@ -265,3 +265,21 @@ def message(
     if thread_ts:
         event["thread_ts"] = thread_ts
     return event
+
+
+def agent_session_stopped(
+    channel: str, thread_ts: str, *, user: str = "U1", streaming_message_ts: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The event Slack sends when a person presses an agent session's stop control.
+
+    Shape from docs.slack.dev/reference/events/agent_session_stopped: `streaming_message_ts` lists
+    the app's streams Slack stopped (empty when none was active); team_id is on the envelope.
+    """
+    return {
+        "type": "agent_session_stopped",
+        "channel": channel,
+        "thread_ts": thread_ts,
+        "user": user,
+        "streaming_message_ts": list(streaming_message_ts),
+        "event_ts": f"{time.time():.6f}",
+    }

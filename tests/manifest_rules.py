@@ -81,6 +81,8 @@ METHOD_SCOPES: dict[str, frozenset[str]] = {
     "assistant.threads.setStatus": frozenset({"chat:write", "assistant:write"}),
     "assistant.threads.setTitle": frozenset({"assistant:write"}),
     "assistant.threads.setSuggestedPrompts": frozenset({"assistant:write"}),
+    "agents.sessions.setStatus": frozenset({"chat:write"}),
+    "agents.sessions.rename": frozenset({"chat:write"}),
     "conversations.replies": frozenset({"channels:history", "groups:history", "im:history", "mpim:history"}),
     "conversations.history": frozenset({"channels:history", "groups:history", "im:history", "mpim:history"}),
     "conversations.info": frozenset({"channels:read", "groups:read", "im:read", "mpim:read"}),

@@ -68,6 +68,7 @@ class SlackSurface:
             key.thread_ts,
             interval=self.config.update_interval,
             metrics=self.metrics,
+            stop_value=arrival.message_ts,  # the Stop button names the question it answers
         )
 
     async def prompt_text(self, arrival: Arrival) -> str:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -162,6 +163,8 @@ class UsageRecord(Base):
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     client_request_id: Mapped[str | None] = mapped_column(String(128))
     inference_id: Mapped[str | None] = mapped_column(String(128))
+    # True when the token counts are our estimate: the model reported none (a stopped stream).
+    tokens_estimated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(_TS, default=utcnow, index=True)
 
 

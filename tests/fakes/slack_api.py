@@ -28,6 +28,8 @@ from aiohttp import web
 from tests.fakes.slack_rules import (
     POST_TEXT_LIMIT,
     REPLIES_PAGE_LIMIT,
+    SESSION_STATUSES,
+    SESSION_TITLE_LIMIT,
     SLACK_LIMITS,
     UPDATE_TEXT_LIMIT,
     Buckets,
@@ -184,6 +186,9 @@ class FakeSlackApi:
         self.home_views: dict[str, JsonDict] = {}  # views.publish: user -> their Home tab now
         self._views: dict[str, JsonDict] = {}  # view id -> the view (opened or published)
         self._next_view = 1
+        # agents.sessions.setStatus (channel, thread, status); agents.sessions.rename (channel, thread, title)
+        self.session_statuses: list[tuple[str, str, str]] = []
+        self.session_titles: list[tuple[str, str, str]] = []
         self._messages: dict[str, list[FakeMessage]] = defaultdict(list)
         self._failures: dict[str, deque[_Failure]] = defaultdict(deque)
         self._faults: dict[str, list[Fault]] = defaultdict(list)
@@ -207,6 +212,8 @@ class FakeSlackApi:
             "views.open": self._views_open,
             "views.publish": self._views_publish,
             "views.update": self._views_update,
+            "agents.sessions.setStatus": self._session_status,
+            "agents.sessions.rename": self._session_rename,
         }
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -601,6 +608,30 @@ class FakeSlackApi:
                 if home["id"] == found["id"]:
                     self.home_views[user] = updated
         return {"view": updated}
+
+    # agents.sessions.*: arguments as docs.slack.dev/reference/methods/agents.sessions.setStatus and
+    # .rename document them (form or JSON bodies; slack_sdk has no methods, the bot sends JSON).
+    async def _session_status(self, params: JsonDict, _team: str) -> JsonDict:
+        channel, thread_ts = self._session(params)
+        status = str(params.get("status") or "")
+        if status not in SESSION_STATUSES:
+            raise _Reject("invalid_arguments")
+        self.session_statuses.append((channel, thread_ts, status))
+        return {"status": status}
+
+    async def _session_rename(self, params: JsonDict, _team: str) -> JsonDict:
+        channel, thread_ts = self._session(params)
+        title = str(params.get("title") or "")
+        if not 1 <= len(title) <= SESSION_TITLE_LIMIT:
+            raise _Reject("invalid_arguments")
+        self.session_titles.append((channel, thread_ts, title))
+        return {"title": title}
+
+    def _session(self, params: JsonDict) -> tuple[str, str]:
+        channel = self._channel(params, "channel_id")
+        if not params.get("thread_ts"):
+            raise _Reject("invalid_arguments")  # thread-based sessions need their root's ts
+        return channel, str(params["thread_ts"])
 
 
 def reject(error: str, status: int = 200, retry_after: int | None = None) -> Exception:

@@ -34,6 +34,10 @@ HEADER_TEXT_LIMIT = 150
 CONTEXT_ELEMENTS = 10
 CONTEXT_ELEMENT_TYPES = frozenset({"mrkdwn", "plain_text", "image"})
 TEXT_TYPES = frozenset({"mrkdwn", "plain_text"})
+ACTIONS_ELEMENTS = 25
+BUTTON_TEXT_LIMIT = 75
+BUTTON_VALUE_LIMIT = 2_000
+ACTION_ID_LIMIT = 255
 # Every block type Block Kit documents; anything else is refused as Slack refuses it.
 BLOCK_TYPES = frozenset(
     {
@@ -53,6 +57,8 @@ BLOCK_TYPES = frozenset(
     }
 )
 REPLIES_PAGE_LIMIT = 15  # conversations.replies items per page for distributed non-Marketplace apps
+SESSION_STATUSES = frozenset({"active", "processing", "suspended", "closed"})  # agents.sessions.setStatus
+SESSION_TITLE_LIMIT = 200  # agents.sessions.rename
 
 
 class Refusal(Exception):
@@ -95,6 +101,9 @@ SLACK_LIMITS: Mapping[str, RateLimit] = MappingProxyType(
         "views.open": TIER_4,
         "views.publish": TIER_4,
         "views.update": TIER_4,
+        # Tier 3 as slack-morphism declares them (Slack's page for the methods names no tier).
+        "agents.sessions.setStatus": TIER_3,
+        "agents.sessions.rename": TIER_3,
     }
 )
 
@@ -243,6 +252,8 @@ def validate_blocks(blocks: Any, *, limit: int = MAX_BLOCKS) -> None:
             _check_text(block.get("label"), INPUT_LABEL_LIMIT, types=frozenset({"plain_text"}))
             if not isinstance(block.get("element"), dict) or "type" not in block["element"]:
                 raise Refusal("invalid_blocks")
+        elif kind == "actions":
+            _check_actions(block)
     if markdown_total > MARKDOWN_BLOCK_LIMIT:
         raise Refusal("invalid_blocks")
 
@@ -269,6 +280,24 @@ def _check_section(block: JsonDict) -> None:
             raise Refusal("invalid_blocks")
         for field in fields:
             _check_text(field, SECTION_FIELD_LIMIT)
+
+
+def _check_actions(block: JsonDict) -> None:
+    """An actions block: 1..25 interactive elements; buttons as Block Kit's reference limits them."""
+    elements = block.get("elements")
+    if not isinstance(elements, list) or not 1 <= len(elements) <= ACTIONS_ELEMENTS:
+        raise Refusal("invalid_blocks")
+    for element in elements:
+        if not isinstance(element, dict) or not isinstance(element.get("type"), str):
+            raise Refusal("invalid_blocks")
+        if element["type"] != "button":
+            continue
+        _check_text(element.get("text"), BUTTON_TEXT_LIMIT, types=frozenset({"plain_text"}))
+        action_id, value = element.get("action_id", ""), element.get("value", "")
+        if not isinstance(action_id, str) or len(action_id) > ACTION_ID_LIMIT:
+            raise Refusal("invalid_blocks")
+        if not isinstance(value, str) or len(value) > BUTTON_VALUE_LIMIT:
+            raise Refusal("invalid_blocks")
 
 
 def _check_text(obj: Any, limit: int, *, types: frozenset[str] = TEXT_TYPES) -> None:
