@@ -27,7 +27,9 @@ from bot.jobs.scheduler import build_scheduler
 from bot.llm.client import AimlClient
 from bot.metrics import Metrics
 from bot.settings import Settings, SettingsError
+from bot.slack.agent_view import AgentView, load_prompts, register_agent_view
 from bot.slack.edit_budget import EditBudgets
+from bot.slack.feedback import register_feedback
 from bot.slack.handler import HandlerConfig, SlackTurns
 from bot.slack.listeners import register_listeners
 from bot.slack.people import UserDirectory
@@ -139,6 +141,7 @@ class BotRuntime:
         if not settings.socket_mode:
             settings.require("slack_signing_secret")
         self.settings = settings
+        self.prompts = load_prompts(settings.agent_prompts_file)  # a bad file stops start-up at once
         self.metrics = Metrics()
         self.client = slack_client(settings)
         self.port: int | None = None
@@ -162,6 +165,7 @@ class BotRuntime:
         budgets = EditBudgets(settings.slack_edits_per_minute, settings.slack_edit_burst)
         export_live_state(self.metrics, budgets, core.engine)
         people = UserDirectory(self.client)  # one users.info cache: turns, /usage, the digest
+        agent_view = AgentView(core.sessions, self.prompts, self.metrics)
         self.turns = SlackTurns(
             core.service,
             core.sessions,
@@ -171,6 +175,7 @@ class BotRuntime:
                 settings.stream_update_interval, settings.thread_followups, settings.thread_backfill_limit
             ),
             people,
+            agent_view,
         )
         maintenance = Maintenance(
             core.sessions,
@@ -183,6 +188,9 @@ class BotRuntime:
         )
         await maintenance.at_start_up()  # logs and counts its own failures: start-up goes on
         self._maintenance = asyncio.create_task(maintenance.run_forever(), name="maintenance")
+        # Before register_listeners: its catch-all would take their events (Bolt runs the first match).
+        register_agent_view(bolt, agent_view)
+        register_feedback(bolt, core.sessions, self.metrics)
         register_listeners(bolt, self.turns, self.metrics)
         register_usage_command(bolt, core.sessions, settings.digest_zone, people=people)
         if settings.usage_digest_channel:

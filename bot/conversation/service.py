@@ -46,6 +46,9 @@ class Turn:
     user_id: str | None
     # Earlier thread messages the bot never saw, used once when the conversation is new.
     backfill: Sequence[ChatMessage] = ()
+    # Facts about where the person is, worded by the chat surface (e.g. the channel they view):
+    # added to this turn's system prompt only, never stored in the history.
+    context: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,8 @@ class ConversationService:
         began: float,
     ) -> TurnOutcome:
         newest = ChatMessage("user", turn.text)
-        system = ChatMessage("system", self._config.system_prompt) if self._config.system_prompt else None
+        prompt = "\n\n".join(part for part in (self._config.system_prompt, *turn.context) if part)
+        system = ChatMessage("system", prompt) if prompt else None
         try:
             request = fit_to_budget(
                 system,

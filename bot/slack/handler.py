@@ -31,6 +31,7 @@ from bot.conversation.service import (
 from bot.llm.types import ChatMessage
 from bot.logs import bind_context
 from bot.metrics import Metrics
+from bot.slack.agent_view import AgentView
 from bot.slack.backfill import ThreadSpot, thread_context
 from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
 from bot.slack.edit_budget import EditBudgets
@@ -77,8 +78,10 @@ class SlackTurns:
         metrics: Metrics,
         config: HandlerConfig,
         people: UserDirectory,
+        agent_view: AgentView | None = None,
     ) -> None:
         self._service = service
+        self._agent_view = agent_view
         self._budgets = budgets
         self._metrics = metrics
         self._config = config
@@ -187,7 +190,13 @@ class SlackTurns:
             )
         text = strip_bot_mention(incoming.text, bot_user_id)
         names = await self._people.names(user_ids_in(text), lookups=LOOKUPS_PER_MESSAGE)
-        turn = Turn(admitted.arrival.key, incoming.kind, readable(text, names), incoming.user_id, backfill)
+        question, view = readable(text, names), self._agent_view
+        context = (
+            await view.before_answer(client, incoming, question, new_thread=admitted.new_thread)
+            if view
+            else ()
+        )
+        turn = Turn(admitted.arrival.key, incoming.kind, question, incoming.user_id, backfill, context)
         return await self._service.reply(turn, reply)
 
     async def _release(self, arrival: Arrival) -> None:

@@ -1,4 +1,5 @@
-"""SQLAlchemy 2 typed models: conversations, messages, the usage ledger, dedupe and digest locks."""
+"""SQLAlchemy 2 typed models: conversations, messages, the usage ledger, dedupe, digest locks, agent
+context and feedback votes."""
 
 from __future__ import annotations
 
@@ -185,3 +186,39 @@ class DigestRun(Base):
     posted_at: Mapped[datetime | None] = mapped_column(_TS)
     slack_ts: Mapped[str | None] = mapped_column(String(32))
     claimed_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
+
+
+class AgentContext(Base):
+    """What a person is viewing in Slack beside the bot's DM (app_context_changed), per DM channel.
+
+    Slack sends the context for the DM, not for one of its threads: every thread of that DM answers
+    with the latest. `viewing_channel_id` is NULL when Slack says the person views nothing in particular.
+    """
+
+    __tablename__ = "agent_contexts"
+    __table_args__ = (UniqueConstraint("team_id", "channel_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(64))  # the DM with the bot
+    user_id: Mapped[str | None] = mapped_column(String(64))
+    viewing_channel_id: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(_TS, default=utcnow, onupdate=utcnow)
+
+
+class FeedbackVote(Base):
+    """A person's 👍/👎 on one answer (the Slack message carrying the buttons); a new press replaces it."""
+
+    __tablename__ = "feedback_votes"
+    __table_args__ = (UniqueConstraint("channel_id", "message_ts", "user_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[str | None] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(64))
+    message_ts: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str] = mapped_column(String(64))
+    value: Mapped[str] = mapped_column(String(8))  # "up" or "down"
+    # When the answer was posted (its ts): the digest counts votes with the day of their answer.
+    answered_at: Mapped[datetime] = mapped_column(_TS, index=True)
+    created_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(_TS, default=utcnow, onupdate=utcnow)

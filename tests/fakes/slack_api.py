@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.slack_rules import (
+    MAX_SUGGESTED_PROMPTS,
     POST_TEXT_LIMIT,
     REPLIES_PAGE_LIMIT,
     SLACK_LIMITS,
@@ -176,6 +177,11 @@ class FakeSlackApi:
         self.statuses: list[
             tuple[str, str, str]
         ] = []  # assistant.threads.setStatus (channel, thread, status)
+        # assistant.threads.setSuggestedPrompts: channel -> (title, [(title, message)]); the last set
+        self.suggested_prompts: dict[str, tuple[str | None, list[tuple[str, str]]]] = {}
+        self.titles: dict[tuple[str, str], str] = {}  # assistant.threads.setTitle (channel, thread)
+        # conversations.info: channel id -> name (or absent: channel_not_found); D…/G… ids are DMs
+        self.channel_names: dict[str, str] = {}
         self._messages: dict[str, list[FakeMessage]] = defaultdict(list)
         self._failures: dict[str, deque[_Failure]] = defaultdict(deque)
         self._faults: dict[str, list[Fault]] = defaultdict(list)
@@ -195,6 +201,9 @@ class FakeSlackApi:
             "conversations.replies": self._replies,
             "users.info": self._users_info,
             "assistant.threads.setStatus": self._set_status,
+            "assistant.threads.setSuggestedPrompts": self._set_suggested_prompts,
+            "assistant.threads.setTitle": self._set_title,
+            "conversations.info": self._conversations_info,
         }
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -528,6 +537,54 @@ class FakeSlackApi:
             raise _Reject("invalid_arguments")
         self.statuses.append((channel, str(params["thread_ts"]), str(params.get("status", ""))))
         return {}
+
+    async def _set_suggested_prompts(self, params: JsonDict, _team: str) -> JsonDict:
+        # As Slack: 1 to 4 prompts, each a title and a message; `thread_ts` is optional in the Messages tab.
+        channel = self._channel(params, "channel_id")
+        prompts = params.get("prompts")
+        if not isinstance(prompts, list) or not 1 <= len(prompts) <= MAX_SUGGESTED_PROMPTS:
+            raise _Reject("invalid_arguments")
+        pairs: list[tuple[str, str]] = []
+        for prompt in prompts:
+            if not isinstance(prompt, dict) or set(prompt) != {"title", "message"}:
+                raise _Reject("invalid_arguments")
+            title, text = prompt["title"], prompt["message"]
+            if not (isinstance(title, str) and isinstance(text, str) and title.strip() and text.strip()):
+                raise _Reject("invalid_arguments")
+            pairs.append((title, text))
+        title = params.get("title")
+        if title is not None and (not isinstance(title, str) or not title.strip()):
+            raise _Reject("invalid_arguments")
+        self.suggested_prompts[channel] = (title, pairs)
+        return {}
+
+    async def _set_title(self, params: JsonDict, _team: str) -> JsonDict:
+        channel = self._channel(params, "channel_id")
+        thread_ts, title = params.get("thread_ts"), params.get("title")
+        if not thread_ts or not isinstance(title, str) or not title.strip():
+            raise _Reject("invalid_arguments")
+        self.titles[(channel, str(thread_ts))] = title
+        return {}
+
+    async def _conversations_info(self, params: JsonDict, _team: str) -> JsonDict:
+        channel = self._channel(params)
+        if channel.startswith("D"):
+            return {"channel": {"id": channel, "is_im": True, "user": "U1"}}
+        name = self.channel_names.get(channel)
+        if name is None:
+            raise _Reject("channel_not_found")  # private and the bot is not in it, or gone
+        private = channel.startswith("G")
+        return {
+            "channel": {
+                "id": channel,
+                "name": name,
+                "is_channel": not private,
+                "is_group": private,
+                "is_private": private,
+                "is_im": False,
+                "is_mpim": False,
+            }
+        }
 
 
 def reject(error: str, status: int = 200, retry_after: int | None = None) -> Exception:
