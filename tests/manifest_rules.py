@@ -22,6 +22,7 @@ EVENT_SCOPES: dict[str, str | None] = {
     "message.im": "im:history",
     "message.mpim": "mpim:history",
     "app_home_opened": None,
+    "app_context_changed": None,  # needs features.agent_view, no scope (Slack's event reference)
     "app_uninstalled": None,
     "tokens_revoked": None,
     "assistant_thread_started": "assistant:write",
@@ -155,6 +156,7 @@ SCHEMA: dict[str, Any] = {
                 "workflow_steps": {"type": "array"},
                 "unfurl_domains": {"type": "array"},
                 "assistant_view": {"type": "object"},
+                "agent_view": {"type": "object"},  # checked by Slack's own schema (test_manifest)
             },
         },
         "oauth_config": {
