@@ -88,11 +88,21 @@ def load_prompts(path: Path) -> SuggestedPrompts:
 
 
 def thread_title(question: str) -> str | None:
-    """A short title from a person's first question: its first line of prose, whitespace collapsed,
-    cut at a word end. None when there is nothing to show (a file alone, only code)."""
-    lines = [line.strip() for line in question.splitlines()]
-    first = next((line for line in lines if line and not line.startswith("```")), "")
-    text = " ".join(first.split()).lstrip("#>*- ").strip()
+    """A short title from a person's first question: its first paragraph of prose (code blocks
+    skipped), whitespace collapsed, cut at a word end. None when there is no prose (a file, only code)."""
+    paragraph: list[str] = []
+    in_code = False
+    for line in question.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("```"):
+            in_code = not in_code
+            if paragraph:
+                break
+        elif not in_code and stripped:
+            paragraph.append(stripped)
+        elif paragraph:
+            break
+    text = " ".join(" ".join(paragraph).split()).lstrip("#>*- ").strip()
     if not text:
         return None
     if len(text) <= TITLE_MAX:
