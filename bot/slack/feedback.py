@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+from slack_bolt import BoltResponse
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.models.blocks import ContextActionsBlock, FeedbackButtonObject, FeedbackButtonsElement
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -87,5 +89,22 @@ async def on_feedback(
     metrics.feedback.labels(vote.value.value).inc()
 
 
+async def refuse_malformed_actions(
+    body: dict[str, Any], next_: Callable[[], Awaitable[None]]
+) -> BoltResponse | None:
+    """A `block_actions` payload whose `actions` is not a list of actions gets a 400: Bolt's own action
+    matchers index into it and would answer 500."""
+    actions = body.get("actions")
+    if body.get("type") == "block_actions" and not (
+        isinstance(actions, list)
+        and actions
+        and all(isinstance(a, dict) and isinstance(a.get("action_id"), str) for a in actions)
+    ):
+        return BoltResponse(status=400, body="malformed block_actions payload")
+    await next_()
+    return None
+
+
 def register_feedback(app: AsyncApp, sessions: async_sessionmaker[AsyncSession], metrics: Metrics) -> None:
+    app.middleware(refuse_malformed_actions)
     app.action(ACTION_ID)(partial(on_feedback, sessions, metrics))

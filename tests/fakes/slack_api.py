@@ -251,6 +251,11 @@ class FakeSlackApi:
             self._method_tokens[method] = dict(tokens)
         return previous
 
+    def set_clock(self, unix_seconds: float) -> None:
+        """Give the next messages ts from this Unix time on (by default they start in November 2023),
+        for tests where a message's ts must be the real time it was posted, as in Slack."""
+        self._next_ts = max(self._next_ts, int(unix_seconds * 1_000_000))
+
     def add_token(self, token: str, team_id: str) -> None:
         """Accept another bot token, for another workspace."""
         self.tokens[token] = team_id
