@@ -215,7 +215,7 @@ async def test_a_later_context_replaces_the_earlier_one_and_an_empty_one_clears_
     assert "looking at the Slack channel" not in system_prompt(aiml, 1)
 
 
-async def test_a_channel_the_bot_cannot_see_is_not_named_and_the_answer_still_comes(bot, slack, aiml):
+async def test_a_channel_the_bot_cannot_see_is_not_named_and_the_answer_still_comes(bot, aiml):
     aiml.enqueue(Reply(content="Fine."))
     await bot.send(context_changed(viewing("G9SECRET")))  # private, the bot is not in it
     await bot.idle()

@@ -114,7 +114,7 @@ async def test_a_long_answer_carries_the_buttons_only_on_its_last_message(bot, a
     assert [len(feedback_elements(m)) for m in messages] == [0] * (len(messages) - 1) + [1]
 
 
-async def test_a_failed_answer_has_no_feedback_buttons(bot, slack, aiml):
+async def test_a_failed_answer_has_no_feedback_buttons(bot, aiml):
     aiml.enqueue(*[ErrorReply(status=503)] * 4)  # the first try and LLM_MAX_RETRIES=3
     await bot.send(mention("a question", "120.000001"))
     await bot.idle()

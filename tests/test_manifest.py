@@ -9,12 +9,12 @@ from __future__ import annotations
 import copy
 import json
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-import tomllib
 from jsonschema import Draft7Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT7
@@ -74,7 +74,8 @@ def test_the_manifest_follows_slacks_public_manifest_schema():
     ("change", "where"),
     [
         (lambda m: m["features"]["agent_view"].update(agent_description="x" * 301), "agent_description"),
-        (lambda m: m["features"]["agent_view"]["suggested_prompts"].append({"title": "5", "message": "5"}), "suggested_prompts"),
+        (lambda m: m["features"]["agent_view"]["suggested_prompts"].append({"title": "5", "message": "5"}),
+         "suggested_prompts"),
         (lambda m: m["features"]["agent_view"]["suggested_prompts"][0].pop("message"), "suggested_prompts/0"),
         (lambda m: m["features"]["agent_view"].update(prompts=[]), "agent_view"),
     ],
