@@ -103,3 +103,14 @@ async def test_the_latest_channel_in_view_is_kept_per_dm(sessions: async_session
         assert await agent_context.viewing_channel(session, "T1", "D1") == "C8"
         assert await agent_context.viewing_channel(session, "T1", "D2") == "C9"
         assert await agent_context.viewing_channel(session, "T2", "D1") is None
+
+
+async def test_an_older_context_handled_late_does_not_replace_a_newer_one(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    newer, older = datetime(2026, 12, 1, 10, 0, 2, tzinfo=UTC), datetime(2026, 12, 1, 10, 0, 1, tzinfo=UTC)
+    async with sessions.begin() as session:
+        await agent_context.remember_viewing(session, "T1", "D1", "U1", "C8", newer)
+        await agent_context.remember_viewing(session, "T1", "D1", "U1", "C7", older)
+    async with sessions() as session:
+        assert await agent_context.viewing_channel(session, "T1", "D1") == "C8"

@@ -18,6 +18,7 @@ import time
 import tomllib
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -242,10 +243,12 @@ async def on_context_changed(
         view.metrics.events_ignored.labels("malformed").inc()
         return
     viewing = viewed_channel(event)
+    sent = body.get("event_time")
+    changed_at = datetime.fromtimestamp(sent, UTC) if isinstance(sent, int) and 0 < sent < 2**33 else None
     try:
         async with view.sessions.begin() as session:
             await agent_context.remember_viewing(
-                session, team, channel, user if isinstance(user, str) else None, viewing
+                session, team, channel, user if isinstance(user, str) else None, viewing, changed_at
             )
     except UNAVAILABLE as exc:
         log.warning("could not store the channel in view: %s", error_reason(exc))

@@ -203,7 +203,8 @@ class AgentContext(Base):
     channel_id: Mapped[str] = mapped_column(String(64))  # the DM with the bot
     user_id: Mapped[str | None] = mapped_column(String(64))
     viewing_channel_id: Mapped[str | None] = mapped_column(String(64))
-    updated_at: Mapped[datetime] = mapped_column(_TS, default=utcnow, onupdate=utcnow)
+    # When Slack saw the change (the event's time): a late, older event never overwrites a newer one.
+    changed_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
 
 
 class FeedbackVote(Base):

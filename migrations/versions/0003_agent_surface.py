@@ -26,7 +26,7 @@ def upgrade() -> None:
         sa.Column("channel_id", sa.String(length=64), nullable=False),
         sa.Column("user_id", sa.String(length=64), nullable=True),
         sa.Column("viewing_channel_id", sa.String(length=64), nullable=True),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_agent_contexts")),
         sa.UniqueConstraint("team_id", "channel_id", name=op.f("uq_agent_contexts_team_id_channel_id")),
     )
