@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.settings import SettingsError
 from bot.slack.agent_view import load_prompts, thread_title
@@ -261,3 +263,27 @@ async def test_malformed_agent_events_are_acknowledged_without_a_crash(bot: Bot,
     metrics = await scrape(bot.http)
     ignored = metrics.get(("slackbot_events_ignored_total", (("reason", "malformed"),)), 0)
     assert ignored == (0 if event.get("channel") == "D1" else 1)
+
+
+# ---- the fake's argument checks, as Slack's -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "arguments"),
+    [
+        ("assistant.threads.setSuggestedPrompts", {"channel_id": "D1", "prompts": []}),
+        (
+            "assistant.threads.setSuggestedPrompts",
+            {"channel_id": "D1", "prompts": [{"title": str(n), "message": "m"} for n in range(5)]},
+        ),
+        ("assistant.threads.setSuggestedPrompts", {"channel_id": "D1", "prompts": [{"title": "no message"}]}),
+        ("assistant.threads.setTitle", {"channel_id": "D1", "thread_ts": "1.000001", "title": "  "}),
+        ("assistant.threads.setTitle", {"channel_id": "D1", "title": "no thread"}),
+    ],
+)
+async def test_the_fake_slack_refuses_what_slack_refuses(slack, method, arguments):
+    client = AsyncWebClient(token="xoxb-test", base_url=slack.api_url)
+    with pytest.raises(SlackApiError) as refused:
+        await client.api_call(method, json=arguments)
+    assert refused.value.response["error"] == "invalid_arguments"
+    assert slack.suggested_prompts == {} and slack.titles == {}
