@@ -21,10 +21,10 @@ from referencing.jsonschema import DRAFT7
 from ruamel.yaml import YAML
 
 from tests.fakes.aimlapi import Reply
+from tests.fakes.response_url import ResponseUrl
 from tests.harness import Bot, make_settings, mention, message, running_bot, signed_headers
 from tests.manifest_rules import EVENT_SCOPES, METHOD_SCOPES, SCHEMA
 from tests.test_metrics import scrape
-from tests.test_usage_command import ResponseUrl
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "config" / "slack-manifest.yml"

@@ -53,7 +53,6 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_feedback_votes_answered_at"), ["answered_at"], unique=False)
 
 
-
 def downgrade() -> None:
     with op.batch_alter_table("feedback_votes", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_feedback_votes_answered_at"))
