@@ -45,6 +45,8 @@ LOOKUP_TIMEOUT = 5.0
 _CHANNEL_ENTITY = "slack#/types/channel_id"
 _MESSAGE_ENTITY = "slack#/types/message_context"
 _CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{1,23}")  # public or private channels; never DMs
+_DM_ID = re.compile(r"D[A-Z0-9]{1,23}")
+_ID = re.compile(r"[A-Z0-9][A-Za-z0-9_]{0,23}")  # teams and users, bounded to their columns
 _CHANNEL_NAME = re.compile(r"[^\w.-]")
 
 
@@ -221,8 +223,8 @@ async def on_messages_tab(
     view: AgentView, body: dict[str, Any], event: dict[str, Any], client: AsyncWebClient
 ) -> None:
     view.metrics.events_received.labels(event_type_label(body)).inc()
-    channel = event.get("channel")
-    if not isinstance(channel, str) or not channel:
+    channel = _valid(event.get("channel"), _DM_ID)
+    if channel is None:
         view.metrics.events_ignored.labels("malformed").inc()
         return
     prompts = [{"title": p.title, "message": p.message} for p in view.prompts.prompts]
@@ -238,8 +240,8 @@ async def on_context_changed(
     view: AgentView, body: dict[str, Any], event: dict[str, Any], client: AsyncWebClient
 ) -> None:
     view.metrics.events_received.labels(event_type_label(body)).inc()
-    team, channel, user = body.get("team_id"), event.get("channel"), event.get("user")
-    if not (isinstance(team, str) and team and isinstance(channel, str) and channel.startswith("D")):
+    team, channel = _valid(body.get("team_id"), _ID), _valid(event.get("channel"), _DM_ID)
+    if team is None or channel is None:
         view.metrics.events_ignored.labels("malformed").inc()
         return
     viewing = viewed_channel(event)
@@ -248,13 +250,18 @@ async def on_context_changed(
     try:
         async with view.sessions.begin() as session:
             await agent_context.remember_viewing(
-                session, team, channel, user if isinstance(user, str) else None, viewing, changed_at
+                session, team, channel, _valid(event.get("user"), _ID), viewing, changed_at
             )
     except UNAVAILABLE as exc:
         log.warning("could not store the channel in view: %s", error_reason(exc))
         return
     if viewing is not None:
         await view.names.name(client, viewing)  # warm the cache: the next question needs it
+
+
+def _valid(value: object, pattern: re.Pattern[str]) -> str | None:
+    """A Slack id from a payload, when it is one."""
+    return value if isinstance(value, str) and pattern.fullmatch(value) else None
 
 
 def register_agent_view(app: AsyncApp, view: AgentView) -> None:
