@@ -1,5 +1,5 @@
-"""Migration 0003_agent_surface on SQLite and PostgreSQL: up from 0002 keeps the data, the new tables
-enforce one vote per person per answer, and down removes only what it added."""
+"""Migration 0003_agent_surface on SQLite and PostgreSQL: up from the revision before keeps the data,
+the new tables enforce one vote per person per answer, and down removes only what it added."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -14,10 +15,18 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.storage import agent_context
 from bot.storage.db import create_engine
 from bot.storage.feedback import Vote, VoteCast, feedback_counts, find_vote, record_vote
-from bot.storage.migrate import current_revision, head_revision, run_alembic, upgrade_head
+from bot.storage.migrate import current_revision, head_revision, run_alembic, script_location, upgrade_head
 from bot.storage.models import FeedbackVote
 
 NEW_TABLES = {"agent_contexts", "feedback_votes"}
+REVISION = "0003_agent_surface"
+
+
+def revision_before() -> str:
+    """The revision this one follows (the chain is redrawn when branches merge)."""
+    revision = ScriptDirectory(str(script_location())).get_revision(REVISION)
+    assert revision is not None and isinstance(revision.down_revision, str)
+    return revision.down_revision
 
 
 async def tables(url: str) -> set[str]:
@@ -29,8 +38,9 @@ async def tables(url: str) -> set[str]:
         await engine.dispose()
 
 
-async def test_upgrade_from_0002_adds_the_tables_and_downgrade_removes_only_them(empty_db_url: str) -> None:
-    await run_alembic(empty_db_url, lambda config: command.upgrade(config, "0002"))
+async def test_upgrade_adds_the_tables_and_downgrade_removes_only_them(empty_db_url: str) -> None:
+    before = revision_before()
+    await run_alembic(empty_db_url, lambda config: command.upgrade(config, before))
     engine = create_engine(empty_db_url)
     try:
         async with engine.begin() as conn:
@@ -41,10 +51,10 @@ async def test_upgrade_from_0002_adds_the_tables_and_downgrade_removes_only_them
                 )
             )
         await upgrade_head(empty_db_url)
-        assert await current_revision(empty_db_url) == head_revision()
+        assert await current_revision(empty_db_url) == head_revision() == REVISION
         assert await tables(empty_db_url) >= NEW_TABLES
 
-        await run_alembic(empty_db_url, lambda config: command.downgrade(config, "0002"))
+        await run_alembic(empty_db_url, lambda config: command.downgrade(config, before))
         assert not NEW_TABLES & await tables(empty_db_url)
         async with engine.connect() as conn:
             kept = (await conn.execute(text("SELECT COUNT(*) FROM conversations"))).scalar_one()

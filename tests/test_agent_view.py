@@ -217,9 +217,10 @@ async def test_a_later_context_replaces_the_earlier_one_and_an_empty_one_clears_
     assert "looking at the Slack channel" not in system_prompt(aiml, 1)
 
 
-async def test_a_channel_the_bot_cannot_see_is_not_named_and_the_answer_still_comes(bot, aiml):
+async def test_a_channel_the_bot_cannot_see_is_not_named_and_the_answer_still_comes(bot, slack, aiml):
+    slack.not_joined.add("G9SECRET")  # private, and the bot is not in it: Slack says channel_not_found
     aiml.enqueue(Reply(content="Fine."))
-    await bot.send(context_changed(viewing("G9SECRET")))  # private, the bot is not in it
+    await bot.send(context_changed(viewing("G9SECRET")))
     await bot.idle()
     await bot.send(dm("hello", "720.000001"))
     await bot.idle()

@@ -169,14 +169,14 @@ def delivered(subscription: str, ts: str) -> dict[str, Any]:
         kind = channel_types[subscription.removeprefix("message.")]
         channel = {"channel": "C1", "group": "G1", "im": "D1", "mpim": "G2"}[kind]
         return message("hello", ts, channel=channel, channel_type=kind)
-    if subscription == "app_home_opened":
-        return {"type": subscription, "user": "U1", "channel": "D1", "tab": "messages", "event_ts": ts}
     if subscription == "app_context_changed":
         entity = {"type": "slack#/types/channel_id", "value": "C1", "team_id": "T1"}
         return {"type": subscription, "user": "U1", "channel": "D1", "context": {"entities": [entity]}}
     if subscription.startswith("assistant_thread_"):
         thread = {"user_id": "U1", "channel_id": "D1", "thread_ts": ts, "context": {"channel_id": "C1"}}
         return {"type": subscription, "assistant_thread": thread, "event_ts": ts}
+    if subscription == "app_home_opened":  # the Home tab (the Messages tab is another surface's)
+        return {"type": subscription, "user": "U1", "channel": "D1", "tab": "home", "event_ts": ts}
     return {"type": subscription, "user": "U1", "channel": "C1", "event_ts": ts, "ts": ts}
 
 
@@ -255,11 +255,16 @@ async def test_every_web_api_call_the_bot_makes_is_granted_and_every_scope_is_ne
             await bot.idle()
             # The Messages tab: opened (suggested prompts), a channel in view (its name only).
             slack.channel_names["C1"] = "general"
-            await bot.send(delivered("app_home_opened", "700.000001"))
-            await bot.send(delivered("app_context_changed", "700.000002"))
+            tab = {"type": "app_home_opened", "user": "U1", "channel": "D1", "tab": "messages"}
+            await bot.send(tab | {"event_ts": "650.000001"})
+            await bot.send(delivered("app_context_changed", "650.000002"))
             await bot.idle()
             assert await post_command(bot, "/usage", receiver.url) == 200
             await receiver.next_answer()
+            # An admin's week: the Home tab, and a channel's settings form (its creator looked up).
+            await bot.send(delivered("app_home_opened", "700.000001"))
+            assert (await bot.command("/glm", "settings", user="U1")).status_code == 200
+            await bot.idle()
     finally:
         await receiver.stop()
 

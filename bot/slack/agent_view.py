@@ -27,11 +27,13 @@ from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.conversation.admission import Arrival
 from bot.metrics import Metrics
 from bot.settings import SettingsError
 from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
-from bot.slack.events import Incoming, event_type_label
+from bot.slack.events import event_type_label
 from bot.storage import agent_context
+from bot.storage.conversations import ConversationKey
 from bot.storage.db import UNAVAILABLE, error_reason
 from bot.storage.models import ConversationKind
 
@@ -182,20 +184,21 @@ class AgentView:
         self.names = ChannelNames()
         self._titling: set[asyncio.Task[None]] = set()  # referenced until done
 
-    async def before_answer(
-        self, client: AsyncWebClient, incoming: Incoming, question: str, *, new_thread: bool
+    async def situation(
+        self, client: AsyncWebClient, arrival: Arrival, question: str, *, new_thread: bool
     ) -> tuple[str, ...]:
         """For a DM turn: title a new conversation (in the background) and return the system lines
         about where the person is. Nothing for channel turns."""
-        if incoming.kind is not ConversationKind.DM:
+        if arrival.kind is not ConversationKind.DM:
             return ()
+        key = arrival.key
         if new_thread and (title := thread_title(question)):
-            task = asyncio.create_task(_set_title(client, incoming, title), name="agent-title")
+            task = asyncio.create_task(_set_title(client, key, title), name="agent-title")
             self._titling.add(task)
             task.add_done_callback(self._titling.discard)
         try:
             async with self.sessions() as session:
-                channel = await agent_context.viewing_channel(session, incoming.team_id, incoming.channel_id)
+                channel = await agent_context.viewing_channel(session, key.team_id, key.channel_id)
         except UNAVAILABLE as exc:
             log.warning("could not read the channel in view: %s", error_reason(exc))
             return ()
@@ -203,10 +206,10 @@ class AgentView:
         return (viewing_note(name),) if name else ()
 
 
-async def _set_title(client: AsyncWebClient, incoming: Incoming, title: str) -> None:
+async def _set_title(client: AsyncWebClient, key: ConversationKey, title: str) -> None:
     try:
         await client.assistant_threads_setTitle(
-            channel_id=incoming.channel_id, thread_ts=incoming.thread_ts, title=title
+            channel_id=key.channel_id, thread_ts=key.thread_ts, title=title
         )
     except SLACK_CALL_ERRORS as exc:
         log.info("could not title the conversation (%s)", call_error_reason(exc))

@@ -1,7 +1,7 @@
 """The agent surface: what a person views beside the bot's DM, and 👍/👎 votes on answers.
 
 Revision ID: 0003_agent_surface
-Revises: 0002
+Revises: 0007_channel_settings
 Create Date: 2026-12-01 10:39:11.511980+00:00
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003_agent_surface"
-down_revision: str | Sequence[str] | None = "0002"
+down_revision: str | Sequence[str] | None = "0007_channel_settings"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -38,6 +38,7 @@ from tests.fakes.slack_rules import (
     Refusal,
     SeededLatency,
     message_content,
+    validate_view,
 )
 
 __all__ = ["Call", "FakeEphemeral", "FakeMessage", "FakeSlackApi", "FakeUser", "RateLimit", "reject"]
@@ -180,8 +181,15 @@ class FakeSlackApi:
         # assistant.threads.setSuggestedPrompts: channel -> (title, [(title, message)]); the last set
         self.suggested_prompts: dict[str, tuple[str | None, list[tuple[str, str]]]] = {}
         self.titles: dict[tuple[str, str], str] = {}  # assistant.threads.setTitle (channel, thread)
-        # conversations.info: channel id -> name (or absent: channel_not_found); D…/G… ids are DMs
+        # conversations.info: each channel's creator (unknown channels: created by U0CREATOR) and name
+        # (unknown channels: the id in lower case); a private channel in `not_joined` is not found.
+        self.channel_creators: dict[str, str] = {}
         self.channel_names: dict[str, str] = {}
+        self.expired_triggers: set[str] = set()  # views.open answers expired_trigger_id for these
+        self.opened_views: list[JsonDict] = []  # views.open, oldest first, with the "id" the fake gave
+        self.home_views: dict[str, JsonDict] = {}  # views.publish: user -> their Home tab now
+        self._views: dict[str, JsonDict] = {}  # view id -> the view (opened or published)
+        self._next_view = 1
         self._messages: dict[str, list[FakeMessage]] = defaultdict(list)
         self._failures: dict[str, deque[_Failure]] = defaultdict(deque)
         self._faults: dict[str, list[Fault]] = defaultdict(list)
@@ -204,6 +212,9 @@ class FakeSlackApi:
             "assistant.threads.setSuggestedPrompts": self._set_suggested_prompts,
             "assistant.threads.setTitle": self._set_title,
             "conversations.info": self._conversations_info,
+            "views.open": self._views_open,
+            "views.publish": self._views_publish,
+            "views.update": self._views_update,
         }
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -573,23 +584,67 @@ class FakeSlackApi:
 
     async def _conversations_info(self, params: JsonDict, _team: str) -> JsonDict:
         channel = self._channel(params)
-        if channel.startswith("D"):
-            return {"channel": {"id": channel, "is_im": True, "user": "U1"}}
-        name = self.channel_names.get(channel)
-        if name is None:
-            raise _Reject("channel_not_found")  # private and the bot is not in it, or gone
-        private = channel.startswith("G")
-        return {
-            "channel": {
-                "id": channel,
-                "name": name,
-                "is_channel": not private,
-                "is_group": private,
-                "is_private": private,
-                "is_im": False,
-                "is_mpim": False,
-            }
+        if channel.startswith("G") and channel in self.not_joined:
+            raise _Reject("channel_not_found")  # Slack hides private channels from non-members
+        is_im = channel.startswith("D")
+        info: JsonDict = {
+            "id": channel,
+            "is_channel": channel.startswith("C"),
+            "is_group": channel.startswith("G"),
+            "is_im": is_im,
+            "is_private": not channel.startswith("C"),
+            "is_member": channel not in self.not_joined,
         }
+        if not is_im:  # a DM has a user, not a creator or a name
+            name = self.channel_names.get(channel, channel.lower())
+            info |= {"name": name, "creator": self.channel_creators.get(channel, "U0CREATOR")}
+        return {"channel": info}
+
+    def _remember_view(self, view: JsonDict, team: str) -> JsonDict:
+        stored = dict(view) | {"id": f"V{self._next_view:08d}", "team_id": team}
+        self._next_view += 1
+        self._views[stored["id"]] = stored
+        return stored
+
+    async def _views_open(self, params: JsonDict, team: str) -> JsonDict:
+        trigger = params.get("trigger_id")
+        if not trigger and not params.get("interactivity_pointer"):
+            raise _Reject("invalid_arguments")
+        if trigger in self.expired_triggers:
+            raise _Reject("expired_trigger_id")
+        view = self._remember_view(validate_view(params.get("view"), kinds=frozenset({"modal"})), team)
+        self.opened_views.append(view)
+        return {"view": view}
+
+    async def _views_publish(self, params: JsonDict, team: str) -> JsonDict:
+        user = params.get("user_id")
+        if not user:
+            raise _Reject("invalid_arguments")
+        if not str(user).startswith(("U", "W")):
+            raise _Reject("user_not_found")
+        view = self._remember_view(validate_view(params.get("view"), kinds=frozenset({"home"})), team)
+        self.home_views[str(user)] = view
+        return {"view": view}
+
+    async def _views_update(self, params: JsonDict, team: str) -> JsonDict:
+        view_id, external_id = params.get("view_id"), params.get("external_id")
+        if not view_id and not external_id:
+            raise _Reject("invalid_arguments")
+        found = self._views.get(str(view_id)) or next(
+            (v for v in self._views.values() if external_id and v.get("external_id") == external_id), None
+        )
+        if found is None:
+            raise _Reject("not_found")
+        view = validate_view(params.get("view"), kinds=frozenset({found["type"]}))
+        updated = dict(view) | {"id": found["id"], "team_id": team}
+        self._views[found["id"]] = updated
+        if found["type"] == "modal":
+            self.opened_views = [updated if v["id"] == found["id"] else v for v in self.opened_views]
+        else:
+            for user, home in list(self.home_views.items()):
+                if home["id"] == found["id"]:
+                    self.home_views[user] = updated
+        return {"view": updated}
 
 
 def reject(error: str, status: int = 200, retry_after: int | None = None) -> Exception:
@@ -612,7 +667,7 @@ async def _read_params(request: web.Request) -> JsonDict:
                 params.update(body)
         else:
             params.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
-    for name in ("blocks", "attachments"):
+    for name in ("blocks", "attachments", "view"):
         if isinstance(params.get(name), str):
             params[name] = json.loads(params[name])
     return params
