@@ -19,7 +19,6 @@ import tomllib
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +204,46 @@ class AgentView:
         name = await self.names.name(client, channel) if channel else None
         return (viewing_note(name),) if name else ()
 
+    # ---- listeners (Bolt injects the arguments by name) ----------------------------------------
+
+    async def on_messages_tab(
+        self, body: dict[str, Any], event: dict[str, Any], client: AsyncWebClient
+    ) -> None:
+        self.metrics.events_received.labels(event_type_label(body)).inc()
+        channel = _valid(event.get("channel"), _DM_ID)
+        if channel is None:
+            self.metrics.events_ignored.labels("malformed").inc()
+            return
+        prompts = [{"title": p.title, "message": p.message} for p in self.prompts.prompts]
+        try:
+            await client.assistant_threads_setSuggestedPrompts(
+                channel_id=channel, title=self.prompts.title, prompts=prompts
+            )
+        except SLACK_CALL_ERRORS as exc:
+            log.warning("could not set the suggested prompts (%s)", call_error_reason(exc))
+
+    async def on_context_changed(
+        self, body: dict[str, Any], event: dict[str, Any], client: AsyncWebClient
+    ) -> None:
+        self.metrics.events_received.labels(event_type_label(body)).inc()
+        team, channel = _valid(body.get("team_id"), _ID), _valid(event.get("channel"), _DM_ID)
+        if team is None or channel is None:
+            self.metrics.events_ignored.labels("malformed").inc()
+            return
+        viewing = viewed_channel(event)
+        sent = body.get("event_time")
+        changed_at = datetime.fromtimestamp(sent, UTC) if isinstance(sent, int) and 0 < sent < 2**33 else None
+        try:
+            async with self.sessions.begin() as session:
+                await agent_context.remember_viewing(
+                    session, team, channel, _valid(event.get("user"), _ID), viewing, changed_at
+                )
+        except UNAVAILABLE as exc:
+            log.warning("could not store the channel in view: %s", error_reason(exc))
+            return
+        if viewing is not None:
+            await self.names.name(client, viewing)  # warm the cache: the next question needs it
+
 
 async def _set_title(client: AsyncWebClient, key: ConversationKey, title: str) -> None:
     try:
@@ -215,60 +254,17 @@ async def _set_title(client: AsyncWebClient, key: ConversationKey, title: str) -
         log.info("could not title the conversation (%s)", call_error_reason(exc))
 
 
-# ---- listeners (Bolt injects the arguments by name; the view is bound with functools.partial) ----
+def _valid(value: object, pattern: re.Pattern[str]) -> str | None:
+    """A Slack id from a payload, when it is one."""
+    return value if isinstance(value, str) and pattern.fullmatch(value) else None
 
 
 async def is_messages_tab(event: dict[str, Any]) -> bool:
     return event.get("tab") == "messages"
 
 
-async def on_messages_tab(
-    view: AgentView, body: dict[str, Any], event: dict[str, Any], client: AsyncWebClient
-) -> None:
-    view.metrics.events_received.labels(event_type_label(body)).inc()
-    channel = _valid(event.get("channel"), _DM_ID)
-    if channel is None:
-        view.metrics.events_ignored.labels("malformed").inc()
-        return
-    prompts = [{"title": p.title, "message": p.message} for p in view.prompts.prompts]
-    try:
-        await client.assistant_threads_setSuggestedPrompts(
-            channel_id=channel, title=view.prompts.title, prompts=prompts
-        )
-    except SLACK_CALL_ERRORS as exc:
-        log.warning("could not set the suggested prompts (%s)", call_error_reason(exc))
-
-
-async def on_context_changed(
-    view: AgentView, body: dict[str, Any], event: dict[str, Any], client: AsyncWebClient
-) -> None:
-    view.metrics.events_received.labels(event_type_label(body)).inc()
-    team, channel = _valid(body.get("team_id"), _ID), _valid(event.get("channel"), _DM_ID)
-    if team is None or channel is None:
-        view.metrics.events_ignored.labels("malformed").inc()
-        return
-    viewing = viewed_channel(event)
-    sent = body.get("event_time")
-    changed_at = datetime.fromtimestamp(sent, UTC) if isinstance(sent, int) and 0 < sent < 2**33 else None
-    try:
-        async with view.sessions.begin() as session:
-            await agent_context.remember_viewing(
-                session, team, channel, _valid(event.get("user"), _ID), viewing, changed_at
-            )
-    except UNAVAILABLE as exc:
-        log.warning("could not store the channel in view: %s", error_reason(exc))
-        return
-    if viewing is not None:
-        await view.names.name(client, viewing)  # warm the cache: the next question needs it
-
-
-def _valid(value: object, pattern: re.Pattern[str]) -> str | None:
-    """A Slack id from a payload, when it is one."""
-    return value if isinstance(value, str) and pattern.fullmatch(value) else None
-
-
 def register_agent_view(app: AsyncApp, view: AgentView) -> None:
     """Before the catch-all listener: Bolt runs the first listener that matches. The Home tab's
     `app_home_opened` has its own listener, matched on `tab == "home"`."""
-    app.event("app_home_opened", matchers=[is_messages_tab])(partial(on_messages_tab, view))
-    app.event("app_context_changed")(partial(on_context_changed, view))
+    app.event("app_home_opened", matchers=[is_messages_tab])(view.on_messages_tab)
+    app.event("app_context_changed")(view.on_context_changed)

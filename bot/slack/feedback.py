@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
 from slack_bolt import BoltResponse
@@ -71,22 +70,26 @@ def vote_from(body: dict[str, Any]) -> VoteCast | None:
     return VoteCast(team, channel, ts, user, Vote(value))
 
 
-async def on_feedback(
-    sessions: async_sessionmaker[AsyncSession], metrics: Metrics, ack: AsyncAck, body: dict[str, Any]
-) -> None:
-    await ack()  # first: Slack wants the answer within 3 s, whatever the database does
-    vote = vote_from(body)
-    if vote is None:
-        log.warning("ignored a feedback press that was not one of ours")
-        metrics.events_ignored.labels("malformed").inc()
-        return
-    try:
-        async with sessions.begin() as session:
-            await record_vote(session, vote)
-    except UNAVAILABLE as exc:
-        log.warning("could not store a feedback vote: %s", error_reason(exc))
-        return
-    metrics.feedback.labels(vote.value.value).inc()
+class FeedbackVotes:
+    """Stores presses of the feedback buttons; Bolt calls `on_press` with the arguments it names."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], metrics: Metrics) -> None:
+        self._sessions, self._metrics = sessions, metrics
+
+    async def on_press(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()  # first: Slack wants the answer within 3 s, whatever the database does
+        vote = vote_from(body)
+        if vote is None:
+            log.warning("ignored a feedback press that was not one of ours")
+            self._metrics.events_ignored.labels("malformed").inc()
+            return
+        try:
+            async with self._sessions.begin() as session:
+                await record_vote(session, vote)
+        except UNAVAILABLE as exc:
+            log.warning("could not store a feedback vote: %s", error_reason(exc))
+            return
+        self._metrics.feedback.labels(vote.value.value).inc()
 
 
 async def refuse_malformed_actions(
@@ -107,4 +110,4 @@ async def refuse_malformed_actions(
 
 def register_feedback(app: AsyncApp, sessions: async_sessionmaker[AsyncSession], metrics: Metrics) -> None:
     app.middleware(refuse_malformed_actions)
-    app.action(ACTION_ID)(partial(on_feedback, sessions, metrics))
+    app.action(ACTION_ID)(FeedbackVotes(sessions, metrics).on_press)
