@@ -207,6 +207,7 @@ async def test_the_digest_shows_the_days_votes_and_the_share_of_answers_rated(bo
         lambda p: p["actions"][0].pop("value"),
         lambda p: (p.pop("container"), p.pop("message")),
         lambda p: p["container"].update(message_ts="not-a-ts", channel_id="x" * 500),
+        lambda p: p["container"].update(message_ts="999999999999.000001"),  # no date holds it
         lambda p: p.update(user="U1"),
     ],
 )

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.metrics import Metrics
 from bot.storage.db import UNAVAILABLE, error_reason
-from bot.storage.feedback import Vote, VoteCast, record_vote
+from bot.storage.feedback import Vote, VoteCast, answered_at, record_vote
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,10 @@ def vote_from(body: dict[str, Any]) -> VoteCast | None:
     user = _valid(_field(body, "user", "id"), _ID)
     team = _valid(_field(body, "team", "id") or _field(body, "user", "team_id"), _ID)
     if value not in (Vote.UP.value, Vote.DOWN.value) or channel is None or ts is None or user is None:
+        return None
+    try:
+        answered_at(ts)  # stored with the vote: a ts no clock can show is no answer of ours
+    except (ValueError, OverflowError, OSError):
         return None
     return VoteCast(team, channel, ts, user, Vote(value))
 
