@@ -35,8 +35,10 @@ from bot.metrics import Metrics
 from bot.settings import Settings, SettingsError
 from bot.slack.admin_access import AdminAccess
 from bot.slack.agent_sessions import AgentSessions
+from bot.slack.agent_view import AgentView, load_prompts, register_agent_view
 from bot.slack.app_home import AppHome, register_app_home
 from bot.slack.edit_budget import EditBudgets
+from bot.slack.feedback import register_feedback
 from bot.slack.glm_command import GlmCommand, register_glm_command
 from bot.slack.handler import EdgeConfig, SlackEdge
 from bot.slack.listeners import register_listeners
@@ -173,6 +175,7 @@ class BotRuntime:
         if not settings.socket_mode:
             settings.require("slack_signing_secret")
         self.settings = settings
+        self.prompts = load_prompts(settings.agent_prompts_file)  # a bad file stops start-up at once
         self.metrics = Metrics()
         self.client = slack_client(settings)
         self.port: int | None = None
@@ -206,6 +209,7 @@ class BotRuntime:
         self.turns = admission_pipeline(
             settings, core, self.metrics, channels=channel_settings, running=self.running
         )
+        agent_view = AgentView(core.sessions, self.prompts, self.metrics)
         edge = SlackEdge(
             self.turns,
             people=people,
@@ -216,6 +220,7 @@ class BotRuntime:
                 settings.thread_backfill_limit,
                 admins=frozenset(settings.admin_user_ids),
             ),
+            agent_view=agent_view,
         )
         maintenance = Maintenance(
             core.sessions,
@@ -234,6 +239,8 @@ class BotRuntime:
         # would take app_home_opened and agent_session_stopped otherwise.
         register_app_home(bolt, self.home)
         register_stop_controls(bolt, StopControl(self.running, people, settings.admin_user_ids))
+        register_agent_view(bolt, agent_view)
+        register_feedback(bolt, core.sessions, self.metrics)
         register_listeners(bolt, edge)
         bounds = SettingsBounds(
             settings.aimlapi_model, settings.models_allowed, settings.llm_max_output_tokens

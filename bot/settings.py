@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _DEFAULT_PROMPT = Path(__file__).with_name("default_system_prompt.md")
+_DEFAULT_AGENT_PROMPTS = Path(__file__).with_name("default_prompts.toml")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
@@ -61,6 +62,8 @@ class Settings(BaseSettings):
     thread_followups: bool = True
     thread_backfill_limit: int = Field(50, ge=0, le=1000)
     system_prompt_file: Path = _DEFAULT_PROMPT
+    # Suggested prompts of the Messages tab (TOML; read and checked at start-up, bot.slack.agent_view).
+    agent_prompts_file: Path = _DEFAULT_AGENT_PROMPTS
     shutdown_grace_seconds: float = Field(20.0, ge=0)
 
     # Bot admins besides the workspace's admins and owners (comma-separated Slack user ids).

@@ -113,6 +113,9 @@ class Surface:
     async def show_waiting(self, arrival: Arrival) -> None:
         pass
 
+    async def situation(self, arrival: Arrival, question: str, *, new_thread: bool) -> Sequence[str]:  # noqa: ARG002
+        return ()
+
     async def tell(self, arrival: Arrival, note: str, *, in_thread: bool) -> None:  # noqa: ARG002
         self.told.append((note, in_thread))
 

@@ -55,6 +55,9 @@ class Turn:
     backfill: Sequence[ChatMessage] = ()
     # The channel's prompt, model and output limit (bot.conversation.settings_rules bounds them).
     channel: ChannelSettings = DEFAULT_CHANNEL_SETTINGS
+    # Facts about where the person is, worded by the chat surface (e.g. the channel they view):
+    # added to this turn's system prompt only, never stored in the history.
+    context: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,8 @@ class ConversationService:
     ) -> TurnOutcome:
         newest = ChatMessage("user", turn.text)
         plan = plan_turn(turn.channel, self._config.system_prompt, self._bounds())
-        system = ChatMessage("system", plan.system_prompt) if plan.system_prompt else None
+        prompt = "\n\n".join(part for part in (plan.system_prompt, *turn.context) if part)
+        system = ChatMessage("system", prompt) if prompt else None
         try:
             request = fit_to_budget(
                 system,

@@ -56,6 +56,11 @@ class Surface(People, Protocol):
         """Show that the message waits for the answer before it to finish."""
         ...
 
+    async def situation(self, arrival: Arrival, question: str, *, new_thread: bool) -> Sequence[str]:
+        """System-prompt lines about where the person is (e.g. the channel they view); the surface may
+        also title a new conversation from its first `question` here."""
+        ...
+
     async def tell(self, arrival: Arrival, note: str, *, in_thread: bool) -> None:
         """A short note to the person: only them (`in_thread` False), or a line in the thread."""
         ...
@@ -213,7 +218,10 @@ class Turns:
         if admitted.new_thread and arrival.mid_thread:
             backfill = await surface.thread_context(arrival, reply.refs)
         text = await surface.prompt_text(arrival)
-        turn = Turn(arrival.key, arrival.kind, text, arrival.user_id, backfill, admitted.candidate.channel)
+        context = await surface.situation(arrival, text, new_thread=admitted.new_thread)
+        turn = Turn(
+            arrival.key, arrival.kind, text, arrival.user_id, backfill, admitted.candidate.channel, context
+        )
         return await self._service.reply(turn, reply, stop)
 
 

@@ -22,6 +22,7 @@ from bot.conversation.turns import Turns
 from bot.llm.types import ChatMessage
 from bot.logs import bind_context
 from bot.metrics import Metrics
+from bot.slack.agent_view import AgentView
 from bot.slack.backfill import ThreadSpot, thread_context
 from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
 from bot.slack.edit_budget import EditBudgets
@@ -52,6 +53,7 @@ class SlackSurface:
     budgets: EditBudgets
     metrics: Metrics
     config: EdgeConfig
+    agent_view: AgentView | None = None  # the Messages tab: titles, the channel in view
 
     async def person(self, arrival: Arrival) -> Person | None:
         profile = await self.people.lookup(arrival.user_id)
@@ -92,6 +94,11 @@ class SlackSurface:
         except SLACK_CALL_ERRORS as exc:
             log.info("could not show that a message waits for its turn (%s)", call_error_reason(exc))
 
+    async def situation(self, arrival: Arrival, question: str, *, new_thread: bool) -> Sequence[str]:
+        if self.agent_view is None:
+            return ()
+        return await self.agent_view.situation(self.client, arrival, question, new_thread=new_thread)
+
     async def tell(self, arrival: Arrival, note: str, *, in_thread: bool) -> None:
         key = arrival.key
         try:
@@ -120,9 +127,11 @@ class SlackEdge:
         budgets: EditBudgets,
         metrics: Metrics,
         config: EdgeConfig,
+        agent_view: AgentView | None = None,
     ) -> None:
         self.turns = turns
         self._people, self._budgets, self._metrics, self._config = people, budgets, metrics, config
+        self._agent_view = agent_view
 
     @property
     def active(self) -> set[Any]:
@@ -140,5 +149,7 @@ class SlackEdge:
             return
         key = arrival.key
         bind_context(team=key.team_id, channel=key.channel_id, thread=key.thread_ts)
-        surface = SlackSurface(client, bot_user_id, self._people, self._budgets, self._metrics, self._config)
+        surface = SlackSurface(
+            client, bot_user_id, self._people, self._budgets, self._metrics, self._config, self._agent_view
+        )
         await self.turns.handle(arrival, surface)

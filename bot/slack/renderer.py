@@ -25,6 +25,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.conversation.ports import ReplyNotShown, ReplyPart, ReplySummary
 from bot.slack.call_errors import SLACK_CALL_ERRORS
 from bot.slack.edit_budget import EditBudget
+from bot.slack.feedback import feedback_block
 from bot.slack.retries import without_rate_limit_retries
 from bot.slack.text import (
     MAX_MESSAGE_CHARS,
@@ -193,7 +194,7 @@ class SlackReply:
         line = summary_line(summary)
         if line:
             elements.append(line)
-        await self._close(elements, note)
+        await self._close(elements, note, actions=(feedback_block(),))
 
     async def fail(self, note: str) -> None:
         """End with what was appended so far plus `note`; never raises (safe in `finally`)."""
@@ -204,11 +205,14 @@ class SlackReply:
 
     # ---- ending --------------------------------------------------------------------------------
 
-    async def _close(self, elements: list[str], note: str | None) -> None:
+    async def _close(
+        self, elements: list[str], note: str | None, actions: tuple[dict[str, Any], ...] = ()
+    ) -> None:
+        """`actions`: blocks after the context block (the feedback buttons of a final answer)."""
         if self._ending is None:
             context = tuple({"type": "mrkdwn", "text": e} for e in elements)
             blocks = ({"type": "context", "elements": list(context)},) if context else ()
-            self._ending, self._ending_note = _Payload("", blocks), note
+            self._ending, self._ending_note = _Payload("", (*blocks, *actions)), note
         self._budget.promote(self._key)
         self._changed.set()
         worker: asyncio.Task[None] | None = None

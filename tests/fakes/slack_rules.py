@@ -33,6 +33,9 @@ SECTION_FIELD_LIMIT = 2_000
 HEADER_TEXT_LIMIT = 150
 CONTEXT_ELEMENTS = 10
 CONTEXT_ELEMENT_TYPES = frozenset({"mrkdwn", "plain_text", "image"})
+CONTEXT_ACTIONS_ELEMENTS = 5
+CONTEXT_ACTIONS_TYPES = frozenset({"feedback_buttons", "icon_button"})
+FEEDBACK_BUTTON_TEXT_LIMIT = 75
 TEXT_TYPES = frozenset({"mrkdwn", "plain_text"})
 ACTIONS_ELEMENTS = 25
 BUTTON_TEXT_LIMIT = 75
@@ -56,6 +59,7 @@ BLOCK_TYPES = frozenset(
         "video",
     }
 )
+MAX_SUGGESTED_PROMPTS = 4  # assistant.threads.setSuggestedPrompts
 REPLIES_PAGE_LIMIT = 15  # conversations.replies items per page for distributed non-Marketplace apps
 SESSION_STATUSES = frozenset({"active", "processing", "suspended", "closed"})  # agents.sessions.setStatus
 SESSION_TITLE_LIMIT = 200  # agents.sessions.rename
@@ -95,6 +99,8 @@ SLACK_LIMITS: Mapping[str, RateLimit] = MappingProxyType(
         "chat.appendStream": TIER_4,
         "chat.stopStream": TIER_2,
         "conversations.replies": TIER_3,
+        "assistant.threads.setSuggestedPrompts": TIER_4,
+        "assistant.threads.setTitle": TIER_4,
         "users.info": TIER_4,
         "assistant.threads.setStatus": RateLimit(600, burst=10),
         "conversations.info": TIER_3,
@@ -244,6 +250,8 @@ def validate_blocks(blocks: Any, *, limit: int = MAX_BLOCKS) -> None:
             markdown_total += len(text)
         elif kind == "context":
             _check_context(block)
+        elif kind == "context_actions":
+            _check_context_actions(block)
         elif kind == "section":
             _check_section(block)
         elif kind == "header":
@@ -267,6 +275,21 @@ def _check_context(block: JsonDict) -> None:
             raise Refusal("invalid_blocks")
         if element["type"] != "image":
             _check_text(element, SECTION_TEXT_LIMIT)
+
+
+def _check_context_actions(block: JsonDict) -> None:
+    elements = block.get("elements")
+    if not isinstance(elements, list) or not 1 <= len(elements) <= CONTEXT_ACTIONS_ELEMENTS:
+        raise Refusal("invalid_blocks")
+    for element in elements:
+        if not isinstance(element, dict) or element.get("type") not in CONTEXT_ACTIONS_TYPES:
+            raise Refusal("invalid_blocks")
+        if element["type"] == "feedback_buttons":
+            for side in ("positive_button", "negative_button"):
+                button = element.get(side)
+                if not isinstance(button, dict) or not isinstance(button.get("value"), str):
+                    raise Refusal("invalid_blocks")
+                _check_text(button.get("text"), FEEDBACK_BUTTON_TEXT_LIMIT, types=frozenset({"plain_text"}))
 
 
 def _check_section(block: JsonDict) -> None:
