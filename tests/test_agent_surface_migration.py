@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.storage import agent_context
 from bot.storage.db import create_engine
 from bot.storage.feedback import Vote, VoteCast, feedback_counts, find_vote, record_vote
-from bot.storage.migrate import current_revision, head_revision, run_alembic, script_location, upgrade_head
+from bot.storage.migrate import current_revision, run_alembic, script_location, upgrade_head
 from bot.storage.models import FeedbackVote
 
 NEW_TABLES = {"agent_contexts", "feedback_votes"}
@@ -50,8 +50,8 @@ async def test_upgrade_adds_the_tables_and_downgrade_removes_only_them(empty_db_
                     "updated_at) VALUES ('T1', 'D1', '1.000001', 'dm', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
                 )
             )
-        await upgrade_head(empty_db_url)
-        assert await current_revision(empty_db_url) == head_revision() == REVISION
+        await run_alembic(empty_db_url, lambda config: command.upgrade(config, REVISION))
+        assert await current_revision(empty_db_url) == REVISION
         assert await tables(empty_db_url) >= NEW_TABLES
 
         await run_alembic(empty_db_url, lambda config: command.downgrade(config, before))
