@@ -22,7 +22,7 @@ from typing import Any
 
 from bench.botproc import AIMLAPI_KEY, BOT_TOKEN
 from tests.fakes.aimlapi import FakeAimlApi, Reply
-from tests.fakes.slack_api import FakeSlackApi, RateLimit
+from tests.fakes.slack_api import FakeSlackApi, FakeUser, RateLimit
 
 # Slack's published limits (see /work/shared/reference/slack.md); per workspace unless said otherwise.
 SLACK_UPDATES_PER_MINUTE = 50.0  # chat.update: Tier 3, about 50 a minute...
@@ -175,6 +175,8 @@ class BenchSlack(FakeSlackApi):
         self.shown: list[Shown] = []
         self.limits.update(model.limits())
         self.latency = model.latency()
+        # The driver's asker is an ordinary member: users.info answers for them (guests are refused).
+        self.users["U1"] = FakeUser(real_name="Bench User")
 
     def _check_rate(self, method: str, team: str, params: dict[str, Any]) -> None:
         channel = str(params.get("channel") or params.get("channel_id") or "")

@@ -19,8 +19,11 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from bot.conversation.access import Access, AccessRules
 from bot.conversation.admission import Admission
+from bot.conversation.channel_settings import ChannelSettingsSource
 from bot.conversation.ledger import Ledger
+from bot.conversation.notices import NoticeLog
 from bot.conversation.ordering import TurnOrder
 from bot.conversation.service import ConversationService, ServiceConfig
 from bot.conversation.turns import TurnObserver, Turns
@@ -31,7 +34,7 @@ from bot.llm.client import AimlClient
 from bot.metrics import Metrics
 from bot.settings import Settings, SettingsError
 from bot.slack.edit_budget import EditBudgets
-from bot.slack.handler import EdgeConfig, SlackEdge
+from bot.slack.handler import EdgeConfig, SlackEdge, admin_contact
 from bot.slack.listeners import register_listeners
 from bot.slack.people import UserDirectory
 from bot.slack.usage_command import register_usage_command
@@ -56,11 +59,40 @@ class Core:
     ledger: Ledger
 
 
-def admission_pipeline(settings: Settings, core: Core, observer: TurnObserver | None = None) -> Turns:
-    """The domain's path from an arrival to a reply, the same for Slack and the terminal."""
+def access_rules(settings: Settings) -> AccessRules:
+    return AccessRules(
+        allowed_channels=settings.allowed_channels,
+        blocked_channels=settings.blocked_channels,
+        allowed_users=settings.allowed_users,
+        blocked_users=settings.blocked_users,
+        allow_guests=settings.allow_guests,
+        allow_external=settings.allow_external,
+        dms_enabled=settings.dms_enabled,
+    )
+
+
+def admission_pipeline(
+    settings: Settings,
+    core: Core,
+    observer: TurnObserver | None = None,
+    *,
+    contact: str = "an admin",
+    channels: ChannelSettingsSource | None = None,
+) -> Turns:
+    """The domain's path from an arrival to a reply, the same for Slack and the terminal.
+
+    `contact` is who a refused person should ask, as the surface writes it; `channels` is where the
+    channels' own settings come from (the defaults everywhere when None).
+    """
     order = TurnOrder()
-    admission = Admission(core.sessions, order, thread_followups=settings.thread_followups)
-    turns = Turns(admission, core.service, observer=observer)
+    admission = Admission(
+        core.sessions,
+        order,
+        thread_followups=settings.thread_followups,
+        channels=channels,
+        stages=[Access(access_rules(settings), contact=contact)],
+    )
+    turns = Turns(admission, core.service, observer=observer, notices=NoticeLog(core.sessions))
     if isinstance(observer, Metrics):
         # Read from the line itself at scrape time, so the gauges are right on every path.
         observer.turns_waiting.set_function(lambda: order.waiting)
@@ -150,11 +182,13 @@ def build_bolt(settings: Settings, client: AsyncWebClient) -> AsyncApp:
 class BotRuntime:
     """Everything `run` starts, with start/stop so tests and the benchmark drive the real thing."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, channel_settings: ChannelSettingsSource | None = None) -> None:
+        """`channel_settings`: where each channel's mode and followups come from (defaults if None)."""
         settings.require("slack_bot_token", "aimlapi_key")
         if not settings.socket_mode:
             settings.require("slack_signing_secret")
         self.settings = settings
+        self.channel_settings = channel_settings
         self.metrics = Metrics()
         self.client = slack_client(settings)
         self.port: int | None = None
@@ -178,7 +212,10 @@ class BotRuntime:
         budgets = EditBudgets(settings.slack_edits_per_minute, settings.slack_edit_burst)
         export_live_state(self.metrics, budgets, core.engine)
         people = UserDirectory(self.client)  # one users.info cache: turns, /usage, the digest
-        self.turns = admission_pipeline(settings, core, self.metrics)
+        contact = admin_contact(settings.admin_user_ids)
+        self.turns = admission_pipeline(
+            settings, core, self.metrics, contact=contact, channels=self.channel_settings
+        )
         edge = SlackEdge(
             self.turns,
             people=people,

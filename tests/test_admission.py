@@ -46,6 +46,7 @@ class Gate:
 
     open: bool = False
     asked: list[Candidate] = field(default_factory=list)
+    needs_person: bool = True
 
     async def check(self, candidate: Candidate) -> Refused | None:
         self.asked.append(candidate)

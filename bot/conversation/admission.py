@@ -93,6 +93,11 @@ class Reservation(Protocol):
 class AdmissionStage(Protocol):
     """A policy check after the claim (access lists, ...); None lets the message through."""
 
+    @property
+    def needs_person(self) -> bool:
+        """Whether `check` reads `candidate.person` (a users.info look-up on Slack)."""
+        ...
+
     async def check(self, candidate: Candidate) -> Refused | None: ...
 
 
@@ -153,7 +158,7 @@ class Admission:
         new_thread, ticket = claimed
         try:
             # Only a policy needs to know who asks: without one, no look-up (users.info) is made.
-            asks = bool(self._stages) or self._quota is not None
+            asks = any(stage.needs_person for stage in self._stages) or self._quota is not None
             candidate = Candidate(arrival, await people.person(arrival) if asks else None, channel)
             for stage in self._stages:
                 refused = await stage.check(candidate)

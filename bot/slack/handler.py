@@ -35,6 +35,13 @@ log = logging.getLogger(__name__)
 STATUS_WAITING = "will answer this once the previous answer is finished…"
 
 
+def admin_contact(admins: frozenset[str]) -> str:
+    """Who a refused person should ask, as Slack shows it: the bot's admins by name, else anyone who
+    administers the workspace (they count as bot admins too)."""
+    named = ", ".join(f"<@{user}>" for user in sorted(admins))
+    return f"{named} or a workspace admin" if named else "a workspace admin"
+
+
 @dataclass(frozen=True)
 class EdgeConfig:
     update_interval: float

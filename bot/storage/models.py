@@ -185,3 +185,13 @@ class DigestRun(Base):
     posted_at: Mapped[datetime | None] = mapped_column(_TS)
     slack_ts: Mapped[str | None] = mapped_column(String(32))
     claimed_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
+
+
+class RefusalNotice(Base):
+    """When a refused person was last told why: at most one note an hour each, across replicas."""
+
+    __tablename__ = "refusal_notices"
+
+    team_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    notified_at: Mapped[datetime] = mapped_column(_TS)
