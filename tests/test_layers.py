@@ -9,7 +9,14 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    "module", ["bot.conversation.service", "bot.conversation.turns", "bot.usage.report", "bot.usage.personal"]
+    "module",
+    [
+        "bot.conversation.service",
+        "bot.conversation.turns",
+        "bot.conversation.access",
+        "bot.usage.report",
+        "bot.usage.personal",
+    ],
 )
 def test_the_domain_imports_no_slack_or_http_library(module):
     probe = (
