@@ -4,6 +4,7 @@ call or a reply others see, and each refusal is counted with its reason."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -223,3 +224,19 @@ async def test_a_refusal_is_judged_afresh_on_redelivery_once_the_account_can_be_
         await bot.idle()
         assert bot.answer("C1", ROOT) == "Now I know you."
     assert len(aiml.requests) == 1
+
+
+async def test_two_replicas_refusing_the_same_person_at_once_send_one_note(db_url, slack, aiml):
+    slack.users["U7"] = FakeUser(real_name="Visitor", is_restricted=True)
+    settings = make_settings(db_url, slack, aiml)
+    async with running_bot(settings, slack, aiml) as one, running_bot(settings, slack, aiml) as two:
+        await asyncio.gather(
+            *(
+                bot.send(mention(f"try {n}", f"170000000{n}.000000", user="U7"))
+                for n, bot in enumerate((one, two, one, two), start=1)
+            )
+        )
+        await one.idle()
+        await two.idle()
+        assert await ignored(one, "guest") + await ignored(two, "guest") == 4
+    assert aiml.requests == [] and len(slack.ephemerals) == 1
