@@ -20,13 +20,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.conversation.access import Access, AccessRules
-from bot.conversation.admission import Admission
+from bot.conversation.admission import Admission, QuotaStage
 from bot.conversation.channel_settings import ChannelSettingsSource
 from bot.conversation.ledger import Ledger
 from bot.conversation.notices import NoticeLog
 from bot.conversation.ordering import TurnOrder
 from bot.conversation.service import ConversationService, ServiceConfig
-from bot.conversation.turns import TurnObserver, Turns
+from bot.conversation.turns import Turns
 from bot.jobs.digest import DigestJob
 from bot.jobs.maintenance import Maintenance
 from bot.jobs.scheduler import build_scheduler
@@ -74,15 +74,16 @@ def access_rules(settings: Settings) -> AccessRules:
 def admission_pipeline(
     settings: Settings,
     core: Core,
-    observer: TurnObserver | None = None,
+    metrics: Metrics | None = None,
     *,
     contact: str = "an admin",
     channels: ChannelSettingsSource | None = None,
+    quota: QuotaStage | None = None,
 ) -> Turns:
     """The domain's path from an arrival to a reply, the same for Slack and the terminal.
 
     `contact` is who a refused person should ask, as the surface writes it; `channels` is where the
-    channels' own settings come from (the defaults everywhere when None).
+    channels' own settings come from (the defaults everywhere when None); `quota` reserves credits.
     """
     order = TurnOrder()
     admission = Admission(
@@ -91,13 +92,14 @@ def admission_pipeline(
         thread_followups=settings.thread_followups,
         channels=channels,
         stages=[Access(access_rules(settings), contact=contact)],
+        quota=quota,
     )
-    turns = Turns(admission, core.service, observer=observer, notices=NoticeLog(core.sessions))
-    if isinstance(observer, Metrics):
+    turns = Turns(admission, core.service, observer=metrics, notices=NoticeLog(core.sessions))
+    if metrics is not None:
         # Read from the line itself at scrape time, so the gauges are right on every path.
-        observer.turns_waiting.set_function(lambda: order.waiting)
-        observer.turns_running.set_function(lambda: order.running)
-        observer.active_streams.set_function(lambda: turns.streaming)
+        metrics.turns_waiting.set_function(lambda: order.waiting)
+        metrics.turns_running.set_function(lambda: order.running)
+        metrics.active_streams.set_function(lambda: turns.streaming)
     return turns
 
 
@@ -224,7 +226,7 @@ class BotRuntime:
             config=EdgeConfig(
                 settings.stream_update_interval,
                 settings.thread_backfill_limit,
-                admins=frozenset(settings.admin_user_ids),
+                admins=settings.admin_user_ids,
             ),
         )
         maintenance = Maintenance(
