@@ -130,11 +130,6 @@ class SlackEdge:
         self.turns = turns
         self._people, self._budgets, self._metrics, self._config = people, budgets, metrics, config
 
-    @property
-    def active(self) -> set[Any]:
-        """The turns shutdown waits for."""
-        return self.turns.active
-
     def count_received(self, event_type: str) -> None:
         self._metrics.events_received.labels(event_type).inc()
 
