@@ -70,11 +70,26 @@ class Settings(BaseSettings):
     admin_user_ids: Annotated[frozenset[str], NoDecode] = frozenset()
     # Models a channel may be set to (comma-separated AI/ML API model ids); AIMLAPI_MODEL always is.
     allowed_models: Annotated[tuple[str, ...], NoDecode] = ()
+    # Who may use the bot where (bot.conversation.access): an empty allow list lets everyone in.
+    allowed_channels: Annotated[frozenset[str], NoDecode] = frozenset()
+    blocked_channels: Annotated[frozenset[str], NoDecode] = frozenset()
+    allowed_users: Annotated[frozenset[str], NoDecode] = frozenset()
+    blocked_users: Annotated[frozenset[str], NoDecode] = frozenset()
+    allow_guests: bool = False  # single- and multi-channel guests
+    allow_external: bool = False  # people of another organisation, in a Slack Connect channel
+    dms_enabled: bool = True
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
-    @field_validator("admin_user_ids", mode="before")
+    @field_validator(
+        "admin_user_ids",
+        "allowed_channels",
+        "blocked_channels",
+        "allowed_users",
+        "blocked_users",
+        mode="before",
+    )
     @classmethod
     def _comma_list(cls, value: object) -> object:
         """Lists of Slack ids are written comma-separated in the environment: `U1,U2, U3`."""
@@ -83,7 +98,8 @@ class Settings(BaseSettings):
             bad = [item for item in items if not _SLACK_ID.fullmatch(item)]
             if bad:
                 raise ValueError(
-                    f"not Slack ids: {', '.join(bad[:3])} (expected e.g. U012AB3CD, comma-separated)"
+                    f"not Slack ids: {', '.join(bad[:3])} "
+                    "(expected ids such as U012AB3CD or C012AB3CD, comma-separated)"
                 )
             return frozenset(items)
         return value

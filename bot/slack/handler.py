@@ -36,6 +36,13 @@ log = logging.getLogger(__name__)
 STATUS_WAITING = "will answer this once the previous answer is finished…"
 
 
+def admin_contact(admins: frozenset[str]) -> str:
+    """Who a refused person should ask, as Slack shows it: the bot's admins by name, else anyone who
+    administers the workspace (they count as bot admins too)."""
+    named = ", ".join(f"<@{user}>" for user in sorted(admins))
+    return f"{named} or a workspace admin" if named else "a workspace admin"
+
+
 @dataclass(frozen=True)
 class EdgeConfig:
     update_interval: float
@@ -132,11 +139,6 @@ class SlackEdge:
         self.turns = turns
         self._people, self._budgets, self._metrics, self._config = people, budgets, metrics, config
         self._agent_view = agent_view
-
-    @property
-    def active(self) -> set[Any]:
-        """The turns shutdown waits for."""
-        return self.turns.active
 
     def count_received(self, event_type: str) -> None:
         self._metrics.events_received.labels(event_type).inc()

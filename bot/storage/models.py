@@ -266,3 +266,13 @@ class FeedbackVote(Base):
     answered_at: Mapped[datetime] = mapped_column(_TS, index=True)
     created_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(_TS, default=utcnow, onupdate=utcnow)
+
+
+class RefusalNotice(Base):
+    """When a refused person was last told why: at most one note an hour each, across replicas."""
+
+    __tablename__ = "refusal_notices"
+
+    team_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    notified_at: Mapped[datetime] = mapped_column(_TS)
