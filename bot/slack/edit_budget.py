@@ -128,7 +128,7 @@ class EditBudget:
         return blocked + max(0.0, short) * 60.0 / self._rate
 
     def try_acquire(self) -> bool:
-        """Take a call now if one is free and nobody waits; never waits (for calls worth only doing at once)."""
+        """Take a call now if one is free and nobody waits; never waits (for calls worth making only now)."""
         if self._waiters or self.available() < 1.0:
             return False
         self._tokens -= 1.0

@@ -24,6 +24,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.conversation.ports import ReplyPart, ReplySummary
 from bot.slack.call_errors import SLACK_CALL_ERRORS
 from bot.slack.edit_budget import EditBudget
+from bot.slack.ending import (
+    answer_blocks,
+    ending_blocks,
+    failure_elements,
+    final_message,
+    summary_elements,
+)
 from bot.slack.retries import without_rate_limit_retries
 from bot.slack.text import (
     MAX_MESSAGE_CHARS,
@@ -32,13 +39,9 @@ from bot.slack.text import (
     defuse_blocks,
     display,
     find_split,
-    mrkdwn_escape,
-    summary_line,
 )
 
 logger = logging.getLogger(__name__)
-
-END_NOTE = "End of the answer."
 
 _TRANSIENT = frozenset({"internal_error", "fatal_error", "service_unavailable", "request_timeout"})
 _GONE = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
@@ -96,7 +99,7 @@ def _classify(exc: Exception) -> tuple[Kind, float]:
 
 
 def _answer_payload(text: str) -> _Payload:
-    return _Payload(text, ({"type": "markdown", "text": text},))
+    return _Payload(text, answer_blocks(text))
 
 
 class SlackReply:
@@ -150,8 +153,10 @@ class SlackReply:
     # ---- ReplySink -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Post the placeholder in the thread now and start editing in the background."""
-        self._shown = _answer_payload(display(""))
+        """Post the placeholder (or the text appended so far) in the thread now and start editing
+        in the background."""
+        body = self._body()
+        self._shown = _answer_payload(display(body if len(body) <= self._limit else ""))
         self._ts.append(await self._post(self._shown))
         self._part_starts.append((0, ""))
         self._open = True
@@ -176,17 +181,13 @@ class SlackReply:
 
         Raises SlackDeliveryError when Slack never accepted the final text.
         """
-        note = summary.note  # the conversation layer words it (cut off, empty answer, ...)
-        elements = [f"_{mrkdwn_escape(note)}_"] if note else []
-        line = summary_line(summary)
-        if line:
-            elements.append(line)
-        await self._close(elements, note)
+        # the conversation layer words the note (cut off, empty answer, ...)
+        await self._close(summary_elements(summary), summary.note)
 
     async def fail(self, note: str) -> None:
         """End with what was appended so far plus `note`; never raises (safe in `finally`)."""
         try:
-            await self._close([f":warning: _{mrkdwn_escape(note)}_"], note)
+            await self._close(failure_elements(note), note)
         except SlackDeliveryError:
             logger.error("could not show the failure note in %s/%s", self._channel, self._thread_ts)
 
@@ -194,9 +195,7 @@ class SlackReply:
 
     async def _close(self, elements: list[str], note: str | None) -> None:
         if self._ending is None:
-            context = tuple({"type": "mrkdwn", "text": e} for e in elements)
-            blocks = ({"type": "context", "elements": list(context)},) if context else ()
-            self._ending, self._ending_note = _Payload("", blocks), note
+            self._ending, self._ending_note = _Payload("", ending_blocks(elements)), note
         self._budget.promote(self._key)
         self._changed.set()
         worker: asyncio.Task[None] | None = None
@@ -220,12 +219,7 @@ class SlackReply:
 
     def _final_payload(self, body: str) -> _Payload:
         assert self._ending is not None
-        blocks = self._ending.blocks
-        if body.strip():
-            return _Payload(body, (*_answer_payload(body).blocks, *blocks))
-        if not blocks:  # the answer ended exactly at a message boundary
-            blocks = ({"type": "context", "elements": [{"type": "mrkdwn", "text": f"_{END_NOTE}_"}]},)
-        return _Payload(self._ending_note or END_NOTE, blocks)
+        return _Payload(*final_message(body, self._ending.blocks, self._ending_note))
 
     # ---- the background editor -----------------------------------------------------------------
 
