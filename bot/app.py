@@ -6,7 +6,7 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,9 +25,9 @@ from bot.jobs.digest import DigestJob
 from bot.jobs.maintenance import Maintenance
 from bot.jobs.scheduler import build_scheduler
 from bot.llm.client import AimlClient
-from bot.metrics import Metrics
+from bot.metrics import Metrics, Samples
 from bot.settings import Settings, SettingsError
-from bot.slack.edit_budget import EditBudgets
+from bot.slack.edit_budget import EditBudget, EditBudgets
 from bot.slack.handler import HandlerConfig, SlackTurns
 from bot.slack.listeners import register_listeners
 from bot.slack.people import UserDirectory
@@ -168,7 +168,11 @@ class BotRuntime:
             budgets,
             self.metrics,
             HandlerConfig(
-                settings.stream_update_interval, settings.thread_followups, settings.thread_backfill_limit
+                settings.stream_update_interval,
+                settings.thread_followups,
+                settings.thread_backfill_limit,
+                settings.slack_streaming,
+                settings.slack_stream_message_chars,
             ),
             people,
         )
@@ -247,6 +251,29 @@ def export_live_state(metrics: Metrics, budgets: EditBudgets, engine: AsyncEngin
     )
     metrics.read_at_scrape(
         "slackbot_edit_budget_waiters", "Replies waiting for a chat.update slot", waiters, ["team"]
+    )
+
+    def method_samples(read: Callable[[EditBudget], float]) -> Samples:
+        return lambda: [([team, method], read(b)) for (team, method), b in budgets.by_method().items()]
+
+    labels = ["team", "method"]
+    metrics.read_at_scrape(
+        "slackbot_slack_budget_tokens",
+        "Calls of a Slack method a workspace may start now (every budgeted method)",
+        method_samples(lambda b: b.available()),
+        labels,
+    )
+    metrics.read_at_scrape(
+        "slackbot_slack_budget_waiters",
+        "Replies waiting for a call of a Slack method",
+        method_samples(lambda b: float(b.waiting)),
+        labels,
+    )
+    metrics.read_at_scrape(
+        "slackbot_slack_budget_rate_per_minute",
+        "Calls a minute a budget allows now (lowered after 429s, raised back slowly)",
+        method_samples(lambda b: b.rate_per_minute),
+        labels,
     )
     checked_out = getattr(engine.pool, "checkedout", None)  # queue pools only (both our dialects)
     if callable(checked_out):

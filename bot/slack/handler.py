@@ -44,7 +44,8 @@ from bot.slack.events import (
     user_ids_in,
 )
 from bot.slack.people import LOOKUPS_PER_MESSAGE, UserDirectory
-from bot.slack.renderer import SlackDeliveryError, SlackReply
+from bot.slack.renderer import SlackDeliveryError
+from bot.slack.streaming import ChosenReply, ReplyPlace, Streaming, StreamingConfig, StreamingMode
 from bot.storage.conversations import ConversationKey
 from bot.storage.db import UNAVAILABLE, error_reason
 from bot.storage.models import ConversationKind
@@ -64,6 +65,8 @@ class HandlerConfig:
     update_interval: float
     thread_followups: bool
     backfill_limit: int
+    streaming: StreamingMode = "edits"
+    stream_message_chars: int = 24_000
 
 
 class SlackTurns:
@@ -83,6 +86,8 @@ class SlackTurns:
         self._metrics = metrics
         self._config = config
         self._people = people
+        mode, chars = config.streaming, config.stream_message_chars
+        self.streaming = Streaming(budgets, StreamingConfig(mode, config.update_interval, chars), metrics)
         order = TurnOrder()
         self._admission = Admission(sessions, order, thread_followups=config.thread_followups)
         # Read from the line itself at scrape time, so the gauges are right on every path.
@@ -137,14 +142,11 @@ class SlackTurns:
         self, incoming: Incoming, admitted: Admitted, client: AsyncWebClient, bot_user_id: str | None
     ) -> TurnOutcome | None:
         """Wait for the thread's earlier turns, then answer; None when the reply could not start."""
-        reply = SlackReply(
-            client,
-            self._budgets.for_team(incoming.team_id),
-            incoming.channel_id,
-            incoming.thread_ts,
-            interval=self._config.update_interval,
-            metrics=self._metrics,
+        in_channel = incoming.kind is not ConversationKind.DM
+        place = ReplyPlace(
+            incoming.team_id, incoming.channel_id, incoming.thread_ts, incoming.user_id, in_channel
         )
+        reply = self.streaming.reply(client, place)
         try:
             if not admitted.ticket.is_next:
                 await _show_status(client, incoming, STATUS_WAITING)
@@ -175,7 +177,7 @@ class SlackTurns:
         self,
         incoming: Incoming,
         admitted: Admitted,
-        reply: SlackReply,
+        reply: ChosenReply,
         client: AsyncWebClient,
         bot_user_id: str | None,
     ) -> TurnOutcome:

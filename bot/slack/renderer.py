@@ -78,7 +78,15 @@ class _Plan:
     split: SplitPoint | None = None
 
 
-def _classify(exc: Exception) -> tuple[Kind, float]:
+def call_error_code(exc: Exception) -> str | None:
+    """Slack's `error` code of a refused call (None for transport failures)."""
+    if isinstance(exc, SlackApiError) and isinstance(exc.response.data, dict):
+        error = exc.response.data.get("error")
+        return str(error) if error is not None else None
+    return None
+
+
+def classify_error(exc: Exception) -> tuple[Kind, float]:
     """Map a slack_sdk or transport error to what the renderer does about it (and Retry-After)."""
     if isinstance(exc, SlackApiError):
         status = exc.response.status_code
@@ -300,7 +308,7 @@ class SlackReply:
         try:
             await self._client.chat_update(channel=self._channel, ts=self._ts[-1], **plan.payload.message())
         except SLACK_CALL_ERRORS as exc:
-            kind, retry_after = _classify(exc)
+            kind, retry_after = classify_error(exc)
             self._observe("chat.update", kind, started)
             return await self._handle_failure(exc, kind, retry_after, plan, final)
         self._observe("chat.update", "ok", started)
@@ -354,7 +362,7 @@ class SlackReply:
                     **payload.message(),
                 )
             except SLACK_CALL_ERRORS as exc:
-                kind, retry_after = _classify(exc)
+                kind, retry_after = classify_error(exc)
                 self._observe("chat.postMessage", kind, started)
                 if kind == "ratelimited":
                     rate_limited += 1

@@ -20,6 +20,9 @@ JsonDict = dict[str, Any]
 UPDATE_TEXT_LIMIT = 4_000  # chat.update answers msg_too_long past this
 POST_TEXT_LIMIT = 40_000  # chat.postMessage truncates past this
 MARKDOWN_BLOCK_LIMIT = 12_000  # total `markdown` block text per message
+STREAM_CALL_LIMIT = 12_000  # markdown_text of one chat.startStream/appendStream/stopStream call
+STREAM_TOTAL_LIMIT = 40_000  # a streamed message as a whole fails with msg_too_long near this
+STREAM_EXPIRY = 300.0  # seconds a stream stays open (message_not_in_streaming_state after)
 MAX_BLOCKS = 50
 SECTION_TEXT_LIMIT = 3_000
 SECTION_FIELDS = 10
@@ -153,6 +156,41 @@ class Fault:
             return True
         assert self._probability is not None
         return self._random.random() < self._probability
+
+
+# ---- native streams ------------------------------------------------------------------------------
+
+
+def stream_text(params: JsonDict) -> str:
+    """The Markdown a stream call adds: `markdown_text`, or its `markdown_text` chunks."""
+    text = params.get("markdown_text")
+    chunks = params.get("chunks")
+    if text is not None and chunks:
+        raise Refusal("invalid_arguments")
+    if chunks:
+        if not isinstance(chunks, list):
+            raise Refusal("invalid_chunks")
+        parts = []
+        for chunk in chunks:
+            if not isinstance(chunk, dict) or chunk.get("type") != "markdown_text":
+                raise Refusal("invalid_chunks")  # task and plan chunks are not modelled
+            parts.append(str(chunk.get("text", "")))
+        text = "".join(parts)
+    text = str(text or "")
+    if len(text) > STREAM_CALL_LIMIT:
+        raise Refusal("msg_too_long")
+    return text
+
+
+def check_recipients(params: JsonDict, channel: str) -> None:
+    """Streams in channels go to one person: `recipient_user_id` and `recipient_team_id` are required
+    there (not in DMs, whose ids start with D)."""
+    if channel.startswith("D"):
+        return
+    if not params.get("recipient_user_id"):
+        raise Refusal("missing_recipient_user_id")
+    if not params.get("recipient_team_id"):
+        raise Refusal("missing_recipient_team_id")
 
 
 # ---- message bodies ------------------------------------------------------------------------------
