@@ -230,8 +230,10 @@ class NativeReply:
             point = find_split(body, self._limit, floor=self._sent)
             if point.cut < self._sent:  # no clean boundary in what is not shown yet
                 point = cut_at(body, self._sent)
+            if self._stream is None:  # a whole message's worth arrived before its stream began
+                await self._start_stream(min(point.cut, CHUNK_CHARS), refusable=False)
             await self._stop((), *await self._send(body, point.cut, close=point.close))
-            self._advance(body, point)
+            self._advance(point)
         elif self._ending is not None:
             blocks, note = self._ending
             if self._stream is None:
@@ -254,11 +256,12 @@ class NativeReply:
             if _stable_end(self._body(), self._sent) > self._sent:
                 self._changed.set()  # more than one call's worth was waiting
 
-    def _advance(self, body: str, point: SplitPoint) -> None:
-        """The current message ended at `point`: the rest of the body goes to the next one."""
-        sealed = point.cut - len(self._carry)
+    def _advance(self, point: SplitPoint) -> None:
+        """The current message ended at `point`: the rest of the body, with whatever was appended
+        while the calls were under way, goes to the next one."""
+        body = self._body()
         rest = body[point.cut :]
-        self._start += sealed
+        self._start += point.cut - len(self._carry)
         self._tail = [rest] if rest else []
         self._carry = point.reopen
         self._sent, self._shown = 0, ""
@@ -363,7 +366,7 @@ class NativeReply:
         if point is None:
             self._done = True
         else:
-            self._advance(body, point)
+            self._advance(point)
 
     async def _post(self, text: str, blocks: tuple[Block, ...]) -> None:
         fields: dict[str, Any] = {
