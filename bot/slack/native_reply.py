@@ -198,6 +198,9 @@ class NativeReply:
             if not worker.cancelled():
                 break
         cause = worker.exception() if worker is not None and not worker.cancelled() else None
+        if self._stream is not None:  # it will not be stopped by us: do not count it as open
+            self._open_streams.closed(self._team)
+            self._stream = None
         raise SlackDeliveryError(f"the reply in {self._channel} did not land in Slack") from cause
 
     # ---- the background streamer ---------------------------------------------------------------

@@ -39,9 +39,9 @@ from tests.fakes.slack_rules import (
     Refusal,
     SeededLatency,
     check_recipients,
-    validate_blocks,
     message_content,
     stream_text,
+    validate_blocks,
 )
 
 __all__ = ["Call", "FakeEphemeral", "FakeMessage", "FakeSlackApi", "FakeUser", "RateLimit", "reject"]
