@@ -8,6 +8,10 @@ import asyncio
 import time
 from typing import Any
 
+from sqlalchemy import select
+
+from bot.slack.recovery import last_message
+from bot.storage.models import Message, Role
 from tests.fakes.aimlapi import ErrorReply, Reply
 from tests.fakes.slack_api import FakeMessage, FakeSlackApi
 from tests.fakes.slack_rules import SLACK_LIMITS
@@ -178,3 +182,19 @@ async def test_mixed_native_and_edited_streams_stay_within_every_budget(db_url, 
         assert slack.most_in_a_minute(method) <= SLACK_LIMITS[method].per_minute + SLACK_LIMITS[method].burst
     assert 'slackbot_slack_budget_tokens{method="chat.startStream",team="T1"}' in metrics
     assert not any(m.streaming for i in range(replies) for m in bot.replies(f"C{i}", f"{100 + i}.000001"))
+
+
+async def test_a_native_reply_records_where_each_message_begins_for_recovery(db_url, sessions, slack, aiml):
+    content = paragraphs(14)
+    aiml.enqueue(Reply(content=content, chunk_size=60))
+    settings_ = settings(db_url, slack, aiml, "native", slack_stream_message_chars=2_000)
+    async with running_bot(settings_, slack, aiml) as bot:
+        await bot.send(mention("Long please", "100.000001"))
+        await bot.idle()
+    async with sessions() as session:
+        query = select(Message).where(Message.role == Role.ASSISTANT)
+        stored = (await session.execute(query)).scalar_one()
+    replies = bot.replies("C1", "100.000001")
+    assert len(replies) >= 2
+    assert stored.slack_ts_all == [m.ts for m in replies]
+    assert last_message(stored) == (replies[-1].ts, replies[-1].markdown)
