@@ -46,7 +46,7 @@ DEFAULT_METHOD_RATES: dict[str, MethodRate] = {
     START_STREAM: MethodRate(18.0, 3),
     STOP_STREAM: MethodRate(18.0, 3),
     APPEND_STREAM: MethodRate(90.0, 8),
-    SET_STATUS: MethodRate(500.0, 10),
+    SET_STATUS: MethodRate(540.0, 15),
 }
 
 
@@ -126,13 +126,6 @@ class EditBudget:
         tokens = max(1.0, self._tokens) if blocked else self.available()  # one call when a block ends
         short = len(self._waiters) + extra + 1 - tokens
         return blocked + max(0.0, short) * 60.0 / self._rate
-
-    def try_acquire(self) -> bool:
-        """Take a call now if one is free and nobody waits; never waits (for calls worth making only now)."""
-        if self._waiters or self.available() < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
 
     # ---- the protocol --------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ LOADING_MESSAGES = (
     "Putting the answer together…",
 )
 REFRESH_SECONDS = 60.0  # Slack drops a status after two minutes: renew it while the model still thinks
+STATUS_WAIT = 0.7  # seconds a status may wait for its budget (it should show within a second)
 CALL_TIMEOUT = 2.0  # a status that takes longer is no longer worth waiting for
 
 
@@ -47,6 +48,7 @@ class ThinkingStatus:
         self._client = without_rate_limit_retries(client)
         self._budget, self._channel, self._thread_ts, self._metrics = budget, channel, thread_ts, metrics
         self._shown_at: float | None = None  # None: not showing (never shown, or cleared)
+        self._key = f"status:{channel}:{thread_ts}:{id(self):x}"
 
     @property
     def shown(self) -> bool:
@@ -54,8 +56,15 @@ class ThinkingStatus:
 
     async def show(self) -> bool:
         """Say that the bot is thinking; False when the budget had no room or Slack refused."""
-        if not self._budget.try_acquire():
+        # The status goes up before the model's first token, which takes longer than this: waiting
+        # for it a moment costs the answer nothing, skipping it costs a placeholder.
+        if self._budget.expected_wait() > STATUS_WAIT:
             log.info("thinking status skipped: its budget is spent")
+            return False
+        try:
+            await asyncio.wait_for(self._budget.acquire(self._key), STATUS_WAIT)
+        except TimeoutError:
+            log.info("thinking status skipped: its budget did not free up in time")
             return False
         if await self._set(THINKING, LOADING_MESSAGES):
             self._shown_at = time.monotonic()
@@ -105,6 +114,7 @@ class ThinkingStatus:
             return False
         self._observe("ok", started)
         self._budget.reward()
+        self._budget.forget(self._key)
         return True
 
     def _observe(self, outcome: str, started: float) -> None:
