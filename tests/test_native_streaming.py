@@ -13,7 +13,7 @@ from sqlalchemy import select
 from bot.slack.recovery import last_message
 from bot.storage.models import Message, Role
 from tests.fakes.aimlapi import ErrorReply, Reply
-from tests.fakes.slack_api import FakeMessage, FakeSlackApi
+from tests.fakes.slack_api import FakeMessage, FakeSlackApi, Handler
 from tests.fakes.slack_rules import SLACK_LIMITS
 from tests.harness import Bot, eventually, make_settings, mention, message, running_bot
 
@@ -198,3 +198,22 @@ async def test_a_native_reply_records_where_each_message_begins_for_recovery(db_
     assert len(replies) >= 2
     assert stored.slack_ts_all == [m.ts for m in replies]
     assert last_message(stored) == (replies[-1].ts, replies[-1].markdown)
+
+
+async def test_a_status_that_lands_after_the_first_text_is_taken_down(db_url, slack, aiml):
+    original: Handler | None = None
+
+    async def slow_status(params: dict[str, Any], team: str) -> dict[str, Any]:
+        if params.get("status"):
+            await asyncio.sleep(0.8)  # Slack is slow; the model is fast
+        assert original is not None
+        return await original(params, team)
+
+    original = slack.route("assistant.threads.setStatus", slow_status)
+    aiml.enqueue(Reply(content="Four."))
+    async with running_bot(settings(db_url, slack, aiml, "auto"), slack, aiml) as bot:
+        await bot.send(mention("2+2?", "100.000001"))
+        await bot.idle()
+    assert bot.answer("C1", "100.000001") == "Four."
+    assert [s[2] for s in slack.statuses] == ["is thinking…", ""]
+    assert slack.status("C1", "100.000001") == ""

@@ -110,6 +110,9 @@ def _answer_payload(text: str) -> _Payload:
     return _Payload(text, answer_blocks(text))
 
 
+_PLACEHOLDER = _answer_payload(display(""))
+
+
 class SlackReply:
     """One assistant reply in one Slack thread; implements the conversation layer's `ReplySink`."""
 
@@ -262,7 +265,10 @@ class SlackReply:
                     continue
                 plan = self._plan()
                 if plan is not None and plan.payload != self._shown:
-                    await self._budget.acquire(self._key, final=plan.kind != "interim")
+                    # The first text over the placeholder goes with the final edits, before others'
+                    # interim ones: it is what people wait for.
+                    first = self._shown == _PLACEHOLDER
+                    await self._budget.acquire(self._key, final=plan.kind != "interim" or first)
                     plan = self._plan()  # the latest text, now that it is our turn
                 if plan is None:
                     continue

@@ -29,7 +29,7 @@ LOADING_MESSAGES = (
     "Putting the answer together…",
 )
 REFRESH_SECONDS = 60.0  # Slack drops a status after two minutes: renew it while the model still thinks
-STATUS_WAIT = 0.7  # seconds a status may wait for its budget (it should show within a second)
+STATUS_WAIT = 0.8  # seconds a status may wait for its budget (it should show within a second)
 CALL_TIMEOUT = 2.0  # a status that takes longer is no longer worth waiting for
 
 
@@ -49,6 +49,7 @@ class ThinkingStatus:
         self._budget, self._channel, self._thread_ts, self._metrics = budget, channel, thread_ts, metrics
         self._shown_at: float | None = None  # None: not showing (never shown, or cleared)
         self._key = f"status:{channel}:{thread_ts}:{id(self):x}"
+        self._wanted = True  # False once the answer's first text is out: a late status must not stay
 
     @property
     def shown(self) -> bool:
@@ -56,8 +57,8 @@ class ThinkingStatus:
 
     async def show(self) -> bool:
         """Say that the bot is thinking; False when the budget had no room or Slack refused."""
-        # The status goes up before the model's first token, which takes longer than this: waiting
-        # for it a moment costs the answer nothing, skipping it costs a placeholder.
+        # The answer does not wait for the status (ChosenReply.start): waiting a moment for the budget
+        # costs it nothing, skipping the status costs a placeholder.
         if self._budget.expected_wait() > STATUS_WAIT:
             log.info("thinking status skipped: its budget is spent")
             return False
@@ -66,19 +67,26 @@ class ThinkingStatus:
         except TimeoutError:
             log.info("thinking status skipped: its budget did not free up in time")
             return False
-        if await self._set(THINKING, LOADING_MESSAGES):
-            self._shown_at = time.monotonic()
-            return True
-        return False
+        if not self._wanted or not await self._set(THINKING, LOADING_MESSAGES):
+            return False
+        if self._overtaken():  # the first text was posted while the status was on its way
+            await self._set("", ())
+            return False
+        self._shown_at = time.monotonic()
+        return True
 
     async def keep(self) -> None:
         """The model still only reasons: renew the status before Slack drops it."""
         if self._shown_at is not None and time.monotonic() - self._shown_at >= REFRESH_SECONDS:
             await self.show()
 
+    def _overtaken(self) -> bool:
+        return not self._wanted
+
     def cleared_by_post(self) -> None:
         """The app posted in the thread (the answer's first text): Slack cleared the status."""
         self._shown_at = None
+        self._wanted = False
 
     async def clear(self) -> None:
         """Take the status down (the reply failed); a clear waits a little for its budget."""

@@ -11,6 +11,7 @@ lost or shown twice.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from bot.slack.edit_budget import (
     EditBudgets,
 )
 from bot.slack.native_reply import NativeReply, OpenStreams, Recipient, StreamBudgets, StreamRefused
-from bot.slack.renderer import RendererMetrics, SlackReply
+from bot.slack.renderer import RendererMetrics, SlackDeliveryError, SlackReply
 from bot.slack.status import ThinkingStatus
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ class ChosenReply:
         self._mode = streaming._config.mode
         self._status = streaming._status(client, place)
         self._inner: SlackReply | NativeReply | None = None
+        self._announcing: asyncio.Task[None] | None = None
         self.way: Way | None = None  # how the answer's text is shown, once it is
 
     @property
@@ -163,9 +165,26 @@ class ChosenReply:
         return () if self._inner is None else self._inner.parts
 
     async def start(self) -> None:
-        """Show that the bot is working; raises SlackDeliveryError when a needed placeholder failed."""
-        if self._mode != "edits" and await self._status.show():
+        """Show that the bot is working; raises SlackDeliveryError when the placeholder (edits) failed.
+
+        The status goes up beside the answer, not before it: the model is asked at once, and the
+        placeholder follows only if the status could not be shown and no text came first.
+        """
+        if self._mode == "edits":
+            await self._placeholder()
             return
+        name = f"slack-reply-status-{self._place.channel}:{self._place.thread_ts}"
+        self._announcing = asyncio.create_task(self._announce(), name=name)
+
+    async def _announce(self) -> None:
+        if await self._status.show() or self._inner is not None:
+            return
+        try:
+            await self._placeholder()
+        except SlackDeliveryError:
+            log.warning("could not show the status or a placeholder; the answer will still be posted")
+
+    async def _placeholder(self) -> None:
         edits = self._inner = self._streaming._edits(self._client, self._place)
         self.way = Way.MESSAGE
         await edits.start()
@@ -196,12 +215,19 @@ class ChosenReply:
         await edits.start()  # posts the text appended so far as the first message
 
     async def finish(self, summary: ReplySummary) -> None:
+        await self._announced()
         await self._sink().finish(summary)
 
     async def fail(self, note: str) -> None:
         """End with what was appended plus `note`, and take the status down; never raises."""
+        await self._announced()
         await self._status.clear()
         await self._sink().fail(note)
+
+    async def _announced(self) -> None:
+        """Let the status (or placeholder) call end first, so the final message comes after it."""
+        if self._announcing is not None:
+            await asyncio.wait({self._announcing})
 
     def _sink(self) -> SlackReply | NativeReply:
         if self._inner is None:  # no text at all: the final message is posted as edits post it
