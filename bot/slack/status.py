@@ -44,8 +44,10 @@ class ThinkingStatus:
         thread_ts: str,
         *,
         metrics: RendererMetrics | None = None,
+        refresh: float = REFRESH_SECONDS,
     ) -> None:
         self._client = without_rate_limit_retries(client)
+        self._refresh = refresh
         self._budget, self._channel, self._thread_ts, self._metrics = budget, channel, thread_ts, metrics
         self._shown_at: float | None = None  # None: not showing (never shown, or cleared)
         self._key = f"status:{channel}:{thread_ts}:{id(self):x}"
@@ -77,7 +79,7 @@ class ThinkingStatus:
 
     async def keep(self) -> None:
         """The model still only reasons: renew the status before Slack drops it."""
-        if self._shown_at is not None and time.monotonic() - self._shown_at >= REFRESH_SECONDS:
+        if self._shown_at is not None and time.monotonic() - self._shown_at >= self._refresh:
             await self.show()
 
     def _overtaken(self) -> bool:
