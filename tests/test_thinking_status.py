@@ -13,10 +13,10 @@ from tests.fakes.slack_api import FakeSlackApi
 
 
 def _status(
-    slack: FakeSlackApi, budgets: EditBudgets, thread: str = "1.000001", **kw: float
+    slack: FakeSlackApi, budgets: EditBudgets, thread: str = "1.000001", *, refresh: float = REFRESH_SECONDS
 ) -> ThinkingStatus:
     client = AsyncWebClient(token="xoxb-test", base_url=slack.api_url)
-    return ThinkingStatus(client, budgets.for_team("T1", SET_STATUS), "C1", thread, **kw)
+    return ThinkingStatus(client, budgets.for_team("T1", SET_STATUS), "C1", thread, refresh=refresh)
 
 
 async def test_the_status_is_renewed_while_the_model_still_thinks(slack: FakeSlackApi) -> None:
