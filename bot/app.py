@@ -19,16 +19,25 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from bot.conversation.admission import Admission
+from bot.conversation.channel_settings import ChannelSettingsSource
 from bot.conversation.ledger import Ledger
+from bot.conversation.ordering import TurnOrder
 from bot.conversation.service import ConversationService, ServiceConfig
+from bot.conversation.settings_rules import SettingsBounds
+from bot.conversation.settings_store import ChannelSettingsStore
+from bot.conversation.turns import TurnObserver, Turns
 from bot.jobs.digest import DigestJob
 from bot.jobs.maintenance import Maintenance
 from bot.jobs.scheduler import build_scheduler
 from bot.llm.client import AimlClient
 from bot.metrics import Metrics, Samples
 from bot.settings import Settings, SettingsError
+from bot.slack.admin_access import AdminAccess
+from bot.slack.app_home import AppHome, register_app_home
 from bot.slack.edit_budget import EditBudget, EditBudgets
-from bot.slack.handler import HandlerConfig, SlackTurns
+from bot.slack.glm_command import GlmCommand, register_glm_command
+from bot.slack.handler import EdgeConfig, SlackEdge
 from bot.slack.listeners import register_listeners
 from bot.slack.people import UserDirectory
 from bot.slack.usage_command import register_usage_command
@@ -53,6 +62,25 @@ class Core:
     ledger: Ledger
 
 
+def admission_pipeline(
+    settings: Settings,
+    core: Core,
+    observer: TurnObserver | None = None,
+    *,
+    channels: ChannelSettingsSource | None = None,
+) -> Turns:
+    """The domain's path from an arrival to a reply, the same for Slack and the terminal."""
+    order = TurnOrder()
+    admission = Admission(core.sessions, order, thread_followups=settings.thread_followups, channels=channels)
+    turns = Turns(admission, core.service, observer=observer)
+    if isinstance(observer, Metrics):
+        # Read from the line itself at scrape time, so the gauges are right on every path.
+        observer.turns_waiting.set_function(lambda: order.waiting)
+        observer.turns_running.set_function(lambda: order.running)
+        observer.active_streams.set_function(lambda: turns.streaming)
+    return turns
+
+
 @asynccontextmanager
 async def core_services(settings: Settings, metrics: Metrics | None = None) -> AsyncIterator[Core]:
     """Database (migrated), AI/ML API client, ledger and conversation service; closed on exit."""
@@ -71,7 +99,10 @@ async def core_services(settings: Settings, metrics: Metrics | None = None) -> A
         max_retries=settings.llm_max_retries,
     )
     config = ServiceConfig(
-        settings.system_prompt(), settings.llm_context_window, settings.llm_max_output_tokens
+        settings.system_prompt(),
+        settings.llm_context_window,
+        settings.llm_max_output_tokens,
+        allowed_models=settings.models_allowed,
     )
     sessions = session_factory(engine)
     ledger = Ledger(sessions, Spool(settings.spool_dir, settings.usage_spool_max_rows), events=metrics)
@@ -147,8 +178,11 @@ class BotRuntime:
         self._socket: AsyncSocketModeHandler | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._maintenance: asyncio.Task[None] | None = None
-        self.turns: SlackTurns | None = None
+        self.turns: Turns | None = None
         self.core: Core | None = None
+        self.channel_settings: ChannelSettingsStore | None = None
+        self.home: AppHome | None = None  # its `allowances` and `alerts` seams are set by the quotas
+        self.glm: GlmCommand | None = None  # `/glm` subcommands: self.glm.add(word, Subcommand(...))
 
     async def start(self) -> int:
         settings = self.settings
@@ -162,19 +196,20 @@ class BotRuntime:
         budgets = EditBudgets(settings.slack_edits_per_minute, settings.slack_edit_burst)
         export_live_state(self.metrics, budgets, core.engine)
         people = UserDirectory(self.client)  # one users.info cache: turns, /usage, the digest
-        self.turns = SlackTurns(
-            core.service,
-            core.sessions,
-            budgets,
-            self.metrics,
-            HandlerConfig(
+        self.channel_settings = channel_settings = ChannelSettingsStore(core.sessions)
+        self.turns = admission_pipeline(settings, core, self.metrics, channels=channel_settings)
+        edge = SlackEdge(
+            self.turns,
+            people=people,
+            budgets=budgets,
+            metrics=self.metrics,
+            config=EdgeConfig(
                 settings.stream_update_interval,
-                settings.thread_followups,
                 settings.thread_backfill_limit,
-                settings.slack_streaming,
-                settings.slack_stream_message_chars,
+                admins=frozenset(settings.admin_user_ids),
+                streaming=settings.slack_streaming,
+                stream_message_chars=settings.slack_stream_message_chars,
             ),
-            people,
         )
         maintenance = Maintenance(
             core.sessions,
@@ -187,7 +222,16 @@ class BotRuntime:
         )
         await maintenance.at_start_up()  # logs and counts its own failures: start-up goes on
         self._maintenance = asyncio.create_task(maintenance.run_forever(), name="maintenance")
-        register_listeners(bolt, self.turns, self.metrics)
+        access = AdminAccess(people, settings.admin_user_ids)
+        self.home = AppHome(core.sessions, access, people, channel_settings, settings.digest_zone)
+        # Before register_listeners: Bolt runs the first listener that matches, and theirs catch all.
+        register_app_home(bolt, self.home)
+        register_listeners(bolt, edge)
+        bounds = SettingsBounds(
+            settings.aimlapi_model, settings.models_allowed, settings.llm_max_output_tokens
+        )
+        self.glm = GlmCommand(access, channel_settings, bounds, self.home)
+        register_glm_command(bolt, self.glm)
         register_usage_command(bolt, core.sessions, settings.digest_zone, people=people)
         if settings.usage_digest_channel:
             job = DigestJob(
@@ -303,7 +347,7 @@ async def _wait_for_signal() -> None:
     await stop.wait()
 
 
-async def _drain(turns: SlackTurns, grace: float) -> None:
+async def _drain(turns: Turns, grace: float) -> None:
     """Let replies finish for `grace` seconds; the rest end with an interrupted note."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace

@@ -82,8 +82,17 @@ class ChatStreamLike(Protocol):
 class ChatModel(Protocol):
     """The model the conversation talks to (bot.llm.AimlClient, or a scripted fake)."""
 
-    model: str
+    model: str  # the default model, used when a turn names none
 
     def stream_chat(
-        self, messages: Sequence[ChatMessage], *, max_tokens: int | None = None, request_id: str | None = None
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int | None = None,
+        request_id: str | None = None,
+        model: str | None = None,
     ) -> ChatStreamLike: ...
+
+
+class ReplyNotShown(Exception):
+    """The reply could not be shown at all (its placeholder never landed): nothing was answered."""
