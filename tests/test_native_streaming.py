@@ -217,3 +217,27 @@ async def test_a_status_that_lands_after_the_first_text_is_taken_down(db_url, sl
     assert bot.answer("C1", "100.000001") == "Four."
     assert [s[2] for s in slack.statuses] == ["is thinking…", ""]
     assert slack.status("C1", "100.000001") == ""
+
+
+async def test_a_rate_limited_start_waits_out_retry_after_in_native_mode(db_url, slack, aiml):
+    slack.fail_next("chat.startStream", error="ratelimited", status=429, retry_after=1)
+    aiml.enqueue(Reply(content="Four."))
+    async with running_bot(settings(db_url, slack, aiml, "native"), slack, aiml) as bot:
+        await bot.send(mention("2+2?", "100.000001"))
+        await bot.idle()
+    starts = slack.calls_to("chat.startStream")
+    assert [c.status for c in starts] == [429, 200]
+    assert starts[1].time - starts[0].time >= 1.0
+    assert bot.answer("C1", "100.000001") == "Four."
+
+
+async def test_a_rate_limited_start_in_auto_mode_shows_the_text_as_a_message_at_once(db_url, slack, aiml):
+    slack.fail_next("chat.startStream", error="ratelimited", status=429, retry_after=30)
+    aiml.enqueue(Reply(content="Four."))
+    async with running_bot(settings(db_url, slack, aiml, "auto"), slack, aiml) as bot:
+        await bot.send(mention("2+2?", "100.000001"))
+        await bot.idle(timeout=10)
+    assert [c.status for c in slack.calls_to("chat.startStream")] == [429]
+    [reply] = bot.replies("C1", "100.000001")
+    assert reply.history[0] == "Four"  # the first message showed the answer's first text, no placeholder
+    assert bot.answer("C1", "100.000001") == "Four."
