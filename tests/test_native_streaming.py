@@ -13,7 +13,7 @@ from sqlalchemy import select
 from bot.slack.recovery import last_message
 from bot.storage.models import Message, Role
 from tests.fakes.aimlapi import ErrorReply, Reply
-from tests.fakes.slack_api import FakeMessage, FakeSlackApi, Handler
+from tests.fakes.slack_api import FakeMessage, FakeSlackApi, Handler, reject
 from tests.fakes.slack_rules import SLACK_LIMITS
 from tests.harness import Bot, eventually, make_settings, mention, message, running_bot
 
@@ -241,3 +241,19 @@ async def test_a_rate_limited_start_in_auto_mode_shows_the_text_as_a_message_at_
     [reply] = bot.replies("C1", "100.000001")
     assert reply.history[0] == "Four"  # the first message showed the answer's first text, no placeholder
     assert bot.answer("C1", "100.000001") == "Four."
+
+
+async def test_no_placeholder_is_left_behind_when_the_status_fails_after_the_first_text(db_url, slack, aiml):
+    async def slow_refusal(_params: dict[str, Any], _team: str) -> dict[str, Any]:
+        await asyncio.sleep(0.5)
+        raise reject("missing_scope")
+
+    slack.route("assistant.threads.setStatus", slow_refusal)
+    slack.fail_next("chat.startStream", error="ratelimited", status=429, retry_after=1)
+    aiml.enqueue(Reply(content="Four."))
+    async with running_bot(settings(db_url, slack, aiml, "native"), slack, aiml) as bot:
+        await bot.send(mention("2+2?", "100.000001"))
+        await bot.idle()
+    [reply] = bot.replies("C1", "100.000001")
+    assert reply.markdown == "Four."
+    assert not any("Thinking" in shown for shown in reply.history)

@@ -154,6 +154,7 @@ class ChosenReply:
         self._status = streaming._status(client, place)
         self._inner: SlackReply | NativeReply | None = None
         self._announcing: asyncio.Task[None] | None = None
+        self._began = False  # the answer's first text is on its way: no placeholder any more
         self.way: Way | None = None  # how the answer's text is shown, once it is
 
     @property
@@ -177,7 +178,7 @@ class ChosenReply:
         self._announcing = asyncio.create_task(self._announce(), name=name)
 
     async def _announce(self) -> None:
-        if await self._status.show() or self._inner is not None:
+        if await self._status.show() or self._began:
             return
         try:
             await self._placeholder()
@@ -185,6 +186,7 @@ class ChosenReply:
             log.warning("could not show the status or a placeholder; the answer will still be posted")
 
     async def _placeholder(self) -> None:
+        self._began = True
         edits = self._inner = self._streaming._edits(self._client, self._place)
         self.way = Way.MESSAGE
         await edits.start()
@@ -199,6 +201,7 @@ class ChosenReply:
             return
         if not text:
             return
+        self._began = True
         self._status.cleared_by_post()  # the first text posts in the thread, which clears it
         if choose_way(self._mode, self._streaming.budget_state(self._place.team)) is Way.NATIVE:
             native = self._streaming._native(self._client, self._place)
