@@ -92,6 +92,8 @@ SLACK_LIMITS: Mapping[str, RateLimit] = MappingProxyType(
         "users.info": TIER_4,
         "assistant.threads.setStatus": RateLimit(600, burst=10),
         "conversations.info": TIER_3,
+        "conversations.history": TIER_3,
+        "conversations.members": TIER_4,
         "views.open": TIER_4,
         "views.publish": TIER_4,
         "views.update": TIER_4,

@@ -1,0 +1,151 @@
+"""The Slack-reading tools the model may call: `slack_read_thread` and `slack_read_channel`.
+
+Both read through `SlackReader`, which checks that the asking person could read the conversation
+themselves; a refusal is an error result the model can read and explain. Without arguments they read
+the conversation the person is asking in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.conversation.tools import Tool, ToolContext, ToolResult, ToolSpec
+from bot.slack.people import UserDirectory
+from bot.slack.read_access import ReadAccess, ReadRefused
+from bot.slack.reading import ReadLimits, SlackReader, Transcript, channel_id_of, parse_since, thread_of
+
+DEFAULT_LIMIT = 50
+
+
+def _limit_schema(limits: ReadLimits) -> dict[str, Any]:
+    return {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": limits.max_messages,
+        "description": f"At most this many messages (default {DEFAULT_LIMIT}); the newest are kept.",
+    }
+
+
+def _refused(exc: ReadRefused) -> ToolResult:
+    return ToolResult(f"error: {exc.code}: {exc.message}", ok=False, detail=exc.code.replace("_", " "))
+
+
+def _read(transcript: Transcript) -> ToolResult:
+    detail = f"{transcript.messages} messages read"
+    if transcript.left_out:
+        detail += f", {transcript.left_out} left out"
+    return ToolResult(transcript.text, detail=detail)
+
+
+def _limit(arguments: Mapping[str, Any]) -> int:
+    value = arguments.get("limit", DEFAULT_LIMIT)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("limit must be a number")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class SlackReadThread:
+    reader: SlackReader
+
+    @property
+    def spec(self) -> ToolSpec:
+        return ToolSpec(
+            name="slack_read_thread",
+            description=(
+                "Read the messages of a Slack thread the asking person can see (author names and UTC "
+                "times, oldest first). Without arguments: the thread of this conversation. Give a "
+                "message link, or a channel id and the thread's root ts."
+            ),
+            parameters={
+                "type": "object",
+                "properties": {
+                    "channel": {"type": "string", "description": "Channel id (C…, G…, D…) or a message link."},
+                    "thread_ts": {"type": "string", "description": "The ts of the thread's root message."},
+                    "limit": _limit_schema(self.reader.limits),
+                },
+            },
+        )
+
+    async def run(self, arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:
+        raw_channel = str(arguments.get("channel") or "")
+        linked = thread_of(raw_channel)
+        if linked is not None:
+            channel, thread_ts = linked
+        else:
+            channel = channel_id_of(raw_channel) if raw_channel else context.key.channel_id
+            thread_ts = str(arguments.get("thread_ts") or (context.key.thread_ts if not raw_channel else ""))
+        if not channel or not thread_ts:
+            return ToolResult("error: invalid_arguments: give a message link, or channel and thread_ts", ok=False)
+        try:
+            limit = _limit(arguments)
+            transcript = await self.reader.thread(channel, thread_ts, limit, context.person, context.user_id)
+        except ValueError as exc:
+            return ToolResult(f"error: invalid_arguments: {exc}", ok=False)
+        except ReadRefused as exc:
+            return _refused(exc)
+        return _read(transcript)
+
+
+@dataclass(frozen=True)
+class SlackReadChannel:
+    reader: SlackReader
+
+    @property
+    def spec(self) -> ToolSpec:
+        return ToolSpec(
+            name="slack_read_channel",
+            description=(
+                "Read a Slack channel's recent top-level messages that the asking person can see (author "
+                "names and UTC times, oldest first; thread replies not included). Without a channel: the "
+                "channel of this conversation."
+            ),
+            parameters={
+                "type": "object",
+                "properties": {
+                    "channel": {"type": "string", "description": "Channel id (C…, G…, D…)."},
+                    "since": {
+                        "type": "string",
+                        "description": "How far back: 90m, 24h, 7d, or an ISO date/time (default 24h).",
+                    },
+                    "limit": _limit_schema(self.reader.limits),
+                },
+            },
+        )
+
+    async def run(self, arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:
+        raw_channel = str(arguments.get("channel") or "")
+        channel = channel_id_of(raw_channel) if raw_channel else context.key.channel_id
+        if not channel:
+            return ToolResult(f"error: invalid_arguments: {raw_channel!r} is not a channel id", ok=False)
+        try:
+            since = parse_since(str(arguments["since"]) if arguments.get("since") else None)
+            limit = _limit(arguments)
+            transcript = await self.reader.channel(channel, since, limit, context.person, context.user_id)
+        except ValueError as exc:
+            return ToolResult(f"error: invalid_arguments: {exc}", ok=False)
+        except ReadRefused as exc:
+            return _refused(exc)
+        return _read(transcript)
+
+
+def slack_read_tools(
+    client: AsyncWebClient,
+    people: UserDirectory,
+    limits: ReadLimits,
+    *,
+    bot_user_id: str | None = None,
+    access: ReadAccess | None = None,
+) -> Sequence[Tool]:
+    """The two Slack-reading tools, for the tool registry (`TOOLS_ENABLED` names them)."""
+    reader = SlackReader(client, people, access or ReadAccess(client), limits, bot_user_id=bot_user_id)
+    return (SlackReadThread(reader), SlackReadChannel(reader))
+
+
+def read_tools_of(reader: SlackReader) -> Sequence[Tool]:
+    """The tools over a reader the process already has (shared with the summaries and their caches)."""
+    return (SlackReadThread(reader), SlackReadChannel(reader))
