@@ -27,8 +27,8 @@ from bot.conversation.service import ConversationService, ServiceConfig
 from bot.conversation.settings_rules import SettingsBounds
 from bot.conversation.settings_store import ChannelSettingsStore
 from bot.conversation.summaries import Summarizer
-from bot.files.extract import TextCaps
 from bot.conversation.turns import TurnObserver, Turns
+from bot.files.extract import TextCaps
 from bot.jobs.digest import DigestJob
 from bot.jobs.maintenance import Maintenance
 from bot.jobs.scheduler import build_scheduler

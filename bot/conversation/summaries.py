@@ -71,10 +71,16 @@ class Summarizer:
         await self._ledger.usage_only(_entry(request, self._model.model, result, label))
         log.info(
             "summary ended",
-            extra={"outcome": label, "credits_used": result.usage.credits_used, "duration_ms": result.duration_ms},
+            extra={
+                "outcome": label,
+                "credits_used": result.usage.credits_used,
+                "duration_ms": result.duration_ms,
+            },
         )
         if note is not None or not result.content.strip():
-            return Summary(f"{NOTE_FAILED}: {note or 'the model gave no text'}", False, result.usage.credits_used)
+            return Summary(
+                f"{NOTE_FAILED}: {note or 'the model gave no text'}", False, result.usage.credits_used
+            )
         return Summary(result.content.strip(), True, result.usage.credits_used)
 
 

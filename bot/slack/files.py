@@ -173,4 +173,6 @@ class SlackFiles:
 
 
 def _is_html(attachment: Attachment) -> bool:
-    return (attachment.filetype or "").lower() == "html" or attachment.name.lower().endswith((".html", ".htm"))
+    return (attachment.filetype or "").lower() == "html" or attachment.name.lower().endswith(
+        (".html", ".htm")
+    )

@@ -77,7 +77,7 @@ class ReadAccess:
 
     async def conversation(self, channel_id: str) -> Conversation:
         cached = self._cached(self._info, channel_id)
-        if cached is not None:
+        if isinstance(cached, Conversation):
             return cached
         try:
             response = await self._client.conversations_info(channel=channel_id)
@@ -100,7 +100,7 @@ class ReadAccess:
 
     async def _members_of(self, channel_id: str) -> frozenset[str]:
         cached = self._cached(self._members, channel_id)
-        if cached is not None:
+        if isinstance(cached, frozenset):
             return cached
         members: set[str] = set()
         cursor: str | None = None

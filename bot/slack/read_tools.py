@@ -64,7 +64,10 @@ class SlackReadThread:
             parameters={
                 "type": "object",
                 "properties": {
-                    "channel": {"type": "string", "description": "Channel id (C…, G…, D…) or a message link."},
+                    "channel": {
+                        "type": "string",
+                        "description": "Channel id (C…, G…, D…) or a message link.",
+                    },
                     "thread_ts": {"type": "string", "description": "The ts of the thread's root message."},
                     "limit": _limit_schema(self.reader.limits),
                 },
@@ -77,10 +80,12 @@ class SlackReadThread:
         if linked is not None:
             channel, thread_ts = linked
         else:
-            channel = channel_id_of(raw_channel) if raw_channel else context.key.channel_id
+            channel = (channel_id_of(raw_channel) if raw_channel else context.key.channel_id) or ""
             thread_ts = str(arguments.get("thread_ts") or (context.key.thread_ts if not raw_channel else ""))
         if not channel or not thread_ts:
-            return ToolResult("error: invalid_arguments: give a message link, or channel and thread_ts", ok=False)
+            return ToolResult(
+                "error: invalid_arguments: give a message link, or channel and thread_ts", ok=False
+            )
         try:
             limit = _limit(arguments)
             transcript = await self.reader.thread(channel, thread_ts, limit, context.person, context.user_id)

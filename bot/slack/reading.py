@@ -276,7 +276,9 @@ def _read_refusal(exc: BaseException) -> ReadRefused:
     if reason == "thread_not_found":
         return ReadRefused(reason, "There is no thread with that ts in that channel.")
     if reason in ("channel_not_found", "not_in_channel"):
-        message = "I can't find that channel." if reason == "channel_not_found" else "I am not in that channel."
+        message = (
+            "I can't find that channel." if reason == "channel_not_found" else "I am not in that channel."
+        )
         return ReadRefused(reason, message)
     if reason in ("ratelimited", "429"):
         return ReadRefused("rate_limited", "Slack is limiting how fast I read; try again in a minute.")

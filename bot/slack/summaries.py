@@ -45,7 +45,9 @@ class Summaries:
         profile = await self.people.lookup(user_id)
         return profile.asker(admins=self.admins, workspace=team_id) if profile is not None else None
 
-    async def _summarise(self, team_id: str, user_id: str, transcript: Transcript, what: str) -> list[dict[str, Any]]:
+    async def _summarise(
+        self, team_id: str, user_id: str, transcript: Transcript, what: str
+    ) -> list[dict[str, Any]]:
         if transcript.messages == 0:
             return _blocks(f"There are no messages to summarise in {what}.", None)
         summary = await self.summarizer.summarize(
@@ -61,12 +63,13 @@ class Summaries:
     async def on_shortcut(
         self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient, respond: AsyncRespond
     ) -> None:
-        """"Summarise thread" on any message: the thread it is in (or starts), for the person only."""
+        """ "Summarise thread" on any message: the thread it is in (or starts), for the person only."""
         await ack()
         channel_id = _id(body.get("channel"))
         user_id = _id(body.get("user"))
         team_id = _id(body.get("team")) or str(body.get("team_id") or "")
-        message = body.get("message") if isinstance(body.get("message"), dict) else {}
+        message = body.get("message")
+        message = message if isinstance(message, dict) else {}
         thread_ts = str(message.get("thread_ts") or message.get("ts") or "")
         if not (channel_id and user_id and thread_ts):
             log.warning("summary shortcut without its channel, user or message")
@@ -84,7 +87,10 @@ class Summaries:
                 channel=channel_id, user=user_id, thread_ts=thread_ts, blocks=blocks, text=_fallback(blocks)
             )
         except SLACK_CALL_ERRORS as exc:
-            log.info("summary not posted in the thread (%s); answering through response_url", call_error_reason(exc))
+            log.info(
+                "summary not posted in the thread (%s); answering through response_url",
+                call_error_reason(exc),
+            )
             await _say(respond, _fallback(blocks), user_id)
 
     async def command(self, request: GlmRequest) -> str | None:
@@ -96,7 +102,9 @@ class Summaries:
             elif (found := channel_id_of(word)) is not None:
                 channel_id = found
             else:
-                return f"I don't understand `{word}`. Usage: `/glm {USAGE}`, e.g. `/glm summarize #general 24h`."
+                return (
+                    f"I don't understand `{word}`. Usage: `/glm {USAGE}`, e.g. `/glm summarize #general 24h`."
+                )
         since = parse_since(window)
         if parse_since("0m") - since > MAX_WINDOW_SECONDS:
             return "I summarise at most the last 30 days."
@@ -107,7 +115,9 @@ class Summaries:
         except ReadRefused as exc:
             return exc.message
         name = f"#{transcript.conversation.name}" if transcript.conversation.name else "this conversation"
-        blocks = await self._summarise(request.team_id, request.user_id, transcript, f"{name} over the last {window}")
+        blocks = await self._summarise(
+            request.team_id, request.user_id, transcript, f"{name} over the last {window}"
+        )
         try:
             await request.client.chat_postEphemeral(
                 channel=request.channel_id, user=request.user_id, blocks=blocks, text=_fallback(blocks)

@@ -40,7 +40,16 @@ from tests.fakes.slack_rules import (
     validate_view,
 )
 
-__all__ = ["Call", "FakeEphemeral", "FakeFile", "FakeMessage", "FakeSlackApi", "FakeUser", "RateLimit", "reject"]
+__all__ = [
+    "Call",
+    "FakeEphemeral",
+    "FakeFile",
+    "FakeMessage",
+    "FakeSlackApi",
+    "FakeUser",
+    "RateLimit",
+    "reject",
+]
 
 JsonDict = dict[str, Any]
 _Reject = Refusal  # the name this module's handlers raise
@@ -625,7 +634,9 @@ class FakeSlackApi:
         """A file's bytes for a bot token; anything else gets Slack's sign-in page (200, HTML)."""
         file_id = request.match_info["file_id"].rpartition("-")[2]
         token = _bearer(request.headers.get("Authorization"))
-        self.calls.append(Call("files.download", {"file": file_id}, self.tokens.get(token or ""), time.monotonic()))
+        self.calls.append(
+            Call("files.download", {"file": file_id}, self.tokens.get(token or ""), time.monotonic())
+        )
         found = self.files.get(file_id)
         if token not in self.tokens:
             page = "<!DOCTYPE html><html><body>Sign in to Slack</body></html>"
