@@ -373,6 +373,11 @@ class FakeSlackApi:
         self.files[file_id] = found
         return found
 
+    def stamp_from(self, epoch_seconds: float) -> None:
+        """Give the next messages ts from this time on (the default is November 2023), e.g. `time.time()`
+        for tests that read "the last 24 hours"."""
+        self._next_ts = max(self._next_ts, int(epoch_seconds * 1_000_000))
+
     def delete_message(self, channel: str, ts: str) -> None:
         """Remove a message, as a person deleting it in Slack would."""
         self._messages[channel] = [m for m in self._messages.get(channel, []) if m.ts != ts]
