@@ -1,0 +1,144 @@
+"""Summaries through the real endpoint: the "Summarise thread" shortcut and `/glm summarize`, each one
+completion over the messages the asker may read, shown only to them, with its usage row."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from bot.storage.models import UsageRecord
+from tests.fakes.aimlapi import FakeAimlApi, Reply
+from tests.fakes.response_url import ResponseUrl
+from tests.fakes.slack_api import FakeSlackApi, FakeUser
+from tests.harness import Bot, eventually, make_settings, running_bot
+
+
+@pytest.fixture
+async def response_url() -> AsyncIterator[ResponseUrl]:
+    endpoint = ResponseUrl()
+    await endpoint.start()
+    yield endpoint
+    await endpoint.stop()
+
+
+@pytest.fixture
+async def bot(db_url: str, slack: FakeSlackApi, aiml: FakeAimlApi) -> AsyncIterator[Bot]:
+    slack.users |= {"U1": FakeUser("Ada Lovelace"), "U2": FakeUser("Bob Builder")}
+    slack.stamp_from(time.time() - 3_600)
+    async with running_bot(make_settings(db_url, slack, aiml), slack, aiml) as running:
+        yield running
+
+
+def shortcut(channel: str, message: dict[str, Any], user: str, response_url: str) -> dict[str, Any]:
+    """A "Summarise thread" press on `message`, as Slack posts a message shortcut."""
+    return {
+        "type": "message_action",
+        "token": "legacy",
+        "action_ts": f"{time.time():.6f}",
+        "team": {"id": "T1", "domain": "fake"},
+        "user": {"id": user, "username": user.lower(), "team_id": "T1"},
+        "channel": {"id": channel, "name": channel.lower()},
+        "callback_id": "summarise_thread",
+        "trigger_id": "1.2.3",
+        "message_ts": message["ts"],
+        "message": message,
+        "response_url": response_url,
+    }
+
+
+async def usage_rows(bot: Bot) -> list[UsageRecord]:
+    assert bot.runtime.core is not None
+    async with bot.runtime.core.sessions() as session:
+        return list(await session.scalars(select(UsageRecord)))
+
+
+async def test_the_shortcut_posts_a_summary_of_the_thread_only_for_the_person_with_its_usage_row(
+    bot: Bot, slack: FakeSlackApi, aiml: FakeAimlApi, response_url: ResponseUrl
+) -> None:
+    root = slack.add_message("C1", "Where do we hold the offsite?", user="U1")
+    reply = slack.add_message("C1", "Lisbon, in May", user="U2", thread_ts=root)
+    aiml.enqueue(Reply(content="**Offsite:** Bob suggests Lisbon in May.", credits_used=900))
+    pressed_on = slack.message("C1", reply).as_api()
+
+    response = await bot.interact(shortcut("C1", pressed_on, "U1", response_url.url))
+    assert response.status_code == 200
+    await bot.idle()
+
+    sent = aiml.chat_requests[-1].json["messages"]
+    assert "Where do we hold the offsite?" in sent[-1]["content"] and "@Bob Builder: Lisbon, in May" in (
+        sent[-1]["content"]
+    )
+    assert "tools" not in aiml.chat_requests[-1].json  # one completion, no tool loop
+    [note] = slack.ephemerals
+    assert (note.channel, note.user, note.thread_ts) == ("C1", "U1", root)
+    assert note.blocks is not None and note.blocks[0] == {
+        "type": "markdown",
+        "text": "**Offsite:** Bob suggests Lisbon in May.",
+    }
+    assert "Summary of 2 messages · 900 credits" in str(note.blocks[1])
+    assert slack.thread("C1", root)[-1].ts == reply  # nothing posted in the thread for everyone
+    [row] = await usage_rows(bot)
+    assert (row.user_id, row.channel_id, row.conversation_id, row.credits_used, row.status) == (
+        "U1",
+        "C1",
+        None,
+        900,
+        "complete",
+    )
+
+
+async def test_the_shortcut_in_a_private_channel_the_person_left_is_refused_without_a_model_call(
+    bot: Bot, slack: FakeSlackApi, aiml: FakeAimlApi, response_url: ResponseUrl
+) -> None:
+    slack.private_channels.add("CPRIV")
+    slack.channel_members["CPRIV"] = ["U2", "UBOT"]
+    root = slack.add_message("CPRIV", "salary bands", user="U2")
+
+    await bot.interact(shortcut("CPRIV", slack.message("CPRIV", root).as_api(), "U1", response_url.url))
+    answer = await response_url.next_answer()
+    await bot.idle()
+
+    assert "not a member" in answer["text"] and answer["response_type"] == "ephemeral"
+    assert aiml.chat_requests == [] and slack.ephemerals == []
+    assert await usage_rows(bot) == []
+
+
+async def test_glm_summarize_a_channel_over_a_window_is_an_ephemeral_summary_with_usage(
+    bot: Bot, slack: FakeSlackApi, aiml: FakeAimlApi, response_url: ResponseUrl
+) -> None:
+    slack.add_message("CGEN", "Deploy is green", user="U1")
+    slack.add_message("CGEN", "Release notes are out", user="U2")
+    aiml.enqueue(Reply(content="Deploy green; notes out.", credits_used=700))
+
+    response = await bot.command(
+        "/glm", "summarize <#CGEN|general> 24h", user="U1", channel="C1", response_url=response_url.url
+    )
+    assert response.status_code == 200
+    await eventually(lambda: bool(slack.ephemerals))
+    await bot.idle()
+
+    content = aiml.chat_requests[-1].json["messages"][-1]["content"]
+    assert content.startswith("Summarise #cgen over the last 24h.")
+    assert content.index("Deploy is green") < content.index("Release notes are out")
+    [note] = slack.ephemerals
+    assert (note.channel, note.user) == ("C1", "U1") and note.text == "Deploy green; notes out."
+    [row] = await usage_rows(bot)
+    assert (row.user_id, row.channel_id, row.credits_used) == ("U1", "CGEN", 700)
+
+
+async def test_glm_summarize_explains_a_bad_argument_and_an_empty_window_costs_nothing(
+    bot: Bot, slack: FakeSlackApi, aiml: FakeAimlApi, response_url: ResponseUrl
+) -> None:
+    await bot.command("/glm", "summarize yesterdayish", user="U1", response_url=response_url.url)
+    bad = await response_url.next_answer()
+    await bot.command("/glm", "summarize 1h", user="U1", response_url=response_url.url)
+    await eventually(lambda: bool(slack.ephemerals))
+    await bot.idle()
+
+    assert "I don't understand `yesterdayish`" in bad["text"]
+    assert slack.ephemerals[-1].text == "There are no messages to summarise in #c1 over the last 1h."
+    assert aiml.chat_requests == [] and await usage_rows(bot) == []
