@@ -49,7 +49,9 @@ async def test_a_pdf_and_a_csv_are_read_into_the_persons_message(bot: Bot, slack
         mimetype="application/pdf",
         filetype="pdf",
     )
-    csv = slack.add_file("sales.csv", b"region,total\nnorth,10\nsouth,7\n", mimetype="text/csv", filetype="csv")
+    csv = slack.add_file(
+        "sales.csv", b"region,total\nnorth,10\nsouth,7\n", mimetype="text/csv", filetype="csv"
+    )
 
     sent = await asked(bot, aiml, dm_with_files("Compare these", "100.000001", pdf, csv))
 
@@ -86,7 +88,9 @@ async def test_a_file_over_the_cap_is_cut_with_a_note_and_the_turn_cap_leaves_la
     ) in sent
     assert "cut after 300 of 400 characters (the limit for all files of a message)" in sent
     assert "b" * 300 + "\n</attached_file>" in sent and "b" * 301 not in sent
-    assert "[Attached file “last.py”: not read: the limit for all files of a message of 800 characters" in sent
+    assert (
+        "[Attached file “last.py”: not read: the limit for all files of a message of 800 characters" in sent
+    )
 
 
 async def test_a_failed_download_and_a_refused_token_are_noted_and_the_turn_is_still_answered(

@@ -4,7 +4,7 @@ the fake Slack Web API: who may read what, and how much of it the model gets."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 from slack_sdk.web.async_client import AsyncWebClient
@@ -20,15 +20,17 @@ from tests.fakes.slack_api import FakeSlackApi, FakeUser
 
 
 @pytest.fixture
-async def tools(slack: FakeSlackApi) -> AsyncIterator[dict[str, Tool]]:
+async def tools(slack: FakeSlackApi) -> dict[str, Tool]:
     slack.users |= {"U1": FakeUser("Ada Lovelace"), "U2": FakeUser("Bob Builder"), "U3": FakeUser("Cy")}
     slack.stamp_from(time.time() - 3_600)  # messages of the last hour (the default `since` is 24h)
     client = AsyncWebClient(token="xoxb-test", base_url=slack.api_url)
     found: Sequence[Tool] = slack_read_tools(client, UserDirectory(client), ReadLimits(20, 2_000))
-    yield {tool.spec.name: tool for tool in found}
+    return {tool.spec.name: tool for tool in found}
 
 
-def asked_by(user: str, channel: str = "C1", thread_ts: str = "1.000001", *, guest: bool = False) -> ToolContext:
+def asked_by(
+    user: str, channel: str = "C1", thread_ts: str = "1.000001", *, guest: bool = False
+) -> ToolContext:
     person = Person(user_id=user, team_id="T1", is_guest=guest)
     return ToolContext(ConversationKey("T1", channel, thread_ts), user, person, DEFAULT_CHANNEL_SETTINGS)
 

@@ -69,8 +69,9 @@ async def test_the_shortcut_posts_a_summary_of_the_thread_only_for_the_person_wi
     await bot.idle()
 
     sent = aiml.chat_requests[-1].json["messages"]
-    assert "Where do we hold the offsite?" in sent[-1]["content"] and "@Bob Builder: Lisbon, in May" in (
-        sent[-1]["content"]
+    assert (
+        "Where do we hold the offsite?" in sent[-1]["content"]
+        and "@Bob Builder: Lisbon, in May" in (sent[-1]["content"])
     )
     assert "tools" not in aiml.chat_requests[-1].json  # one completion, no tool loop
     [note] = slack.ephemerals
