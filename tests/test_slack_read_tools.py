@@ -42,11 +42,13 @@ async def test_a_private_channel_is_read_only_for_its_members(tools, slack: Fake
 
     refused = await tools["slack_read_channel"].run({"channel": "CSECRET"}, asked_by("U2"))
     allowed = await tools["slack_read_channel"].run({"channel": "<#CSECRET|secret>"}, asked_by("U1"))
+    by_name = await tools["slack_read_channel"].run({"channel": "#csecret"}, asked_by("U2"))
 
     assert not refused.ok and refused.content.startswith("error: not_allowed:")
     assert "launch" not in refused.content
     assert allowed.ok and "@Ada Lovelace: the launch moves to @Bob Builder's Friday" in allowed.content
     assert allowed.detail == "1 messages read"
+    assert not by_name.ok and "not_allowed" in by_name.content  # found by name, still refused
 
 
 async def test_members_are_found_across_pages_and_cached_briefly(tools, slack: FakeSlackApi) -> None:

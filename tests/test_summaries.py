@@ -111,19 +111,21 @@ async def test_the_shortcut_in_a_private_channel_the_person_left_is_refused_with
 async def test_glm_summarize_a_channel_over_a_window_is_an_ephemeral_summary_with_usage(
     bot: Bot, slack: FakeSlackApi, aiml: FakeAimlApi, response_url: ResponseUrl
 ) -> None:
+    slack.channel_names["CGEN"] = "general"
     slack.add_message("CGEN", "Deploy is green", user="U1")
     slack.add_message("CGEN", "Release notes are out", user="U2")
     aiml.enqueue(Reply(content="Deploy green; notes out.", credits_used=700))
 
+    # Typed as Slack sends it with should_escape off: the name, not the id.
     response = await bot.command(
-        "/glm", "summarize <#CGEN|general> 24h", user="U1", channel="C1", response_url=response_url.url
+        "/glm", "summarize #general 24h", user="U1", channel="C1", response_url=response_url.url
     )
     assert response.status_code == 200
     await eventually(lambda: bool(slack.ephemerals))
     await bot.idle()
 
     content = aiml.chat_requests[-1].json["messages"][-1]["content"]
-    assert content.startswith("Summarise #cgen over the last 24h.")
+    assert content.startswith("Summarise #general over the last 24h.")
     assert content.index("Deploy is green") < content.index("Release notes are out")
     [note] = slack.ephemerals
     assert (note.channel, note.user) == ("C1", "U1") and note.text == "Deploy green; notes out."
@@ -134,12 +136,12 @@ async def test_glm_summarize_a_channel_over_a_window_is_an_ephemeral_summary_wit
 async def test_glm_summarize_explains_a_bad_argument_and_an_empty_window_costs_nothing(
     bot: Bot, slack: FakeSlackApi, aiml: FakeAimlApi, response_url: ResponseUrl
 ) -> None:
-    await bot.command("/glm", "summarize yesterdayish", user="U1", response_url=response_url.url)
+    await bot.command("/glm", "summarize #nowhere", user="U1", response_url=response_url.url)
     bad = await response_url.next_answer()
     await bot.command("/glm", "summarize 1h", user="U1", response_url=response_url.url)
     await eventually(lambda: bool(slack.ephemerals))
     await bot.idle()
 
-    assert "I don't understand `yesterdayish`" in bad["text"]
+    assert "I don't know a channel `#nowhere` that I am in" in bad["text"]
     assert slack.ephemerals[-1].text == "There are no messages to summarise in #c1 over the last 1h."
     assert aiml.chat_requests == [] and await usage_rows(bot) == []

@@ -25,6 +25,11 @@ CACHE_TTL = 60.0
 CACHE_ENTRIES = 2_000
 MEMBER_PAGE = 1_000  # conversations.members' largest page
 MEMBER_PAGES = 20  # 20,000 members: past that a private conversation is refused rather than guessed
+# conversations.list is Tier 2 (20 a minute): the names are listed at most once a minute, and kept
+# for ten (a channel renamed meanwhile is found by its new name after that, by its id at once).
+NAMES_TTL = 600.0
+NAMES_RELOAD_AFTER = 60.0
+NAME_PAGES = 10  # 10,000 channels
 
 
 class ReadRefused(Exception):
@@ -58,6 +63,8 @@ class ReadAccess:
         self._ttl, self._clock = ttl, clock
         self._info: OrderedDict[str, tuple[float, Conversation]] = OrderedDict()
         self._members: OrderedDict[str, tuple[float, frozenset[str]]] = OrderedDict()
+        self._names: dict[str, str] = {}  # channel name -> id, the bot's channels and public ones
+        self._names_loaded: float | None = None
 
     async def check(self, channel_id: str, asker: Person | None, user_id: str | None) -> Conversation:
         if not user_id:
@@ -97,6 +104,32 @@ class ReadAccess:
         )
         self._store(self._info, channel_id, conversation)
         return conversation
+
+    async def channel_named(self, name: str) -> str | None:
+        """The id of the channel called `name` ("general" or "#general"), or None when there is none."""
+        name = name.strip().lstrip("#").lower()
+        now = self._clock()
+        age = None if self._names_loaded is None else now - self._names_loaded
+        # A name not in a recent list is not looked for again at once: a typo costs one Tier 2 call.
+        if age is not None and age < NAMES_TTL and (name in self._names or age < NAMES_RELOAD_AFTER):
+            return self._names.get(name)
+        names: dict[str, str] = {}
+        cursor: str | None = None
+        try:
+            for _ in range(NAME_PAGES):
+                response = await self._client.conversations_list(
+                    types="public_channel,private_channel", exclude_archived=True, limit=1000, cursor=cursor
+                )
+                for channel in response.get("channels") or []:
+                    if isinstance(channel, dict) and channel.get("name") and channel.get("id"):
+                        names[str(channel["name"]).lower()] = str(channel["id"])
+                cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
+                if cursor is None:
+                    break
+        except SLACK_CALL_ERRORS as exc:
+            raise _refusal(exc) from None
+        self._names, self._names_loaded = names, now
+        return names.get(name)
 
     async def _members_of(self, channel_id: str) -> frozenset[str]:
         cached = self._cached(self._members, channel_id)

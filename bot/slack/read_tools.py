@@ -16,7 +16,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.conversation.tools import Tool, ToolContext, ToolResult, ToolSpec
 from bot.slack.people import UserDirectory
 from bot.slack.read_access import ReadAccess, ReadRefused
-from bot.slack.reading import ReadLimits, SlackReader, Transcript, channel_id_of, parse_since, thread_of
+from bot.slack.reading import ReadLimits, SlackReader, Transcript, parse_since, thread_of
 
 DEFAULT_LIMIT = 50
 
@@ -75,18 +75,21 @@ class SlackReadThread:
         )
 
     async def run(self, arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:
-        raw_channel = str(arguments.get("channel") or "")
-        linked = thread_of(raw_channel)
-        if linked is not None:
-            channel, thread_ts = linked
-        else:
-            channel = (channel_id_of(raw_channel) if raw_channel else context.key.channel_id) or ""
-            thread_ts = str(arguments.get("thread_ts") or (context.key.thread_ts if not raw_channel else ""))
-        if not channel or not thread_ts:
-            return ToolResult(
-                "error: invalid_arguments: give a message link, or channel and thread_ts", ok=False
-            )
+        raw = str(arguments.get("channel") or "")
         try:
+            linked = thread_of(raw)
+            if linked is not None:
+                channel, thread_ts = linked
+            elif raw:
+                channel = await self.reader.channel_id(raw) or ""
+                thread_ts = str(arguments.get("thread_ts") or "")
+            else:  # this conversation's thread
+                channel = context.key.channel_id
+                thread_ts = str(arguments.get("thread_ts") or context.key.thread_ts)
+            if not channel or not thread_ts:
+                return ToolResult(
+                    "error: invalid_arguments: give a message link, or channel and thread_ts", ok=False
+                )
             limit = _limit(arguments)
             transcript = await self.reader.thread(channel, thread_ts, limit, context.person, context.user_id)
         except ValueError as exc:
@@ -112,7 +115,7 @@ class SlackReadChannel:
             parameters={
                 "type": "object",
                 "properties": {
-                    "channel": {"type": "string", "description": "Channel id (C…, G…, D…)."},
+                    "channel": {"type": "string", "description": "Channel id (C…, G…, D…) or #name."},
                     "since": {
                         "type": "string",
                         "description": "How far back: 90m, 24h, 7d, or an ISO date/time (default 24h).",
@@ -123,11 +126,11 @@ class SlackReadChannel:
         )
 
     async def run(self, arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:
-        raw_channel = str(arguments.get("channel") or "")
-        channel = channel_id_of(raw_channel) if raw_channel else context.key.channel_id
-        if not channel:
-            return ToolResult(f"error: invalid_arguments: {raw_channel!r} is not a channel id", ok=False)
+        raw = str(arguments.get("channel") or "")
         try:
+            channel = await self.reader.channel_id(raw) if raw else context.key.channel_id
+            if not channel:
+                return ToolResult(f"error: channel_not_found: no channel {raw!r} that I am in", ok=False)
             since = parse_since(str(arguments["since"]) if arguments.get("since") else None)
             limit = _limit(arguments)
             transcript = await self.reader.channel(channel, since, limit, context.person, context.user_id)

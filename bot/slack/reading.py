@@ -42,6 +42,7 @@ _TS = re.compile(r"\d{9,12}(\.\d{1,6})?")
 _UNITS = {"m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
 _PERMALINK = re.compile(r"/archives/([CGD][A-Z0-9]{2,})/p(\d{10})(\d{6})")
 _CHANNEL_REF = re.compile(r"<?#?([CGD][A-Z0-9]{2,})(?:\|[^>]*)?>?")
+_CHANNEL_NAME = re.compile(r"#?([a-z0-9][a-z0-9._-]{0,79})", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,14 @@ class SlackReader:
     @property
     def limits(self) -> ReadLimits:
         return self._limits
+
+    async def channel_id(self, value: str) -> str | None:
+        """A channel id from an id, Slack's markup, a message link, or a name ("#general", "general")."""
+        found = channel_id_of(value)
+        if found is not None:
+            return found
+        name = _CHANNEL_NAME.fullmatch(value.strip())
+        return await self._access.channel_named(name.group(1)) if name else None
 
     async def thread(
         self, channel_id: str, thread_ts: str, limit: int, asker: Person | None, user_id: str | None

@@ -22,7 +22,7 @@ from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
 from bot.slack.glm_command import GlmRequest, Subcommand
 from bot.slack.people import UserDirectory
 from bot.slack.read_access import ReadRefused
-from bot.slack.reading import SlackReader, Transcript, channel_id_of, parse_since
+from bot.slack.reading import SlackReader, Transcript, parse_since
 
 log = logging.getLogger(__name__)
 
@@ -95,21 +95,19 @@ class Summaries:
 
     async def command(self, request: GlmRequest) -> str | None:
         """`/glm summarize [#channel] [24h]`: the channel (this one by default) over the window."""
-        channel_id, window = request.channel_id, DEFAULT_WINDOW
-        for word in request.args.split():
-            if _WINDOW.fullmatch(word):
-                window = word.lower()
-            elif (found := channel_id_of(word)) is not None:
-                channel_id = found
-            else:
-                return (
-                    f"I don't understand `{word}`. Usage: `/glm {USAGE}`, e.g. `/glm summarize #general 24h`."
-                )
+        windows = [w.lower() for w in request.args.split() if _WINDOW.fullmatch(w)]
+        others = [w for w in request.args.split() if not _WINDOW.fullmatch(w)]
+        if len(windows) > 1 or len(others) > 1:
+            return f"Usage: `/glm {USAGE}`, e.g. `/glm summarize #general 24h`."
+        window = windows[0] if windows else DEFAULT_WINDOW
         since = parse_since(window)
         if parse_since("0m") - since > MAX_WINDOW_SECONDS:
             return "I summarise at most the last 30 days."
         asker = await self._asker(request.user_id, request.team_id)
         try:
+            channel_id = await self.reader.channel_id(others[0]) if others else request.channel_id
+            if channel_id is None:
+                return f"I don't know a channel `{others[0]}` that I am in. Usage: `/glm {USAGE}`."
             limit = self.reader.limits.max_messages
             transcript = await self.reader.channel(channel_id, since, limit, asker, request.user_id)
         except ReadRefused as exc:

@@ -227,6 +227,7 @@ class FakeSlackApi:
         self.channel_members: dict[str, list[str]] = {}
         self.private_channels: set[str] = set()
         self.dm_users: dict[str, str] = {}
+        self.channel_names: dict[str, str] = {}  # channel -> name (unset: the id in lower case)
         self.files: dict[str, FakeFile] = {}  # uploaded files, served at their url with the bot token
         self._next_file = 1
         self.expired_triggers: set[str] = set()  # views.open answers expired_trigger_id for these
@@ -253,6 +254,7 @@ class FakeSlackApi:
             "conversations.replies": self._replies,
             "conversations.history": self._history,
             "conversations.members": self._members,
+            "conversations.list": self._list,
             "users.info": self._users_info,
             "assistant.threads.setStatus": self._set_status,
             "conversations.info": self._conversations_info,
@@ -635,6 +637,29 @@ class FakeSlackApi:
             "response_metadata": {"next_cursor": _encode_cursor(offset + limit) if more else ""},
         }
 
+    async def _list(self, params: JsonDict, _team: str) -> JsonDict:
+        """The workspace's channels of the asked `types`, paged; private ones only where the bot is."""
+        types = set(str(params.get("types") or "public_channel").split(","))
+        known = self.known_channels
+        if known is None:
+            known = {*self._messages, *self.channel_creators, *self.channel_members, *self.channel_names}
+        listed = []
+        for channel in sorted(c for c in known if c.startswith(("C", "G"))):
+            private = self._is_private(channel)
+            if ("private_channel" if private else "public_channel") not in types:
+                continue
+            if private and channel in self.not_joined:
+                continue
+            name = self.channel_names.get(channel, channel.lower())
+            listed.append({"id": channel, "name": name, "is_private": private, "is_channel": not private})
+        limit = max(1, min(int(params.get("limit") or 100), 1000))
+        offset = _decode_cursor(params.get("cursor"))
+        more = offset + limit < len(listed)
+        return {
+            "channels": listed[offset : offset + limit],
+            "response_metadata": {"next_cursor": _encode_cursor(offset + limit) if more else ""},
+        }
+
     async def _download(self, request: web.Request) -> web.StreamResponse:
         """A file's bytes for a bot token; anything else gets Slack's sign-in page (200, HTML)."""
         file_id = request.match_info["file_id"].rpartition("-")[2]
@@ -697,7 +722,10 @@ class FakeSlackApi:
         if is_im:
             info["user"] = self.dm_users.get(channel, "U1")
         if not is_im:  # a DM has a user, not a creator or a name
-            info |= {"name": channel.lower(), "creator": self.channel_creators.get(channel, "U0CREATOR")}
+            info |= {
+                "name": self.channel_names.get(channel, channel.lower()),
+                "creator": self.channel_creators.get(channel, "U0CREATOR"),
+            }
         return {"channel": info}
 
     def _remember_view(self, view: JsonDict, team: str) -> JsonDict:

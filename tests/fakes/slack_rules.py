@@ -94,6 +94,7 @@ SLACK_LIMITS: Mapping[str, RateLimit] = MappingProxyType(
         "conversations.info": TIER_3,
         "conversations.history": TIER_3,
         "conversations.members": TIER_4,
+        "conversations.list": TIER_2,
         "views.open": TIER_4,
         "views.publish": TIER_4,
         "views.update": TIER_4,
