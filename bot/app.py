@@ -244,7 +244,11 @@ class BotRuntime:
             ReadLimits(settings.slack_read_max_messages, settings.slack_read_max_chars),
         )
         summaries = Summaries(
-            self.reader, Summarizer(core.llm, core.ledger), people, frozenset(settings.admin_user_ids)
+            self.reader,
+            Summarizer(core.llm, core.ledger),
+            people,
+            frozenset(settings.admin_user_ids),
+            channels=channel_settings,
         )
         self.glm.add("summarize", summaries.subcommand())
         register_summaries(bolt, summaries)

@@ -10,6 +10,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from bot.conversation.admission import Candidate, Refused
+from bot.conversation.summaries import Summarizer
+from bot.slack.glm_command import GlmRequest
+from bot.slack.people import UserDirectory
+from bot.slack.summaries import Summaries
 from bot.storage.models import UsageRecord
 from tests.fakes.aimlapi import FakeAimlApi, Reply
 from tests.fakes.response_url import ResponseUrl
@@ -145,3 +150,26 @@ async def test_glm_summarize_explains_a_bad_argument_and_an_empty_window_costs_n
     assert "I don't know a channel `#nowhere` that I am in" in bad["text"]
     assert slack.ephemerals[-1].text == "There are no messages to summarise in #c1 over the last 1h."
     assert aiml.chat_requests == [] and await usage_rows(bot) == []
+
+
+class BlockEveryone:
+    """An admission stage (as the access lists are) that refuses every person."""
+
+    async def check(self, candidate: Candidate) -> Refused | None:
+        return Refused("blocked", notice=f"Sorry {candidate.arrival.user_id}, not here.")
+
+
+async def test_a_person_the_admission_stages_refuse_gets_their_notice_and_no_summary(
+    bot: Bot, slack: FakeSlackApi, aiml: FakeAimlApi
+) -> None:
+    runtime = bot.runtime
+    assert runtime.reader is not None and runtime.core is not None
+    slack.add_message("C1", "Deploy is green", user="U1")
+    summaries = Summaries(
+        runtime.reader, Summarizer(runtime.core.llm, runtime.core.ledger), UserDirectory(runtime.client),
+        stages=(BlockEveryone(),),
+    )  # fmt: skip
+    request = GlmRequest("T1", "C1", "U1", "", "1.2.3", is_admin=False, client=runtime.client)
+
+    assert await summaries.command(request) == "Sorry U1, not here."
+    assert aiml.chat_requests == [] and slack.calls_to("conversations.history") == []

@@ -16,6 +16,9 @@ from aiohttp import ClientError
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.conversation.admission import AdmissionStage, Arrival, Candidate
+from bot.conversation.channel_settings import DEFAULT_CHANNEL_SETTINGS, ChannelSettingsSource
+from bot.conversation.keys import ConversationKey, ConversationKind
 from bot.conversation.person import Person
 from bot.conversation.summaries import Summarizer, SummaryRequest
 from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
@@ -40,10 +43,31 @@ class Summaries:
     summarizer: Summarizer
     people: UserDirectory
     admins: frozenset[str] = frozenset()
+    # The admission's policy stages (access lists, ...): whoever may not ask the bot here gets no
+    # summary either. The channel's settings are what the stages decide on.
+    stages: tuple[AdmissionStage, ...] = ()
+    channels: ChannelSettingsSource | None = None
 
     async def _asker(self, user_id: str, team_id: str) -> Person | None:
         profile = await self.people.lookup(user_id)
         return profile.asker(admins=self.admins, workspace=team_id) if profile is not None else None
+
+    async def _refusal(self, key: ConversationKey, user_id: str, asker: Person | None) -> str | None:
+        """The note for a person the policy stages refuse here; None when they may ask."""
+        if not self.stages:
+            return None
+        channel = DEFAULT_CHANNEL_SETTINGS
+        if self.channels is not None:
+            channel = await self.channels.for_channel(key.team_id, key.channel_id)
+        kind = ConversationKind.DM if key.channel_id.startswith("D") else ConversationKind.CHANNEL
+        request = Arrival(
+            f"summary:{key.channel_id}:{key.thread_ts}", key, kind, user_id, key.thread_ts, "", True
+        )
+        for stage in self.stages:
+            refused = await stage.check(Candidate(request, asker, channel))
+            if refused is not None:
+                return refused.notice or "You can't use me here."
+        return None
 
     async def _summarise(
         self, team_id: str, user_id: str, transcript: Transcript, what: str
@@ -63,7 +87,7 @@ class Summaries:
     async def on_shortcut(
         self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient, respond: AsyncRespond
     ) -> None:
-        """ "Summarise thread" on any message: the thread it is in (or starts), for the person only."""
+        """The "Summarise thread" shortcut: the thread a message is in (or starts), for the person only."""
         await ack()
         channel_id = _id(body.get("channel"))
         user_id = _id(body.get("user"))
@@ -75,6 +99,10 @@ class Summaries:
             log.warning("summary shortcut without its channel, user or message")
             return
         asker = await self._asker(user_id, team_id)
+        refusal = await self._refusal(ConversationKey(team_id, channel_id, thread_ts), user_id, asker)
+        if refusal is not None:
+            await _say(respond, refusal, user_id)
+            return
         try:
             limit = self.reader.limits.max_messages
             transcript = await self.reader.thread(channel_id, thread_ts, limit, asker, user_id)
@@ -108,6 +136,10 @@ class Summaries:
             channel_id = await self.reader.channel_id(others[0]) if others else request.channel_id
             if channel_id is None:
                 return f"I don't know a channel `{others[0]}` that I am in. Usage: `/glm {USAGE}`."
+            key = ConversationKey(request.team_id, channel_id, "")
+            refusal = await self._refusal(key, request.user_id, asker)
+            if refusal is not None:
+                return refusal
             limit = self.reader.limits.max_messages
             transcript = await self.reader.channel(channel_id, since, limit, asker, request.user_id)
         except ReadRefused as exc:
