@@ -14,6 +14,8 @@ import pytest
         "bot.conversation.service",
         "bot.conversation.turns",
         "bot.conversation.settings_store",
+        "bot.conversation.summaries",
+        "bot.files.extract",
         "bot.usage.report",
         "bot.usage.personal",
         "bot.usage.home",

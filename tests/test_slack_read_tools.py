@@ -16,7 +16,7 @@ from bot.conversation.tools import Tool, ToolContext
 from bot.slack.people import UserDirectory
 from bot.slack.read_tools import slack_read_tools
 from bot.slack.reading import ReadLimits
-from tests.fakes.slack_api import FakeSlackApi, FakeUser
+from tests.fakes.slack_api import FakeSlackApi, FakeUser, reject
 
 
 @pytest.fixture
@@ -145,3 +145,28 @@ async def test_since_reads_only_the_recent_messages_and_a_bad_since_is_an_error(
     assert "ancient history" not in recent.content and "no messages in this range" in recent.content
     assert "ancient history" in all_of_it.content
     assert not bad.ok and bad.content.startswith("error: invalid_arguments:")
+
+
+async def test_a_long_rate_limit_ends_the_read_with_what_arrived_or_an_error_the_model_can_explain(
+    tools, slack
+) -> None:
+    root = slack.add_message("C1", "root", user="U1")
+    for n in range(20):
+        slack.add_message("C1", f"reply {n}", user="U2", thread_ts=root)
+
+    async def second_page_limited(params, team):
+        # As for a commercially distributed app: one call a minute, so the second page is refused.
+        if params.get("cursor"):
+            raise reject("ratelimited", 429, retry_after=60)
+        assert replies is not None
+        return await replies(params, team)
+
+    replies = slack.route("conversations.replies", second_page_limited)
+
+    partial = await tools["slack_read_thread"].run({}, asked_by("U1", thread_ts=root))
+    slack.fail_next("conversations.replies", error="ratelimited", status=429, retry_after=60)
+    refused = await tools["slack_read_thread"].run({}, asked_by("U1", thread_ts=root))
+
+    assert partial.ok and "reply 13" in partial.content and "reply 14" not in partial.content  # 15 a page
+    assert "reading stopped early (ratelimited); there may be more" in partial.content
+    assert not refused.ok and refused.content.startswith("error: rate_limited:")
