@@ -29,9 +29,10 @@ async def tools(slack: FakeSlackApi) -> dict[str, Tool]:
 
 
 def asked_by(
-    user: str, channel: str = "C1", thread_ts: str = "1.000001", *, guest: bool = False
+    user: str, channel: str = "C1", thread_ts: str = "1.000001", *, guest: bool = False, known: bool = True
 ) -> ToolContext:
-    person = Person(user_id=user, team_id="T1", is_guest=guest)
+    """The context of a turn by `user`; `known`: admission looked the person up (else the tool does)."""
+    person = Person(user_id=user, team_id="T1", is_guest=guest) if known else None
     return ToolContext(ConversationKey("T1", channel, thread_ts), user, person, DEFAULT_CHANNEL_SETTINGS)
 
 
@@ -69,11 +70,18 @@ async def test_a_public_channel_is_read_for_members_of_the_workspace_but_not_for
 ):
     slack.add_message("CPUB", "open to all", user="U1")
 
+    slack.users["UGUEST"] = FakeUser("Gus Guest", is_restricted=True)
     member = await tools["slack_read_channel"].run({"channel": "CPUB"}, asked_by("U2"))
     guest = await tools["slack_read_channel"].run({"channel": "CPUB"}, asked_by("U2", guest=True))
+    looked_up = await tools["slack_read_channel"].run({"channel": "CPUB"}, asked_by("U2", known=False))
+    looked_up_guest = await tools["slack_read_channel"].run(
+        {"channel": "CPUB"}, asked_by("UGUEST", known=False)
+    )
 
     assert member.ok and "open to all" in member.content
     assert not guest.ok and "not_allowed" in guest.content
+    assert looked_up.ok and not looked_up_guest.ok  # users.info says who is a guest
+    assert slack.calls_to("conversations.members")  # the guest's membership was checked
 
 
 async def test_someone_elses_dm_is_refused_and_unknown_or_unjoined_channels_say_so(tools, slack) -> None:

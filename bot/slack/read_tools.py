@@ -91,7 +91,8 @@ class SlackReadThread:
                     "error: invalid_arguments: give a message link, or channel and thread_ts", ok=False
                 )
             limit = _limit(arguments)
-            transcript = await self.reader.thread(channel, thread_ts, limit, context.person, context.user_id)
+            asker = await self.reader.asker(context.person, context.user_id, context.key.team_id)
+            transcript = await self.reader.thread(channel, thread_ts, limit, asker, context.user_id)
         except ValueError as exc:
             return ToolResult(f"error: invalid_arguments: {exc}", ok=False)
         except ReadRefused as exc:
@@ -133,7 +134,8 @@ class SlackReadChannel:
                 return ToolResult(f"error: channel_not_found: no channel {raw!r} that I am in", ok=False)
             since = parse_since(str(arguments["since"]) if arguments.get("since") else None)
             limit = _limit(arguments)
-            transcript = await self.reader.channel(channel, since, limit, context.person, context.user_id)
+            asker = await self.reader.asker(context.person, context.user_id, context.key.team_id)
+            transcript = await self.reader.channel(channel, since, limit, asker, context.user_id)
         except ValueError as exc:
             return ToolResult(f"error: invalid_arguments: {exc}", ok=False)
         except ReadRefused as exc:

@@ -119,6 +119,13 @@ class SlackReader:
     def limits(self) -> ReadLimits:
         return self._limits
 
+    async def asker(self, context_person: Person | None, user_id: str | None, team_id: str) -> Person | None:
+        """Who asks: the turn's facts when admission looked them up, else users.info's (cached)."""
+        if context_person is not None or not user_id:
+            return context_person
+        profile = await self._people.lookup(user_id)
+        return profile.asker(admins=frozenset(), workspace=team_id) if profile is not None else None
+
     async def channel_id(self, value: str) -> str | None:
         """A channel id from an id, Slack's markup, a message link, or a name ("#general", "general")."""
         found = channel_id_of(value)
