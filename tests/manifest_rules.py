@@ -86,6 +86,7 @@ METHOD_SCOPES: dict[str, frozenset[str]] = {
     "conversations.info": frozenset({"channels:read", "groups:read", "im:read", "mpim:read"}),
     "conversations.members": frozenset({"channels:read", "groups:read", "im:read", "mpim:read"}),
     "conversations.list": frozenset({"channels:read", "groups:read", "im:read", "mpim:read"}),
+    "files.info": frozenset({"files:read"}),
     "files.download": frozenset({"files:read"}),  # url_private_download with the bot token (the fake's name)
     "users.info": frozenset({"users:read"}),
     "reactions.add": frozenset({"reactions:write"}),

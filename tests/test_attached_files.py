@@ -16,7 +16,9 @@ from tests.pdf_fixture import pdf_with_text
 
 @pytest.fixture
 async def bot(db_url: str, slack: FakeSlackApi, aiml: FakeAimlApi) -> AsyncIterator[Bot]:
-    settings = make_settings(db_url, slack, aiml, file_text_max_chars=500, files_text_max_chars=800)
+    settings = make_settings(
+        db_url, slack, aiml, file_text_max_chars=500, files_text_max_chars=800, file_max_bytes=2_000
+    )
     async with running_bot(settings, slack, aiml) as running:
         yield running
 
@@ -93,6 +95,21 @@ async def test_a_file_over_the_cap_is_cut_with_a_note_and_the_turn_cap_leaves_la
     )
 
 
+async def test_a_file_over_the_byte_limit_is_not_downloaded_even_when_slack_says_it_is_small(
+    bot, slack, aiml
+):
+    big = slack.add_file("big.log", b"x" * 3_000)
+    understated = slack.add_file("small.txt", b"y" * 3_000, size=100)
+
+    sent = await asked(bot, aiml, dm_with_files("Look", "100.000001", big, understated))
+
+    assert "[Attached file “big.log”: not read: 3,000 bytes is over the 2,000-byte limit for a file]" in sent
+    assert (
+        "[Attached file “small.txt”: not read: 3,000 bytes is over the 2,000-byte limit for a file]" in sent
+    )
+    assert big.downloads == 0 and "yyy" not in sent
+
+
 async def test_a_failed_download_and_a_refused_token_are_noted_and_the_turn_is_still_answered(
     bot, slack, aiml
 ):
@@ -108,6 +125,24 @@ async def test_a_failed_download_and_a_refused_token_are_noted_and_the_turn_is_s
     assert "[Attached file “data.json”: it is not stored in Slack, so I did not download it]" in sent
     assert "never seen" not in sent
     assert bot.answer("D1", "100.000001") == "Read it."
+
+
+async def test_a_file_shared_from_another_organisation_is_looked_up_and_a_deleted_one_is_noted(
+    bot, slack, aiml
+):
+    shared = slack.add_file("plan.md", b"# Plan\nShip it", filetype="markdown")
+    event = dm_with_files("What is the plan?", "100.000001", shared)
+    # Slack Connect: the event names the file only; files.info has the rest.
+    event["files"] = [
+        {"id": shared.id, "file_access": "check_file_info"},
+        {"id": "F0GONE", "mode": "tombstone", "name": "old.txt"},
+    ]
+
+    sent = await asked(bot, aiml, event)
+
+    assert '<attached_file name="plan.md">\n# Plan\nShip it\n</attached_file>' in sent
+    assert "[Attached file “old.txt”: it was deleted before I could read it]" in sent
+    assert [c.params["file"] for c in slack.calls_to("files.info")] == [shared.id]
 
 
 async def test_slacks_sign_in_page_is_not_taken_for_the_file(slack: FakeSlackApi) -> None:

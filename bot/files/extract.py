@@ -35,7 +35,8 @@ class Attachment:
     mimetype: str | None = None
     filetype: str | None = None  # Slack's short type: "pdf", "csv", "python", "markdown", ...
     size: int | None = None  # bytes, when the surface says
-    url: str | None = None  # where the surface downloads it from (None: it cannot be downloaded)
+    url: str | None = None  # where the surface downloads it from (None: ask the surface for details)
+    deleted: bool = False  # removed before the bot read it: nothing to read
 
 
 @dataclass(frozen=True)

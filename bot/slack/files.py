@@ -30,6 +30,7 @@ from bot.files.extract import (
     extract_text,
     kind_of,
 )
+from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
 
 log = logging.getLogger(__name__)
 
@@ -50,27 +51,26 @@ def attachments_in(event: Mapping[str, Any]) -> tuple[Attachment, ...]:
     files = event.get("files")
     if not isinstance(files, list):
         return ()
-    found: list[Attachment] = []
-    for item in files[:MAX_FILES]:
-        if not isinstance(item, dict):
-            continue
-        file_id = str(item.get("id") or "")
-        name = item.get("name") or item.get("title") or file_id or "file"
-        url = item.get("url_private_download") or item.get("url_private")
-        size = item.get("size")
-        found.append(
-            Attachment(
-                file_id=file_id,
-                name=str(name)[:200],
-                mimetype=_text(item.get("mimetype")),
-                filetype=_text(item.get("filetype")),
-                size=size if isinstance(size, int) and size >= 0 else None,
-                # A deleted file ("tombstone") or one shared from elsewhere without its details
-                # (`file_access: check_file_info`) has no bytes to fetch here.
-                url=str(url) if isinstance(url, str) and item.get("mode") != "tombstone" else None,
-            )
-        )
+    found = [attachment_of(item) for item in files[:MAX_FILES] if isinstance(item, dict)]
     return tuple(found)
+
+
+def attachment_of(item: Mapping[str, Any]) -> Attachment:
+    """One file object, from an event or files.info. A file shared from another organisation may come
+    with its id only (`file_access: check_file_info`): then there is no url, and files.info has it."""
+    file_id = str(item.get("id") or "")
+    name = item.get("name") or item.get("title") or file_id or "file"
+    url = item.get("url_private_download") or item.get("url_private")
+    size = item.get("size")
+    return Attachment(
+        file_id=file_id,
+        name=str(name)[:200],
+        mimetype=_text(item.get("mimetype")),
+        filetype=_text(item.get("filetype")),
+        size=size if isinstance(size, int) and size >= 0 else None,
+        url=str(url) if isinstance(url, str) else None,
+        deleted=item.get("mode") == "tombstone",
+    )
 
 
 def _text(value: Any) -> str | None:
@@ -95,6 +95,13 @@ class SlackFiles:
         return cut_to_caps(read, self._limits.caps)
 
     async def _read_one(self, attachment: Attachment) -> FileText:
+        if attachment.deleted:
+            return FileText(attachment.name, None, "it was deleted before I could read it")
+        if attachment.url is None and attachment.file_id:
+            try:
+                attachment = await self._details(attachment)
+            except DownloadFailed as exc:
+                return FileText(attachment.name, None, str(exc))
         kind = kind_of(attachment)
         if kind in (FileKind.IMAGE, FileKind.OTHER):
             return FileText(attachment.name, None, f"{describe_kind(attachment)}, which I can't read")
@@ -117,6 +124,21 @@ class SlackFiles:
             extra={"file_id": attachment.file_id, "kind": kind.value, "bytes": len(data), "chars": len(text)},
         )
         return FileText(attachment.name, text)
+
+    async def _details(self, attachment: Attachment) -> Attachment:
+        """The whole file object from files.info, for a file the event only named."""
+        try:
+            async with asyncio.timeout(self._limits.timeout):
+                response = await self._client.files_info(file=attachment.file_id, count=0)
+        except SLACK_CALL_ERRORS as exc:
+            log.info("files.info failed: %s", call_error_reason(exc), extra={"file_id": attachment.file_id})
+            raise DownloadFailed(
+                f"Slack did not share this file with me ({call_error_reason(exc)})"
+            ) from None
+        item = response.get("file")
+        if not isinstance(item, dict):
+            raise DownloadFailed("Slack did not share this file with me")
+        return attachment_of(item)
 
     def _too_large(self, size: int) -> str:
         return f"not read: {size:,} bytes is over the {self._limits.max_bytes:,}-byte limit for a file"

@@ -255,6 +255,7 @@ class FakeSlackApi:
             "conversations.history": self._history,
             "conversations.members": self._members,
             "conversations.list": self._list,
+            "files.info": self._files_info,
             "users.info": self._users_info,
             "assistant.threads.setStatus": self._set_status,
             "conversations.info": self._conversations_info,
@@ -659,6 +660,12 @@ class FakeSlackApi:
             "channels": listed[offset : offset + limit],
             "response_metadata": {"next_cursor": _encode_cursor(offset + limit) if more else ""},
         }
+
+    async def _files_info(self, params: JsonDict, _team: str) -> JsonDict:
+        found = self.files.get(str(params.get("file", "")))
+        if found is None:
+            raise _Reject("file_not_found")
+        return {"file": found.as_event(), "comments": [], "response_metadata": {"next_cursor": ""}}
 
     async def _download(self, request: web.Request) -> web.StreamResponse:
         """A file's bytes for a bot token; anything else gets Slack's sign-in page (200, HTML)."""

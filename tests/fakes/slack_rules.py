@@ -95,6 +95,7 @@ SLACK_LIMITS: Mapping[str, RateLimit] = MappingProxyType(
         "conversations.history": TIER_3,
         "conversations.members": TIER_4,
         "conversations.list": TIER_2,
+        "files.info": TIER_4,
         "views.open": TIER_4,
         "views.publish": TIER_4,
         "views.update": TIER_4,
