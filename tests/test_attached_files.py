@@ -145,6 +145,19 @@ async def test_a_file_shared_from_another_organisation_is_looked_up_and_a_delete
     assert [c.params["file"] for c in slack.calls_to("files.info")] == [shared.id]
 
 
+async def test_a_download_follows_redirects_within_slack_only(bot, slack, aiml):
+    target = slack.add_file("real.txt", b"the real content")
+    inside = slack.add_file("moved.txt", b"")
+    inside.redirect_to = target.url  # another of Slack's own addresses
+    outside = slack.add_file("away.txt", b"")
+    outside.redirect_to = "https://attacker.example/collect"
+
+    sent = await asked(bot, aiml, dm_with_files("Read", "100.000001", inside, outside))
+
+    assert '<attached_file name="moved.txt">\nthe real content\n</attached_file>' in sent
+    assert "[Attached file “away.txt”: it is not stored in Slack, so I did not download it]" in sent
+
+
 async def test_slacks_sign_in_page_is_not_taken_for_the_file(slack: FakeSlackApi) -> None:
     """The fake answers a download without the bot token as Slack does: 200 with its sign-in page."""
     import aiohttp

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import yarl
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.files.extract import (
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 MAX_FILES = 10  # Slack attaches at most 10 files to one message; more in an event is not Slack's
 _SLACK_FILE_HOSTS = (".slack.com", ".slack-gov.com", ".slack-edge.com")
 _CHUNK = 64 * 1024
+MAX_REDIRECTS = 3
 
 
 @dataclass(frozen=True)
@@ -147,24 +149,13 @@ class SlackFiles:
         url = attachment.url
         if url is None:
             raise DownloadFailed("Slack did not share this file's contents with me")
-        if not self._may_send_token(url):
-            raise DownloadFailed("it is not stored in Slack, so I did not download it")
         token = self._client.token or ""
         owned = self._client.session is None
         session = aiohttp.ClientSession() if owned else self._client.session
         assert session is not None
         try:
             async with asyncio.timeout(self._limits.timeout):
-                async with session.get(
-                    url, headers={"Authorization": f"Bearer {token}"}, allow_redirects=True
-                ) as response:
-                    if response.status != 200:
-                        raise DownloadFailed(f"Slack answered {response.status} when I downloaded it")
-                    content_type = response.headers.get("Content-Type", "").lower()
-                    if content_type.startswith("text/html") and not _is_html(attachment):
-                        # Slack's sign-in page: the token was refused (no files:read, or no access).
-                        raise DownloadFailed("Slack did not let me download it (is files:read granted?)")
-                    return await self._body(response)
+                return await self._fetch(session, attachment, url, token)
         except TimeoutError:
             raise DownloadFailed(f"the download took longer than {self._limits.timeout:g} seconds") from None
         except aiohttp.ClientError as exc:
@@ -172,6 +163,28 @@ class SlackFiles:
         finally:
             if owned:
                 await session.close()
+
+    async def _fetch(
+        self, session: aiohttp.ClientSession, attachment: Attachment, url: str, token: str
+    ) -> bytes:
+        # Redirects are followed here, not by aiohttp, so the token only ever goes to Slack's hosts.
+        for _ in range(MAX_REDIRECTS + 1):
+            if not self._may_send_token(url):
+                raise DownloadFailed("it is not stored in Slack, so I did not download it")
+            headers = {"Authorization": f"Bearer {token}"}
+            async with session.get(url, headers=headers, allow_redirects=False) as response:
+                location = response.headers.get("Location")
+                if response.status in (301, 302, 303, 307, 308) and location:
+                    url = str(response.url.join(yarl.URL(location)))
+                    continue
+                if response.status != 200:
+                    raise DownloadFailed(f"Slack answered {response.status} when I downloaded it")
+                content_type = response.headers.get("Content-Type", "").lower()
+                if content_type.startswith("text/html") and not _is_html(attachment):
+                    # Slack's sign-in page: the token was refused (no files:read, or no access).
+                    raise DownloadFailed("Slack did not let me download it (is files:read granted?)")
+                return await self._body(response)
+        raise DownloadFailed("Slack redirected the download too often")
 
     async def _body(self, response: aiohttp.ClientResponse) -> bytes:
         """The body, refused past `max_bytes` even when Slack's `size` was missing or wrong."""

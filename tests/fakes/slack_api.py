@@ -122,6 +122,7 @@ class FakeFile:
     url: str
     size: int | None = None  # what Slack reports; None: the content's length
     fail_with: int | None = None  # an HTTP status the download answers instead of the bytes
+    redirect_to: str | None = None  # the download answers 302 to this location instead
     downloads: int = 0
 
     def as_event(self) -> JsonDict:
@@ -682,6 +683,8 @@ class FakeSlackApi:
             return web.Response(status=404, text="Not found")
         if found.fail_with is not None:
             return web.Response(status=found.fail_with, text="Slack is having trouble")
+        if found.redirect_to is not None:
+            return web.Response(status=302, headers={"Location": found.redirect_to})
         found.downloads += 1
         return web.Response(body=found.content, content_type=found.mimetype)
 
