@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from bot.conversation.admission import Candidate, Refused
+from bot.conversation.admission import Candidate, Refused, Reservation
+from bot.conversation.service import TurnOutcome
 from bot.conversation.summaries import Summarizer
 from bot.slack.glm_command import GlmRequest
 from bot.slack.people import UserDirectory
@@ -173,3 +174,49 @@ async def test_a_person_the_admission_stages_refuse_gets_their_notice_and_no_sum
 
     assert await summaries.command(request) == "Sorry U1, not here."
     assert aiml.chat_requests == [] and slack.calls_to("conversations.history") == []
+
+
+class RecordingQuota:
+    """A quota stage (as wip/quota's is) that holds credits and records how each hold ended."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.refuse = refuse
+        self.ended: list[tuple[str, int | None]] = []
+        self.asked: list[tuple[str, str]] = []
+
+    async def reserve(self, candidate: Candidate) -> Reservation | Refused:
+        self.asked.append((candidate.arrival.user_id, candidate.arrival.key.channel_id))
+        if self.refuse:
+            return Refused("quota", notice="You have used your credits for today.")
+        quota = self
+
+        class Held:
+            async def settle(self, outcome: TurnOutcome) -> None:
+                assert outcome.usage is not None
+                quota.ended.append(("settled", outcome.usage.usage.credits_used))
+
+            async def release(self) -> None:
+                quota.ended.append(("released", None))
+
+        return Held()
+
+
+async def test_a_summary_holds_credits_like_a_turn_and_a_reached_quota_stops_it(
+    bot: Bot, slack: FakeSlackApi, aiml: FakeAimlApi
+) -> None:
+    runtime = bot.runtime
+    assert runtime.reader is not None and runtime.core is not None
+    slack.add_message("C1", "Deploy is green", user="U1")
+    aiml.enqueue(Reply(content="All green.", credits_used=321))
+    quota, spent = RecordingQuota(), RecordingQuota(refuse=True)
+    summarizer = Summarizer(runtime.core.llm, runtime.core.ledger)
+    people = UserDirectory(runtime.client)
+    request = GlmRequest("T1", "C1", "U1", "", "1.2.3", is_admin=False, client=runtime.client)
+
+    assert await Summaries(runtime.reader, summarizer, people, quota=quota).command(request) is None
+    assert await Summaries(runtime.reader, summarizer, people, quota=spent).command(request) is None
+
+    assert quota.asked == spent.asked == [("U1", "C1")]
+    assert quota.ended == [("settled", 321)]
+    assert [e.text for e in slack.ephemerals] == ["All green.", "You have used your credits for today."]
+    assert len(aiml.chat_requests) == 1

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 from bot.conversation.ledger import Ledger
 from bot.conversation.ports import ChatModel
+from bot.conversation.service import TurnOutcome
 from bot.llm.errors import LLMError
 from bot.llm.types import ChatMessage, CompletionResult
+from bot.storage.models import MessageStatus
 from bot.storage.usage import UsageEntry
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ class Summary:
     text: str  # the summary, or a note saying why there is none
     ok: bool
     credits_used: int | None
+    outcome: TurnOutcome | None = None  # the call as a turn's outcome, for a quota reservation to settle
 
 
 class Summarizer:
@@ -77,11 +80,12 @@ class Summarizer:
                 "duration_ms": result.duration_ms,
             },
         )
+        status = MessageStatus.COMPLETE if label == "complete" else MessageStatus.ERROR
+        outcome = TurnOutcome(status, result.content, None, result, label)
+        credits = result.usage.credits_used
         if note is not None or not result.content.strip():
-            return Summary(
-                f"{NOTE_FAILED}: {note or 'the model gave no text'}", False, result.usage.credits_used
-            )
-        return Summary(result.content.strip(), True, result.usage.credits_used)
+            return Summary(f"{NOTE_FAILED}: {note or 'the model gave no text'}", False, credits, outcome)
+        return Summary(result.content.strip(), True, credits, outcome)
 
 
 def _entry(request: SummaryRequest, model: str, result: CompletionResult, label: str) -> UsageEntry:

@@ -16,11 +16,11 @@ from aiohttp import ClientError
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.conversation.admission import AdmissionStage, Arrival, Candidate
+from bot.conversation.admission import AdmissionStage, Arrival, Candidate, QuotaStage, Refused, Reservation
 from bot.conversation.channel_settings import DEFAULT_CHANNEL_SETTINGS, ChannelSettingsSource
 from bot.conversation.keys import ConversationKey, ConversationKind
 from bot.conversation.person import Person
-from bot.conversation.summaries import Summarizer, SummaryRequest
+from bot.conversation.summaries import Summarizer, Summary, SummaryRequest
 from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
 from bot.slack.glm_command import GlmRequest, Subcommand
 from bot.slack.people import UserDirectory
@@ -35,6 +35,7 @@ MAX_WINDOW_SECONDS = 30 * 86_400
 _WINDOW = re.compile(r"\d{1,4}[mhdw]", re.IGNORECASE)
 SUMMARY_TEXT_LIMIT = 11_000  # a markdown block holds 12,000 characters; room for the context line
 USAGE = "summarize [#channel] [24h]"
+NOT_HERE = "You can't use me here."
 
 
 @dataclass(frozen=True)
@@ -47,36 +48,51 @@ class Summaries:
     # summary either. The channel's settings are what the stages decide on.
     stages: tuple[AdmissionStage, ...] = ()
     channels: ChannelSettingsSource | None = None
+    quota: QuotaStage | None = None  # reserves credits for the summary's call, like a turn's
 
     async def _asker(self, user_id: str, team_id: str) -> Person | None:
         profile = await self.people.lookup(user_id)
         return profile.asker(admins=self.admins, workspace=team_id) if profile is not None else None
 
-    async def _refusal(self, key: ConversationKey, user_id: str, asker: Person | None) -> str | None:
-        """The note for a person the policy stages refuse here; None when they may ask."""
-        if not self.stages:
-            return None
+    async def _candidate(self, key: ConversationKey, user_id: str, asker: Person | None) -> Candidate:
+        """The request as the admission's stages see a message: who asks, where, the channel's settings."""
         channel = DEFAULT_CHANNEL_SETTINGS
-        if self.channels is not None:
+        if self.channels is not None and (self.stages or self.quota is not None):
             channel = await self.channels.for_channel(key.team_id, key.channel_id)
         kind = ConversationKind.DM if key.channel_id.startswith("D") else ConversationKind.CHANNEL
         request = Arrival(
             f"summary:{key.channel_id}:{key.thread_ts}", key, kind, user_id, key.thread_ts, "", True
         )
+        return Candidate(request, asker, channel)
+
+    async def _refusal(self, candidate: Candidate) -> str | None:
+        """The note for a person the policy stages refuse here; None when they may ask."""
         for stage in self.stages:
-            refused = await stage.check(Candidate(request, asker, channel))
+            refused = await stage.check(candidate)
             if refused is not None:
-                return refused.notice or "You can't use me here."
+                return refused.notice or NOT_HERE
         return None
 
     async def _summarise(
-        self, team_id: str, user_id: str, transcript: Transcript, what: str
+        self, candidate: Candidate, transcript: Transcript, what: str
     ) -> list[dict[str, Any]]:
         if transcript.messages == 0:
             return _blocks(f"There are no messages to summarise in {what}.", None)
-        summary = await self.summarizer.summarize(
-            SummaryRequest(team_id, transcript.conversation.channel_id, user_id, what, transcript.text)
-        )
+        reservation: Reservation | None = None
+        if self.quota is not None:
+            reserved = await self.quota.reserve(candidate)
+            if isinstance(reserved, Refused):
+                return _blocks(reserved.notice or NOT_HERE, None)
+            reservation = reserved
+        summary: Summary | None = None
+        try:
+            key = candidate.arrival.key
+            summary = await self.summarizer.summarize(
+                SummaryRequest(key.team_id, key.channel_id, candidate.arrival.user_id, what, transcript.text)
+            )
+        finally:
+            if reservation is not None:
+                await _end_reservation(reservation, summary)
         footer = f"Summary of {transcript.messages} messages"
         if transcript.left_out:
             footer += f" ({transcript.left_out} older ones left out)"
@@ -99,7 +115,8 @@ class Summaries:
             log.warning("summary shortcut without its channel, user or message")
             return
         asker = await self._asker(user_id, team_id)
-        refusal = await self._refusal(ConversationKey(team_id, channel_id, thread_ts), user_id, asker)
+        candidate = await self._candidate(ConversationKey(team_id, channel_id, thread_ts), user_id, asker)
+        refusal = await self._refusal(candidate)
         if refusal is not None:
             await _say(respond, refusal, user_id)
             return
@@ -109,7 +126,7 @@ class Summaries:
         except ReadRefused as exc:
             await _say(respond, exc.message, user_id)
             return
-        blocks = await self._summarise(team_id, user_id, transcript, "this thread")
+        blocks = await self._summarise(candidate, transcript, "this thread")
         try:
             await client.chat_postEphemeral(
                 channel=channel_id, user=user_id, thread_ts=thread_ts, blocks=blocks, text=_fallback(blocks)
@@ -137,7 +154,8 @@ class Summaries:
             if channel_id is None:
                 return f"I don't know a channel `{others[0]}` that I am in. Usage: `/glm {USAGE}`."
             key = ConversationKey(request.team_id, channel_id, "")
-            refusal = await self._refusal(key, request.user_id, asker)
+            candidate = await self._candidate(key, request.user_id, asker)
+            refusal = await self._refusal(candidate)
             if refusal is not None:
                 return refusal
             limit = self.reader.limits.max_messages
@@ -145,9 +163,7 @@ class Summaries:
         except ReadRefused as exc:
             return exc.message
         name = f"#{transcript.conversation.name}" if transcript.conversation.name else "this conversation"
-        blocks = await self._summarise(
-            request.team_id, request.user_id, transcript, f"{name} over the last {window}"
-        )
+        blocks = await self._summarise(candidate, transcript, f"{name} over the last {window}")
         try:
             await request.client.chat_postEphemeral(
                 channel=request.channel_id, user=request.user_id, blocks=blocks, text=_fallback(blocks)
@@ -159,6 +175,18 @@ class Summaries:
 
     def subcommand(self) -> Subcommand:
         return Subcommand(USAGE, "a summary of a channel's recent messages, only for you", self.command)
+
+
+async def _end_reservation(reservation: Reservation, summary: Summary | None) -> None:
+    """Keep what the call cost, or give the credits back when it never ran."""
+    try:
+        if summary is not None and summary.outcome is not None:
+            await reservation.settle(summary.outcome)
+        else:
+            await reservation.release()
+    except Exception:
+        # The quota stage owns its errors; the summary is shown regardless.
+        log.exception("could not end the summary's credit reservation")
 
 
 def register_summaries(app: AsyncApp, summaries: Summaries) -> None:
