@@ -215,7 +215,7 @@ class BotRuntime:
                 settings.thread_backfill_limit,
                 admins=frozenset(settings.admin_user_ids),
             ),
-            files=SlackFiles(self.client, file_limits(settings)),
+            files=SlackFiles(self.client, file_limits(settings), metrics=self.metrics),
         )
         maintenance = Maintenance(
             core.sessions,
@@ -242,10 +242,11 @@ class BotRuntime:
             people,
             ReadAccess(self.client),
             ReadLimits(settings.slack_read_max_messages, settings.slack_read_max_chars),
+            metrics=self.metrics,
         )
         summaries = Summaries(
             self.reader,
-            Summarizer(core.llm, core.ledger),
+            Summarizer(core.llm, core.ledger, observer=self.metrics),
             people,
             frozenset(settings.admin_user_ids),
             channels=channel_settings,

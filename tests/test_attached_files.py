@@ -12,6 +12,7 @@ from tests.fakes.aimlapi import FakeAimlApi, Reply
 from tests.fakes.slack_api import FakeFile, FakeSlackApi
 from tests.harness import Bot, make_settings, message, running_bot
 from tests.pdf_fixture import pdf_with_text
+from tests.test_metrics import scrape
 
 
 @pytest.fixture
@@ -72,6 +73,8 @@ async def test_an_image_gets_a_note_that_the_bot_cannot_read_it_and_is_not_downl
 
     assert sent == "What does it show?\n\n[Attached file “chart.png”: an image, which I can't read]"
     assert image.downloads == 0
+    counted = await scrape(bot.http)
+    assert counted[("slackbot_files_read_total", (("kind", "image"), ("outcome", "not_supported")))] == 1
 
 
 async def test_a_file_over_the_cap_is_cut_with_a_note_and_the_turn_cap_leaves_later_files_out(

@@ -21,6 +21,7 @@ from tests.fakes.aimlapi import FakeAimlApi, Reply
 from tests.fakes.response_url import ResponseUrl
 from tests.fakes.slack_api import FakeSlackApi, FakeUser
 from tests.harness import Bot, eventually, make_settings, running_bot
+from tests.test_metrics import scrape
 
 
 @pytest.fixture
@@ -88,6 +89,10 @@ async def test_the_shortcut_posts_a_summary_of_the_thread_only_for_the_person_wi
     }
     assert "Summary of 2 messages · 900 credits" in str(note.blocks[1])
     assert slack.thread("C1", root)[-1].ts == reply  # nothing posted in the thread for everyone
+    counted = await scrape(bot.http)
+    assert counted[("slackbot_summaries_total", (("outcome", "complete"),))] == 1
+    assert counted[("slackbot_slack_reads_total", (("outcome", "ok"), ("what", "thread")))] == 1
+    assert counted[("slackbot_credits_used_total", ())] == 900  # counted as the ledger counts it
     [row] = await usage_rows(bot)
     assert (row.user_id, row.channel_id, row.conversation_id, row.credits_used, row.status) == (
         "U1",
@@ -110,6 +115,8 @@ async def test_the_shortcut_in_a_private_channel_the_person_left_is_refused_with
     await bot.idle()
 
     assert "not a member" in answer["text"] and answer["response_type"] == "ephemeral"
+    counted = await scrape(bot.http)
+    assert counted[("slackbot_slack_reads_total", (("outcome", "not_allowed"), ("what", "thread")))] == 1
     assert aiml.chat_requests == [] and slack.ephemerals == []
     assert await usage_rows(bot) == []
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import Protocol
 
 from bot.conversation.ledger import Ledger
 from bot.conversation.ports import ChatModel
@@ -51,9 +52,23 @@ class Summary:
     outcome: TurnOutcome | None = None  # the call as a turn's outcome, for a quota reservation to settle
 
 
+class SummaryObserver(Protocol):
+    """What the process counts about summaries (bot.metrics.Metrics)."""
+
+    def summary_ended(self, outcome: TurnOutcome) -> None: ...
+
+
 class Summarizer:
-    def __init__(self, model: ChatModel, ledger: Ledger, *, max_tokens: int = MAX_SUMMARY_TOKENS) -> None:
+    def __init__(
+        self,
+        model: ChatModel,
+        ledger: Ledger,
+        *,
+        max_tokens: int = MAX_SUMMARY_TOKENS,
+        observer: SummaryObserver | None = None,
+    ) -> None:
         self._model, self._ledger, self._max_tokens = model, ledger, max_tokens
+        self._observer = observer
 
     async def summarize(self, request: SummaryRequest) -> Summary:
         request_id = f"slackbot-summary-{uuid.uuid4().hex}"
@@ -82,6 +97,8 @@ class Summarizer:
         )
         status = MessageStatus.COMPLETE if label == "complete" else MessageStatus.ERROR
         outcome = TurnOutcome(status, result.content, None, result, label)
+        if self._observer is not None:
+            self._observer.summary_ended(outcome)
         credits = result.usage.credits_used
         if note is not None or not result.content.strip():
             return Summary(f"{NOTE_FAILED}: {note or 'the model gave no text'}", False, credits, outcome)

@@ -31,6 +31,7 @@ from bot.files.extract import (
     extract_text,
     kind_of,
 )
+from bot.metrics import Metrics
 from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,10 @@ class DownloadFailed(Exception):
 class SlackFiles:
     """Reads the files of one message; one instance per process."""
 
-    def __init__(self, client: AsyncWebClient, limits: FileLimits) -> None:
+    def __init__(self, client: AsyncWebClient, limits: FileLimits, *, metrics: Metrics | None = None) -> None:
         self._client = client
         self._limits = limits
+        self._metrics = metrics
         self._api_host = urlsplit(client.base_url).hostname
 
     async def read(self, attachments: Sequence[Attachment]) -> list[FileText]:
@@ -97,18 +99,26 @@ class SlackFiles:
         return cut_to_caps(read, self._limits.caps)
 
     async def _read_one(self, attachment: Attachment) -> FileText:
+        read, outcome = await self._take(attachment)
+        if self._metrics is not None:
+            self._metrics.file_read(kind_of(attachment).value, outcome)
+        return read
+
+    async def _take(self, attachment: Attachment) -> tuple[FileText, str]:
+        """The file's text or note, and what became of it (a metrics label)."""
         if attachment.deleted:
-            return FileText(attachment.name, None, "it was deleted before I could read it")
+            return FileText(attachment.name, None, "it was deleted before I could read it"), "deleted"
         if attachment.url is None and attachment.file_id:
             try:
                 attachment = await self._details(attachment)
             except DownloadFailed as exc:
-                return FileText(attachment.name, None, str(exc))
+                return FileText(attachment.name, None, str(exc)), "not_downloaded"
         kind = kind_of(attachment)
         if kind in (FileKind.IMAGE, FileKind.OTHER):
-            return FileText(attachment.name, None, f"{describe_kind(attachment)}, which I can't read")
+            note = f"{describe_kind(attachment)}, which I can't read"
+            return FileText(attachment.name, None, note), "not_supported"
         if attachment.size is not None and attachment.size > self._limits.max_bytes:
-            return FileText(attachment.name, None, self._too_large(attachment.size))
+            return FileText(attachment.name, None, self._too_large(attachment.size)), "too_large"
         try:
             data = await self._download(attachment)
             if kind is FileKind.PDF:  # pypdf is CPU-bound: off the event loop
@@ -117,15 +127,15 @@ class SlackFiles:
                 text = extract_text(attachment, data)
         except DownloadFailed as exc:
             log.info("attached file not downloaded: %s", exc, extra={"file_id": attachment.file_id})
-            return FileText(attachment.name, None, str(exc))
+            return FileText(attachment.name, None, str(exc)), "not_downloaded"
         except UnreadableFile as exc:
             log.info("attached file not readable: %s", exc, extra={"file_id": attachment.file_id})
-            return FileText(attachment.name, None, f"could not be read: {exc}")
+            return FileText(attachment.name, None, f"could not be read: {exc}"), "unreadable"
         log.info(
             "attached file read",
             extra={"file_id": attachment.file_id, "kind": kind.value, "bytes": len(data), "chars": len(text)},
         )
-        return FileText(attachment.name, text)
+        return FileText(attachment.name, text), "read"
 
     async def _details(self, attachment: Attachment) -> Attachment:
         """The whole file object from files.info, for a file the event only named."""

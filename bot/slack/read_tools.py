@@ -14,6 +14,7 @@ from typing import Any
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.conversation.tools import Tool, ToolContext, ToolResult, ToolSpec
+from bot.metrics import Metrics
 from bot.slack.people import UserDirectory
 from bot.slack.read_access import ReadAccess, ReadRefused
 from bot.slack.reading import ReadLimits, SlackReader, Transcript, parse_since, thread_of
@@ -150,9 +151,11 @@ def slack_read_tools(
     *,
     bot_user_id: str | None = None,
     access: ReadAccess | None = None,
+    metrics: Metrics | None = None,
 ) -> Sequence[Tool]:
     """The two Slack-reading tools, for the tool registry (`TOOLS_ENABLED` names them)."""
-    reader = SlackReader(client, people, access or ReadAccess(client), limits, bot_user_id=bot_user_id)
+    access = access or ReadAccess(client)
+    reader = SlackReader(client, people, access, limits, bot_user_id=bot_user_id, metrics=metrics)
     return (SlackReadThread(reader), SlackReadChannel(reader))
 
 

@@ -16,7 +16,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.conversation.person import Person
+from bot.metrics import Metrics
 from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
 from bot.slack.events import readable, user_ids_in
 from bot.slack.people import UserDirectory
@@ -109,11 +110,13 @@ class SlackReader:
         limits: ReadLimits,
         *,
         bot_user_id: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         # Tier 3 allows short bursts: brief waits are slept through, a long one ends the read.
         self._client = with_rate_limit_retries(client, max_retries=2, max_wait=MAX_WAIT)
         self._people, self._access, self._limits = people, access, limits
         self.bot_user_id = bot_user_id
+        self._metrics = metrics
 
     @property
     def limits(self) -> ReadLimits:
@@ -138,6 +141,28 @@ class SlackReader:
         self, channel_id: str, thread_ts: str, limit: int, asker: Person | None, user_id: str | None
     ) -> Transcript:
         """The thread's root and its newest replies; ReadRefused when this person may not read it."""
+        return await self._counted("thread", self._thread(channel_id, thread_ts, limit, asker, user_id))
+
+    async def channel(
+        self, channel_id: str, since: float, limit: int, asker: Person | None, user_id: str | None
+    ) -> Transcript:
+        """The channel's newest messages since `since` (thread replies are not included)."""
+        return await self._counted("channel", self._channel(channel_id, since, limit, asker, user_id))
+
+    async def _counted(self, what: str, read: Awaitable[Transcript]) -> Transcript:
+        try:
+            transcript = await read
+        except ReadRefused as exc:
+            if self._metrics is not None:
+                self._metrics.slack_read(what, exc.code)
+            raise
+        if self._metrics is not None:
+            self._metrics.slack_read(what, "ok")
+        return transcript
+
+    async def _thread(
+        self, channel_id: str, thread_ts: str, limit: int, asker: Person | None, user_id: str | None
+    ) -> Transcript:
         conversation = await self._access.check(channel_id, asker, user_id)
         limit = self._bounded(limit)
         root: dict[str, Any] | None = None
@@ -172,10 +197,9 @@ class SlackReader:
         kept = [m for m in (root, *newest) if m is not None]
         return await self._transcript(conversation, kept, total, stopped, f"thread {thread_ts}")
 
-    async def channel(
+    async def _channel(
         self, channel_id: str, since: float, limit: int, asker: Person | None, user_id: str | None
     ) -> Transcript:
-        """The channel's newest messages since `since` (thread replies are not included)."""
         conversation = await self._access.check(channel_id, asker, user_id)
         limit = self._bounded(limit)
         newest_first: list[dict[str, Any]] = []
