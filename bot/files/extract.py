@@ -9,6 +9,7 @@ cannot read, could not download or had to cut gets one line that says so.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -187,7 +188,7 @@ def attachments_block(files: Sequence[FileText]) -> str:
     """The files as the model reads them after the person's text; empty when there are none."""
     parts: list[str] = []
     for item in files:
-        name = _defuse(item.name).replace('"', "'").replace("\n", " ")
+        name = re.sub(r'[\s"<>]+', " ", item.name).strip() or "file"
         if item.text is None:
             parts.append(f"[Attached file “{name}”: {item.note or 'not read'}]")
             continue
