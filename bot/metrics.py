@@ -104,6 +104,9 @@ class Metrics:
             "Turns admitted and waiting for an earlier turn of their thread",
             registry=r,
         )
+        self.feedback = Counter(
+            "slackbot_feedback", "Feedback button presses stored, by value (up/down)", ["value"], registry=r
+        )
         self.turns_running = Gauge("slackbot_turns_running", "Turns holding their thread now", registry=r)
         self.files_read = Counter(
             "slackbot_files_read",

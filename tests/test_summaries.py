@@ -163,6 +163,8 @@ async def test_glm_summarize_explains_a_bad_argument_and_an_empty_window_costs_n
 class BlockEveryone:
     """An admission stage (as the access lists are) that refuses every person."""
 
+    needs_person = False
+
     async def check(self, candidate: Candidate) -> Refused | None:
         return Refused("blocked", notice=f"Sorry {candidate.arrival.user_id}, not here.")
 
