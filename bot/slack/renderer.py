@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.conversation.ports import ReplyNotShown, ReplyPart, ReplySummary
+from bot.conversation.ports import ReplyNotShown, ReplyPart, ReplySummary, ToolStep
 from bot.slack.call_errors import SLACK_CALL_ERRORS
 from bot.slack.edit_budget import EditBudget
 from bot.slack.retries import without_rate_limit_retries
@@ -34,6 +34,7 @@ from bot.slack.text import (
     find_split,
     mrkdwn_escape,
     summary_line,
+    tool_status_line,
 )
 
 logger = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ class SlackReply:
         self._done = False
         self._worker: asyncio.Task[None] | None = None
         self._rate_limited = self._failures = 0
+        self._status: str | None = None  # tool progress, shown under the interim text
 
     @property
     def refs(self) -> Sequence[str]:
@@ -161,6 +163,14 @@ class SlackReply:
 
     async def thinking(self) -> None:
         """Nothing to do: the placeholder already says the model is thinking."""
+
+    async def tool_progress(self, steps: Sequence[ToolStep]) -> None:
+        """Show the tools' progress in the interim message's context block, with the next edit
+        (no edit of its own: the worker coalesces it with the text)."""
+        status = tool_status_line(steps)
+        if status != self._status and self._ending is None:
+            self._status = status
+            self._changed.set()
 
     async def append(self, text: str) -> None:
         if self._ending is not None or not text:
@@ -245,6 +255,9 @@ class SlackReply:
         if self._ending is not None:
             return _Plan("final", self._final_payload(body))
         payload = _answer_payload(display(body))
+        if self._status:
+            context = {"type": "context", "elements": [{"type": "mrkdwn", "text": self._status}]}
+            payload = _Payload(payload.text, (*payload.blocks, context))
         return None if payload == self._shown else _Plan("interim", payload)
 
     async def _run(self) -> None:
