@@ -26,6 +26,7 @@ from bot.conversation.ordering import TurnOrder
 from bot.conversation.service import ConversationService, ServiceConfig
 from bot.conversation.settings_rules import SettingsBounds
 from bot.conversation.settings_store import ChannelSettingsStore
+from bot.conversation.tool_loop import ToolLimits
 from bot.conversation.turns import TurnObserver, Turns
 from bot.jobs.digest import DigestJob
 from bot.jobs.maintenance import Maintenance
@@ -44,6 +45,9 @@ from bot.slack.usage_command import register_usage_command
 from bot.storage.db import check_database, create_engine, describe, session_factory
 from bot.storage.migrate import upgrade_head
 from bot.storage.spool import Spool
+from bot.tools.box import EnabledTools, StaticToolBox
+from bot.tools.clock import CurrentTime
+from bot.tools.fetch import FetchLimits, FetchUrl
 from bot.web import WebServer
 
 log = logging.getLogger(__name__)
@@ -110,10 +114,18 @@ async def core_services(settings: Settings, metrics: Metrics | None = None) -> A
     if metrics is not None:
         gauge = "slackbot_usage_spool_rows"
         metrics.read_at_scrape(gauge, "Writes waiting in the spool", lambda: [([], float(ledger.pending))])
+    fetch = FetchUrl(
+        FetchLimits(settings.fetch_max_bytes, settings.fetch_timeout, settings.fetch_allow_private)
+    )
+    # Other boxes (MCP servers, Slack-reading tools) join the built-ins here; TOOLS_ENABLED filters all.
+    tools = EnabledTools(StaticToolBox([CurrentTime(), fetch]), enabled=settings.tools_enabled)
+    limits = ToolLimits(settings.tools_max_rounds, settings.tools_call_timeout, settings.tools_turn_timeout)
+    service = ConversationService(sessions, llm, config, ledger=ledger, tools=tools, tool_limits=limits)
     try:
-        yield Core(engine, sessions, llm, ConversationService(sessions, llm, config, ledger=ledger), ledger)
+        yield Core(engine, sessions, llm, service, ledger)
     finally:
         await ledger.aclose()
+        await fetch.aclose()
         await llm.aclose()
         await engine.dispose()
 

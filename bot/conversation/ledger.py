@@ -86,6 +86,11 @@ class Ledger:
             # Not spooled: the final text follows in `reply_ended`, which spools when it must.
             log.warning("could not save the answer before it is shown: %s", error_reason(exc))
 
+    async def usage_row(self, entry: UsageEntry) -> None:
+        """The ledger row of an upstream call that ended a tool round (the reply goes on)."""
+        record: dict[str, Any] = {"kind": "usage", "entry": asdict(entry), "created_at": utcnow().isoformat()}
+        await self._write(record, "the ledger row")
+
     async def reply_ended(
         self,
         message_id: int,

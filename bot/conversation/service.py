@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -17,6 +17,9 @@ from bot.conversation.lease import ReplyLease
 from bot.conversation.ledger import Ledger
 from bot.conversation.ports import ChatModel, ReplySink, ReplySummary
 from bot.conversation.settings_rules import SettingsBounds, plan_turn
+from bot.conversation.tool_history import replay
+from bot.conversation.tool_loop import LoopTurn, RoundRequest, StreamEnd, ToolLimits, ToolLoop
+from bot.conversation.tools import Approver, ToolBox, ToolContext
 from bot.llm.errors import LLMError
 from bot.llm.types import ChatMessage, CompletionResult
 from bot.storage import conversations as repo
@@ -61,12 +64,7 @@ class TurnOutcome:
     label: str = "complete"  # "complete", "cancelled", or the upstream error kind (bot.llm.errors)
 
 
-@dataclass(frozen=True)
-class _StreamEnd:
-    result: CompletionResult
-    status: MessageStatus
-    label: str  # usage status: "complete", "cancelled" or the upstream error kind
-    note: str | None  # None: finish normally; else fail with this note
+_StreamEnd = StreamEnd
 
 
 @dataclass(frozen=True)
@@ -91,12 +89,18 @@ class ConversationService:
         config: ServiceConfig,
         estimator: TokenEstimator | None = None,
         ledger: Ledger | None = None,
+        *,
+        tools: ToolBox | None = None,
+        approver: Approver | None = None,
+        tool_limits: ToolLimits | None = None,
     ) -> None:
         self._sessions = sessions
         self._model = model
         self._config = config
         self._estimator = estimator or TokenEstimator()
         self._ledger = ledger or Ledger(sessions, None)
+        self._tools = tools
+        self._loop = ToolLoop(sessions, self._ledger, self._estimator, tool_limits or ToolLimits(), approver)
         self._lease = ReplyLease(sessions)
         self._heartbeats: set[asyncio.Task[None]] = set()  # kept referenced until they stop
 
@@ -152,9 +156,24 @@ class ConversationService:
         if request.dropped_turns:
             log.info("history trimmed", extra={"dropped_turns": request.dropped_turns})
 
-        end = await self._stream(
-            request.messages, sink, assistant_id, request_id, plan.model, plan.max_output_tokens
+        context = ToolContext(turn.key, turn.user_id, None, turn.channel)
+        rounds = await self._loop.run(
+            LoopTurn(
+                conversation_id,
+                assistant_id,
+                request_id,
+                context,
+                prompt_budget(self._config.context_window, plan.max_output_tokens),
+                lambda result, label: usage_entry(turn, conversation_id, plan.model, result, label),
+            ),
+            request.messages,
+            self._tools.tools_for(context) if self._tools is not None else (),
+            sink,
+            lambda messages, round_: self._stream(
+                messages, sink, assistant_id, round_, plan.model, plan.max_output_tokens
+            ),
         )
+        end = rounds.end
         result = end.result
         if result.usage.prompt_tokens:
             self._estimator.calibrate(request.estimated_tokens, result.usage.prompt_tokens)
@@ -174,7 +193,10 @@ class ConversationService:
         )
         try:
             if end.note is None:
-                await sink.finish(self._summary(result))
+                summary = self._summary(result)
+                if rounds.rounds > 1:  # the cost of every round, and what was used
+                    summary = replace(summary, credits_used=rounds.credits_used, tools_used=rounds.tools_used)
+                await sink.finish(summary)
             else:
                 await sink.fail(end.note)
         except asyncio.CancelledError:
@@ -200,12 +222,20 @@ class ConversationService:
         messages: Sequence[ChatMessage],
         sink: ReplySink,
         assistant_id: int,
-        request_id: str,
+        round_: RoundRequest,
         model: str,
         max_tokens: int,
     ) -> _StreamEnd:
         """Stream one completion into the sink; the caller ends the reply with what this returns."""
-        stream = self._model.stream_chat(messages, max_tokens=max_tokens, request_id=request_id, model=model)
+        stream = self._model.stream_chat(
+            messages,
+            max_tokens=max_tokens,
+            request_id=round_.request_id,
+            model=model,
+            tools=round_.tools,
+            tool_choice=round_.tool_choice,
+            parallel_tool_calls=True if round_.tools else None,
+        )
         answered = thought = False
         checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
         try:
@@ -216,7 +246,8 @@ class ConversationService:
                         await sink.append(delta.content)
                         if time.monotonic() >= checkpoint_at:
                             checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
-                            await self._checkpoint(assistant_id, stream.result().content, sink)
+                            shown = round_.shown_before + stream.result().content
+                            await self._checkpoint(assistant_id, shown, sink)
                     elif delta.reasoning and not answered and not thought:
                         thought = True
                         await sink.thinking()
@@ -260,7 +291,12 @@ class ConversationService:
                 for earlier in turn.backfill:
                     await repo.add_message(session, conversation.id, Role(earlier.role), earlier.content)
                 stored = await repo.load_history(session, conversation.id)
-            history = [_as_chat(m) for m in stored if _usable(m)]
+            history = [
+                chat
+                for m in stored
+                if _usable(m)
+                for chat in replay(m.role.value, m.content, m.tool_exchange)
+            ]
             await repo.add_message(session, conversation.id, Role.USER, turn.text, user_id=turn.user_id)
             assistant = await repo.add_message(
                 session,
@@ -356,9 +392,8 @@ def usage_entry(
 
 
 def _usable(message: Message) -> bool:
-    """History sent upstream: person messages and answers that have text (partial ones included)."""
-    return bool(message.content) and message.status != MessageStatus.STREAMING
-
-
-def _as_chat(message: Message) -> ChatMessage:
-    return ChatMessage(message.role.value, message.content)
+    """History sent upstream: person messages and answers that have text or tool rounds (partial
+    ones included)."""
+    if message.status == MessageStatus.STREAMING:
+        return False
+    return bool(message.content) or (message.role == Role.ASSISTANT and bool(message.tool_exchange))
