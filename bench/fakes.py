@@ -23,7 +23,7 @@ from typing import Any
 
 from bench.botproc import AIMLAPI_KEY, BOT_TOKEN
 from tests.fakes.aimlapi import FakeAimlApi, Reply
-from tests.fakes.slack_api import FakeSlackApi, Handler, RateLimit
+from tests.fakes.slack_api import FakeSlackApi, FakeUser, Handler, RateLimit
 from tests.fakes.slack_rules import SLACK_LIMITS
 
 # Slack's published limits (see /work/shared/reference/slack.md); per workspace unless said otherwise.
@@ -190,6 +190,8 @@ class BenchSlack(FakeSlackApi):
         self.shown: list[Shown] = []
         self.limits.update(model.limits())
         self.latency = model.latency()
+        # The driver's asker is an ordinary member: users.info answers for them (guests are refused).
+        self.users["U1"] = FakeUser(real_name="Bench User")
         # Native streaming is the fake's own (by name, once it serves it): stamp what each call shows.
         for method in STREAM_METHODS:
             handler = self._handlers.get(method)

@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _DEFAULT_PROMPT = Path(__file__).with_name("default_system_prompt.md")
+_DEFAULT_AGENT_PROMPTS = Path(__file__).with_name("default_prompts.toml")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
@@ -63,12 +64,22 @@ class Settings(BaseSettings):
     thread_followups: bool = True
     thread_backfill_limit: int = Field(50, ge=0, le=1000)
     system_prompt_file: Path = _DEFAULT_PROMPT
+    # Suggested prompts of the Messages tab (TOML; read and checked at start-up, bot.slack.agent_view).
+    agent_prompts_file: Path = _DEFAULT_AGENT_PROMPTS
     shutdown_grace_seconds: float = Field(20.0, ge=0)
 
     # Bot admins besides the workspace's admins and owners (comma-separated Slack user ids).
     admin_user_ids: Annotated[frozenset[str], NoDecode] = frozenset()
     # Models a channel may be set to (comma-separated AI/ML API model ids); AIMLAPI_MODEL always is.
     allowed_models: Annotated[tuple[str, ...], NoDecode] = ()
+    # Who may use the bot where (bot.conversation.access): an empty allow list lets everyone in.
+    allowed_channels: Annotated[frozenset[str], NoDecode] = frozenset()
+    blocked_channels: Annotated[frozenset[str], NoDecode] = frozenset()
+    allowed_users: Annotated[frozenset[str], NoDecode] = frozenset()
+    blocked_users: Annotated[frozenset[str], NoDecode] = frozenset()
+    allow_guests: bool = False  # single- and multi-channel guests
+    allow_external: bool = False  # people of another organisation, in a Slack Connect channel
+    dms_enabled: bool = True
 
     # Tools the model may call (comma-separated names); unset: every built-in tool, "" none.
     tools_enabled: Annotated[frozenset[str] | None, NoDecode] = None
@@ -82,7 +93,14 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
-    @field_validator("admin_user_ids", mode="before")
+    @field_validator(
+        "admin_user_ids",
+        "allowed_channels",
+        "blocked_channels",
+        "allowed_users",
+        "blocked_users",
+        mode="before",
+    )
     @classmethod
     def _comma_list(cls, value: object) -> object:
         """Lists of Slack ids are written comma-separated in the environment: `U1,U2, U3`."""
@@ -91,7 +109,8 @@ class Settings(BaseSettings):
             bad = [item for item in items if not _SLACK_ID.fullmatch(item)]
             if bad:
                 raise ValueError(
-                    f"not Slack ids: {', '.join(bad[:3])} (expected e.g. U012AB3CD, comma-separated)"
+                    f"not Slack ids: {', '.join(bad[:3])} "
+                    "(expected ids such as U012AB3CD or C012AB3CD, comma-separated)"
                 )
             return frozenset(items)
         return value

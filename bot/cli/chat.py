@@ -93,6 +93,9 @@ class TerminalSurface:
     async def show_waiting(self, arrival: Arrival) -> None:
         """One line at a time: nothing ever waits."""
 
+    async def situation(self, arrival: Arrival, question: str, *, new_thread: bool) -> Sequence[str]:  # noqa: ARG002
+        return ()
+
     async def tell(self, arrival: Arrival, note: str, *, in_thread: bool) -> None:  # noqa: ARG002
         self._out.write(f"\x1b[2m[{note}]\x1b[0m\n")
         self._out.flush()

@@ -15,8 +15,9 @@ from bot.conversation.budget import MessageTooLong, TokenEstimator, fit_to_budge
 from bot.conversation.channel_settings import DEFAULT_CHANNEL_SETTINGS, ChannelSettings
 from bot.conversation.lease import ReplyLease
 from bot.conversation.ledger import Ledger
-from bot.conversation.ports import ChatModel, ReplySink, ReplySummary
+from bot.conversation.ports import ChatModel, ChatStreamLike, ReplySink, ReplySummary
 from bot.conversation.settings_rules import SettingsBounds, plan_turn
+from bot.conversation.stop import StopHandle, Stopped, StopRequest, unless_stopped
 from bot.conversation.tool_history import replay
 from bot.conversation.tool_loop import LoopTurn, RoundRequest, StreamEnd, ToolLimits, ToolLoop
 from bot.conversation.tools import Approver, ToolBox, ToolContext
@@ -39,6 +40,10 @@ NOTE_CUT_OFF = "The answer was cut off at the length limit."
 NOTE_EMPTY = "The model returned no answer text. Please try rephrasing."
 _REJECTED = frozenset({"auth", "credits", "bad_request", "rate_limited", "unavailable"})
 NOTE_ONLY_REASONING = "The model spent its whole output budget thinking and gave no answer."
+NOTE_STOPPED_BY = "Stopped by"  # then the person's name
+# The usage status of a completion a person stopped; its message is `complete`: what was shown is
+# the answer the person chose to keep, and the next turn's history includes it.
+STOPPED = "stopped"
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,9 @@ class Turn:
     backfill: Sequence[ChatMessage] = ()
     # The channel's prompt, model and output limit (bot.conversation.settings_rules bounds them).
     channel: ChannelSettings = DEFAULT_CHANNEL_SETTINGS
+    # Facts about where the person is, worded by the chat surface (e.g. the channel they view):
+    # added to this turn's system prompt only, never stored in the history.
+    context: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -61,10 +69,10 @@ class TurnOutcome:
     content: str
     conversation_id: int | None
     usage: CompletionResult | None
-    label: str = "complete"  # "complete", "cancelled", or the upstream error kind (bot.llm.errors)
+    label: str = "complete"  # "complete", "stopped", "cancelled", or the upstream error kind (bot.llm.errors)
 
 
-_StreamEnd = StreamEnd
+_StreamEnd = StreamEnd  # one round's end (bot.conversation.tool_loop)
 
 
 @dataclass(frozen=True)
@@ -104,7 +112,8 @@ class ConversationService:
         self._lease = ReplyLease(sessions)
         self._heartbeats: set[asyncio.Task[None]] = set()  # kept referenced until they stop
 
-    async def reply(self, turn: Turn, sink: ReplySink) -> TurnOutcome:
+    async def reply(self, turn: Turn, sink: ReplySink, stop: StopHandle | None = None) -> TurnOutcome:
+        """Answer `turn` into `sink`; `stop`, when given, lets the chat surface end the answer early."""
         began = time.monotonic()
         request_id = f"slackbot-{uuid.uuid4().hex}"
         try:
@@ -121,7 +130,9 @@ class ConversationService:
         self._heartbeats.add(task)
         task.add_done_callback(self._heartbeats.discard)
         try:
-            return await self._answer(turn, sink, conversation_id, assistant_id, history, request_id, began)
+            return await self._answer(
+                turn, sink, conversation_id, assistant_id, history, request_id, began, stop
+            )
         finally:
             ended.set()
 
@@ -134,10 +145,12 @@ class ConversationService:
         history: list[ChatMessage],
         request_id: str,
         began: float,
+        stop: StopHandle | None,
     ) -> TurnOutcome:
         newest = ChatMessage("user", turn.text)
         plan = plan_turn(turn.channel, self._config.system_prompt, self._bounds())
-        system = ChatMessage("system", plan.system_prompt) if plan.system_prompt else None
+        prompt = "\n\n".join(part for part in (plan.system_prompt, *turn.context) if part)
+        system = ChatMessage("system", prompt) if prompt else None
         try:
             request = fit_to_budget(
                 system,
@@ -165,12 +178,13 @@ class ConversationService:
                 context,
                 prompt_budget(self._config.context_window, plan.max_output_tokens),
                 lambda result, label: usage_entry(turn, conversation_id, plan.model, result, label),
+                stop,
             ),
             request.messages,
             self._tools.tools_for(context) if self._tools is not None else (),
             sink,
             lambda messages, round_: self._stream(
-                messages, sink, assistant_id, round_, plan.model, plan.max_output_tokens
+                messages, sink, assistant_id, round_, plan.model, plan.max_output_tokens, stop
             ),
         )
         end = rounds.end
@@ -178,6 +192,9 @@ class ConversationService:
         if result.usage.prompt_tokens:
             self._estimator.calibrate(request.estimated_tokens, result.usage.prompt_tokens)
         entry = usage_entry(turn, conversation_id, plan.model, result, end.label)
+        if end.stopped is not None and result.usage.completion_tokens is None:
+            # Stopped mid-stream, the model sent no usage chunk: the tokens were still spent.
+            entry = self._estimated(entry, result, request.estimated_tokens)
         status, cancelled = end.status, end.label == "cancelled"
         # The completion was made (and maybe billed): its ledger row is written now, alongside the
         # delivery rather than after it, so no trouble in Slack can lose or delay it.
@@ -193,7 +210,7 @@ class ConversationService:
         )
         try:
             if end.note is None:
-                summary = self._summary(result)
+                summary = self._summary(result, end.stopped)
                 if rounds.rounds > 1:  # the cost of every round, and what was used
                     summary = replace(summary, credits_used=rounds.credits_used, tools_used=rounds.tools_used)
                 await sink.finish(summary)
@@ -225,6 +242,7 @@ class ConversationService:
         round_: RoundRequest,
         model: str,
         max_tokens: int,
+        stop: StopHandle | None,
     ) -> _StreamEnd:
         """Stream one completion into the sink; the caller ends the reply with what this returns."""
         stream = self._model.stream_chat(
@@ -236,21 +254,13 @@ class ConversationService:
             tool_choice=round_.tool_choice,
             parallel_tool_calls=True if round_.tools else None,
         )
-        answered = thought = False
-        checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
         try:
             async with stream:
-                async for delta in stream:
-                    if delta.content:
-                        answered = True
-                        await sink.append(delta.content)
-                        if time.monotonic() >= checkpoint_at:
-                            checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
-                            shown = round_.shown_before + stream.result().content
-                            await self._checkpoint(assistant_id, shown, sink)
-                    elif delta.reasoning and not answered and not thought:
-                        thought = True
-                        await sink.thinking()
+                pumped = self._pump(stream, sink, assistant_id, round_.shown_before)
+                await (pumped if stop is None else unless_stopped(pumped, stop))
+        except Stopped as stopped:
+            # The stream is closed (the upstream request with it); the answer so far is the answer.
+            return _StreamEnd(stream.result(), MessageStatus.COMPLETE, STOPPED, None, stopped.request)
         except LLMError as exc:
             log.warning("upstream error: %s (%s)", exc.kind, exc.status)
             status = MessageStatus.INTERRUPTED if exc.kind == "interrupted" else MessageStatus.ERROR
@@ -265,9 +275,42 @@ class ConversationService:
         models = tuple(dict.fromkeys((default, *self._config.allowed_models)))
         return SettingsBounds(default, models, self._config.max_output_tokens)
 
-    def _summary(self, result: CompletionResult) -> ReplySummary:
+    async def _pump(
+        self, stream: ChatStreamLike, sink: ReplySink, assistant_id: int, shown_before: str
+    ) -> None:
+        """Move the model's deltas into the sink until the stream ends."""
+        answered = thought = False
+        checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
+        async for delta in stream:
+            if delta.content:
+                answered = True
+                await sink.append(delta.content)
+                if time.monotonic() >= checkpoint_at:
+                    checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
+                    # Earlier tool rounds' text is part of the answer shown: saved with it.
+                    await self._checkpoint(assistant_id, shown_before + stream.result().content, sink)
+            elif delta.reasoning and not answered and not thought:
+                thought = True
+                await sink.thinking()
+
+    def _estimated(self, entry: UsageEntry, result: CompletionResult, prompt_estimate: int) -> UsageEntry:
+        """The entry with the tokens the model did not report estimated, and marked as estimated.
+        Credits stay unknown (NULL): a guess at money would read as a bill."""
+        estimate = self._estimator.estimate_text
+        reasoning = estimate(result.reasoning) if result.reasoning else entry.reasoning_tokens
+        return replace(
+            entry,
+            prompt_tokens=entry.prompt_tokens if entry.prompt_tokens is not None else prompt_estimate,
+            completion_tokens=estimate(result.content + result.reasoning),
+            reasoning_tokens=entry.reasoning_tokens if entry.reasoning_tokens is not None else reasoning,
+            tokens_estimated=True,
+        )
+
+    def _summary(self, result: CompletionResult, stopped: StopRequest | None = None) -> ReplySummary:
         note: str | None = None
-        if not result.content.strip():
+        if stopped is not None:
+            note = f"{NOTE_STOPPED_BY} {stopped.by_name}"
+        elif not result.content.strip():
             note = NOTE_ONLY_REASONING if result.finish_reason == "length" else NOTE_EMPTY
         elif result.finish_reason == "length":
             note = NOTE_CUT_OFF

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.conversation.budget import TokenEstimator, trim_tool_results
 from bot.conversation.ledger import Ledger
 from bot.conversation.ports import ReplySink, StepStatus, ToolStep
+from bot.conversation.stop import StopHandle, Stopped, StopRequest, unless_stopped
 from bot.conversation.tool_history import to_exchange
 from bot.conversation.tools import Approver, Tool, ToolContext, ToolResult, ToolSpec
 from bot.llm.types import ChatMessage, CompletionResult, ToolCall
@@ -34,6 +35,7 @@ from bot.storage.usage import UsageEntry
 log = logging.getLogger(__name__)
 
 NOTE_INTERRUPTED = "The answer was interrupted."
+STOPPED = "stopped"  # the usage status of a turn a person stopped (as bot.conversation.service)
 MAX_RESULT_CHARS = 30_000  # one result the model reads; tools cap their own output below this
 
 
@@ -50,8 +52,9 @@ class StreamEnd:
 
     result: CompletionResult
     status: MessageStatus
-    label: str  # usage status: "complete", "cancelled" or the upstream error kind
+    label: str  # usage status: "complete", "stopped", "cancelled" or the upstream error kind
     note: str | None  # None: finish normally; else fail with this note
+    stopped: StopRequest | None = None  # a person stopped the answer; it finishes with what came
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class LoopTurn:
     context: ToolContext
     prompt_budget: int
     usage_for: Callable[[CompletionResult, str], UsageEntry]
+    stop: StopHandle | None = None  # a person may stop the turn, also while its tools run
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,7 @@ class ToolLoop:
                 credits = (credits or 0) + result.usage.credits_used
             shown.append(result.content)
             calls = result.tool_calls
-            if over or not calls or not specs or end.status != MessageStatus.COMPLETE:
+            if over or not calls or not specs or end.status != MessageStatus.COMPLETE or end.stopped:
                 whole = replace(result, content="".join(shown))
                 return LoopEnd(replace(end, result=whole), round_no, tuple(used), credits)
             # This round's row now; the last round's is written by the service with the answer.
@@ -159,13 +163,19 @@ class ToolLoop:
             for call in calls:
                 used.setdefault(call.name or "?", None)
             assistant = ChatMessage("assistant", result.content, tool_calls=calls)
+            running = self._run_round(turn, calls, by_name, sink, steps, deadline)
             try:
-                outcomes = await self._run_round(turn, calls, by_name, sink, steps, deadline)
-            except asyncio.CancelledError:
-                # Stopped while tools ran: end the reply as interrupted, like a cut stream.
+                outcomes = await (running if turn.stop is None else unless_stopped(running, turn.stop))
+            except Stopped as stopped:
+                # Stopped while tools ran: the answer is what was shown; the calls are cancelled.
                 whole = replace(result, content="".join(shown))
-                stopped = StreamEnd(whole, MessageStatus.INTERRUPTED, "cancelled", NOTE_INTERRUPTED)
-                return LoopEnd(stopped, round_no, tuple(used), credits)
+                end = StreamEnd(whole, MessageStatus.COMPLETE, STOPPED, None, stopped.request)
+                return LoopEnd(end, round_no, tuple(used), credits)
+            except asyncio.CancelledError:
+                # Cancelled (shutdown) while tools ran: end the reply as interrupted, like a cut stream.
+                whole = replace(result, content="".join(shown))
+                cut = StreamEnd(whole, MessageStatus.INTERRUPTED, "cancelled", NOTE_INTERRUPTED)
+                return LoopEnd(cut, round_no, tuple(used), credits)
             answers = [ChatMessage("tool", _bounded(o.result), tool_call_id=o.call.id) for o in outcomes]
             rounds_messages += [assistant, *answers]
             await self._store_round(turn, round_no, rounds_messages, outcomes)

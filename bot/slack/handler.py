@@ -22,6 +22,7 @@ from bot.conversation.turns import Turns
 from bot.llm.types import ChatMessage
 from bot.logs import bind_context
 from bot.metrics import Metrics
+from bot.slack.agent_view import AgentView
 from bot.slack.backfill import ThreadSpot, thread_context
 from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
 from bot.slack.edit_budget import EditBudgets
@@ -33,6 +34,13 @@ log = logging.getLogger(__name__)
 
 # Shown (as the thread's status line) while a message waits for the answer before it to finish.
 STATUS_WAITING = "will answer this once the previous answer is finished…"
+
+
+def admin_contact(admins: frozenset[str]) -> str:
+    """Who a refused person should ask, as Slack shows it: the bot's admins by name, else anyone who
+    administers the workspace (they count as bot admins too)."""
+    named = ", ".join(f"<@{user}>" for user in sorted(admins))
+    return f"{named} or a workspace admin" if named else "a workspace admin"
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,7 @@ class SlackSurface:
     budgets: EditBudgets
     metrics: Metrics
     config: EdgeConfig
+    agent_view: AgentView | None = None  # the Messages tab: titles, the channel in view
 
     async def person(self, arrival: Arrival) -> Person | None:
         profile = await self.people.lookup(arrival.user_id)
@@ -68,6 +77,7 @@ class SlackSurface:
             key.thread_ts,
             interval=self.config.update_interval,
             metrics=self.metrics,
+            stop_value=arrival.message_ts,  # the Stop button names the question it answers
         )
 
     async def prompt_text(self, arrival: Arrival) -> str:
@@ -90,6 +100,11 @@ class SlackSurface:
             )
         except SLACK_CALL_ERRORS as exc:
             log.info("could not show that a message waits for its turn (%s)", call_error_reason(exc))
+
+    async def situation(self, arrival: Arrival, question: str, *, new_thread: bool) -> Sequence[str]:
+        if self.agent_view is None:
+            return ()
+        return await self.agent_view.situation(self.client, arrival, question, new_thread=new_thread)
 
     async def tell(self, arrival: Arrival, note: str, *, in_thread: bool) -> None:
         key = arrival.key
@@ -119,14 +134,11 @@ class SlackEdge:
         budgets: EditBudgets,
         metrics: Metrics,
         config: EdgeConfig,
+        agent_view: AgentView | None = None,
     ) -> None:
         self.turns = turns
         self._people, self._budgets, self._metrics, self._config = people, budgets, metrics, config
-
-    @property
-    def active(self) -> set[Any]:
-        """The turns shutdown waits for."""
-        return self.turns.active
+        self._agent_view = agent_view
 
     def count_received(self, event_type: str) -> None:
         self._metrics.events_received.labels(event_type).inc()
@@ -139,5 +151,7 @@ class SlackEdge:
             return
         key = arrival.key
         bind_context(team=key.team_id, channel=key.channel_id, thread=key.thread_ts)
-        surface = SlackSurface(client, bot_user_id, self._people, self._budgets, self._metrics, self._config)
+        surface = SlackSurface(
+            client, bot_user_id, self._people, self._budgets, self._metrics, self._config, self._agent_view
+        )
         await self.turns.handle(arrival, surface)

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from slack_sdk.errors import SlackApiError
+from slack_sdk.models.blocks import ActionsBlock, ButtonElement
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.conversation.ports import ReplyNotShown, ReplyPart, ReplySummary, ToolStep
 from bot.slack.call_errors import SLACK_CALL_ERRORS
 from bot.slack.edit_budget import EditBudget
+from bot.slack.feedback import feedback_block
 from bot.slack.retries import without_rate_limit_retries
 from bot.slack.text import (
     MAX_MESSAGE_CHARS,
@@ -40,6 +42,7 @@ from bot.slack.text import (
 logger = logging.getLogger(__name__)
 
 END_NOTE = "End of the answer."
+STOP_ACTION = "stop_answer"  # the Stop button's action_id (bot.slack.stop handles the press)
 
 _TRANSIENT = frozenset({"internal_error", "fatal_error", "service_unavailable", "request_timeout"})
 _GONE = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
@@ -100,6 +103,12 @@ def _answer_payload(text: str) -> _Payload:
     return _Payload(text, ({"type": "markdown", "text": text},))
 
 
+def stop_button(value: str) -> dict[str, Any]:
+    """The actions block with the Stop button a streaming message shows; `value` names the reply."""
+    button = ButtonElement(text="Stop", action_id=STOP_ACTION, value=value)
+    return ActionsBlock(block_id=STOP_ACTION, elements=[button]).to_dict()
+
+
 class SlackReply:
     """One assistant reply in one Slack thread; implements the conversation layer's `ReplySink`."""
 
@@ -113,6 +122,7 @@ class SlackReply:
         interval: float,
         metrics: RendererMetrics | None = None,
         max_chars: int = MAX_MESSAGE_CHARS,
+        stop_value: str | None = None,
     ) -> None:
         self._client = without_rate_limit_retries(client)
         self._budget, self._channel, self._thread_ts = budget, channel, thread_ts
@@ -136,6 +146,9 @@ class SlackReply:
         self._worker: asyncio.Task[None] | None = None
         self._rate_limited = self._failures = 0
         self._status: str | None = None  # tool progress, shown under the interim text
+        # Shown in every interim state and in no final one; the same block every time, so a
+        # message's payload changes only with its text and the button costs no edit of its own.
+        self._stop_block = stop_button(stop_value) if stop_value is not None else None
 
     @property
     def refs(self) -> Sequence[str]:
@@ -153,7 +166,7 @@ class SlackReply:
 
     async def start(self) -> None:
         """Post the placeholder in the thread now and start editing in the background."""
-        self._shown = _answer_payload(display(""))
+        self._shown = self._interim("")
         self._ts.append(await self._post(self._shown))
         self._part_starts.append((0, ""))
         self._open = True
@@ -191,7 +204,7 @@ class SlackReply:
         line = summary_line(summary)
         if line:
             elements.append(line)
-        await self._close(elements, note)
+        await self._close(elements, note, actions=(feedback_block(),))
 
     async def fail(self, note: str) -> None:
         """End with what was appended so far plus `note`; never raises (safe in `finally`)."""
@@ -202,11 +215,14 @@ class SlackReply:
 
     # ---- ending --------------------------------------------------------------------------------
 
-    async def _close(self, elements: list[str], note: str | None) -> None:
+    async def _close(
+        self, elements: list[str], note: str | None, actions: tuple[dict[str, Any], ...] = ()
+    ) -> None:
+        """`actions`: blocks after the context block (the feedback buttons of a final answer)."""
         if self._ending is None:
             context = tuple({"type": "mrkdwn", "text": e} for e in elements)
             blocks = ({"type": "context", "elements": list(context)},) if context else ()
-            self._ending, self._ending_note = _Payload("", blocks), note
+            self._ending, self._ending_note = _Payload("", (*blocks, *actions)), note
         self._budget.promote(self._key)
         self._changed.set()
         worker: asyncio.Task[None] | None = None
@@ -237,6 +253,17 @@ class SlackReply:
             blocks = ({"type": "context", "elements": [{"type": "mrkdwn", "text": f"_{END_NOTE}_"}]},)
         return _Payload(self._ending_note or END_NOTE, blocks)
 
+    def _interim(self, body: str) -> _Payload:
+        """A message while the answer streams: the text so far for display, the tools' progress, then
+        the Stop button."""
+        payload = _answer_payload(display(body))
+        extra: list[dict[str, Any]] = []
+        if self._status:  # the tools at work, in the same edits as the text (no edit of its own)
+            extra.append({"type": "context", "elements": [{"type": "mrkdwn", "text": self._status}]})
+        if self._stop_block is not None:
+            extra.append(self._stop_block)
+        return _Payload(payload.text, (*payload.blocks, *extra)) if extra else payload
+
     # ---- the background editor -----------------------------------------------------------------
 
     def _body(self) -> str:
@@ -254,10 +281,7 @@ class SlackReply:
             return _Plan("seal", _answer_payload(point.head(body)), point)
         if self._ending is not None:
             return _Plan("final", self._final_payload(body))
-        payload = _answer_payload(display(body))
-        if self._status:
-            context = {"type": "context", "elements": [{"type": "mrkdwn", "text": self._status}]}
-            payload = _Payload(payload.text, (*payload.blocks, context))
+        payload = self._interim(body)
         return None if payload == self._shown else _Plan("interim", payload)
 
     async def _run(self) -> None:
@@ -303,7 +327,7 @@ class SlackReply:
         elif self._ending is not None:
             payload, self._done = self._final_payload(body), True
         else:
-            payload = _answer_payload(display(body))
+            payload = self._interim(body)
         start, carry = self._start, self._carry
         self._ts.append(await self._post(payload))
         self._part_starts.append((start, carry))

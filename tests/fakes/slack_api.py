@@ -26,8 +26,11 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.slack_rules import (
+    MAX_SUGGESTED_PROMPTS,
     POST_TEXT_LIMIT,
     REPLIES_PAGE_LIMIT,
+    SESSION_STATUSES,
+    SESSION_TITLE_LIMIT,
     SLACK_LIMITS,
     UPDATE_TEXT_LIMIT,
     Buckets,
@@ -177,13 +180,21 @@ class FakeSlackApi:
         self.statuses: list[
             tuple[str, str, str]
         ] = []  # assistant.threads.setStatus (channel, thread, status)
-        # conversations.info: each channel's creator (unknown channels: created by U0CREATOR)
+        # assistant.threads.setSuggestedPrompts: channel -> (title, [(title, message)]); the last set
+        self.suggested_prompts: dict[str, tuple[str | None, list[tuple[str, str]]]] = {}
+        self.titles: dict[tuple[str, str], str] = {}  # assistant.threads.setTitle (channel, thread)
+        # conversations.info: each channel's creator (unknown channels: created by U0CREATOR) and name
+        # (unknown channels: the id in lower case); a private channel in `not_joined` is not found.
         self.channel_creators: dict[str, str] = {}
+        self.channel_names: dict[str, str] = {}
         self.expired_triggers: set[str] = set()  # views.open answers expired_trigger_id for these
         self.opened_views: list[JsonDict] = []  # views.open, oldest first, with the "id" the fake gave
         self.home_views: dict[str, JsonDict] = {}  # views.publish: user -> their Home tab now
         self._views: dict[str, JsonDict] = {}  # view id -> the view (opened or published)
         self._next_view = 1
+        # agents.sessions.setStatus (channel, thread, status); agents.sessions.rename (channel, thread, title)
+        self.session_statuses: list[tuple[str, str, str]] = []
+        self.session_titles: list[tuple[str, str, str]] = []
         self._messages: dict[str, list[FakeMessage]] = defaultdict(list)
         self._failures: dict[str, deque[_Failure]] = defaultdict(deque)
         self._faults: dict[str, list[Fault]] = defaultdict(list)
@@ -203,10 +214,14 @@ class FakeSlackApi:
             "conversations.replies": self._replies,
             "users.info": self._users_info,
             "assistant.threads.setStatus": self._set_status,
+            "assistant.threads.setSuggestedPrompts": self._set_suggested_prompts,
+            "assistant.threads.setTitle": self._set_title,
             "conversations.info": self._conversations_info,
             "views.open": self._views_open,
             "views.publish": self._views_publish,
             "views.update": self._views_update,
+            "agents.sessions.setStatus": self._session_status,
+            "agents.sessions.rename": self._session_rename,
         }
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -253,6 +268,11 @@ class FakeSlackApi:
         if tokens is not None:
             self._method_tokens[method] = dict(tokens)
         return previous
+
+    def set_clock(self, unix_seconds: float) -> None:
+        """Give the next messages ts from this Unix time on (by default they start in November 2023),
+        for tests where a message's ts must be the real time it was posted, as in Slack."""
+        self._next_ts = max(self._next_ts, int(unix_seconds * 1_000_000))
 
     def add_token(self, token: str, team_id: str) -> None:
         """Accept another bot token, for another workspace."""
@@ -541,8 +561,38 @@ class FakeSlackApi:
         self.statuses.append((channel, str(params["thread_ts"]), str(params.get("status", ""))))
         return {}
 
+    async def _set_suggested_prompts(self, params: JsonDict, _team: str) -> JsonDict:
+        # As Slack: 1 to 4 prompts, each a title and a message; `thread_ts` is optional in the Messages tab.
+        channel = self._channel(params, "channel_id")
+        prompts = params.get("prompts")
+        if not isinstance(prompts, list) or not 1 <= len(prompts) <= MAX_SUGGESTED_PROMPTS:
+            raise _Reject("invalid_arguments")
+        pairs: list[tuple[str, str]] = []
+        for prompt in prompts:
+            if not isinstance(prompt, dict) or set(prompt) != {"title", "message"}:
+                raise _Reject("invalid_arguments")
+            title, text = prompt["title"], prompt["message"]
+            if not (isinstance(title, str) and isinstance(text, str) and title.strip() and text.strip()):
+                raise _Reject("invalid_arguments")
+            pairs.append((title, text))
+        title = params.get("title")
+        if title is not None and (not isinstance(title, str) or not title.strip()):
+            raise _Reject("invalid_arguments")
+        self.suggested_prompts[channel] = (title, pairs)
+        return {}
+
+    async def _set_title(self, params: JsonDict, _team: str) -> JsonDict:
+        channel = self._channel(params, "channel_id")
+        thread_ts, title = params.get("thread_ts"), params.get("title")
+        if not thread_ts or not isinstance(title, str) or not title.strip():
+            raise _Reject("invalid_arguments")
+        self.titles[(channel, str(thread_ts))] = title
+        return {}
+
     async def _conversations_info(self, params: JsonDict, _team: str) -> JsonDict:
         channel = self._channel(params)
+        if channel.startswith("G") and channel in self.not_joined:
+            raise _Reject("channel_not_found")  # Slack hides private channels from non-members
         is_im = channel.startswith("D")
         info: JsonDict = {
             "id": channel,
@@ -553,7 +603,8 @@ class FakeSlackApi:
             "is_member": channel not in self.not_joined,
         }
         if not is_im:  # a DM has a user, not a creator or a name
-            info |= {"name": channel.lower(), "creator": self.channel_creators.get(channel, "U0CREATOR")}
+            name = self.channel_names.get(channel, channel.lower())
+            info |= {"name": name, "creator": self.channel_creators.get(channel, "U0CREATOR")}
         return {"channel": info}
 
     def _remember_view(self, view: JsonDict, team: str) -> JsonDict:
@@ -601,6 +652,30 @@ class FakeSlackApi:
                 if home["id"] == found["id"]:
                     self.home_views[user] = updated
         return {"view": updated}
+
+    # agents.sessions.*: arguments as docs.slack.dev/reference/methods/agents.sessions.setStatus and
+    # .rename document them (form or JSON bodies; slack_sdk has no methods, the bot sends JSON).
+    async def _session_status(self, params: JsonDict, _team: str) -> JsonDict:
+        channel, thread_ts = self._session(params)
+        status = str(params.get("status") or "")
+        if status not in SESSION_STATUSES:
+            raise _Reject("invalid_arguments")
+        self.session_statuses.append((channel, thread_ts, status))
+        return {"status": status}
+
+    async def _session_rename(self, params: JsonDict, _team: str) -> JsonDict:
+        channel, thread_ts = self._session(params)
+        title = str(params.get("title") or "")
+        if not 1 <= len(title) <= SESSION_TITLE_LIMIT:
+            raise _Reject("invalid_arguments")
+        self.session_titles.append((channel, thread_ts, title))
+        return {"title": title}
+
+    def _session(self, params: JsonDict) -> tuple[str, str]:
+        channel = self._channel(params, "channel_id")
+        if not params.get("thread_ts"):
+            raise _Reject("invalid_arguments")  # thread-based sessions need their root's ts
+        return channel, str(params["thread_ts"])
 
 
 def reject(error: str, status: int = 200, retry_after: int | None = None) -> Exception:

@@ -33,7 +33,14 @@ SECTION_FIELD_LIMIT = 2_000
 HEADER_TEXT_LIMIT = 150
 CONTEXT_ELEMENTS = 10
 CONTEXT_ELEMENT_TYPES = frozenset({"mrkdwn", "plain_text", "image"})
+CONTEXT_ACTIONS_ELEMENTS = 5
+CONTEXT_ACTIONS_TYPES = frozenset({"feedback_buttons", "icon_button"})
+FEEDBACK_BUTTON_TEXT_LIMIT = 75
 TEXT_TYPES = frozenset({"mrkdwn", "plain_text"})
+ACTIONS_ELEMENTS = 25
+BUTTON_TEXT_LIMIT = 75
+BUTTON_VALUE_LIMIT = 2_000
+ACTION_ID_LIMIT = 255
 # Every block type Block Kit documents; anything else is refused as Slack refuses it.
 BLOCK_TYPES = frozenset(
     {
@@ -52,7 +59,10 @@ BLOCK_TYPES = frozenset(
         "video",
     }
 )
+MAX_SUGGESTED_PROMPTS = 4  # assistant.threads.setSuggestedPrompts
 REPLIES_PAGE_LIMIT = 15  # conversations.replies items per page for distributed non-Marketplace apps
+SESSION_STATUSES = frozenset({"active", "processing", "suspended", "closed"})  # agents.sessions.setStatus
+SESSION_TITLE_LIMIT = 200  # agents.sessions.rename
 
 
 class Refusal(Exception):
@@ -89,12 +99,17 @@ SLACK_LIMITS: Mapping[str, RateLimit] = MappingProxyType(
         "chat.appendStream": TIER_4,
         "chat.stopStream": TIER_2,
         "conversations.replies": TIER_3,
+        "assistant.threads.setSuggestedPrompts": TIER_4,
+        "assistant.threads.setTitle": TIER_4,
         "users.info": TIER_4,
         "assistant.threads.setStatus": RateLimit(600, burst=10),
         "conversations.info": TIER_3,
         "views.open": TIER_4,
         "views.publish": TIER_4,
         "views.update": TIER_4,
+        # Tier 3 as slack-morphism declares them (Slack's page for the methods names no tier).
+        "agents.sessions.setStatus": TIER_3,
+        "agents.sessions.rename": TIER_3,
     }
 )
 
@@ -235,6 +250,8 @@ def validate_blocks(blocks: Any, *, limit: int = MAX_BLOCKS) -> None:
             markdown_total += len(text)
         elif kind == "context":
             _check_context(block)
+        elif kind == "context_actions":
+            _check_context_actions(block)
         elif kind == "section":
             _check_section(block)
         elif kind == "header":
@@ -243,6 +260,8 @@ def validate_blocks(blocks: Any, *, limit: int = MAX_BLOCKS) -> None:
             _check_text(block.get("label"), INPUT_LABEL_LIMIT, types=frozenset({"plain_text"}))
             if not isinstance(block.get("element"), dict) or "type" not in block["element"]:
                 raise Refusal("invalid_blocks")
+        elif kind == "actions":
+            _check_actions(block)
     if markdown_total > MARKDOWN_BLOCK_LIMIT:
         raise Refusal("invalid_blocks")
 
@@ -258,6 +277,21 @@ def _check_context(block: JsonDict) -> None:
             _check_text(element, SECTION_TEXT_LIMIT)
 
 
+def _check_context_actions(block: JsonDict) -> None:
+    elements = block.get("elements")
+    if not isinstance(elements, list) or not 1 <= len(elements) <= CONTEXT_ACTIONS_ELEMENTS:
+        raise Refusal("invalid_blocks")
+    for element in elements:
+        if not isinstance(element, dict) or element.get("type") not in CONTEXT_ACTIONS_TYPES:
+            raise Refusal("invalid_blocks")
+        if element["type"] == "feedback_buttons":
+            for side in ("positive_button", "negative_button"):
+                button = element.get(side)
+                if not isinstance(button, dict) or not isinstance(button.get("value"), str):
+                    raise Refusal("invalid_blocks")
+                _check_text(button.get("text"), FEEDBACK_BUTTON_TEXT_LIMIT, types=frozenset({"plain_text"}))
+
+
 def _check_section(block: JsonDict) -> None:
     text, fields = block.get("text"), block.get("fields")
     if text is None and fields is None:
@@ -269,6 +303,24 @@ def _check_section(block: JsonDict) -> None:
             raise Refusal("invalid_blocks")
         for field in fields:
             _check_text(field, SECTION_FIELD_LIMIT)
+
+
+def _check_actions(block: JsonDict) -> None:
+    """An actions block: 1..25 interactive elements; buttons as Block Kit's reference limits them."""
+    elements = block.get("elements")
+    if not isinstance(elements, list) or not 1 <= len(elements) <= ACTIONS_ELEMENTS:
+        raise Refusal("invalid_blocks")
+    for element in elements:
+        if not isinstance(element, dict) or not isinstance(element.get("type"), str):
+            raise Refusal("invalid_blocks")
+        if element["type"] != "button":
+            continue
+        _check_text(element.get("text"), BUTTON_TEXT_LIMIT, types=frozenset({"plain_text"}))
+        action_id, value = element.get("action_id", ""), element.get("value", "")
+        if not isinstance(action_id, str) or len(action_id) > ACTION_ID_LIMIT:
+            raise Refusal("invalid_blocks")
+        if not isinstance(value, str) or len(value) > BUTTON_VALUE_LIMIT:
+            raise Refusal("invalid_blocks")
 
 
 def _check_text(obj: Any, limit: int, *, types: frozenset[str] = TEXT_TYPES) -> None:
