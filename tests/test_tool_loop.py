@@ -196,3 +196,24 @@ def test_the_oldest_tool_results_are_trimmed_first_when_history_is_too_long():
     contents = [m.content for m in request.messages]
     assert contents[2] == TRIMMED_RESULT and contents[5] == "y" * 4000
     assert request.dropped_turns == 0
+
+
+async def test_a_channel_that_limits_its_tools_offers_the_model_only_those(sessions, llm, aiml):
+    from dataclasses import replace as changed
+
+    from bot.tools.box import EnabledTools
+
+    box = EnabledTools(
+        StaticToolBox([Recorder("a"), Recorder("b"), Recorder("c")]), enabled=frozenset({"a", "b"})
+    )
+    config = ServiceConfig("You are a test.", 200_000, 1000)
+    here = Turn(
+        KEY,
+        ConversationKind.CHANNEL,
+        "go",
+        "U1",
+        channel=changed(turn().channel, tools=frozenset({"b", "c"})),
+    )
+    aiml.enqueue(Reply(content="Fine."))
+    await ConversationService(sessions, llm, config, tools=box).reply(here, RecordingSink())
+    assert [t["function"]["name"] for t in aiml.chat_requests[0].json["tools"]] == ["b"]

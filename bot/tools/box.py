@@ -20,7 +20,7 @@ class StaticToolBox:
 
 class EnabledTools:
     """Every box's tools for the turn, first box first on a name clash, filtered by `enabled`
-    (None: all). A channel's own list is left to the channel settings (not yet a field)."""
+    (None: all) and by the channel's own list (`ChannelSettings.tools`, None: all)."""
 
     def __init__(self, *boxes: ToolBox, enabled: frozenset[str] | None = None) -> None:
         self._boxes = boxes
@@ -28,9 +28,12 @@ class EnabledTools:
 
     def tools_for(self, context: ToolContext) -> Sequence[Tool]:
         chosen: dict[str, Tool] = {}
+        here = context.channel.tools
         for box in self._boxes:
             for tool in box.tools_for(context):
                 name = tool.spec.name
-                if name not in chosen and (self._enabled is None or name in self._enabled):
+                if name in chosen or (self._enabled is not None and name not in self._enabled):
+                    continue
+                if here is None or name in here:
                     chosen[name] = tool
         return tuple(chosen.values())
