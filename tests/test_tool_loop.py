@@ -217,3 +217,17 @@ async def test_a_channel_that_limits_its_tools_offers_the_model_only_those(sessi
     aiml.enqueue(Reply(content="Fine."))
     await ConversationService(sessions, llm, config, tools=box).reply(here, RecordingSink())
     assert [t["function"]["name"] for t in aiml.chat_requests[0].json["tools"]] == ["b"]
+
+
+async def test_the_terminal_prints_one_line_per_finished_tool_call():
+    import io
+
+    from bot.cli.chat import TerminalSink
+    from bot.conversation.ports import ToolStep
+
+    out = io.StringIO()
+    sink = TerminalSink(out)
+    await sink.tool_progress([ToolStep("c1", "fetch_url", "in_progress")])
+    await sink.tool_progress([ToolStep("c1", "fetch_url", "complete", "example.org, 3 kB")])
+    await sink.tool_progress([ToolStep("c1", "fetch_url", "complete", "example.org, 3 kB")])
+    assert out.getvalue().count("[fetch_url complete: example.org, 3 kB]") == 1
