@@ -15,6 +15,7 @@ from bot.conversation.budget import MessageTooLong, TokenEstimator, fit_to_budge
 from bot.conversation.channel_settings import DEFAULT_CHANNEL_SETTINGS, ChannelSettings
 from bot.conversation.lease import ReplyLease
 from bot.conversation.ledger import Ledger
+from bot.conversation.person import Person
 from bot.conversation.ports import ChatModel, ChatStreamLike, ReplySink, ReplySummary
 from bot.conversation.settings_rules import SettingsBounds, plan_turn
 from bot.conversation.stop import StopHandle, Stopped, StopRequest, unless_stopped
@@ -61,6 +62,8 @@ class Turn:
     # Facts about where the person is, worded by the chat surface (e.g. the channel they view):
     # added to this turn's system prompt only, never stored in the history.
     context: Sequence[str] = ()
+    # Who asks, when the surface knew (tools check what they may read on the person's behalf).
+    person: Person | None = None
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,7 @@ class ConversationService:
         if request.dropped_turns:
             log.info("history trimmed", extra={"dropped_turns": request.dropped_turns})
 
-        context = ToolContext(turn.key, turn.user_id, None, turn.channel)
+        context = ToolContext(turn.key, turn.user_id, turn.person, turn.channel)
         rounds = await self._loop.run(
             LoopTurn(
                 conversation_id,
