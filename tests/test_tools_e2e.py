@@ -279,3 +279,24 @@ async def test_the_next_turn_sends_the_earlier_tool_calls_and_results_back(db_ur
     assert [m["content"] for m in history if m["role"] == "assistant"] == ["Checking. ", "Noon."]
     stored = [m for m in await rows(db_url, Message) if m.role.value == "assistant"]
     assert stored[0].content == "Checking. Noon." and stored[0].tool_exchange is not None
+
+
+async def test_usage_counts_the_credits_of_every_round(db_url, fakes):
+    from tests.fakes.response_url import ResponseUrl
+
+    slack, aiml = fakes
+    aiml.enqueue(
+        Reply(content="", tool_calls=[call("current_time", {})], credits_used=4000),
+        Reply(content="Now.", credits_used=321),
+    )
+    receiver = ResponseUrl()
+    await receiver.start()
+    try:
+        async with running_bot(make_settings(db_url, slack, aiml), slack, aiml) as bot:
+            await bot.send(mention("time?", "100.000001"))
+            await bot.idle()
+            await bot.command("/usage", response_url=receiver.url)
+            answer = await receiver.next_answer()
+    finally:
+        await receiver.stop()
+    assert "4,321" in str(answer["blocks"]) + answer["text"]
