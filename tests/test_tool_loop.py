@@ -146,7 +146,7 @@ async def test_progress_shows_each_call_running_then_done_and_the_summary_lists_
         calling(ToolCallScript("echo", '{"a": 1}', id="c1")), Reply(content="Echoed.", credits_used=6)
     )
     sink = RecordingSink()
-    await service(sessions, llm, Recorder()).reply(turn(), sink)
+    outcome = await service(sessions, llm, Recorder()).reply(turn(), sink)
     assert [[(s.name, s.status) for s in steps] for steps in sink.steps] == [
         [("echo", "in_progress")],
         [("echo", "complete")],
@@ -154,6 +154,9 @@ async def test_progress_shows_each_call_running_then_done_and_the_summary_lists_
     assert sink.steps[-1][0].detail == "echoed"
     assert sink.summary is not None and sink.summary.tools_used == ("echo",)
     assert sink.summary.credits_used == 1234 + 6
+    # Metrics and quotas read the turn's cost from the outcome: every round's.
+    assert outcome.usage is not None and outcome.usage.usage.credits_used == 1234 + 6
+    assert [u.credits_used for u in await all_rows(sessions, UsageRecord)] == [1234, 6]
 
 
 async def test_a_person_stopping_while_a_tool_runs_ends_the_turn_with_what_was_shown(sessions, llm, aiml):

@@ -192,7 +192,7 @@ class ConversationService:
         )
         end = rounds.end
         result = end.result
-        if result.usage.prompt_tokens:
+        if result.usage.prompt_tokens and rounds.rounds == 1:  # later rounds' prompts were not estimated
             self._estimator.calibrate(request.estimated_tokens, result.usage.prompt_tokens)
         entry = usage_entry(turn, conversation_id, plan.model, result, end.label)
         if end.stopped is not None and result.usage.completion_tokens is None:
@@ -215,7 +215,14 @@ class ConversationService:
             if end.note is None:
                 summary = self._summary(result, end.stopped)
                 if rounds.rounds > 1:  # the cost of every round, and what was used
-                    summary = replace(summary, credits_used=rounds.credits_used, tools_used=rounds.tools_used)
+                    total = rounds.total
+                    summary = replace(
+                        summary,
+                        prompt_tokens=total.prompt_tokens,
+                        completion_tokens=total.completion_tokens,
+                        credits_used=total.credits_used,
+                        tools_used=rounds.tools_used,
+                    )
                 await sink.finish(summary)
             else:
                 await sink.fail(end.note)
@@ -235,7 +242,9 @@ class ConversationService:
         _log_end(end.label if status is end.status else status.value, result, began)
         if cancelled:
             raise asyncio.CancelledError  # stored and shown as interrupted; now let shutdown proceed
-        return TurnOutcome(status, result.content, conversation_id, result, end.label)
+        # The turn's cost is every round's (metrics and quotas read it); its ledger rows are per round.
+        spent = replace(result, usage=rounds.total) if rounds.rounds > 1 else result
+        return TurnOutcome(status, result.content, conversation_id, spent, end.label)
 
     async def _stream(
         self,

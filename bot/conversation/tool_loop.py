@@ -26,7 +26,7 @@ from bot.conversation.ports import ReplySink, StepStatus, ToolStep
 from bot.conversation.stop import StopHandle, Stopped, StopRequest, unless_stopped
 from bot.conversation.tool_history import to_exchange
 from bot.conversation.tools import Approver, Tool, ToolContext, ToolResult, ToolSpec
-from bot.llm.types import ChatMessage, CompletionResult, ToolCall
+from bot.llm.types import ChatMessage, CompletionResult, ToolCall, Usage
 from bot.storage.db import UNAVAILABLE, error_reason
 from bot.storage.models import MessageStatus
 from bot.storage.tool_calls import ToolCallRow, store_tool_round
@@ -90,7 +90,11 @@ class LoopEnd:
     end: StreamEnd
     rounds: int
     tools_used: tuple[str, ...]
-    credits_used: int | None  # of every round; None when no round reported its cost
+    total: Usage  # of every round: what the turn cost (metrics, quotas); unknown only if never reported
+
+    @property
+    def credits_used(self) -> int | None:
+        return self.total.credits_used
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,7 @@ class ToolLoop:
         shown: list[str] = []
         steps: dict[str, ToolStep] = {}
         used: dict[str, None] = {}
-        credits: int | None = None
+        total = Usage()
         round_no = 0
         while True:
             round_no += 1
@@ -151,13 +155,12 @@ class ToolLoop:
             end = await stream_round(sent, request)
             log.debug("tool round %d streamed in %.0f ms", round_no, (time.monotonic() - began) * 1000)
             result = end.result
-            if result.usage.credits_used is not None:
-                credits = (credits or 0) + result.usage.credits_used
+            total = _added(total, result.usage)
             shown.append(result.content)
             calls = result.tool_calls
             if over or not calls or not specs or end.status != MessageStatus.COMPLETE or end.stopped:
                 whole = replace(result, content="".join(shown))
-                return LoopEnd(replace(end, result=whole), round_no, tuple(used), credits)
+                return LoopEnd(replace(end, result=whole), round_no, tuple(used), total)
             # This round's row now; the last round's is written by the service with the answer.
             await self._ledger.usage_row(turn.usage_for(result, end.label))
             for call in calls:
@@ -170,12 +173,12 @@ class ToolLoop:
                 # Stopped while tools ran: the answer is what was shown; the calls are cancelled.
                 whole = replace(result, content="".join(shown))
                 end = StreamEnd(whole, MessageStatus.COMPLETE, STOPPED, None, stopped.request)
-                return LoopEnd(end, round_no, tuple(used), credits)
+                return LoopEnd(end, round_no, tuple(used), total)
             except asyncio.CancelledError:
                 # Cancelled (shutdown) while tools ran: end the reply as interrupted, like a cut stream.
                 whole = replace(result, content="".join(shown))
                 cut = StreamEnd(whole, MessageStatus.INTERRUPTED, "cancelled", NOTE_INTERRUPTED)
-                return LoopEnd(cut, round_no, tuple(used), credits)
+                return LoopEnd(cut, round_no, tuple(used), total)
             answers = [ChatMessage("tool", _bounded(o.result), tool_call_id=o.call.id) for o in outcomes]
             rounds_messages += [assistant, *answers]
             await self._store_round(turn, round_no, rounds_messages, outcomes)
@@ -262,6 +265,20 @@ class ToolLoop:
         except UNAVAILABLE as exc:
             # Not spooled: the answer itself still lands; only this round's record is lost.
             log.warning("could not store a tool round: %s", error_reason(exc))
+
+
+def _added(total: Usage, more: Usage) -> Usage:
+    """The sum of two calls' usage; a value stays unknown (None) only while neither knows it."""
+    values = {}
+    for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "credits_used"):
+        a, b = getattr(total, name), getattr(more, name)
+        values[name] = None if a is None and b is None else (a or 0) + (b or 0)
+    usd = (
+        None
+        if total.usd_spent is None and more.usd_spent is None
+        else (total.usd_spent or 0) + (more.usd_spent or 0)
+    )
+    return Usage(**values, usd_spent=usd)
 
 
 def _wire_spec(spec: ToolSpec) -> dict[str, Any]:
