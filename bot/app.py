@@ -155,7 +155,9 @@ async def core_services(settings: Settings, metrics: Metrics | None = None) -> A
     # Other boxes (MCP servers, Slack-reading tools) join the built-ins here; TOOLS_ENABLED filters all.
     tools = EnabledTools(StaticToolBox([CurrentTime(), fetch]), enabled=settings.tools_enabled)
     limits = ToolLimits(settings.tools_max_rounds, settings.tools_call_timeout, settings.tools_turn_timeout)
-    service = ConversationService(sessions, llm, config, ledger=ledger, tools=tools, tool_limits=limits)
+    service = ConversationService(
+        sessions, llm, config, ledger=ledger, tools=tools, tool_limits=limits, tool_events=metrics
+    )
     try:
         yield Core(engine, sessions, llm, service, ledger)
     finally:

@@ -108,6 +108,20 @@ class Metrics:
             "slackbot_feedback", "Feedback button presses stored, by value (up/down)", ["value"], registry=r
         )
         self.turns_running = Gauge("slackbot_turns_running", "Turns holding their thread now", registry=r)
+        self.tool_calls = Counter(
+            "slackbot_tool_calls",
+            "Tool calls the model made, by tool and outcome",
+            ["tool", "outcome"],
+            registry=r,
+        )
+        self.tool_call_seconds = Histogram(
+            "slackbot_tool_call_seconds", "Time one tool call took", ["tool"], registry=r
+        )
+
+    def tool_call_ended(self, tool: str, outcome: str, seconds: float) -> None:
+        """`tool` is a configured tool's name, or "unknown" for one the model made up."""
+        self.tool_calls.labels(tool, outcome).inc()
+        self.tool_call_seconds.labels(tool).observe(seconds)
 
     def observe_slack_call(self, method: str, outcome: str, seconds: float) -> None:
         """Edits that landed are `chat.update` + `ok`; Slack's 429s are outcome `ratelimited`."""

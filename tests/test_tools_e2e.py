@@ -300,3 +300,27 @@ async def test_usage_counts_the_credits_of_every_round(db_url, fakes):
     finally:
         await receiver.stop()
     assert "4,321" in str(answer["blocks"]) + answer["text"]
+
+
+async def test_tool_calls_are_counted_by_tool_and_outcome_with_made_up_tools_as_unknown(db_url, fakes):
+    from tests.test_metrics import scrape
+
+    slack, aiml = fakes
+    calls = [
+        call("current_time", {"tz": "UTC"}),
+        call("summon_dragon", {}),
+        call("current_time", {"tz": "Nowhere"}),
+    ]
+    aiml.enqueue(Reply(content="", tool_calls=calls), Reply())
+    async with running_bot(make_settings(db_url, slack, aiml), slack, aiml) as bot:
+        await bot.send(mention("go", "100.000001"))
+        await bot.idle()
+        samples = await scrape(bot.http)
+    counted = {
+        labels: value for (name, labels), value in samples.items() if name == "slackbot_tool_calls_total"
+    }
+    assert counted == {
+        (("outcome", "ok"), ("tool", "current_time")): 1,
+        (("outcome", "error"), ("tool", "current_time")): 1,
+        (("outcome", "error"), ("tool", "unknown")): 1,
+    }

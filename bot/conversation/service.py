@@ -20,7 +20,7 @@ from bot.conversation.ports import ChatModel, ChatStreamLike, ReplySink, ReplySu
 from bot.conversation.settings_rules import SettingsBounds, plan_turn
 from bot.conversation.stop import StopHandle, Stopped, StopRequest, unless_stopped
 from bot.conversation.tool_history import replay
-from bot.conversation.tool_loop import LoopTurn, RoundRequest, StreamEnd, ToolLimits, ToolLoop
+from bot.conversation.tool_loop import LoopTurn, RoundRequest, StreamEnd, ToolEvents, ToolLimits, ToolLoop
 from bot.conversation.tools import Approver, ToolBox, ToolContext
 from bot.llm.errors import LLMError
 from bot.llm.types import ChatMessage, CompletionResult
@@ -104,6 +104,7 @@ class ConversationService:
         tools: ToolBox | None = None,
         approver: Approver | None = None,
         tool_limits: ToolLimits | None = None,
+        tool_events: ToolEvents | None = None,
     ) -> None:
         self._sessions = sessions
         self._model = model
@@ -111,7 +112,8 @@ class ConversationService:
         self._estimator = estimator or TokenEstimator()
         self._ledger = ledger or Ledger(sessions, None)
         self._tools = tools
-        self._loop = ToolLoop(sessions, self._ledger, self._estimator, tool_limits or ToolLimits(), approver)
+        limits = tool_limits or ToolLimits()
+        self._loop = ToolLoop(sessions, self._ledger, self._estimator, limits, approver, tool_events)
         self._lease = ReplyLease(sessions)
         self._heartbeats: set[asyncio.Task[None]] = set()  # kept referenced until they stop
 

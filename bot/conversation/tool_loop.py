@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -37,6 +37,12 @@ log = logging.getLogger(__name__)
 NOTE_INTERRUPTED = "The answer was interrupted."
 STOPPED = "stopped"  # the usage status of a turn a person stopped (as bot.conversation.service)
 MAX_RESULT_CHARS = 30_000  # one result the model reads; tools cap their own output below this
+
+
+class ToolEvents(Protocol):
+    """Counted by the operator's metrics: each call's tool ("unknown" if made up), outcome, time."""
+
+    def tool_call_ended(self, tool: str, outcome: str, seconds: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,9 @@ class ToolLoop:
         estimator: TokenEstimator,
         limits: ToolLimits,
         approver: Approver | None = None,
+        events: ToolEvents | None = None,
     ) -> None:
+        self._events = events
         self._sessions = sessions
         self._ledger = ledger
         self._estimator = estimator
@@ -213,8 +221,13 @@ class ToolLoop:
         began = time.monotonic()
 
         def done(result: ToolResult, outcome: str) -> _Outcome:
-            ms = round((time.monotonic() - began) * 1000)
+            seconds = time.monotonic() - began
+            ms = round(seconds * 1000)
             log.info("tool call ended", extra={"tool": call.name, "outcome": outcome, "duration_ms": ms})
+            if self._events is not None:
+                self._events.tool_call_ended(
+                    call.name if call.name in by_name else "unknown", outcome, seconds
+                )
             return _Outcome(call, result, outcome, ms)
 
         tool = by_name.get(call.name)
