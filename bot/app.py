@@ -6,7 +6,7 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -34,13 +34,13 @@ from bot.jobs.digest import DigestJob
 from bot.jobs.maintenance import Maintenance
 from bot.jobs.scheduler import build_scheduler
 from bot.llm.client import AimlClient
-from bot.metrics import Metrics
+from bot.metrics import Metrics, Samples
 from bot.settings import Settings, SettingsError
 from bot.slack.admin_access import AdminAccess
 from bot.slack.agent_sessions import AgentSessions
 from bot.slack.agent_view import AgentView, load_prompts, register_agent_view
 from bot.slack.app_home import AppHome, register_app_home
-from bot.slack.edit_budget import EditBudgets
+from bot.slack.edit_budget import EditBudget, EditBudgets
 from bot.slack.feedback import register_feedback
 from bot.slack.glm_command import GlmCommand, register_glm_command
 from bot.slack.handler import EdgeConfig, SlackEdge, admin_contact
@@ -272,6 +272,8 @@ class BotRuntime:
                 settings.stream_update_interval,
                 settings.thread_backfill_limit,
                 admins=settings.admin_user_ids,
+                streaming=settings.slack_streaming,
+                stream_message_chars=settings.slack_stream_message_chars,
             ),
             agent_view=agent_view,
         )
@@ -365,6 +367,29 @@ def export_live_state(metrics: Metrics, budgets: EditBudgets, engine: AsyncEngin
     )
     metrics.read_at_scrape(
         "slackbot_edit_budget_waiters", "Replies waiting for a chat.update slot", waiters, ["team"]
+    )
+
+    def method_samples(read: Callable[[EditBudget], float]) -> Samples:
+        return lambda: [([team, method], read(b)) for (team, method), b in budgets.by_method().items()]
+
+    labels = ["team", "method"]
+    metrics.read_at_scrape(
+        "slackbot_slack_budget_tokens",
+        "Calls of a Slack method a workspace may start now (every budgeted method)",
+        method_samples(lambda b: b.available()),
+        labels,
+    )
+    metrics.read_at_scrape(
+        "slackbot_slack_budget_waiters",
+        "Replies waiting for a call of a Slack method",
+        method_samples(lambda b: float(b.waiting)),
+        labels,
+    )
+    metrics.read_at_scrape(
+        "slackbot_slack_budget_rate_per_minute",
+        "Calls a minute a budget allows now (lowered after 429s, raised back slowly)",
+        method_samples(lambda b: b.rate_per_minute),
+        labels,
     )
     checked_out = getattr(engine.pool, "checkedout", None)  # queue pools only (both our dialects)
     if callable(checked_out):

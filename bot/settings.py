@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     stream_update_interval: float = Field(1.0, ge=0.05)
     slack_edits_per_minute: float = Field(45.0, gt=0)
     slack_edit_burst: int = Field(5, ge=1)
+    # How answers stream: native (chat.startStream/appendStream/stopStream), by edits, or per reply.
+    slack_streaming: Literal["auto", "native", "edits"] = "auto"
+    # Characters of answer in one natively streamed message before it continues in the next
+    # (Slack refuses a streamed message somewhere near 40,000: stay well below).
+    slack_stream_message_chars: int = Field(24_000, ge=2_000, le=36_000)
     thread_followups: bool = True
     thread_backfill_limit: int = Field(50, ge=0, le=1000)
     system_prompt_file: Path = _DEFAULT_PROMPT
@@ -128,6 +133,11 @@ class Settings(BaseSettings):
                 )
             return frozenset(items)
         return value
+
+    @field_validator("slack_streaming", mode="before")
+    @classmethod
+    def _lower_streaming(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("allowed_models", mode="before")
     @classmethod

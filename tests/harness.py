@@ -59,6 +59,8 @@ def make_settings(
         "llm_read_timeout": 3.0,
         "shutdown_grace_seconds": 2.0,
         "log_format": "console",
+        # The suite's older tests describe edit streaming; native and auto are asked for by name.
+        "slack_streaming": "edits",
     }
     values.update(overrides)
     for name in keep_defaults:

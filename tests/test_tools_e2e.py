@@ -324,3 +324,23 @@ async def test_tool_calls_are_counted_by_tool_and_outcome_with_made_up_tools_as_
         (("outcome", "error"), ("tool", "current_time")): 1,
         (("outcome", "error"), ("tool", "unknown")): 1,
     }
+
+
+async def test_in_native_streaming_tool_progress_is_a_task_timeline_of_the_stream(db_url, fakes, pages):
+    slack, aiml = fakes
+    answer = await ask(
+        db_url,
+        slack,
+        aiml,
+        Reply(content="Let me look. ", tool_calls=[call("fetch_url", {"url": pages.url("/slow")})]),
+        Reply(content="It is slow."),
+        slack_streaming="native",
+        tools_call_timeout=1.0,
+        fetch_allow_private=True,
+    )
+    [reply] = [m for m in slack.thread("C1", "100.000001") if m.bot_id]
+    assert "Let me look. It is slow." in reply.text + answer
+    states = [(t["title"], t["status"], t.get("details")) for t in reply.tasks]
+    assert states[0][:2] == ("fetch_url", "in_progress")
+    assert states[-1] == ("fetch_url", "error", "timeout")
+    assert "tools: fetch_url" in reply.context

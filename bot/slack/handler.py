@@ -28,7 +28,8 @@ from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
 from bot.slack.edit_budget import EditBudgets
 from bot.slack.events import Ignored, classify, event_type_label, readable, strip_bot_mention, user_ids_in
 from bot.slack.people import LOOKUPS_PER_MESSAGE, UserDirectory
-from bot.slack.renderer import SlackReply
+from bot.slack.streaming import ChosenReply, ReplyPlace, Streaming, StreamingConfig, StreamingMode
+from bot.storage.models import ConversationKind
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class EdgeConfig:
     update_interval: float
     backfill_limit: int
     admins: frozenset[str] = frozenset()  # ADMIN_USER_IDS: admins besides the workspace's own
+    streaming: StreamingMode = "edits"  # SLACK_STREAMING
+    stream_message_chars: int = 24_000  # SLACK_STREAM_MESSAGE_CHARS
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class SlackSurface:
     budgets: EditBudgets
     metrics: Metrics
     config: EdgeConfig
+    streaming: Streaming
     agent_view: AgentView | None = None  # the Messages tab: titles, the channel in view
 
     async def person(self, arrival: Arrival) -> Person | None:
@@ -68,17 +72,13 @@ class SlackSurface:
             return None
         return profile.asker(admins=self.config.admins, workspace=arrival.key.team_id)
 
-    def reply_to(self, arrival: Arrival) -> SlackReply:
-        key = arrival.key
-        return SlackReply(
-            self.client,
-            self.budgets.for_team(key.team_id),
-            key.channel_id,
-            key.thread_ts,
-            interval=self.config.update_interval,
-            metrics=self.metrics,
-            stop_value=arrival.message_ts,  # the Stop button names the question it answers
+    def reply_to(self, arrival: Arrival) -> ChosenReply:
+        key, in_channel = arrival.key, arrival.kind is not ConversationKind.DM
+        # The Stop button (edit streaming) names the question it answers.
+        place = ReplyPlace(
+            key.team_id, key.channel_id, key.thread_ts, arrival.user_id, in_channel, arrival.message_ts
         )
+        return self.streaming.reply(self.client, place)
 
     async def prompt_text(self, arrival: Arrival) -> str:
         text = strip_bot_mention(arrival.text, self.bot_user_id)
@@ -139,6 +139,13 @@ class SlackEdge:
         self.turns = turns
         self._people, self._budgets, self._metrics, self._config = people, budgets, metrics, config
         self._agent_view = agent_view
+        mode, chars = config.streaming, config.stream_message_chars
+        self.streaming = Streaming(budgets, StreamingConfig(mode, config.update_interval, chars), metrics)
+
+    @property
+    def active(self) -> set[Any]:
+        """The turns shutdown waits for."""
+        return self.turns.active
 
     def count_received(self, event_type: str) -> None:
         self._metrics.events_received.labels(event_type).inc()
@@ -152,6 +159,13 @@ class SlackEdge:
         key = arrival.key
         bind_context(team=key.team_id, channel=key.channel_id, thread=key.thread_ts)
         surface = SlackSurface(
-            client, bot_user_id, self._people, self._budgets, self._metrics, self._config, self._agent_view
+            client,
+            bot_user_id,
+            self._people,
+            self._budgets,
+            self._metrics,
+            self._config,
+            self.streaming,
+            self._agent_view,
         )
         await self.turns.handle(arrival, surface)

@@ -32,6 +32,8 @@ from tests.fakes.slack_rules import (
     SESSION_STATUSES,
     SESSION_TITLE_LIMIT,
     SLACK_LIMITS,
+    STREAM_EXPIRY,
+    STREAM_TOTAL_LIMIT,
     UPDATE_TEXT_LIMIT,
     Buckets,
     Fault,
@@ -39,7 +41,10 @@ from tests.fakes.slack_rules import (
     RateLimit,
     Refusal,
     SeededLatency,
+    check_recipients,
     message_content,
+    stream_text,
+    validate_blocks,
     validate_view,
 )
 
@@ -60,6 +65,9 @@ class FakeMessage:
     bot_id: str | None
     edits: int = 0
     history: list[str] = field(default_factory=list)  # every text the message has shown, oldest first
+    streaming: bool = False  # a native stream still open (people see it as still being written)
+    tasks: list[JsonDict] = field(default_factory=list)  # task_update chunks streamed, in order
+    stream_started: float = 0.0  # time.monotonic() of chat.startStream
 
     @property
     def markdown(self) -> str:
@@ -180,6 +188,11 @@ class FakeSlackApi:
         self.statuses: list[
             tuple[str, str, str]
         ] = []  # assistant.threads.setStatus (channel, thread, status)
+        # The status line each thread shows now: set by setStatus, cleared when the app posts there.
+        self.status_now: dict[tuple[str, str], str] = {}
+        self.stream_expiry = STREAM_EXPIRY  # seconds before a stream dies (message_not_in_streaming_state)
+        # Slack refuses native streams outside DMs for some apps: channel_type_not_supported.
+        self.refuse_streams_in_channels = False
         # assistant.threads.setSuggestedPrompts: channel -> (title, [(title, message)]); the last set
         self.suggested_prompts: dict[str, tuple[str | None, list[tuple[str, str]]]] = {}
         self.titles: dict[tuple[str, str], str] = {}  # assistant.threads.setTitle (channel, thread)
@@ -216,6 +229,9 @@ class FakeSlackApi:
             "assistant.threads.setStatus": self._set_status,
             "assistant.threads.setSuggestedPrompts": self._set_suggested_prompts,
             "assistant.threads.setTitle": self._set_title,
+            "chat.startStream": self._start_stream,
+            "chat.appendStream": self._append_stream,
+            "chat.stopStream": self._stop_stream,
             "conversations.info": self._conversations_info,
             "views.open": self._views_open,
             "views.publish": self._views_publish,
@@ -341,6 +357,20 @@ class FakeSlackApi:
 
     def calls_to(self, method: str) -> list[Call]:
         return [c for c in self.calls if c.method == method]
+
+    def most_in_a_minute(self, method: str) -> int:
+        """The most calls of `method` Slack accepted in any 60 s window (across workspaces)."""
+        times = sorted(c.time for c in self.calls if c.method == method and c.ok)
+        most, first = 0, 0
+        for last, t in enumerate(times):
+            while t - times[first] >= 60.0:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
+
+    def status(self, channel: str, thread_ts: str) -> str:
+        """The status line the thread shows now ("" when none)."""
+        return self.status_now.get((channel, thread_ts), "")
 
     @property
     def count_429s(self) -> int:
@@ -477,7 +507,60 @@ class FakeSlackApi:
         text, blocks = message_content(params)
         thread_ts = params.get("thread_ts") or None
         msg = self._store(channel, text[:POST_TEXT_LIMIT], blocks, self.bot_user_id, self.bot_id, thread_ts)
+        self._app_posted(channel, thread_ts)
         return {"channel": channel, "ts": msg.ts, "message": msg.as_api()}
+
+    def _app_posted(self, channel: str, thread_ts: str | None) -> None:
+        """Slack clears a thread's status line when the app posts in it."""
+        if thread_ts is not None:
+            self.status_now.pop((channel, thread_ts), None)
+
+    async def _start_stream(self, params: JsonDict, _team: str) -> JsonDict:
+        channel = self._channel(params, member=True)
+        thread_ts = params.get("thread_ts")
+        if not thread_ts:
+            raise _Reject("invalid_arguments")  # streams always reply in a thread
+        if self.refuse_streams_in_channels and not channel.startswith("D"):
+            raise _Reject("channel_type_not_supported")
+        check_recipients(params, channel)
+        text = stream_text(params)
+        msg = self._store(channel, text, _streamed(text), self.bot_user_id, self.bot_id, str(thread_ts))
+        msg.streaming, msg.stream_started = True, time.monotonic()
+        self._app_posted(channel, str(thread_ts))
+        return {"channel": channel, "ts": msg.ts}
+
+    def _open_stream(self, params: JsonDict) -> FakeMessage:
+        channel = self._channel(params, member=True)
+        msg = self._find(channel, str(params.get("ts", "")))
+        if msg is None:
+            raise _Reject("message_not_found")
+        if not msg.streaming or time.monotonic() - msg.stream_started > self.stream_expiry:
+            raise _Reject("message_not_in_streaming_state")
+        return msg
+
+    def _stream_more(self, msg: FakeMessage, params: JsonDict) -> None:
+        text = msg.text + stream_text(params)
+        if len(text) > STREAM_TOTAL_LIMIT:
+            raise _Reject("msg_too_long")
+        msg.text, msg.blocks = text, _streamed(text)
+        msg.history.append(text)
+        msg.tasks += [c for c in params.get("chunks") or [] if c.get("type") == "task_update"]
+
+    async def _append_stream(self, params: JsonDict, _team: str) -> JsonDict:
+        msg = self._open_stream(params)
+        self._stream_more(msg, params)
+        return {"channel": msg.channel, "ts": msg.ts}
+
+    async def _stop_stream(self, params: JsonDict, _team: str) -> JsonDict:
+        msg = self._open_stream(params)
+        blocks = params.get("blocks")
+        if blocks is not None:
+            validate_blocks(blocks)
+        self._stream_more(msg, params)
+        # What people see once it stops: the streamed Markdown, then the blocks given at the stop.
+        msg.blocks = [*(_streamed(msg.text) or []), *(blocks or [])] or None
+        msg.streaming = False
+        return {"channel": msg.channel, "ts": msg.ts, "message": msg.as_api()}
 
     async def _update(self, params: JsonDict, _team: str) -> JsonDict:
         channel = self._channel(params, member=True)
@@ -490,6 +573,7 @@ class FakeSlackApi:
         if len(text) > UPDATE_TEXT_LIMIT:
             raise _Reject("msg_too_long")
         msg.text, msg.blocks = text, blocks
+        msg.streaming = False  # an update finishes a stream (how an expired one is ended)
         msg.edits += 1
         msg.history.append(text)
         return {"channel": channel, "ts": msg.ts, "text": text, "message": msg.as_api()}
@@ -558,7 +642,9 @@ class FakeSlackApi:
         channel = self._channel(params, "channel_id")
         if not params.get("thread_ts"):
             raise _Reject("invalid_arguments")
-        self.statuses.append((channel, str(params["thread_ts"]), str(params.get("status", ""))))
+        status = str(params.get("status", ""))
+        self.statuses.append((channel, str(params["thread_ts"]), status))
+        self.status_now[channel, str(params["thread_ts"])] = status
         return {}
 
     async def _set_suggested_prompts(self, params: JsonDict, _team: str) -> JsonDict:
@@ -676,6 +762,11 @@ class FakeSlackApi:
         if not params.get("thread_ts"):
             raise _Reject("invalid_arguments")  # thread-based sessions need their root's ts
         return channel, str(params["thread_ts"])
+
+
+def _streamed(text: str) -> list[JsonDict] | None:
+    """A streamed message shows its Markdown as a `markdown` block."""
+    return [{"type": "markdown", "text": text}] if text else None
 
 
 def reject(error: str, status: int = 200, retry_after: int | None = None) -> Exception:

@@ -21,6 +21,9 @@ JsonDict = dict[str, Any]
 UPDATE_TEXT_LIMIT = 4_000  # chat.update answers msg_too_long past this
 POST_TEXT_LIMIT = 40_000  # chat.postMessage truncates past this
 MARKDOWN_BLOCK_LIMIT = 12_000  # total `markdown` block text per message
+STREAM_CALL_LIMIT = 12_000  # markdown_text of one chat.startStream/appendStream/stopStream call
+STREAM_TOTAL_LIMIT = 40_000  # a streamed message as a whole fails with msg_too_long near this
+STREAM_EXPIRY = 300.0  # seconds a stream stays open (message_not_in_streaming_state after)
 MAX_BLOCKS = 50
 VIEW_MAX_BLOCKS = 100  # modals and the Home tab
 VIEW_TITLE_LIMIT = 24  # a modal's title, submit and close labels
@@ -102,7 +105,7 @@ SLACK_LIMITS: Mapping[str, RateLimit] = MappingProxyType(
         "assistant.threads.setSuggestedPrompts": TIER_4,
         "assistant.threads.setTitle": TIER_4,
         "users.info": TIER_4,
-        "assistant.threads.setStatus": RateLimit(600, burst=10),
+        "assistant.threads.setStatus": RateLimit(600, burst=20),  # "special": our reading, as the bench's
         "conversations.info": TIER_3,
         "views.open": TIER_4,
         "views.publish": TIER_4,
@@ -178,6 +181,53 @@ class Fault:
             return True
         assert self._probability is not None
         return self._random.random() < self._probability
+
+
+# ---- native streams ------------------------------------------------------------------------------
+
+
+def stream_text(params: JsonDict) -> str:
+    """The Markdown a stream call adds: `markdown_text`, or its `markdown_text` chunks."""
+    text = params.get("markdown_text")
+    chunks = params.get("chunks")
+    if text is not None and chunks:
+        raise Refusal("invalid_arguments")
+    if chunks:
+        if not isinstance(chunks, list):
+            raise Refusal("invalid_chunks")
+        parts = []
+        for chunk in chunks:
+            if isinstance(chunk, dict) and chunk.get("type") == "task_update":
+                check_task(chunk)
+                continue  # a timeline entry, not text (the fake keeps them in FakeMessage.tasks)
+            if not isinstance(chunk, dict) or chunk.get("type") != "markdown_text":
+                raise Refusal("invalid_chunks")  # plan chunks are not modelled
+            parts.append(str(chunk.get("text", "")))
+        text = "".join(parts)
+    text = str(text or "")
+    if len(text) > STREAM_CALL_LIMIT:
+        raise Refusal("msg_too_long")
+    return text
+
+
+TASK_STATUSES = frozenset({"pending", "in_progress", "complete", "error"})
+
+
+def check_task(chunk: JsonDict) -> None:
+    """A `task_update` chunk needs an id, a title and one of the four statuses."""
+    if not chunk.get("id") or not chunk.get("title") or chunk.get("status") not in TASK_STATUSES:
+        raise Refusal("invalid_chunks")
+
+
+def check_recipients(params: JsonDict, channel: str) -> None:
+    """Streams in channels go to one person: `recipient_user_id` and `recipient_team_id` are required
+    there (not in DMs, whose ids start with D)."""
+    if channel.startswith("D"):
+        return
+    if not params.get("recipient_user_id"):
+        raise Refusal("missing_recipient_user_id")
+    if not params.get("recipient_team_id"):
+        raise Refusal("missing_recipient_team_id")
 
 
 # ---- message bodies ------------------------------------------------------------------------------
