@@ -4,6 +4,7 @@ By default the fake Slack has Slack's real rate limits and about 60 ms of latenc
 (b) run in every streaming mode (SLACK_STREAMING edits, native, auto), the others in the bot's default
 (a full run takes under 15 minutes); `--quick` runs chat.update 12x faster and (a) with 5 replies.
 `--scenario b --mode auto` is one run at Slack's real limits, for checking one figure (about 2 minutes).
+`--scenario tools` measures what the tool loop adds to a 3-round turn, on its own (bench/tools.py).
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ def main() -> int:
         "--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON file (default {DEFAULT_OUTPUT})"
     )
     args = parser.parse_args()
+    if args.only == "tools":  # the tool loop's own measure: in process, no bot process or Slack
+        from bench.tools import main as tools_main
+
+        return tools_main()
     unknown = set(args.only.split(",")) - set(SCENARIOS) if args.only else set()
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")

@@ -6,7 +6,7 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,6 +29,8 @@ from bot.conversation.service import ConversationService, ServiceConfig
 from bot.conversation.settings_rules import SettingsBounds
 from bot.conversation.settings_store import ChannelSettingsStore
 from bot.conversation.summaries import Summarizer
+from bot.conversation.tool_loop import ToolLimits
+from bot.conversation.tools import ToolBox
 from bot.conversation.turns import RunningReplies, Turns
 from bot.files.extract import TextCaps
 from bot.jobs.digest import DigestJob
@@ -49,6 +51,7 @@ from bot.slack.handler import EdgeConfig, SlackEdge, admin_contact
 from bot.slack.listeners import register_listeners
 from bot.slack.people import UserDirectory
 from bot.slack.read_access import ReadAccess
+from bot.slack.read_tools import read_tools_of
 from bot.slack.reading import ReadLimits, SlackReader
 from bot.slack.stop import RunningTurns, StopControl, register_stop_controls
 from bot.slack.summaries import Summaries, register_summaries
@@ -56,6 +59,9 @@ from bot.slack.usage_command import register_usage_command
 from bot.storage.db import check_database, create_engine, describe, session_factory
 from bot.storage.migrate import upgrade_head
 from bot.storage.spool import Spool
+from bot.tools.box import EnabledTools, StaticToolBox
+from bot.tools.clock import CurrentTime
+from bot.tools.fetch import FetchLimits, FetchUrl
 from bot.web import WebServer
 
 log = logging.getLogger(__name__)
@@ -123,7 +129,9 @@ def admission_pipeline(
 
 
 @asynccontextmanager
-async def core_services(settings: Settings, metrics: Metrics | None = None) -> AsyncIterator[Core]:
+async def core_services(
+    settings: Settings, metrics: Metrics | None = None, *, tool_boxes: Sequence[ToolBox] = ()
+) -> AsyncIterator[Core]:
     """Database (migrated), AI/ML API client, ledger and conversation service; closed on exit."""
     settings.require("aimlapi_key")
     assert settings.aimlapi_key is not None
@@ -151,10 +159,20 @@ async def core_services(settings: Settings, metrics: Metrics | None = None) -> A
     if metrics is not None:
         gauge = "slackbot_usage_spool_rows"
         metrics.read_at_scrape(gauge, "Writes waiting in the spool", lambda: [([], float(ledger.pending))])
+    fetch = FetchUrl(
+        FetchLimits(settings.fetch_max_bytes, settings.fetch_timeout, settings.fetch_allow_private)
+    )
+    # `tool_boxes` (Slack-reading tools, MCP servers) join the built-ins; TOOLS_ENABLED filters all.
+    tools = EnabledTools(StaticToolBox([CurrentTime(), fetch]), *tool_boxes, enabled=settings.tools_enabled)
+    limits = ToolLimits(settings.tools_max_rounds, settings.tools_call_timeout, settings.tools_turn_timeout)
+    service = ConversationService(
+        sessions, llm, config, ledger=ledger, tools=tools, tool_limits=limits, tool_events=metrics
+    )
     try:
-        yield Core(engine, sessions, llm, ConversationService(sessions, llm, config, ledger=ledger), ledger)
+        yield Core(engine, sessions, llm, service, ledger)
     finally:
         await ledger.aclose()
+        await fetch.aclose()
         await llm.aclose()
         await engine.dispose()
 
@@ -237,12 +255,22 @@ class BotRuntime:
         session = self.client.session = aiohttp.ClientSession()
         self._stack.push_async_callback(session.close)
         team = await check_slack(self.client)
-        self.core = core = await self._stack.enter_async_context(core_services(settings, self.metrics))
+        people = UserDirectory(self.client)  # one users.info cache: turns, /usage, the digest, tools
+        self.reader = SlackReader(
+            self.client,
+            people,
+            ReadAccess(self.client),
+            ReadLimits(settings.slack_read_max_messages, settings.slack_read_max_chars),
+            metrics=self.metrics,
+        )
+        boxes = (StaticToolBox(read_tools_of(self.reader)),)
+        self.core = core = await self._stack.enter_async_context(
+            core_services(settings, self.metrics, tool_boxes=boxes)
+        )
         log.info("database ready at %s", describe(core.engine.url))
         bolt = build_bolt(settings, self.client)
         budgets = EditBudgets(settings.slack_edits_per_minute, settings.slack_edit_burst)
         export_live_state(self.metrics, budgets, core.engine)
-        people = UserDirectory(self.client)  # one users.info cache: turns, /usage, the digest
         self.channel_settings = channel_settings = ChannelSettingsStore(core.sessions)
         contact = admin_contact(settings.admin_user_ids)
         # What the stop controls can stop (bot.slack.stop); sessions go `processing` while answering.
@@ -295,13 +323,6 @@ class BotRuntime:
             settings.aimlapi_model, settings.models_allowed, settings.llm_max_output_tokens
         )
         self.glm = GlmCommand(access, channel_settings, bounds, self.home)
-        self.reader = SlackReader(
-            self.client,
-            people,
-            ReadAccess(self.client),
-            ReadLimits(settings.slack_read_max_messages, settings.slack_read_max_chars),
-            metrics=self.metrics,
-        )
         summaries = Summaries(
             self.reader,
             Summarizer(core.llm, core.ledger, observer=self.metrics),

@@ -123,6 +123,20 @@ class Metrics:
         self.summaries = Counter(
             "slackbot_summaries", "Summaries asked for, by outcome", ["outcome"], registry=r
         )
+        self.tool_calls = Counter(
+            "slackbot_tool_calls",
+            "Tool calls the model made, by tool and outcome",
+            ["tool", "outcome"],
+            registry=r,
+        )
+        self.tool_call_seconds = Histogram(
+            "slackbot_tool_call_seconds", "Time one tool call took", ["tool"], registry=r
+        )
+
+    def tool_call_ended(self, tool: str, outcome: str, seconds: float) -> None:
+        """`tool` is a configured tool's name, or "unknown" for one the model made up."""
+        self.tool_calls.labels(tool, outcome).inc()
+        self.tool_call_seconds.labels(tool).observe(seconds)
 
     def observe_slack_call(self, method: str, outcome: str, seconds: float) -> None:
         """Edits that landed are `chat.update` + `ok`; Slack's 429s are outcome `ratelimited`."""

@@ -19,6 +19,8 @@ _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _SLACK_ID = re.compile(r"[A-Z][A-Z0-9]+")
 # AI/ML API model ids: `zhipu/glm-5`, `gpt-4o`, `claude-3-5-sonnet-20241022`, `meta-llama/Llama-3.3-70B`.
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
+# Tool names as the model sees them (OpenAI function names; MCP tools are `server__tool`).
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class SettingsError(Exception):
@@ -92,6 +94,14 @@ class Settings(BaseSettings):
     # What the Slack-reading tools and summaries read at most: messages, and characters of their text.
     slack_read_max_messages: int = Field(200, ge=1, le=1000)
     slack_read_max_chars: int = Field(40_000, ge=500)
+    # Tools the model may call (comma-separated names); unset: every built-in tool, "" none.
+    tools_enabled: Annotated[frozenset[str] | None, NoDecode] = None
+    tools_max_rounds: int = Field(8, ge=1, le=50)  # model calls with tools in one turn
+    tools_call_timeout: float = Field(30.0, gt=0)  # seconds one tool call may run
+    tools_turn_timeout: float = Field(120.0, gt=0)  # seconds all the tool rounds of a turn may take
+    fetch_allow_private: bool = False  # fetch_url may read private, loopback and link-local addresses
+    fetch_max_bytes: int = Field(2_000_000, ge=1_000)  # bytes fetch_url downloads at most
+    fetch_timeout: float = Field(15.0, gt=0)  # seconds one fetch_url call may take in all
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
@@ -114,6 +124,20 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"not Slack ids: {', '.join(bad[:3])} "
                     "(expected ids such as U012AB3CD or C012AB3CD, comma-separated)"
+                )
+            return frozenset(items)
+        return value
+
+    @field_validator("tools_enabled", mode="before")
+    @classmethod
+    def _tool_list(cls, value: object) -> object:
+        """`current_time, fetch_url`: tool names as the model sees them."""
+        if isinstance(value, str):
+            items = [item.strip() for item in value.split(",") if item.strip()]
+            bad = [item for item in items if not _TOOL_NAME.fullmatch(item)]
+            if bad:
+                raise ValueError(
+                    f"not tool names: {', '.join(bad[:3])} (expected e.g. current_time,fetch_url)"
                 )
             return frozenset(items)
         return value

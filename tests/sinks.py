@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bot.conversation.ports import ReplyPart, ReplySummary
+from bot.conversation.ports import ReplyPart, ReplySummary, ToolStep
 
 
 @dataclass
@@ -16,6 +16,7 @@ class RecordingSink:
     summary: ReplySummary | None = None
     failure: str | None = None
     events: list[str] = field(default_factory=list)
+    steps: list[tuple[ToolStep, ...]] = field(default_factory=list)
 
     @property
     def refs(self) -> Sequence[str]:
@@ -28,6 +29,10 @@ class RecordingSink:
     async def thinking(self) -> None:
         self.thought += 1
         self.events.append("thinking")
+
+    async def tool_progress(self, steps: Sequence[ToolStep]) -> None:
+        self.steps.append(tuple(steps))
+        self.events.append("tools")
 
     async def append(self, text: str) -> None:
         self.text += text

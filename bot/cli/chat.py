@@ -14,7 +14,7 @@ from bot.app import admission_pipeline, core_services
 from bot.conversation.admission import Arrival
 from bot.conversation.keys import ConversationKey, ConversationKind
 from bot.conversation.person import Person
-from bot.conversation.ports import ReplyPart, ReplySummary
+from bot.conversation.ports import ReplyPart, ReplySummary, ToolStep
 from bot.llm.types import ChatMessage
 from bot.settings import Settings
 
@@ -28,6 +28,7 @@ class TerminalSink:
     def __init__(self, out: TextIO) -> None:
         self._out = out
         self._started = False
+        self._shown_steps: set[str] = set()
 
     @property
     def refs(self) -> Sequence[str]:
@@ -43,12 +44,22 @@ class TerminalSink:
     async def thinking(self) -> None:
         self._write("\x1b[2m(thinking…)\x1b[0m ")
 
+    async def tool_progress(self, steps: Sequence[ToolStep]) -> None:
+        """One dimmed line per call as it ends (starts are too brief to be worth a line)."""
+        for step in steps:
+            if step.status in ("complete", "error") and step.call_id not in self._shown_steps:
+                self._shown_steps.add(step.call_id)
+                detail = f": {step.detail}" if step.detail else ""
+                self._write(f"\x1b[2m[{step.name} {step.status}{detail}]\x1b[0m\n")
+
     async def append(self, text: str) -> None:
         self._started = True
         self._write(text)
 
     async def finish(self, summary: ReplySummary) -> None:
         details = [summary.model or "", _tokens(summary)]
+        if summary.tools_used:
+            details.append("tools: " + ", ".join(summary.tools_used))
         if summary.note:
             details.insert(0, summary.note)
         self._write("\n\x1b[2m" + " · ".join(d for d in details if d) + "\x1b[0m\n")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bot.llm.types import ChatMessage
 
@@ -16,6 +16,8 @@ from bot.llm.types import ChatMessage
 _CHARS_PER_TOKEN = 2.5
 _PER_MESSAGE_OVERHEAD = 8
 _MIN_SCALE, _MAX_SCALE = 0.5, 4.0
+# What an old tool result becomes when the context is short: the call stays, so the model knows it ran.
+TRIMMED_RESULT = "(this tool result was removed to fit the context window)"
 
 
 class TokenEstimator:
@@ -29,7 +31,8 @@ class TokenEstimator:
         return sum(self.estimate_one(m) for m in messages)
 
     def estimate_one(self, message: ChatMessage) -> int:
-        raw = len(message.content) / _CHARS_PER_TOKEN + _PER_MESSAGE_OVERHEAD
+        chars = len(message.content) + sum(len(c.name) + len(c.arguments) for c in message.tool_calls)
+        raw = chars / _CHARS_PER_TOKEN + _PER_MESSAGE_OVERHEAD
         return math.ceil(raw * self._scale * self._margin)
 
     def estimate_text(self, text: str) -> int:
@@ -79,11 +82,13 @@ def fit_to_budget(
     budget: int,
     estimator: TokenEstimator,
 ) -> TrimmedRequest:
-    """Keep the system prompt and the newest message; drop the oldest history turns until it fits."""
+    """Keep the system prompt and the newest message; trim the oldest tool results, then drop the
+    oldest history turns, until it fits."""
     fixed = [m for m in (system, newest) if m is not None]
     used = estimator.estimate(fixed)
     if used > budget:
         raise MessageTooLong(used, budget)
+    history = trim_tool_results(history, budget - used, estimator)
     kept: list[ChatMessage] = []
     for message in reversed(history):
         cost = estimator.estimate_one(message)
@@ -92,8 +97,9 @@ def fit_to_budget(
         kept.append(message)
         used += cost
     kept.reverse()
-    # A reply without the question it answers confuses the model: start on a user turn.
-    while kept and kept[0].role == "assistant":
+    # A reply without the question it answers confuses the model, and a tool result without its
+    # call is refused by the API: start on a user turn.
+    while kept and kept[0].role in ("assistant", "tool"):
         used -= estimator.estimate_one(kept.pop(0))
     head = [system] if system is not None else []
     return TrimmedRequest(
@@ -101,3 +107,21 @@ def fit_to_budget(
         estimated_tokens=used,
         dropped_turns=len(history) - len(kept),
     )
+
+
+def trim_tool_results(
+    messages: Sequence[ChatMessage], budget: int, estimator: TokenEstimator
+) -> list[ChatMessage]:
+    """`messages` with their oldest tool results replaced by a short note until they fit `budget`
+    (or none is left to trim): old fetched pages cost the most and matter the least."""
+    trimmed = list(messages)
+    used = estimator.estimate(trimmed)
+    for index, message in enumerate(trimmed):
+        if used <= budget:
+            break
+        if message.role != "tool" or len(message.content) <= len(TRIMMED_RESULT):
+            continue
+        short = replace(message, content=TRIMMED_RESULT)
+        used -= estimator.estimate_one(message) - estimator.estimate_one(short)
+        trimmed[index] = short
+    return trimmed

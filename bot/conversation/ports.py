@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 from bot.llm.types import ChatMessage, CompletionResult, Delta
 
@@ -20,6 +20,20 @@ class ReplySummary:
     credits_used: int | None
     finish_reason: str | None
     note: str | None = None  # e.g. "the answer was cut off at the length limit"
+    tools_used: tuple[str, ...] = ()  # names of the tools the model called, first use first
+
+
+StepStatus = Literal["pending", "in_progress", "complete", "error"]
+
+
+@dataclass(frozen=True)
+class ToolStep:
+    """One tool call of a turn as people watching see it (never its arguments or result)."""
+
+    call_id: str
+    name: str
+    status: StepStatus
+    detail: str | None = None  # a short line, e.g. "3 messages read", "timed out"
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,10 @@ class ReplySink(Protocol):
 
     async def append(self, text: str) -> None: ...
 
+    async def tool_progress(self, steps: Sequence[ToolStep]) -> None:
+        """Every tool call of the turn so far with its status; called as they start and end."""
+        ...
+
     async def finish(self, summary: ReplySummary) -> None: ...
 
     async def fail(self, note: str) -> None:
@@ -91,6 +109,9 @@ class ChatModel(Protocol):
         max_tokens: int | None = None,
         request_id: str | None = None,
         model: str | None = None,
+        tools: Sequence[Mapping[str, Any]] = (),
+        tool_choice: str | None = None,
+        parallel_tool_calls: bool | None = None,
     ) -> ChatStreamLike: ...
 
 

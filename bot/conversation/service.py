@@ -15,9 +15,13 @@ from bot.conversation.budget import MessageTooLong, TokenEstimator, fit_to_budge
 from bot.conversation.channel_settings import DEFAULT_CHANNEL_SETTINGS, ChannelSettings
 from bot.conversation.lease import ReplyLease
 from bot.conversation.ledger import Ledger
+from bot.conversation.person import Person
 from bot.conversation.ports import ChatModel, ChatStreamLike, ReplySink, ReplySummary
 from bot.conversation.settings_rules import SettingsBounds, plan_turn
 from bot.conversation.stop import StopHandle, Stopped, StopRequest, unless_stopped
+from bot.conversation.tool_history import replay
+from bot.conversation.tool_loop import LoopTurn, RoundRequest, StreamEnd, ToolEvents, ToolLimits, ToolLoop
+from bot.conversation.tools import Approver, ToolBox, ToolContext
 from bot.llm.errors import LLMError
 from bot.llm.types import ChatMessage, CompletionResult
 from bot.storage import conversations as repo
@@ -58,6 +62,8 @@ class Turn:
     # Facts about where the person is, worded by the chat surface (e.g. the channel they view):
     # added to this turn's system prompt only, never stored in the history.
     context: Sequence[str] = ()
+    # Who asks, when the surface knew (tools check what they may read on the person's behalf).
+    person: Person | None = None
 
 
 @dataclass(frozen=True)
@@ -69,13 +75,7 @@ class TurnOutcome:
     label: str = "complete"  # "complete", "stopped", "cancelled", or the upstream error kind (bot.llm.errors)
 
 
-@dataclass(frozen=True)
-class _StreamEnd:
-    result: CompletionResult
-    status: MessageStatus
-    label: str  # usage status: "complete", "stopped", "cancelled" or the upstream error kind
-    note: str | None  # None: finish normally; else fail with this note
-    stopped: StopRequest | None = None  # a person stopped the answer; it finishes with what came
+_StreamEnd = StreamEnd  # one round's end (bot.conversation.tool_loop)
 
 
 @dataclass(frozen=True)
@@ -100,12 +100,20 @@ class ConversationService:
         config: ServiceConfig,
         estimator: TokenEstimator | None = None,
         ledger: Ledger | None = None,
+        *,
+        tools: ToolBox | None = None,
+        approver: Approver | None = None,
+        tool_limits: ToolLimits | None = None,
+        tool_events: ToolEvents | None = None,
     ) -> None:
         self._sessions = sessions
         self._model = model
         self._config = config
         self._estimator = estimator or TokenEstimator()
         self._ledger = ledger or Ledger(sessions, None)
+        self._tools = tools
+        limits = tool_limits or ToolLimits()
+        self._loop = ToolLoop(sessions, self._ledger, self._estimator, limits, approver, tool_events)
         self._lease = ReplyLease(sessions)
         self._heartbeats: set[asyncio.Task[None]] = set()  # kept referenced until they stop
 
@@ -166,11 +174,27 @@ class ConversationService:
         if request.dropped_turns:
             log.info("history trimmed", extra={"dropped_turns": request.dropped_turns})
 
-        end = await self._stream(
-            request.messages, sink, assistant_id, request_id, plan.model, plan.max_output_tokens, stop
+        context = ToolContext(turn.key, turn.user_id, turn.person, turn.channel)
+        rounds = await self._loop.run(
+            LoopTurn(
+                conversation_id,
+                assistant_id,
+                request_id,
+                context,
+                prompt_budget(self._config.context_window, plan.max_output_tokens),
+                lambda result, label: usage_entry(turn, conversation_id, plan.model, result, label),
+                stop,
+            ),
+            request.messages,
+            self._tools.tools_for(context) if self._tools is not None else (),
+            sink,
+            lambda messages, round_: self._stream(
+                messages, sink, assistant_id, round_, plan.model, plan.max_output_tokens, stop
+            ),
         )
+        end = rounds.end
         result = end.result
-        if result.usage.prompt_tokens:
+        if result.usage.prompt_tokens and rounds.rounds == 1:  # later rounds' prompts were not estimated
             self._estimator.calibrate(request.estimated_tokens, result.usage.prompt_tokens)
         entry = usage_entry(turn, conversation_id, plan.model, result, end.label)
         if end.stopped is not None and result.usage.completion_tokens is None:
@@ -191,7 +215,17 @@ class ConversationService:
         )
         try:
             if end.note is None:
-                await sink.finish(self._summary(result, end.stopped))
+                summary = self._summary(result, end.stopped)
+                if rounds.rounds > 1:  # the cost of every round, and what was used
+                    total = rounds.total
+                    summary = replace(
+                        summary,
+                        prompt_tokens=total.prompt_tokens,
+                        completion_tokens=total.completion_tokens,
+                        credits_used=total.credits_used,
+                        tools_used=rounds.tools_used,
+                    )
+                await sink.finish(summary)
             else:
                 await sink.fail(end.note)
         except asyncio.CancelledError:
@@ -210,23 +244,33 @@ class ConversationService:
         _log_end(end.label if status is end.status else status.value, result, began)
         if cancelled:
             raise asyncio.CancelledError  # stored and shown as interrupted; now let shutdown proceed
-        return TurnOutcome(status, result.content, conversation_id, result, end.label)
+        # The turn's cost is every round's (metrics and quotas read it); its ledger rows are per round.
+        spent = replace(result, usage=rounds.total) if rounds.rounds > 1 else result
+        return TurnOutcome(status, result.content, conversation_id, spent, end.label)
 
     async def _stream(
         self,
         messages: Sequence[ChatMessage],
         sink: ReplySink,
         assistant_id: int,
-        request_id: str,
+        round_: RoundRequest,
         model: str,
         max_tokens: int,
         stop: StopHandle | None,
     ) -> _StreamEnd:
         """Stream one completion into the sink; the caller ends the reply with what this returns."""
-        stream = self._model.stream_chat(messages, max_tokens=max_tokens, request_id=request_id, model=model)
+        stream = self._model.stream_chat(
+            messages,
+            max_tokens=max_tokens,
+            request_id=round_.request_id,
+            model=model,
+            tools=round_.tools,
+            tool_choice=round_.tool_choice,
+            parallel_tool_calls=True if round_.tools else None,
+        )
         try:
             async with stream:
-                pumped = self._pump(stream, sink, assistant_id)
+                pumped = self._pump(stream, sink, assistant_id, round_.shown_before)
                 await (pumped if stop is None else unless_stopped(pumped, stop))
         except Stopped as stopped:
             # The stream is closed (the upstream request with it); the answer so far is the answer.
@@ -245,7 +289,9 @@ class ConversationService:
         models = tuple(dict.fromkeys((default, *self._config.allowed_models)))
         return SettingsBounds(default, models, self._config.max_output_tokens)
 
-    async def _pump(self, stream: ChatStreamLike, sink: ReplySink, assistant_id: int) -> None:
+    async def _pump(
+        self, stream: ChatStreamLike, sink: ReplySink, assistant_id: int, shown_before: str
+    ) -> None:
         """Move the model's deltas into the sink until the stream ends."""
         answered = thought = False
         checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
@@ -255,7 +301,8 @@ class ConversationService:
                 await sink.append(delta.content)
                 if time.monotonic() >= checkpoint_at:
                     checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
-                    await self._checkpoint(assistant_id, stream.result().content, sink)
+                    # Earlier tool rounds' text is part of the answer shown: saved with it.
+                    await self._checkpoint(assistant_id, shown_before + stream.result().content, sink)
             elif delta.reasoning and not answered and not thought:
                 thought = True
                 await sink.thinking()
@@ -301,7 +348,12 @@ class ConversationService:
                 for earlier in turn.backfill:
                     await repo.add_message(session, conversation.id, Role(earlier.role), earlier.content)
                 stored = await repo.load_history(session, conversation.id)
-            history = [_as_chat(m) for m in stored if _usable(m)]
+            history = [
+                chat
+                for m in stored
+                if _usable(m)
+                for chat in replay(m.role.value, m.content, m.tool_exchange)
+            ]
             await repo.add_message(session, conversation.id, Role.USER, turn.text, user_id=turn.user_id)
             assistant = await repo.add_message(
                 session,
@@ -397,9 +449,8 @@ def usage_entry(
 
 
 def _usable(message: Message) -> bool:
-    """History sent upstream: person messages and answers that have text (partial ones included)."""
-    return bool(message.content) and message.status != MessageStatus.STREAMING
-
-
-def _as_chat(message: Message) -> ChatMessage:
-    return ChatMessage(message.role.value, message.content)
+    """History sent upstream: person messages and answers that have text or tool rounds (partial
+    ones included)."""
+    if message.status == MessageStatus.STREAMING:
+        return False
+    return bool(message.content) or (message.role == Role.ASSISTANT and bool(message.tool_exchange))

@@ -34,6 +34,9 @@ def settings_as_json(settings: ChannelSettings) -> dict[str, object]:
     """Settings as plain JSON values, as the audit log keeps them."""
     values = asdict(settings)
     values["mode"] = settings.mode.value
+    tools = values.pop("tools")  # not stored yet; kept out of the log until it is (a set is no JSON)
+    if tools is not None:
+        values["tools"] = sorted(tools)
     return values
 
 

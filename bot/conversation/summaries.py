@@ -86,7 +86,7 @@ class Summarizer:
             log.warning("summary: upstream error %s (%s)", exc.kind, exc.status)
             label, note = exc.kind, exc.user_message
         result = stream.result()
-        await self._ledger.usage_only(_entry(request, self._model.model, result, label))
+        await self._ledger.usage_row(_entry(request, self._model.model, result, label))
         log.info(
             "summary ended",
             extra={

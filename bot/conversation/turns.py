@@ -219,8 +219,16 @@ class Turns:
             backfill = await surface.thread_context(arrival, reply.refs)
         text = await surface.prompt_text(arrival)
         context = await surface.situation(arrival, text, new_thread=admitted.new_thread)
+        candidate = admitted.candidate
         turn = Turn(
-            arrival.key, arrival.kind, text, arrival.user_id, backfill, admitted.candidate.channel, context
+            arrival.key,
+            arrival.kind,
+            text,
+            arrival.user_id,
+            backfill,
+            candidate.channel,
+            context,
+            candidate.person,
         )
         return await self._service.reply(turn, reply, stop)
 

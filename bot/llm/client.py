@@ -11,7 +11,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -91,22 +91,33 @@ class AimlClient:
         max_tokens: int | None = None,
         request_id: str | None = None,
         model: str | None = None,
+        tools: Sequence[Mapping[str, Any]] = (),
+        tool_choice: str | None = None,
+        parallel_tool_calls: bool | None = None,
     ) -> ChatStream:
         """A not-yet-started completion; use as `async with ... as stream: async for delta in stream`.
 
-        `model` overrides the client's default model for this one call (a channel's own model)."""
+        `model` overrides the client's default model for this one call (a channel's own model).
+        `tools` are OpenAI-compatible `{"type": "function", "function": {...}}` objects; `tool_choice`
+        ("auto", "none", "required") and `parallel_tool_calls` are sent only when given."""
         if request_id is None:
             request_id = str(uuid.uuid4())
         elif not _REQUEST_ID.fullmatch(request_id):
             raise ValueError("request_id must be 1-128 characters of [A-Za-z0-9._:-]")
         body: dict[str, Any] = {
             "model": model or self.model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": [wire_message(m) for m in messages],
             "stream": True,
             "stream_options": {"include_usage": True},
         }
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
+        if tools:
+            body["tools"] = [dict(t) for t in tools]
+        if tool_choice is not None:
+            body["tool_choice"] = tool_choice
+        if parallel_tool_calls is not None and tools:
+            body["parallel_tool_calls"] = parallel_tool_calls
         request = self._http.build_request(
             "POST",
             self._chat_url,
@@ -209,6 +220,7 @@ class ChatStream:
             client_request_id=self.request_id,
             ttft_ms=None if self._first_token is None else _ms(self._first_token - started),
             duration_ms=_ms(now - started),
+            tool_calls=self._answer.tool_calls,
         )
 
     async def _run(self) -> AsyncGenerator[Delta, None]:
@@ -276,6 +288,9 @@ class ChatStream:
             event = await self._next_event(deadline)
             if isinstance(event, ChunkEvent):
                 delta = self._answer.apply(event)
+                if event.tool_calls and self._first_token is None:
+                    # A call is output like text: billed, so never retried once it has begun.
+                    self._first_token = time.monotonic()
                 if delta is not None:
                     if self._first_token is None:
                         self._first_token = time.monotonic()
@@ -361,6 +376,21 @@ class ChatStream:
 async def _lines_of(lines: Sequence[str]) -> AsyncIterator[str]:
     for line in lines:
         yield line
+
+
+def wire_message(message: ChatMessage) -> dict[str, Any]:
+    """One message as the OpenAI-compatible API takes it."""
+    wire: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        wire["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+        # An assistant message that only calls tools has no text: null is what the API expects.
+        wire["content"] = message.content or None
+    if message.tool_call_id is not None:
+        wire["tool_call_id"] = message.tool_call_id
+    return wire
 
 
 def _ms(seconds: float) -> int:

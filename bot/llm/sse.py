@@ -16,11 +16,22 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bot.llm.types import Delta, Usage
+from bot.llm.types import Delta, ToolCall, Usage
 
 logger = logging.getLogger(__name__)
 # One completion chunk is a few kB; a megabyte of data with no end is a broken stream, not a chunk.
 MAX_EVENT_CHARS = 1_000_000
+
+
+@dataclass(frozen=True)
+class ToolCallFragment:
+    """One piece of a streamed tool call: `delta.tool_calls[i]`. The piece that opens a call has its
+    `id` and function `name`; later pieces of the same `index` add `arguments` text."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,7 @@ class ChunkEvent:
     finish_reason: str | None = None
     model: str | None = None
     usage: Usage | None = None
+    tool_calls: tuple[ToolCallFragment, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,10 +71,19 @@ class StreamAccumulator:
         self.finish_reason: str | None = None
         self.usage = Usage()
         self.model: str | None = None
+        self._calls: dict[int, tuple[str | None, str | None, list[str]]] = {}
 
     @property
     def content(self) -> str:
         return "".join(self._content)
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        """The calls assembled so far, by stream index; a call the stream never named has name ""."""
+        return tuple(
+            ToolCall(id=call_id or f"call_{index}", name=name or "", arguments="".join(arguments))
+            for index, (call_id, name, arguments) in sorted(self._calls.items())
+        )
 
     @property
     def reasoning(self) -> str:
@@ -80,9 +101,18 @@ class StreamAccumulator:
             self._content.append(event.content)
         if event.reasoning:
             self._reasoning.append(event.reasoning)
+        for fragment in event.tool_calls:
+            self._add_fragment(fragment)
         if not event.content and not event.reasoning:
             return None
         return Delta(content=event.content, reasoning=event.reasoning)
+
+    def _add_fragment(self, fragment: ToolCallFragment) -> None:
+        # The id and name come whole with the call's first piece (some servers repeat them on every
+        # piece: the first wins); the arguments are the concatenation of every piece's text.
+        call_id, name, arguments = self._calls.get(fragment.index, (None, None, []))
+        arguments.append(fragment.arguments)
+        self._calls[fragment.index] = (call_id or fragment.id, name or fragment.name, arguments)
 
 
 class SseDecoder:
@@ -173,6 +203,7 @@ def parse_chunk(data: Mapping[str, Any], *, raw: str = "") -> ChunkEvent | Error
         return ErrorEvent(body=raw or json.dumps(data), status=status)
     content = reasoning = ""
     finish_reason: str | None = None
+    fragments: tuple[ToolCallFragment, ...] = ()
     choice = _first_choice(data.get("choices"))
     if choice is not None:
         delta = choice.get("delta") or choice.get("message") or {}
@@ -180,6 +211,7 @@ def parse_chunk(data: Mapping[str, Any], *, raw: str = "") -> ChunkEvent | Error
             content = _text(delta.get("content"))
             # `reasoning_content` is AI/ML's and Z.ai's name; some OpenAI-compatible routers say `reasoning`
             reasoning = _text(delta.get("reasoning_content")) or _text(delta.get("reasoning"))
+            fragments = _fragments(delta.get("tool_calls"))
         finish = choice.get("finish_reason")
         finish_reason = finish if isinstance(finish, str) and finish else None
     model = data.get("model")
@@ -189,7 +221,34 @@ def parse_chunk(data: Mapping[str, Any], *, raw: str = "") -> ChunkEvent | Error
         finish_reason=finish_reason,
         model=model if isinstance(model, str) and model else None,
         usage=parse_usage(data),
+        tool_calls=fragments,
     )
+
+
+def _fragments(value: object) -> tuple[ToolCallFragment, ...]:
+    """`delta.tool_calls` pieces; a piece without a usable index is the list position (a whole
+    message's `tool_calls`, which carry none)."""
+    if not isinstance(value, list):
+        return ()
+    fragments = []
+    for position, item in enumerate(value):
+        if not isinstance(item, Mapping):
+            continue
+        index = item.get("index")
+        function = _mapping(item.get("function"))
+        call_id, name = _text(item.get("id")), _text(function.get("name"))
+        arguments = function.get("arguments")
+        if isinstance(arguments, Mapping):  # a server that sends the object rather than its JSON text
+            arguments = json.dumps(arguments)
+        fragments.append(
+            ToolCallFragment(
+                index=index if isinstance(index, int) and not isinstance(index, bool) else position,
+                id=call_id or None,
+                name=name or None,
+                arguments=_text(arguments),
+            )
+        )
+    return tuple(fragments)
 
 
 def parse_usage(data: Mapping[str, Any]) -> Usage | None:

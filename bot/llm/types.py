@@ -4,19 +4,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-ROLES = frozenset({"system", "user", "assistant"})
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call the model asked for; `arguments` is the JSON text as streamed (maybe broken)."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True)
 class ChatMessage:
-    """One message of the conversation sent upstream."""
+    """One message of the conversation sent upstream.
+
+    An assistant message may carry the `tool_calls` it made; a "tool" message answers one of them
+    (`tool_call_id`)."""
 
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"role must be one of {sorted(ROLES)}, not {self.role!r}")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool calls")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("a tool message, and only a tool message, answers a tool_call_id")
 
 
 @dataclass(frozen=True)
@@ -63,3 +81,4 @@ class CompletionResult:
     client_request_id: str
     ttft_ms: int | None
     duration_ms: int
+    tool_calls: tuple[ToolCall, ...] = ()  # complete calls, in the order of their stream index

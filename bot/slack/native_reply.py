@@ -21,9 +21,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from slack_sdk.models.messages.chunk import TaskUpdateChunk
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.conversation.ports import ReplyPart, ReplySummary
+from bot.conversation.ports import ReplyPart, ReplySummary, ToolStep
 from bot.slack.call_errors import SLACK_CALL_ERRORS
 from bot.slack.edit_budget import EditBudget
 from bot.slack.ending import (
@@ -132,6 +133,7 @@ class NativeReply:
         self._changed = asyncio.Event()
         self._next_at = 0.0
         self._worker: asyncio.Task[None] | None = None
+        self._tasks: dict[str, ToolStep] = {}  # tool progress not yet sent as task_update chunks
 
     @property
     def refs(self) -> Sequence[str]:
@@ -162,6 +164,13 @@ class NativeReply:
 
     async def thinking(self) -> None:
         """Nothing to do: the thread's status line says it (bot.slack.status)."""
+
+    async def tool_progress(self, steps: Sequence[ToolStep]) -> None:
+        """Tools at work become `task_update` chunks of the open stream, with the next call."""
+        if self._ending is None:
+            for step in steps:
+                self._tasks[step.call_id] = step
+            self._changed.set()
 
     async def append(self, text: str) -> None:
         if self._ending is None and text:
@@ -253,6 +262,8 @@ class NativeReply:
             if body[:end].strip():  # a continuation begins with text, never empty
                 await self._start_stream(end, refusable=False)
         else:
+            if self._tasks:
+                await self._send_tasks()
             end = _stable_end(body, self._sent)
             if end > self._sent:
                 await self._append(body, min(end, self._sent + CHUNK_CHARS))
@@ -323,6 +334,24 @@ class NativeReply:
             final=self._ending is not None,
         )
         self._sent, self._shown = end, self._shown + text
+
+    async def _send_tasks(self) -> None:
+        """The tools' latest states as task_update chunks (a timeline under the streamed text)."""
+        assert self._stream is not None
+        sent, ts = dict(self._tasks), self._stream
+        chunks = [
+            TaskUpdateChunk(id=s.call_id, title=s.name, status=s.status, details=s.detail).to_dict()
+            for s in sent.values()
+        ]
+        await self._call(
+            "chat.appendStream",
+            self._budgets.append,
+            lambda: self._client.chat_appendStream(channel=self._channel, ts=ts, chunks=chunks),
+            final=False,
+        )
+        for call_id, step in sent.items():
+            if self._tasks.get(call_id) == step:  # a newer state came meanwhile: it goes next time
+                del self._tasks[call_id]
 
     async def _stop(self, blocks: Sequence[Block], text: str, end: int) -> None:
         assert self._stream is not None

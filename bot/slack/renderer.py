@@ -22,7 +22,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import ActionsBlock, ButtonElement
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.conversation.ports import ReplyNotShown, ReplyPart, ReplySummary
+from bot.conversation.ports import ReplyNotShown, ReplyPart, ReplySummary, ToolStep
 from bot.slack.call_errors import SLACK_CALL_ERRORS
 from bot.slack.edit_budget import EditBudget
 from bot.slack.ending import (
@@ -40,6 +40,7 @@ from bot.slack.text import (
     defuse_blocks,
     display,
     find_split,
+    tool_status_line,
 )
 
 logger = logging.getLogger(__name__)
@@ -159,6 +160,7 @@ class SlackReply:
         self._done = False
         self._worker: asyncio.Task[None] | None = None
         self._rate_limited = self._failures = 0
+        self._status: str | None = None  # tool progress, shown under the interim text
         # Shown in every interim state and in no final one; the same block every time, so a
         # message's payload changes only with its text and the button costs no edit of its own.
         self._stop_block = stop_button(stop_value) if stop_value is not None else None
@@ -191,6 +193,14 @@ class SlackReply:
 
     async def thinking(self) -> None:
         """Nothing to do: the placeholder already says the model is thinking."""
+
+    async def tool_progress(self, steps: Sequence[ToolStep]) -> None:
+        """Show the tools' progress in the interim message's context block, with the next edit
+        (no edit of its own: the worker coalesces it with the text)."""
+        status = tool_status_line(steps)
+        if status != self._status and self._ending is None:
+            self._status = status
+            self._changed.set()
 
     async def append(self, text: str) -> None:
         if self._ending is not None or not text:
@@ -248,11 +258,15 @@ class SlackReply:
         return _Payload(*final_message(body, self._ending.blocks, self._ending_note))
 
     def _interim(self, body: str) -> _Payload:
-        """A message while the answer streams: the text so far for display, then the Stop button."""
+        """A message while the answer streams: the text so far for display, the tools' progress, then
+        the Stop button."""
         payload = _answer_payload(display(body))
-        if self._stop_block is None:
-            return payload
-        return _Payload(payload.text, (*payload.blocks, self._stop_block))
+        extra: list[dict[str, Any]] = []
+        if self._status:  # the tools at work, in the same edits as the text (no edit of its own)
+            extra.append({"type": "context", "elements": [{"type": "mrkdwn", "text": self._status}]})
+        if self._stop_block is not None:
+            extra.append(self._stop_block)
+        return _Payload(payload.text, (*payload.blocks, *extra)) if extra else payload
 
     # ---- the background editor -----------------------------------------------------------------
 

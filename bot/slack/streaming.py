@@ -20,7 +20,7 @@ from typing import Literal
 
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.conversation.ports import ReplyPart, ReplySummary
+from bot.conversation.ports import ReplyPart, ReplySummary, ToolStep
 from bot.slack.edit_budget import (
     APPEND_STREAM,
     SET_STATUS,
@@ -162,6 +162,7 @@ class ChosenReply:
         self._inner: SlackReply | NativeReply | None = None
         self._announcing: asyncio.Task[None] | None = None
         self._began = False  # the answer's first text is on its way: no placeholder any more
+        self._steps: Sequence[ToolStep] = ()  # tool progress before any text: shown once a sink is
         self.way: Way | None = None  # how the answer's text is shown, once it is
 
     @property
@@ -202,6 +203,14 @@ class ChosenReply:
         if self._inner is None:
             await self._status.keep()
 
+    async def tool_progress(self, steps: Sequence[ToolStep]) -> None:
+        """Tools at work: shown by the sink once there is one; before that the status stays up."""
+        self._steps = tuple(steps)
+        if self._inner is not None:
+            await self._inner.tool_progress(steps)
+        else:
+            await self._status.keep()
+
     async def append(self, text: str) -> None:
         if self._inner is not None:
             await self._inner.append(text)
@@ -218,9 +227,13 @@ class ChosenReply:
                 log.info("native stream refused, streaming by edits instead (%s)", exc.__cause__ or exc)
             else:
                 self._inner, self.way = native, Way.NATIVE
+                if self._steps:
+                    await native.tool_progress(self._steps)
                 return
         edits = self._inner = self._streaming._edits(self._client, self._place)
         self.way = Way.MESSAGE
+        if self._steps:
+            await edits.tool_progress(self._steps)
         await edits.append(text)
         await edits.start()  # posts the text appended so far as the first message
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import regex
 
-from bot.conversation.ports import ReplySummary
+from bot.conversation.ports import ReplySummary, ToolStep
 
 MAX_MESSAGE_CHARS = 3_900  # answer characters per message; chat.update rejects `text` over 4,000
 PLACEHOLDER = "_Thinking…_"
@@ -317,4 +317,17 @@ def summary_line(summary: ReplySummary) -> str | None:
         parts.append(f"{completion:,} tokens out")
     if summary.credits_used is not None:
         parts.append(f"{summary.credits_used:,} credits")
+    if summary.tools_used:
+        parts.append("tools: " + ", ".join(mrkdwn_escape(t) for t in summary.tools_used))
     return " · ".join(parts) or None
+
+
+def tool_status_line(steps: Sequence[ToolStep]) -> str | None:
+    """`:hourglass: fetch_url · :white_check_mark: current_time (Europe/Paris)`: the latest round's calls."""
+    marks = {"pending": ":hourglass:", "in_progress": ":hourglass_flowing_sand:"}
+    marks |= {"complete": ":white_check_mark:", "error": ":x:"}
+    shown = []
+    for step in steps[-6:]:  # a long turn shows its latest calls; the final metadata lists them all
+        detail = f" ({mrkdwn_escape(step.detail[:80])})" if step.detail else ""
+        shown.append(f"{marks[step.status]} {mrkdwn_escape(step.name)}{detail}")
+    return " · ".join(shown) or None

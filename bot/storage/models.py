@@ -133,6 +133,9 @@ class Message(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(_TS)
     # The upstream call's X-Client-Request-Id: ties the reply to its ledger row (written once).
     request_id: Mapped[str | None] = mapped_column(String(128))
+    # The tool rounds before this answer (bot.conversation.tool_history): the model's calls and the
+    # results it was sent, replayed in later turns. NULL: the answer used no tools.
+    tool_exchange: Mapped[list[dict[str, object]] | None] = mapped_column(JSON)
 
 
 class UsageRecord(Base):
@@ -165,6 +168,26 @@ class UsageRecord(Base):
     inference_id: Mapped[str | None] = mapped_column(String(128))
     # True when the token counts are our estimate: the model reported none (a stopped stream).
     tokens_estimated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(_TS, default=utcnow, index=True)
+
+
+class ToolCallRecord(Base):
+    """One tool call the model made: what ran, how long, how it ended; never its arguments or result."""
+
+    __tablename__ = "tool_calls"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL"), index=True
+    )  # the assistant reply of the turn
+    conversation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("conversations.id", ondelete="SET NULL"), index=True
+    )
+    round: Mapped[int] = mapped_column(Integer)  # 1 for the turn's first model call
+    tool: Mapped[str] = mapped_column(String(128))
+    arguments_sha256: Mapped[str] = mapped_column(String(64))  # of the arguments text as sent
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16))  # ok | error | timeout | denied
     created_at: Mapped[datetime] = mapped_column(_TS, default=utcnow, index=True)
 
 

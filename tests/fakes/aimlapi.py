@@ -18,6 +18,10 @@ or above the model's output limit `fake.max_output_tokens`) and serves the next 
 A streamed `Reply` sends `data: {chunk}` events shaped like the real API: reasoning pieces
 (`content: null`), content pieces, a chunk with `finish_reason`, then, when the request asked with
 `stream_options.include_usage`, a `choices: []` chunk with `usage` and `meta.usage`; then `data: [DONE]`.
+A `Reply(tool_calls=[ToolCallScript("fetch_url", '{"url": "..."}')])` streams `delta.tool_calls`
+fragments after its content (an opening piece with id and name, then the arguments cut in pieces;
+`interleave_calls` mixes parallel calls) and finishes with "tool_calls"; enqueue one Reply per round
+and read the tool results the bot sent back in `fake.chat_requests[n].json["messages"]`.
 One piece counts as one token; a request's `max_tokens` cuts the pieces and finishes with "length".
 Reply options add the trouble real streams have: keep-alive comments, empty-`choices` chunks, junk
 lines, a dropped connection, a stall, an error object inside the stream, CRLF line endings, events
@@ -71,6 +75,17 @@ _GARBAGE = (
 
 
 @dataclass(frozen=True)
+class ToolCallScript:
+    """A tool call the fake streams: `arguments` is the JSON text as the model writes it (it may be
+    broken on purpose), sent over `pieces` chunks cut anywhere, even inside a string."""
+
+    name: str
+    arguments: str = "{}"
+    id: str | None = None  # None: "call_<index>_<random>"
+    pieces: int = 3
+
+
+@dataclass(frozen=True)
 class Reply:
     """A streamed answer. `content`/`reasoning`: a string cut into `chunk_size` pieces, or the pieces."""
 
@@ -97,6 +112,8 @@ class Reply:
     writes_per_event: int = 1  # write each event in this many pieces, flushed a moment apart
     multiline_data: bool = False  # each chunk's JSON pretty-printed over several `data:` lines
     header_delay: float = 0.0  # seconds before the response headers are sent
+    tool_calls: Sequence[ToolCallScript] = ()  # streamed after the content; finish "tool_calls"
+    interleave_calls: bool = False  # parallel calls' argument pieces alternate between the calls
 
 
 @dataclass(frozen=True)
@@ -304,11 +321,20 @@ class FakeAimlApi:
     def _complete(self, request: web.Request, record: RecordedRequest, reply: Reply) -> web.Response:
         record.status = 200
         pieces, finish_reason = _script(reply, record.json)
-        message = {
+        message: dict[str, Any] = {
             "role": "assistant",
             "content": "".join(text for kind, text in pieces if kind == "content"),
             "reasoning_content": "".join(text for kind, text in pieces if kind == "reasoning_content"),
         }
+        if reply.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": c.id or f"call_{i}",
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                }
+                for i, c in enumerate(reply.tool_calls)
+            ]
         body = {
             **_envelope("chat.completion", f"chatcmpl-{uuid.uuid4().hex}", reply.model),
             "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
@@ -385,6 +411,14 @@ class FakeAimlApi:
                 await send({**envelope, "choices": [choice]})
                 if kind == "content":
                     record.content_sent_at.append(time.monotonic())
+            for fragment in _tool_fragments(reply):
+                choice = {
+                    "index": 0,
+                    "delta": {"tool_calls": [fragment]},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+                await send({**envelope, "choices": [choice]})
             if finish_reason is not None:
                 choice = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason}
                 await send({**envelope, "choices": [choice]})
@@ -421,7 +455,35 @@ def _script(reply: Reply, request: Any) -> tuple[list[tuple[str, str]], str | No
     limit = request.get("max_tokens") if isinstance(request, dict) else None
     if isinstance(limit, int) and 0 < limit < len(pieces):
         return pieces[:limit], "length"
+    if reply.tool_calls and reply.finish_reason == "stop":
+        return pieces, "tool_calls"
     return pieces, reply.finish_reason
+
+
+def _tool_fragments(reply: Reply) -> list[dict[str, Any]]:
+    """`delta.tool_calls` pieces: each call opens with its id, type and name (arguments ""), then
+    its argument text follows in pieces; with `interleave_calls` the calls' pieces alternate."""
+    per_call: list[list[dict[str, Any]]] = []
+    for index, call in enumerate(reply.tool_calls):
+        call_id = call.id or f"call_{index}_{uuid.uuid4().hex[:8]}"
+        opening = {
+            "index": index,
+            "id": call_id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+        size = max(1, -(-len(call.arguments) // max(1, call.pieces)))
+        rest = [
+            {"index": index, "function": {"arguments": call.arguments[i : i + size]}}
+            for i in range(0, len(call.arguments), size)
+        ]
+        per_call.append([opening, *rest])
+    if not reply.interleave_calls:
+        return [f for call in per_call for f in call]
+    openings = [call[0] for call in per_call]
+    rests = [call[1:] for call in per_call]
+    mixed = [f for group in itertools.zip_longest(*rests) for f in group if f is not None]
+    return [*openings, *mixed]
 
 
 def _wants_usage(request: Any) -> bool:

@@ -75,6 +75,7 @@ class FakeMessage:
     edits: int = 0
     history: list[str] = field(default_factory=list)  # every text the message has shown, oldest first
     streaming: bool = False  # a native stream still open (people see it as still being written)
+    tasks: list[JsonDict] = field(default_factory=list)  # task_update chunks streamed, in order
     stream_started: float = 0.0  # time.monotonic() of chat.startStream
 
     @property
@@ -622,6 +623,7 @@ class FakeSlackApi:
             raise _Reject("msg_too_long")
         msg.text, msg.blocks = text, _streamed(text)
         msg.history.append(text)
+        msg.tasks += [c for c in params.get("chunks") or [] if c.get("type") == "task_update"]
 
     async def _append_stream(self, params: JsonDict, _team: str) -> JsonDict:
         msg = self._open_stream(params)

@@ -201,14 +201,26 @@ def stream_text(params: JsonDict) -> str:
             raise Refusal("invalid_chunks")
         parts = []
         for chunk in chunks:
+            if isinstance(chunk, dict) and chunk.get("type") == "task_update":
+                check_task(chunk)
+                continue  # a timeline entry, not text (the fake keeps them in FakeMessage.tasks)
             if not isinstance(chunk, dict) or chunk.get("type") != "markdown_text":
-                raise Refusal("invalid_chunks")  # task and plan chunks are not modelled
+                raise Refusal("invalid_chunks")  # plan chunks are not modelled
             parts.append(str(chunk.get("text", "")))
         text = "".join(parts)
     text = str(text or "")
     if len(text) > STREAM_CALL_LIMIT:
         raise Refusal("msg_too_long")
     return text
+
+
+TASK_STATUSES = frozenset({"pending", "in_progress", "complete", "error"})
+
+
+def check_task(chunk: JsonDict) -> None:
+    """A `task_update` chunk needs an id, a title and one of the four statuses."""
+    if not chunk.get("id") or not chunk.get("title") or chunk.get("status") not in TASK_STATUSES:
+        raise Refusal("invalid_chunks")
 
 
 def check_recipients(params: JsonDict, channel: str) -> None:

@@ -1,0 +1,39 @@
+"""The tools of a turn: the built-ins and any other box (MCP servers, Slack tools), minus those
+switched off globally (`TOOLS_ENABLED`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bot.conversation.tools import Tool, ToolBox, ToolContext
+
+
+class StaticToolBox:
+    """A fixed set of tools, the same for every turn."""
+
+    def __init__(self, tools: Sequence[Tool]) -> None:
+        self._tools = tuple(tools)
+
+    def tools_for(self, context: ToolContext) -> Sequence[Tool]:  # noqa: ARG002
+        return self._tools
+
+
+class EnabledTools:
+    """Every box's tools for the turn, first box first on a name clash, filtered by `enabled`
+    (None: all) and by the channel's own list (`ChannelSettings.tools`, None: all)."""
+
+    def __init__(self, *boxes: ToolBox, enabled: frozenset[str] | None = None) -> None:
+        self._boxes = boxes
+        self._enabled = enabled
+
+    def tools_for(self, context: ToolContext) -> Sequence[Tool]:
+        chosen: dict[str, Tool] = {}
+        here = context.channel.tools
+        for box in self._boxes:
+            for tool in box.tools_for(context):
+                name = tool.spec.name
+                if name in chosen or (self._enabled is not None and name not in self._enabled):
+                    continue
+                if here is None or name in here:
+                    chosen[name] = tool
+        return tuple(chosen.values())

@@ -1,0 +1,236 @@
+"""The tool loop in the conversation service (real client, fake AI/ML API, real databases), the
+streamed tool-call assembly, approval, stopping while a tool runs, and history trimming."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.conversation.budget import TRIMMED_RESULT, TokenEstimator, fit_to_budget
+from bot.conversation.keys import ConversationKey, ConversationKind
+from bot.conversation.service import ConversationService, ServiceConfig, Turn
+from bot.conversation.stop import StopHandle, StopRequest
+from bot.conversation.tool_loop import ToolLimits
+from bot.conversation.tools import ToolContext, ToolResult, ToolSpec
+from bot.llm.client import AimlClient
+from bot.llm.sse import ChunkEvent, StreamAccumulator, iter_events
+from bot.llm.types import ChatMessage, ToolCall
+from bot.storage.models import ToolCallRecord, UsageRecord
+from bot.tools.box import StaticToolBox
+from tests.fakes.aimlapi import FakeAimlApi, Reply, ToolCallScript
+from tests.sinks import RecordingSink
+
+KEY = ConversationKey("T1", "C1", "1700000000.000100")
+
+
+class Recorder:
+    """A tool that answers with its arguments, after `delay` seconds; counts its runs."""
+
+    def __init__(self, name: str = "echo", *, approval: bool = False, delay: float = 0.0) -> None:
+        self._spec = ToolSpec(name, "Echoes its arguments.", needs_approval=approval)
+        self.delay = delay
+        self.runs: list[Mapping[str, Any]] = []
+
+    @property
+    def spec(self) -> ToolSpec:
+        return self._spec
+
+    async def run(self, arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:  # noqa: ARG002
+        self.runs.append(arguments)
+        await asyncio.sleep(self.delay)
+        return ToolResult(f"echo {json.dumps(dict(arguments), sort_keys=True)}", detail="echoed")
+
+
+class Answer:
+    """An approver with a fixed answer that remembers what it was asked."""
+
+    def __init__(self, approve: bool) -> None:
+        self.answer = approve
+        self.asked: list[tuple[str, Mapping[str, Any], str | None]] = []
+
+    async def approve(self, spec: ToolSpec, arguments: Mapping[str, Any], context: ToolContext) -> bool:
+        self.asked.append((spec.name, arguments, context.user_id))
+        return self.answer
+
+
+@pytest.fixture
+async def llm(aiml: FakeAimlApi) -> AsyncIterator[AimlClient]:
+    client = AimlClient(api_key="test-key", base_url=aiml.base_url, model="zhipu/glm-5", read_timeout=5)
+    yield client
+    await client.aclose()
+
+
+def service(
+    sessions: async_sessionmaker[AsyncSession], llm: AimlClient, *tools: Any, **options: Any
+) -> ConversationService:
+    config = ServiceConfig("You are a test.", 200_000, 1000)
+    return ConversationService(sessions, llm, config, tools=StaticToolBox(tools), **options)
+
+
+def turn(text: str = "go") -> Turn:
+    return Turn(KEY, ConversationKind.CHANNEL, text, "U1")
+
+
+async def all_rows(sessions: async_sessionmaker[AsyncSession], model: type[Any]) -> list[Any]:
+    async with sessions() as session:
+        return list((await session.execute(select(model).order_by(model.id))).scalars())
+
+
+def calling(*calls: ToolCallScript, content: str = "") -> Reply:
+    return Reply(content=content, tool_calls=calls)
+
+
+async def test_split_repeated_and_interleaved_fragments_assemble_into_whole_calls(aiml, llm):
+    tricky = '{"text": "a \\"quoted\\" \\u00e9 word", "n": [1, 2]}'
+    aiml.enqueue(
+        Reply(
+            content="Looking.",
+            tool_calls=[
+                ToolCallScript("one", tricky, id="c1", pieces=17),
+                ToolCallScript("two", "{}", id="c2"),
+            ],
+            interleave_calls=True,
+        )
+    )
+    async with llm.stream_chat([ChatMessage("user", "hi")], tools=[{"type": "function"}]) as stream:
+        texts = [d.content async for d in stream]
+    result = stream.result()
+    assert "".join(texts) == "Looking." and result.finish_reason == "tool_calls"
+    assert result.tool_calls == (ToolCall("c1", "one", tricky), ToolCall("c2", "two", "{}"))
+    assert json.loads(result.tool_calls[0].arguments)["text"] == 'a "quoted" é word'
+
+
+def test_an_id_and_name_repeated_on_every_fragment_are_not_doubled():
+    lines = []
+    for piece in ('{"a"', ": 1}"):
+        fragment = {
+            "index": 0,
+            "id": "call_x",
+            "type": "function",
+            "function": {"name": "f", "arguments": piece},
+        }
+        chunk = {"choices": [{"index": 0, "delta": {"tool_calls": [fragment]}}]}
+        lines.append("data: " + json.dumps(chunk))
+    accumulator = StreamAccumulator()
+    for event in iter_events(lines):
+        assert isinstance(event, ChunkEvent)
+        accumulator.apply(event)
+    assert accumulator.tool_calls == (ToolCall("call_x", "f", '{"a": 1}'),)
+
+
+async def test_a_tool_that_needs_approval_runs_only_when_the_person_approves(sessions, llm, aiml):
+    risky = Recorder("risky", approval=True)
+    aiml.enqueue(calling(ToolCallScript("risky", '{"x": 1}')), Reply(content="Denied, fine."))
+    await service(sessions, llm, risky).reply(turn(), RecordingSink())  # no approver: denied
+    assert risky.runs == []
+    [denied] = [m for m in aiml.chat_requests[1].json["messages"] if m["role"] == "tool"]
+    assert "did not approve" in denied["content"]
+
+    approver = Answer(True)
+    aiml.enqueue(calling(ToolCallScript("risky", '{"x": 2}')), Reply(content="Done."))
+    await service(sessions, llm, risky, approver=approver).reply(turn(), RecordingSink())
+    assert risky.runs == [{"x": 2}] and approver.asked == [("risky", {"x": 2}, "U1")]
+    assert [r.outcome for r in await all_rows(sessions, ToolCallRecord)] == ["denied", "ok"]
+
+
+async def test_progress_shows_each_call_running_then_done_and_the_summary_lists_the_tools(
+    sessions, llm, aiml
+):
+    aiml.enqueue(
+        calling(ToolCallScript("echo", '{"a": 1}', id="c1")), Reply(content="Echoed.", credits_used=6)
+    )
+    sink = RecordingSink()
+    outcome = await service(sessions, llm, Recorder()).reply(turn(), sink)
+    assert [[(s.name, s.status) for s in steps] for steps in sink.steps] == [
+        [("echo", "in_progress")],
+        [("echo", "complete")],
+    ]
+    assert sink.steps[-1][0].detail == "echoed"
+    assert sink.summary is not None and sink.summary.tools_used == ("echo",)
+    assert sink.summary.credits_used == 1234 + 6
+    # Metrics and quotas read the turn's cost from the outcome: every round's.
+    assert outcome.usage is not None and outcome.usage.usage.credits_used == 1234 + 6
+    assert [u.credits_used for u in await all_rows(sessions, UsageRecord)] == [1234, 6]
+
+
+async def test_a_person_stopping_while_a_tool_runs_ends_the_turn_with_what_was_shown(sessions, llm, aiml):
+    slow = Recorder(delay=10)
+    aiml.enqueue(calling(ToolCallScript("echo", "{}"), content="One moment. "))
+    stop = StopHandle()
+    sink = RecordingSink()
+    asyncio.get_running_loop().call_later(0.5, stop.stop, StopRequest("Ada"))
+    outcome = await asyncio.wait_for(service(sessions, llm, slow).reply(turn(), sink, stop), 5)
+    assert outcome.label == "stopped" and sink.text == "One moment. "
+    assert sink.summary is not None and sink.summary.note == "Stopped by Ada"
+    assert len(aiml.chat_requests) == 1
+    assert [u.status for u in await all_rows(sessions, UsageRecord)] == ["stopped"]
+
+
+async def test_the_turn_timeout_sends_the_model_one_last_call_without_tools(sessions, llm, aiml):
+    slow = Recorder(delay=0.6)
+    aiml.enqueue(calling(ToolCallScript("echo", "{}")), Reply(content="Ok."))
+    limits = ToolLimits(max_rounds=8, call_timeout=5, turn_timeout=0.5)
+    outcome = await service(sessions, llm, slow, tool_limits=limits).reply(turn(), RecordingSink())
+    assert outcome.content == "Ok."
+    assert [r.json["tool_choice"] for r in aiml.chat_requests] == ["auto", "none"]
+
+
+def test_the_oldest_tool_results_are_trimmed_first_when_history_is_too_long():
+    call = ToolCall("c", "fetch_url", "{}")
+    old = [
+        ChatMessage("user", "q1"),
+        ChatMessage("assistant", "", (call,)),
+        ChatMessage("tool", "x" * 4000, tool_call_id="c"),
+    ]
+    new = [
+        ChatMessage("user", "q2"),
+        ChatMessage("assistant", "", (call,)),
+        ChatMessage("tool", "y" * 4000, tool_call_id="c"),
+    ]
+    estimator = TokenEstimator()
+    full = estimator.estimate([*old, *new, ChatMessage("user", "q3")])
+    request = fit_to_budget(None, [*old, *new], ChatMessage("user", "q3"), full - 100, estimator)
+    contents = [m.content for m in request.messages]
+    assert contents[2] == TRIMMED_RESULT and contents[5] == "y" * 4000
+    assert request.dropped_turns == 0
+
+
+async def test_a_channel_that_limits_its_tools_offers_the_model_only_those(sessions, llm, aiml):
+    from dataclasses import replace as changed
+
+    from bot.tools.box import EnabledTools
+
+    box = EnabledTools(
+        StaticToolBox([Recorder("a"), Recorder("b"), Recorder("c")]), enabled=frozenset({"a", "b"})
+    )
+    config = ServiceConfig("You are a test.", 200_000, 1000)
+    here = Turn(
+        KEY,
+        ConversationKind.CHANNEL,
+        "go",
+        "U1",
+        channel=changed(turn().channel, tools=frozenset({"b", "c"})),
+    )
+    aiml.enqueue(Reply(content="Fine."))
+    await ConversationService(sessions, llm, config, tools=box).reply(here, RecordingSink())
+    assert [t["function"]["name"] for t in aiml.chat_requests[0].json["tools"]] == ["b"]
+
+
+async def test_the_terminal_prints_one_line_per_finished_tool_call():
+    import io
+
+    from bot.cli.chat import TerminalSink
+    from bot.conversation.ports import ToolStep
+
+    out = io.StringIO()
+    sink = TerminalSink(out)
+    await sink.tool_progress([ToolStep("c1", "fetch_url", "in_progress")])
+    await sink.tool_progress([ToolStep("c1", "fetch_url", "complete", "example.org, 3 kB")])
+    await sink.tool_progress([ToolStep("c1", "fetch_url", "complete", "example.org, 3 kB")])
+    assert out.getvalue().count("[fetch_url complete: example.org, 3 kB]") == 1
