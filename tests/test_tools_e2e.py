@@ -117,7 +117,8 @@ async def test_a_two_round_tool_turn_streams_the_answer_and_sends_the_result_bac
     )
     assert answer == "It is late in Paris."
     first, second = aiml.chat_requests
-    assert {t["function"]["name"] for t in first.json["tools"]} == {"current_time", "fetch_url"}
+    offered = {t["function"]["name"] for t in first.json["tools"]}
+    assert offered == {"current_time", "fetch_url", "slack_read_thread", "slack_read_channel"}
     assert first.json["tool_choice"] == "auto"
     sent = second.json["messages"]
     assert sent[-2]["role"] == "assistant" and sent[-2]["content"] is None
