@@ -105,6 +105,23 @@ class Metrics:
             registry=r,
         )
         self.turns_running = Gauge("slackbot_turns_running", "Turns holding their thread now", registry=r)
+        # MCP: slackbot_mcp_server_up{server} and _tools{server} are read at scrape (bot.mcp.toolbox).
+        self.mcp_tool_calls = Counter(
+            "slackbot_mcp_tool_calls",
+            "MCP tool calls by server and outcome (ok, error, timeout, failed, unavailable)",
+            ["server", "outcome"],
+            registry=r,
+        )
+        self.mcp_tool_call_seconds = Histogram(
+            "slackbot_mcp_tool_call_seconds",
+            "MCP tool call duration",
+            ["server"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tool_approvals = Counter(
+            "slackbot_tool_approvals", "Approval requests by decision", ["decision"], registry=r
+        )
 
     def observe_slack_call(self, method: str, outcome: str, seconds: float) -> None:
         """Edits that landed are `chat.update` + `ok`; Slack's 429s are outcome `ratelimited`."""
@@ -133,6 +150,14 @@ class Metrics:
         ):
             if value:
                 self.tokens.labels(kind).inc(value)
+
+    def mcp_tool_call(self, server: str, outcome: str, seconds: float) -> None:
+        self.mcp_tool_calls.labels(server, outcome).inc()
+        self.mcp_tool_call_seconds.labels(server).observe(seconds)
+
+    def tool_approval(self, decision: str) -> None:
+        """`approved`, `denied`, `timed_out` or `failed` (the request could not be posted)."""
+        self.tool_approvals.labels(decision).inc()
 
     def maintenance_failed(self) -> None:
         self.maintenance_failures.inc()
