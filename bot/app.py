@@ -31,10 +31,12 @@ from bot.jobs.digest import DigestJob
 from bot.jobs.maintenance import Maintenance
 from bot.jobs.scheduler import build_scheduler
 from bot.llm.client import AimlClient
+from bot.mcp.toolbox import McpToolBox, start_mcp
 from bot.metrics import Metrics
 from bot.settings import Settings, SettingsError
 from bot.slack.admin_access import AdminAccess
 from bot.slack.app_home import AppHome, register_app_home
+from bot.slack.approval import SlackApprover, register_approval
 from bot.slack.edit_budget import EditBudgets
 from bot.slack.glm_command import GlmCommand, register_glm_command
 from bot.slack.handler import EdgeConfig, SlackEdge
@@ -183,6 +185,8 @@ class BotRuntime:
         self.channel_settings: ChannelSettingsStore | None = None
         self.home: AppHome | None = None  # its `allowances` and `alerts` seams are set by the quotas
         self.glm: GlmCommand | None = None  # `/glm` subcommands: self.glm.add(word, Subcommand(...))
+        self.mcp: McpToolBox | None = None  # the MCP servers' tools (a ToolBox for the tool loop)
+        self.approver: SlackApprover | None = None  # asks in the thread before a tool needing approval
 
     async def start(self) -> int:
         settings = self.settings
@@ -190,6 +194,10 @@ class BotRuntime:
         session = self.client.session = aiohttp.ClientSession()
         self._stack.push_async_callback(session.close)
         team = await check_slack(self.client)
+        # MCP servers connect in the background (start-up never waits for one); a mistake in their
+        # file stops start-up here with one line.
+        self.mcp = await start_mcp(settings, self.metrics)
+        self._stack.push_async_callback(self.mcp.aclose)
         self.core = core = await self._stack.enter_async_context(core_services(settings, self.metrics))
         log.info("database ready at %s", describe(core.engine.url))
         bolt = build_bolt(settings, self.client)
@@ -224,6 +232,9 @@ class BotRuntime:
         self.home = AppHome(core.sessions, access, people, channel_settings, settings.digest_zone)
         # Before register_listeners: Bolt runs the first listener that matches, and theirs catch all.
         register_app_home(bolt, self.home)
+        self.approver = SlackApprover(self.client, settings.tool_approval_timeout, self.metrics)
+        self._stack.push_async_callback(self.approver.aclose)
+        register_approval(bolt, self.approver)
         register_listeners(bolt, edge)
         bounds = SettingsBounds(
             settings.aimlapi_model, settings.models_allowed, settings.llm_max_output_tokens

@@ -156,7 +156,9 @@ def load_mcp_config(path: Path, environ: Mapping[str, str], *, required: bool) -
     return parse_mcp_config(raw, environ, source=str(path))
 
 
-def parse_mcp_config(raw: Mapping[str, Any], environ: Mapping[str, str], *, source: str) -> tuple[McpServer, ...]:
+def parse_mcp_config(
+    raw: Mapping[str, Any], environ: Mapping[str, str], *, source: str
+) -> tuple[McpServer, ...]:
     try:
         parsed = _File.model_validate(raw)
     except ValidationError as exc:
@@ -181,7 +183,8 @@ def _resolve(name: str, server: _Server, environ: Mapping[str, str], source: str
         value = environ.get(variable)
         if not value:
             raise McpConfigError(
-                f"MCP_CONFIG_FILE: {source}: servers.{name}.{where}: environment variable {variable} is not set"
+                f"MCP_CONFIG_FILE: {source}: servers.{name}.{where}: "
+                f"environment variable {variable} is not set"
             )
         return value
 

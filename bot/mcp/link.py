@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx2
 from mcp import Client, StdioServerParameters
-from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, Implementation
 from mcp.types import Tool as McpToolInfo
@@ -91,13 +90,13 @@ class ServerLink:
         """A call failed in a way that suggests the connection broke: check it now, not at the interval."""
         self._check_now.set()
 
-    async def call(self, tool: str, arguments: dict[str, Any], timeout: float) -> CallToolResult:
+    async def call(self, tool: str, arguments: dict[str, Any], seconds: float) -> CallToolResult:
         """Run `tool`; raises ServerUnavailable, TimeoutError, or the SDK's errors (MCPError, transport)."""
         client = self._client
         if client is None:
             raise ServerUnavailable(self.name)
-        async with asyncio.timeout(timeout):
-            return await client.call_tool(tool, arguments, read_timeout_seconds=timeout)
+        async with asyncio.timeout(seconds):
+            return await client.call_tool(tool, arguments, read_timeout_seconds=seconds)
 
     async def _supervise(self) -> None:
         delay = self._timing.retry_min
@@ -127,7 +126,9 @@ class ServerLink:
         waiter = asyncio.create_task(ready.wait())
         stop = asyncio.create_task(self._stopping.wait())
         try:
-            await asyncio.wait([attempt, waiter, stop], timeout=self._timing.connect, return_when="FIRST_COMPLETED")
+            await asyncio.wait(
+                [attempt, waiter, stop], timeout=self._timing.connect, return_when="FIRST_COMPLETED"
+            )
         finally:
             waiter.cancel()
             stop.cancel()
@@ -171,9 +172,14 @@ class ServerLink:
         fresh); an error or a missing answer ends the connection."""
         while not self._stopping.is_set():
             self._check_now.clear()
-            sleepers = [asyncio.create_task(self._stopping.wait()), asyncio.create_task(self._check_now.wait())]
+            sleepers = [
+                asyncio.create_task(self._stopping.wait()),
+                asyncio.create_task(self._check_now.wait()),
+            ]
             try:
-                await asyncio.wait(sleepers, timeout=self._timing.health_interval, return_when="FIRST_COMPLETED")
+                await asyncio.wait(
+                    sleepers, timeout=self._timing.health_interval, return_when="FIRST_COMPLETED"
+                )
             finally:
                 for sleeper in sleepers:
                     sleeper.cancel()

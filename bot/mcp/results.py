@@ -39,10 +39,10 @@ def to_tool_result(result: CallToolResult, limit: int = MAX_RESULT_CHARS) -> Too
             if isinstance(resource, TextResourceContents):
                 parts.append(f"[resource {resource.uri}]\n{resource.text}")
             elif isinstance(resource, BlobResourceContents):
-                mime = resource.mime_type or "binary"
-                notes.append(f"[resource {resource.uri} ({mime}, about {_size(len(resource.blob) * 3 // 4)}): not shown]")
-        else:
-            notes.append(f"[{getattr(block, 'type', 'unknown')} content: not shown]")
+                blob = _size(len(resource.blob) * 3 // 4)
+                notes.append(
+                    f"[resource {resource.uri} ({resource.mime_type or 'binary'}, about {blob}): not shown]"
+                )
     if not parts and result.structured_content is not None:
         parts.append(json.dumps(result.structured_content, ensure_ascii=False, default=str))
     text = "\n\n".join(parts + notes) or "(the tool returned nothing)"

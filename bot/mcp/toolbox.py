@@ -81,12 +81,18 @@ class McpTool:
             self.link.check_soon()
             log.warning("MCP call timed out after %g s", self.timeout, extra=where)
             return "timeout", ToolResult(
-                f"{self.spec.name} did not answer within {self.timeout:g} seconds.", ok=False, detail="timed out"
+                f"{self.spec.name} did not answer within {self.timeout:g} seconds.",
+                ok=False,
+                detail="timed out",
             )
         except MCPError as exc:
             log.info("MCP call refused: %s", exc.code, extra=where)
-            return "error", ToolResult(f"{self.spec.name} failed: {exc.message[:500]}", ok=False, detail="failed")
-        except Exception as exc:  # the transport's own errors vary (httpx2, anyio, pydantic): all mean "broken"
+            return "error", ToolResult(
+                f"{self.spec.name} failed: {exc.message[:500]}", ok=False, detail="failed"
+            )
+        except (
+            Exception
+        ) as exc:  # the transport's own errors vary (httpx2, anyio, pydantic): all mean "broken"
             self.link.check_soon()
             log.warning("MCP call failed: %s", type(exc).__name__, extra=where)
             return "failed", ToolResult(

@@ -33,7 +33,9 @@ def add(a: int, b: int) -> str:
 @server.tool(description="Who the server thinks is calling.")
 def whoami(ctx: Context) -> str:
     headers = ctx.headers or {}
-    return f"authorization={headers.get('authorization', '-')} secret={os.environ.get('FAKE_MCP_SECRET', '-')}"
+    return (
+        f"authorization={headers.get('authorization', '-')} secret={os.environ.get('FAKE_MCP_SECRET', '-')}"
+    )
 
 
 @server.tool(description="Sleep, then answer.")
