@@ -60,7 +60,8 @@ class ServerLink:
         self._on_change = on_change
         self._client: Client | None = None
         self.tools: tuple[McpToolInfo, ...] = ()
-        self.connects = 0  # successful connections so far (tests and logs)
+        self.connects = 0  # connections made so far
+        self.failures = 0  # attempts that failed and connections that broke
         self._stopping = asyncio.Event()
         self._check_now = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -109,6 +110,7 @@ class ServerLink:
                 reason = await self._wait_closed(attempt)
             if self._stopping.is_set():
                 break
+            self.failures += 1
             log.warning(
                 "MCP server %s is unavailable (%s); retrying in %.1f s",
                 self.name,
