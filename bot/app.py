@@ -198,6 +198,8 @@ class BotRuntime:
         # file stops start-up here with one line.
         self.mcp = await start_mcp(settings, self.metrics)
         self._stack.push_async_callback(self.mcp.aclose)
+        self.approver = SlackApprover(self.client, settings.tool_approval_timeout, self.metrics)
+        self._stack.push_async_callback(self.approver.aclose)
         self.core = core = await self._stack.enter_async_context(core_services(settings, self.metrics))
         log.info("database ready at %s", describe(core.engine.url))
         bolt = build_bolt(settings, self.client)
@@ -232,8 +234,6 @@ class BotRuntime:
         self.home = AppHome(core.sessions, access, people, channel_settings, settings.digest_zone)
         # Before register_listeners: Bolt runs the first listener that matches, and theirs catch all.
         register_app_home(bolt, self.home)
-        self.approver = SlackApprover(self.client, settings.tool_approval_timeout, self.metrics)
-        self._stack.push_async_callback(self.approver.aclose)
         register_approval(bolt, self.approver)
         register_listeners(bolt, edge)
         bounds = SettingsBounds(

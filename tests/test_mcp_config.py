@@ -89,16 +89,28 @@ def test_a_stdio_server_gets_plain_variables_and_secret_ones_from_the_environmen
     ("text", "message"),
     [
         ("[servers.a\nurl = 1", r"not valid TOML"),
-        ('[servers.a]\nurl = "https://x"\naproval = true', r"servers\.a\.aproval: Extra inputs are not permitted"),
-        ("[servers.a]\napproval = true", r"servers\.a: .*either url \(streamable HTTP\) or command \(stdio\)"),
+        (
+            '[servers.a]\nurl = "https://x"\naproval = true',
+            r"servers\.a\.aproval: Extra inputs are not permitted",
+        ),
+        (
+            "[servers.a]\napproval = true",
+            r"servers\.a: .*either url \(streamable HTTP\) or command \(stdio\)",
+        ),
         ('[servers.a]\nurl = "https://x"\ncommand = "y"', r"servers\.a: .*not both or neither"),
         ('[servers.a]\nurl = "ftp://x"', r"servers\.a\.url: .*must start with http:// or https://"),
-        ('[servers.a]\ncommand = "y"\nheaders_from_env = { A = "B" }', r"headers_from_env is for HTTP servers"),
+        (
+            '[servers.a]\ncommand = "y"\nheaders_from_env = { A = "B" }',
+            r"headers_from_env is for HTTP servers",
+        ),
         ('[servers.a]\nurl = "https://x"\nargs = ["y"]', r"args, env, env_from_env and cwd are for stdio"),
         ('[servers.a]\nurl = "https://x"\ntimeout = 0', r"servers\.a\.timeout: .*greater than 0"),
         ('[servers."bad name"]\nurl = "https://x"', r"servers\.bad name: a server name is 1 to 32 letters"),
-        ('[servers.a]\nurl = "https://x"\n[servers.a.tools.t]\napproval = "yes please"', r"tools\.t\.approval"),
-        ('[other]\nx = 1', r"other: Extra inputs are not permitted"),
+        (
+            '[servers.a]\nurl = "https://x"\n[servers.a.tools.t]\napproval = "yes please"',
+            r"tools\.t\.approval",
+        ),
+        ("[other]\nx = 1", r"other: Extra inputs are not permitted"),
     ],
 )
 def test_each_mistake_in_the_file_is_one_line_naming_the_file_and_the_place(tmp_path, text, message):
@@ -141,5 +153,5 @@ def test_mcp_timing_settings_are_checked_and_named(monkeypatch):
         load_settings(env_file=None)
     monkeypatch.setenv("MCP_RETRY_MIN_SECONDS", "1")
     monkeypatch.setenv("TOOL_APPROVAL_TIMEOUT", "0")
-    with pytest.raises(SettingsError, match="^TOOL_APPROVAL_TIMEOUT: "):
+    with pytest.raises(SettingsError, match=r"^TOOL_APPROVAL_TIMEOUT: "):
         load_settings(env_file=None)

@@ -89,13 +89,17 @@ def press(message: FakeMessage, action_id: str, user: str) -> dict[str, Any]:
 
 
 def shown(message: FakeMessage) -> str:
-    return "\n".join(
-        b["text"]["text"] for b in message.blocks or [] if b["type"] == "section"
-    ) + "\n" + message.context
+    return (
+        "\n".join(b["text"]["text"] for b in message.blocks or [] if b["type"] == "section")
+        + "\n"
+        + message.context
+    )
 
 
 def approvals(bot: Bot, decision: str) -> float | None:
-    return bot.runtime.metrics.registry.get_sample_value("slackbot_tool_approvals_total", {"decision": decision})
+    return bot.runtime.metrics.registry.get_sample_value(
+        "slackbot_tool_approvals_total", {"decision": decision}
+    )
 
 
 async def test_the_asker_approves_and_the_message_shows_who_approved_without_buttons(bot: Bot) -> None:
@@ -211,7 +215,9 @@ async def test_a_broken_mcp_config_file_stops_start_up_with_one_line_naming_it(
     db_url: str, slack: FakeSlackApi, aiml: FakeAimlApi, tmp_path: Path
 ) -> None:
     config = tmp_path / "mcp.toml"
-    config.write_text('[servers.web]\nurl = "https://x"\nheaders_from_env = { Authorization = "NOT_SET_X" }\n')
+    config.write_text(
+        '[servers.web]\nurl = "https://x"\nheaders_from_env = { Authorization = "NOT_SET_X" }\n'
+    )
     settings = make_settings(db_url, slack, aiml, mcp_config_file=config)
     with pytest.raises(McpConfigError) as caught:
         async with running_bot(settings, slack, aiml):
