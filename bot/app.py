@@ -20,6 +20,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.conversation.admission import Admission
+from bot.conversation.approvals import ApprovalBook
 from bot.conversation.channel_settings import ChannelSettingsSource
 from bot.conversation.ledger import Ledger
 from bot.conversation.ordering import TurnOrder
@@ -202,6 +203,8 @@ class BotRuntime:
         self._stack.push_async_callback(self.approver.aclose)
         self.core = core = await self._stack.enter_async_context(core_services(settings, self.metrics))
         log.info("database ready at %s", describe(core.engine.url))
+        # Answers through the database: a press decides whichever replica it reaches.
+        self.approver.book = ApprovalBook(core.sessions, settings.tool_approval_timeout)
         bolt = build_bolt(settings, self.client)
         budgets = EditBudgets(settings.slack_edits_per_minute, settings.slack_edit_burst)
         export_live_state(self.metrics, budgets, core.engine)

@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
+from bot.conversation.approvals import Answer, ApprovalBook, Press, PressOutcome
 from bot.conversation.channel_settings import ChannelSettings
 from bot.conversation.keys import ConversationKey
 from bot.conversation.tools import ToolContext, ToolSpec
 from bot.mcp.config import McpConfigError
 from bot.slack.approval import APPROVE, DENY, NOT_WAITING, SlackApprover, arguments_text
 from bot.slack.text import WORD_JOINER
+from bot.storage.models import ToolApprovalRow
 from tests.fakes.aimlapi import FakeAimlApi
 from tests.fakes.mcp_process import stdio_command
 from tests.fakes.slack_api import FakeMessage, FakeSlackApi
@@ -226,3 +230,47 @@ async def test_a_broken_mcp_config_file_stops_start_up_with_one_line_naming_it(
         f"MCP_CONFIG_FILE: {config}: servers.web.headers_from_env.Authorization: "
         "environment variable NOT_SET_X is not set"
     )
+
+
+async def test_a_press_reaching_another_replica_decides_for_the_one_that_asked(
+    db_url: str, slack: FakeSlackApi, aiml: FakeAimlApi
+) -> None:
+    settings = make_settings(db_url, slack, aiml, tool_approval_timeout=30)
+    async with running_bot(settings, slack) as asking, running_bot(settings, slack) as other:
+        task, question = await asked(asking)
+
+        await other.interact(press(question, APPROVE, "U1"))
+
+        assert await asyncio.wait_for(task, 10) is True
+        await eventually(lambda: "✅ Approved by <@U1>" in asking.replies("C1", THREAD)[-1].context)
+        assert not [e for e in slack.ephemerals if e.user == "U1"]
+
+
+async def test_an_answer_counts_once_and_an_expired_question_takes_no_answer(sessions) -> None:
+    book = ApprovalBook(sessions, wait=300)
+    key = ConversationKey("T1", "C1", THREAD)
+    await book.open("q1", key, "U1", "github__create_issue")
+    await book.open("q2", key, "U1", "github__create_issue")
+
+    assert await book.answer("q1") is None  # pending
+    assert await book.press("q1", "U2", approved=True) == PressOutcome(Press.NOT_THE_ASKER, "U1")
+    assert await book.press("q1", "U1", approved=False) == PressOutcome(Press.RECORDED, "U1")
+    assert await book.press("q1", "U1", approved=True) == PressOutcome(Press.NOT_WAITING)
+    assert await book.expire("q1") == Answer(False, "U1")  # the press came first: it stands
+
+    assert await book.expire("q2") is None
+    assert await book.press("q2", "U1", approved=True) == PressOutcome(Press.NOT_WAITING)
+    assert await book.answer("q2") == Answer(False, None)
+    assert await book.press("unknown", "U1", approved=True) == PressOutcome(Press.NOT_WAITING)
+
+
+async def test_a_question_left_by_a_process_that_is_gone_cannot_be_approved_later(sessions) -> None:
+    book = ApprovalBook(sessions, wait=300)
+    await book.open("old", ConversationKey("T1", "C1", THREAD), "U1", "github__create_issue")
+    async with sessions() as session, session.begin():
+        await session.execute(
+            update(ToolApprovalRow).values(created_at=datetime.now(UTC) - timedelta(hours=1))
+        )
+
+    assert await book.press("old", "U1", approved=True) == PressOutcome(Press.NOT_WAITING)
+    assert await book.answer("old") == Answer(False, None)

@@ -4,14 +4,15 @@ The bot posts the tool and its arguments (bounded, escaped, mentions defused: th
 only the person who asked may answer (anyone else gets an ephemeral line); no answer within
 TOOL_APPROVAL_TIMEOUT is a no; the message is then changed to show the decision, without buttons.
 
-A request waits in this process: a button pressed on a request this process does not hold (another
-replica's, or one from before a restart) is answered with an ephemeral line, and the process that
-holds it still decides by its timeout, which denies. The tool never runs without a yes.
+Answers are kept in the database (bot.conversation.approvals), so a press decides whichever replica
+it reaches; a press on a question nobody waits for any more (answered, expired, or asked before a
+restart) gets an ephemeral line. The tool never runs without a yes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -34,10 +35,12 @@ from slack_sdk.models.blocks import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.conversation.approvals import Answer, ApprovalBook, Press, PressOutcome
 from bot.conversation.tools import ToolContext, ToolSpec
 from bot.metrics import Metrics
 from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
 from bot.slack.text import defuse, mrkdwn_escape
+from bot.storage.db import UNAVAILABLE, error_reason
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +50,37 @@ APPROVER = "glm_approver"  # the context key the approver is found under
 MAX_ARGUMENTS_CHARS = 2_500  # a section's text may hold 3,000
 ONLY_THE_ASKER = "Only <@{asker}>, who asked, can approve or deny this tool call."
 NOT_WAITING = "This request is no longer waiting for an answer (it was answered, or it expired)."
+NOT_RECORDED = "Your answer could not be recorded just now (the bot's database is unavailable); try again."
 
 
 @dataclass
 class _Pending:
     asker: str
-    answer: asyncio.Future[tuple[bool, str | None]] = field(repr=False)  # (approved, by whom)
+    answer: asyncio.Future[Answer] = field(repr=False)  # set when the press lands in this process
 
 
 class SlackApprover:
-    """An `Approver` for Slack threads; `on_action` (registered by `register_approval`) takes the presses."""
+    """An `Approver` for Slack threads; `on_action` (registered by `register_approval`) takes the presses.
 
-    def __init__(self, client: AsyncWebClient, timeout: float, metrics: Metrics | None = None) -> None:
+    With a `book` (the database; BotRuntime attaches it once the database is ready) a press on any
+    replica decides, and the asking process reads the answer back every `poll` seconds; without one,
+    answers stay in this process.
+    """
+
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        timeout: float,
+        metrics: Metrics | None = None,
+        *,
+        book: ApprovalBook | None = None,
+        poll: float = 1.0,
+    ) -> None:
         self._client = client
         self._timeout = timeout
         self._metrics = metrics
+        self.book = book
+        self._poll = poll
         self._pending: dict[str, _Pending] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -75,47 +94,67 @@ class SlackApprover:
             return self._count(False, "failed")  # nobody to ask: the call does not run
         request_id = secrets.token_urlsafe(12)
         where = context.key
-        question = question_blocks(spec, arguments, asker, request_id, self._timeout)
+        extra = {"channel": where.channel_id, "thread_ts": where.thread_ts, "tool": spec.name}
         try:
+            if self.book is not None:
+                await self.book.open(request_id, where, asker, spec.name)
             posted = await self._client.chat_postMessage(
                 channel=where.channel_id,
                 thread_ts=where.thread_ts,
                 text=f"Approve a call of {spec.name}?",
-                blocks=question,
+                blocks=question_blocks(spec, arguments, asker, request_id, self._timeout),
             )
+        except UNAVAILABLE as exc:
+            log.warning("approval not asked: database unavailable: %s", error_reason(exc), extra=extra)
+            return self._count(False, "failed")
         except SLACK_CALL_ERRORS as exc:
-            log.warning(
-                "approval request not posted: %s",
-                call_error_reason(exc),
-                extra={"channel": where.channel_id, "thread_ts": where.thread_ts, "tool": spec.name},
-            )
+            log.warning("approval not asked: %s", call_error_reason(exc), extra=extra)
             return self._count(False, "failed")
         ts = str(posted.get("ts", ""))
         pending = _Pending(asker, asyncio.get_running_loop().create_future())
         self._pending[request_id] = pending
         try:
-            approved, by = await asyncio.wait_for(pending.answer, self._timeout)
-            decision = "approved" if approved else "denied"
-            if by is None:
-                outcome = "Not run: the bot is shutting down"
-            else:
-                outcome = ("✅ Approved" if approved else "❌ Denied") + f" by <@{by}>"
-        except TimeoutError:
-            approved, decision = False, "timed_out"
-            outcome = f"⏱️ No answer within {_duration(self._timeout)}: not run"
+            answer = await self._wait(request_id, pending)
         except asyncio.CancelledError:
             # The reply was stopped: say so without holding up the cancellation.
             self._spawn(self._show(where.channel_id, ts, spec, arguments, "Not run: the reply was stopped"))
             raise
         finally:
             self._pending.pop(request_id, None)
+        if answer is None:
+            approved, decision = False, "timed_out"
+            outcome = f"⏱️ No answer within {_duration(self._timeout)}: not run"
+        elif answer.by is None:
+            approved, decision, outcome = False, "denied", "Not run: the bot is shutting down"
+        else:
+            approved, decision = answer.approved, "approved" if answer.approved else "denied"
+            outcome = ("✅ Approved" if approved else "❌ Denied") + f" by <@{answer.by}>"
         await self._show(where.channel_id, ts, spec, arguments, outcome)
-        log.info(
-            "tool approval %s",
-            decision,
-            extra={"channel": where.channel_id, "thread_ts": where.thread_ts, "tool": spec.name},
-        )
+        log.info("tool approval %s", decision, extra=extra)
         return self._count(approved, decision)
+
+    async def _wait(self, request_id: str, pending: _Pending) -> Answer | None:
+        """The answer, from a press in this process or (with a book) any other; None: none in time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        while (left := deadline - loop.time()) > 0:
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(asyncio.shield(pending.answer), min(left, self._poll))
+            if self.book is not None:
+                try:
+                    answer = await self.book.answer(request_id)
+                except UNAVAILABLE:
+                    answer = None  # a press here still lands; at the deadline it is a no
+                if answer is not None:
+                    return answer
+        if pending.answer.done():
+            return pending.answer.result()
+        if self.book is None:
+            return None
+        try:
+            return await self.book.expire(request_id)  # a press that won the race still counts
+        except UNAVAILABLE:
+            return None
 
     async def on_action(self, body: Mapping[str, Any], client: AsyncWebClient) -> None:
         """A press on Approve or Deny (already acked)."""
@@ -125,19 +164,34 @@ class SlackApprover:
             (body.get("channel") or {}).get("id", "") or (body.get("container") or {}).get("channel_id", "")
         )
         thread_ts = (body.get("message") or {}).get("thread_ts")
-        pending = self._pending.get(str(action.get("value", "")))
-        if pending is None or pending.answer.done():
-            await _ephemeral(client, channel, user, thread_ts, NOT_WAITING)
+        request_id = str(action.get("value", ""))
+        approved = action.get("action_id") == APPROVE
+        pending = self._pending.get(request_id)
+        if self.book is not None:
+            try:
+                outcome = await self.book.press(request_id, user, approved)
+            except UNAVAILABLE as exc:
+                log.warning("approval press not recorded: %s", error_reason(exc), extra={"channel": channel})
+                await _ephemeral(client, channel, user, thread_ts, NOT_RECORDED)
+                return
+        elif pending is None or pending.answer.done():
+            outcome = PressOutcome(Press.NOT_WAITING)
         elif user != pending.asker:
-            await _ephemeral(client, channel, user, thread_ts, ONLY_THE_ASKER.format(asker=pending.asker))
+            outcome = PressOutcome(Press.NOT_THE_ASKER, pending.asker)
         else:
-            pending.answer.set_result((action.get("action_id") == APPROVE, user))
+            outcome = PressOutcome(Press.RECORDED, pending.asker)
+        if outcome.press is Press.NOT_WAITING:
+            await _ephemeral(client, channel, user, thread_ts, NOT_WAITING)
+        elif outcome.press is Press.NOT_THE_ASKER:
+            await _ephemeral(client, channel, user, thread_ts, ONLY_THE_ASKER.format(asker=outcome.asker))
+        elif pending is not None and not pending.answer.done():
+            pending.answer.set_result(Answer(approved, user))
 
     async def aclose(self) -> None:
         """Deny what still waits (shutdown) and let the message updates land."""
         for pending in self._pending.values():
             if not pending.answer.done():
-                pending.answer.set_result((False, None))
+                pending.answer.set_result(Answer(False, None))
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
 
