@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import AsyncIterator
@@ -127,17 +128,22 @@ async def test_tools_of_an_http_and_a_stdio_server_are_offered_by_server_and_ret
         await box.aclose()
 
 
-async def test_a_server_down_at_start_is_retried_and_its_tools_appear_when_it_comes_up(tmp_path, http_server):
+async def test_a_server_down_at_start_is_retried_and_its_tools_appear_when_it_comes_up(
+    tmp_path, http_server, caplog
+):
+    caplog.set_level(logging.INFO, logger="bot.mcp")
     metrics = Metrics()
     box = await started(tmp_path, http_entry(http_server), metrics)  # nothing listens yet
     try:
         assert box.tools_for(CONTEXT) == ()
         await eventually(lambda: box.links[0].failures >= 2, WAIT)  # retried, not given up
         assert gauge(metrics, "slackbot_mcp_server_up", "web") == 0.0
+        assert "MCP server web is unavailable (ConnectError" in caplog.text
         await http_server.start()
         await eventually(lambda: "web__echo" in tools(box), WAIT)
         assert gauge(metrics, "slackbot_mcp_server_up", "web") == 1.0
         assert (await tools(box)["web__echo"].run({"text": "late"}, CONTEXT)).content == "echo: late"
+        assert "MCP server web connected: 7 tools" in caplog.text
     finally:
         await box.aclose()
 
