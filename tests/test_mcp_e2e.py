@@ -53,8 +53,9 @@ async def test_an_mcp_tool_needing_approval_runs_only_after_the_asker_approves(
         await eventually(lambda: bool(mcp.tools_for(CONTEXT)), 60)
 
         await bot.send(mention("echo it", "100.000001", user="U1"))
-        await eventually(lambda: any(buttons(m) for m in bot.replies("C1", "100.000001")), 30)
-        question = next(m for m in bot.replies("C1", "100.000001") if buttons(m))
+        # The question is the message with Approve (an answer may carry other buttons, e.g. feedback).
+        await eventually(lambda: any(APPROVE in buttons(m) for m in bot.replies("C1", "100.000001")), 30)
+        question = next(m for m in bot.replies("C1", "100.000001") if APPROVE in buttons(m))
         assert question.blocks and "local__echo" in question.blocks[0]["text"]["text"]
         await bot.interact(press(question, button, "U1"))
         await bot.idle(timeout=60)
