@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0009_tool_approvals"
-down_revision: str | Sequence[str] | None = "0008_tool_calls"  # re-chained at merge
+down_revision: str | Sequence[str] | None = "0007_channel_settings"  # re-chained at merge
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
