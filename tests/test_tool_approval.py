@@ -18,12 +18,13 @@ from bot.conversation.channel_settings import ChannelSettings
 from bot.conversation.keys import ConversationKey
 from bot.conversation.tools import ToolContext, ToolSpec
 from bot.mcp.config import McpConfigError
-from bot.slack.approval import APPROVE, DENY, NOT_WAITING, SlackApprover, arguments_text
+from bot.slack.approval import APPROVE, DENY, NOT_RECORDED, NOT_WAITING, SlackApprover, arguments_text
 from bot.slack.text import WORD_JOINER
 from bot.storage.models import ToolApprovalRow
 from tests.fakes.aimlapi import FakeAimlApi
 from tests.fakes.mcp_process import stdio_command
 from tests.fakes.slack_api import FakeMessage, FakeSlackApi
+from tests.fakes.tcp_proxy import TcpProxy
 from tests.harness import Bot, eventually, make_settings, running_bot
 
 THREAD = "1600000000.000100"
@@ -274,3 +275,20 @@ async def test_a_question_left_by_a_process_that_is_gone_cannot_be_approved_late
 
     assert await book.press("old", "U1", approved=True) == PressOutcome(Press.NOT_WAITING)
     assert await book.answer("old") == Answer(False, None)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_while_the_database_is_away_a_press_is_not_lost_silently_and_the_call_does_not_run(
+    db_url: str, proxy: TcpProxy, slack: FakeSlackApi, aiml: FakeAimlApi
+) -> None:
+    settings = make_settings(proxy.url_for(db_url), slack, aiml, tool_approval_timeout=2)
+    async with running_bot(settings, slack, aiml) as bot:
+        task, question = await asked(bot)
+        proxy.cut()
+
+        await bot.interact(press(question, APPROVE, "U1"))
+
+        await eventually(lambda: any(e.user == "U1" for e in bot.slack.ephemerals))
+        assert bot.slack.ephemerals[-1].text == NOT_RECORDED
+        assert await asyncio.wait_for(task, 30) is False  # no recorded yes: it does not run
+        proxy.restore()
