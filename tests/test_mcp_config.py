@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -155,3 +157,17 @@ def test_mcp_timing_settings_are_checked_and_named(monkeypatch):
     monkeypatch.setenv("TOOL_APPROVAL_TIMEOUT", "0")
     with pytest.raises(SettingsError, match=r"^TOOL_APPROVAL_TIMEOUT: "):
         load_settings(env_file=None)
+
+
+def test_a_bot_without_mcp_servers_never_loads_the_sdk():
+    # The SDK takes seconds to import on a busy machine; start-up without servers does not pay for it.
+    probe = (
+        "import asyncio, sys\n"
+        "import bot.app\n"
+        "from bot.settings import Settings\n"
+        "from bot.mcp.toolbox import start_mcp\n"
+        "box = asyncio.run(start_mcp(Settings(_env_file=None), None, environ={}))\n"
+        "print('mcp' in sys.modules, len(box.links))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "0"]

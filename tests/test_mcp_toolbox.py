@@ -13,7 +13,8 @@ import pytest
 from bot.conversation.channel_settings import ChannelSettings
 from bot.conversation.keys import ConversationKey
 from bot.conversation.tools import ToolContext
-from bot.mcp.toolbox import McpTool, McpToolBox, start_mcp
+from bot.mcp.tool import McpTool
+from bot.mcp.toolbox import McpToolBox, start_mcp
 from bot.metrics import Metrics
 from bot.settings import Settings
 from tests.fakes.mcp_process import SCRIPT, McpHttpServer, stdio_command

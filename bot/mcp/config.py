@@ -24,6 +24,16 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
 
 
+@dataclass(frozen=True)
+class LinkTiming:
+    """Seconds: connect and list (per attempt), the gap between health checks, the backoff's bounds."""
+
+    connect: float = 15.0
+    health_interval: float = 30.0
+    retry_min: float = 1.0
+    retry_max: float = 60.0
+
+
 class McpConfigError(SettingsError):
     """The MCP servers file is missing, unreadable or wrong; the message names the file and the place."""
 

@@ -14,7 +14,6 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx2
@@ -23,23 +22,13 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, Implementation
 from mcp.types import Tool as McpToolInfo
 
-from bot.mcp.config import HttpTarget, McpServer
+from bot.mcp.config import HttpTarget, LinkTiming, McpServer
 
 log = logging.getLogger(__name__)
 
 CLIENT_INFO = Implementation(name="glm-slack-bot", version="0.1.0")
 _MAX_TOOL_PAGES = 20  # a server that pages forever cannot hold a connection attempt
 _STOP_WAIT = 8.0  # stdio shutdown takes up to about 6 s (stdin close, SIGTERM, SIGKILL) before a cancel
-
-
-@dataclass(frozen=True)
-class LinkTiming:
-    """Seconds: connect and list (per attempt), the gap between health checks, the backoff's bounds."""
-
-    connect: float = 15.0
-    health_interval: float = 30.0
-    retry_min: float = 1.0
-    retry_max: float = 60.0
 
 
 class ServerUnavailable(Exception):
@@ -129,7 +118,7 @@ class ServerLink:
         stop = asyncio.create_task(self._stopping.wait())
         try:
             await asyncio.wait(
-                [attempt, waiter, stop], timeout=self._timing.connect, return_when="FIRST_COMPLETED"
+                [attempt, waiter, stop], timeout=self._timing.connect, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             waiter.cancel()
@@ -180,7 +169,7 @@ class ServerLink:
             ]
             try:
                 await asyncio.wait(
-                    sleepers, timeout=self._timing.health_interval, return_when="FIRST_COMPLETED"
+                    sleepers, timeout=self._timing.health_interval, return_when=asyncio.FIRST_COMPLETED
                 )
             finally:
                 for sleeper in sleepers:

@@ -3,6 +3,9 @@
 `start_mcp` is what the composition root calls: it reads MCP_CONFIG_FILE (a mistake stops start-up
 with one line), starts a background link per server (start-up never waits for a server) and exports
 the servers' state as metrics. `aclose()` closes every session and stops every stdio subprocess.
+
+The MCP SDK takes a second or more to import (it brings its server side along): this module leaves it
+to bot.mcp.link and bot.mcp.tool, imported only when a server is configured.
 """
 
 from __future__ import annotations
@@ -11,19 +14,17 @@ import asyncio
 import hashlib
 import logging
 import re
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from mcp import MCPError
-
-from bot.conversation.tools import Tool, ToolContext, ToolResult, ToolSpec
-from bot.mcp.config import McpServer, load_mcp_config
-from bot.mcp.link import LinkTiming, ServerLink, ServerUnavailable
-from bot.mcp.results import to_tool_result
+from bot.conversation.tools import Tool, ToolContext, ToolSpec
+from bot.mcp.config import LinkTiming, McpServer, load_mcp_config
 from bot.metrics import Metrics
 from bot.settings import Settings, process_environment
+
+if TYPE_CHECKING:
+    from bot.mcp.link import ServerLink
+    from bot.mcp.tool import McpTool
 
 log = logging.getLogger(__name__)
 
@@ -49,61 +50,6 @@ def tool_name(server: str, tool: str, taken: set[str] | frozenset[str] = frozens
     return f"{name[: MAX_NAME - 9]}_{digest}"
 
 
-@dataclass(frozen=True)
-class McpTool:
-    """One tool of one server, as the tool loop sees it."""
-
-    spec: ToolSpec
-    server: str
-    tool: str  # the server's own name for it
-    link: ServerLink
-    timeout: float
-    events: McpEvents | None = None
-
-    async def run(self, arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:
-        started = time.monotonic()
-        outcome, result = await self._call(arguments, context)
-        if self.events is not None:
-            self.events.mcp_tool_call(self.server, outcome, time.monotonic() - started)
-        return result
-
-    async def _call(self, arguments: Mapping[str, Any], context: ToolContext) -> tuple[str, ToolResult]:
-        where = {"mcp_server": self.server, "tool": self.tool, "channel": context.key.channel_id}
-        try:
-            answer = await self.link.call(self.tool, dict(arguments), self.timeout)
-        except ServerUnavailable:
-            return "unavailable", ToolResult(
-                f"The {self.server} server is not connected right now; answer without its tools.",
-                ok=False,
-                detail="server unavailable",
-            )
-        except TimeoutError:
-            self.link.check_soon()
-            log.warning("MCP call timed out after %g s", self.timeout, extra=where)
-            return "timeout", ToolResult(
-                f"{self.spec.name} did not answer within {self.timeout:g} seconds.",
-                ok=False,
-                detail="timed out",
-            )
-        except MCPError as exc:
-            log.info("MCP call refused: %s", exc.code, extra=where)
-            return "error", ToolResult(
-                f"{self.spec.name} failed: {exc.message[:500]}", ok=False, detail="failed"
-            )
-        except (
-            Exception
-        ) as exc:  # the transport's own errors vary (httpx2, anyio, pydantic): all mean "broken"
-            self.link.check_soon()
-            log.warning("MCP call failed: %s", type(exc).__name__, extra=where)
-            return "failed", ToolResult(
-                f"{self.spec.name} could not be reached (the connection to {self.server} failed).",
-                ok=False,
-                detail="connection failed",
-            )
-        result = to_tool_result(answer)
-        return ("ok" if result.ok else "error"), result
-
-
 class McpToolBox:
     """Tools of the servers that are up, rebuilt whenever a server connects, drops or changes its list."""
 
@@ -117,7 +63,11 @@ class McpToolBox:
     ) -> None:
         self._call_timeout = call_timeout
         self._events = events
-        self.links = tuple(ServerLink(server, timing, self._changed) for server in servers)
+        self.links: tuple[ServerLink, ...] = ()
+        if servers:
+            from bot.mcp.link import ServerLink  # the SDK: only when there are servers
+
+            self.links = tuple(ServerLink(server, timing, self._changed) for server in servers)
         self._tools: tuple[McpTool, ...] = ()
 
     def start(self) -> None:
@@ -139,6 +89,8 @@ class McpToolBox:
         self._tools = ()
 
     def _changed(self, _link: ServerLink) -> None:
+        from bot.mcp.tool import McpTool  # loaded with the links
+
         tools: list[McpTool] = []
         taken: set[str] = set()
         for link in self.links:
