@@ -217,3 +217,16 @@ async def test_closing_stops_the_stdio_server_and_leaves_no_process_or_zombie_be
         await box.aclose()
     assert _children_running_the_fake() == []
     assert box.tools_for(CONTEXT) == ()
+
+
+async def test_a_stdio_server_whose_command_is_missing_is_retried_without_stopping_the_others(
+    tmp_path, caplog
+):
+    caplog.set_level(logging.WARNING, logger="bot.mcp")
+    box = await started(tmp_path, '[servers.ghost]\ncommand = "/nonexistent/mcp-server"\n' + stdio_entry())
+    try:
+        await eventually(lambda: box.links[0].failures >= 2 and "local__echo" in tools(box), WAIT)
+        assert [name for name, up, _ in box.states() if up] == ["local"]
+        assert "MCP server ghost is unavailable" in caplog.text
+    finally:
+        await box.aclose()
