@@ -14,6 +14,7 @@ import pytest
         "bot.conversation.service",
         "bot.conversation.turns",
         "bot.conversation.settings_store",
+        "bot.conversation.approvals",
         "bot.usage.report",
         "bot.usage.personal",
         "bot.usage.home",
