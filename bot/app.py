@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.conversation.access import Access, AccessRules
 from bot.conversation.admission import Admission, QuotaStage
+from bot.conversation.approvals import ApprovalBook
 from bot.conversation.channel_settings import ChannelSettingsSource
 from bot.conversation.ledger import Ledger
 from bot.conversation.notices import NoticeLog
@@ -30,19 +31,21 @@ from bot.conversation.settings_rules import SettingsBounds
 from bot.conversation.settings_store import ChannelSettingsStore
 from bot.conversation.summaries import Summarizer
 from bot.conversation.tool_loop import ToolLimits
-from bot.conversation.tools import ToolBox
+from bot.conversation.tools import Approver, ToolBox
 from bot.conversation.turns import RunningReplies, Turns
 from bot.files.extract import TextCaps
 from bot.jobs.digest import DigestJob
 from bot.jobs.maintenance import Maintenance
 from bot.jobs.scheduler import build_scheduler
 from bot.llm.client import AimlClient
+from bot.mcp.toolbox import McpToolBox, start_mcp
 from bot.metrics import Metrics, Samples
 from bot.settings import Settings, SettingsError
 from bot.slack.admin_access import AdminAccess
 from bot.slack.agent_sessions import AgentSessions
 from bot.slack.agent_view import AgentView, load_prompts, register_agent_view
 from bot.slack.app_home import AppHome, register_app_home
+from bot.slack.approval import SlackApprover, register_approval
 from bot.slack.edit_budget import EditBudget, EditBudgets
 from bot.slack.feedback import register_feedback
 from bot.slack.files import FileLimits, SlackFiles
@@ -130,7 +133,11 @@ def admission_pipeline(
 
 @asynccontextmanager
 async def core_services(
-    settings: Settings, metrics: Metrics | None = None, *, tool_boxes: Sequence[ToolBox] = ()
+    settings: Settings,
+    metrics: Metrics | None = None,
+    *,
+    tool_boxes: Sequence[ToolBox] = (),
+    approver: Approver | None = None,
 ) -> AsyncIterator[Core]:
     """Database (migrated), AI/ML API client, ledger and conversation service; closed on exit."""
     settings.require("aimlapi_key")
@@ -166,7 +173,14 @@ async def core_services(
     tools = EnabledTools(StaticToolBox([CurrentTime(), fetch]), *tool_boxes, enabled=settings.tools_enabled)
     limits = ToolLimits(settings.tools_max_rounds, settings.tools_call_timeout, settings.tools_turn_timeout)
     service = ConversationService(
-        sessions, llm, config, ledger=ledger, tools=tools, tool_limits=limits, tool_events=metrics
+        sessions,
+        llm,
+        config,
+        ledger=ledger,
+        tools=tools,
+        tool_limits=limits,
+        tool_events=metrics,
+        approver=approver,
     )
     try:
         yield Core(engine, sessions, llm, service, ledger)
@@ -248,6 +262,8 @@ class BotRuntime:
         self.home: AppHome | None = None  # its `allowances` and `alerts` seams are set by the quotas
         self.glm: GlmCommand | None = None  # `/glm` subcommands: self.glm.add(word, Subcommand(...))
         self.reader: SlackReader | None = None  # Slack reading for a person: tools and summaries
+        self.mcp: McpToolBox | None = None  # the MCP servers' tools (a ToolBox for the tool loop)
+        self.approver: SlackApprover | None = None  # asks in the thread before a tool needing approval
 
     async def start(self) -> int:
         settings = self.settings
@@ -255,6 +271,12 @@ class BotRuntime:
         session = self.client.session = aiohttp.ClientSession()
         self._stack.push_async_callback(session.close)
         team = await check_slack(self.client)
+        # MCP servers connect in the background (start-up never waits for one); a mistake in their
+        # file stops start-up here with one line.
+        self.mcp = await start_mcp(settings, self.metrics)
+        self._stack.push_async_callback(self.mcp.aclose)
+        self.approver = SlackApprover(self.client, settings.tool_approval_timeout, self.metrics)
+        self._stack.push_async_callback(self.approver.aclose)
         people = UserDirectory(self.client)  # one users.info cache: turns, /usage, the digest, tools
         self.reader = SlackReader(
             self.client,
@@ -263,11 +285,13 @@ class BotRuntime:
             ReadLimits(settings.slack_read_max_messages, settings.slack_read_max_chars),
             metrics=self.metrics,
         )
-        boxes = (StaticToolBox(read_tools_of(self.reader)),)
+        boxes = (StaticToolBox(read_tools_of(self.reader)), self.mcp)
         self.core = core = await self._stack.enter_async_context(
-            core_services(settings, self.metrics, tool_boxes=boxes)
+            core_services(settings, self.metrics, tool_boxes=boxes, approver=self.approver)
         )
         log.info("database ready at %s", describe(core.engine.url))
+        # Answers through the database: a press decides whichever replica it reaches.
+        self.approver.book = ApprovalBook(core.sessions, settings.tool_approval_timeout)
         bolt = build_bolt(settings, self.client)
         budgets = EditBudgets(settings.slack_edits_per_minute, settings.slack_edit_burst)
         export_live_state(self.metrics, budgets, core.engine)
@@ -318,6 +342,7 @@ class BotRuntime:
         register_stop_controls(bolt, StopControl(self.running, people, settings.admin_user_ids))
         register_agent_view(bolt, agent_view)
         register_feedback(bolt, core.sessions, self.metrics)
+        register_approval(bolt, self.approver)
         register_listeners(bolt, edge)
         bounds = SettingsBounds(
             settings.aimlapi_model, settings.models_allowed, settings.llm_max_output_tokens

@@ -46,6 +46,9 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         "slack_sdk",
         "httpx",
         "httpcore",
+        "httpx2",  # the MCP SDK's HTTP client logs every request at INFO
+        "httpcore2",
+        "mcp",
         "aiohttp.access",
         "apscheduler",
         "alembic.runtime.plugins",

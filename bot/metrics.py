@@ -133,6 +133,24 @@ class Metrics:
             "slackbot_tool_call_seconds", "Time one tool call took", ["tool"], registry=r
         )
 
+        # MCP: slackbot_mcp_server_up{server} and _tools{server} are read at scrape (bot.mcp.toolbox).
+        self.mcp_tool_calls = Counter(
+            "slackbot_mcp_tool_calls",
+            "MCP tool calls by server and outcome (ok, error, timeout, failed, unavailable)",
+            ["server", "outcome"],
+            registry=r,
+        )
+        self.mcp_tool_call_seconds = Histogram(
+            "slackbot_mcp_tool_call_seconds",
+            "MCP tool call duration",
+            ["server"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tool_approvals = Counter(
+            "slackbot_tool_approvals", "Approval requests by decision", ["decision"], registry=r
+        )
+
     def tool_call_ended(self, tool: str, outcome: str, seconds: float) -> None:
         """`tool` is a configured tool's name, or "unknown" for one the model made up."""
         self.tool_calls.labels(tool, outcome).inc()
@@ -185,6 +203,14 @@ class Metrics:
         for kind, value in (("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens)):
             if value:
                 self.tokens.labels(kind).inc(value)
+
+    def mcp_tool_call(self, server: str, outcome: str, seconds: float) -> None:
+        self.mcp_tool_calls.labels(server, outcome).inc()
+        self.mcp_tool_call_seconds.labels(server).observe(seconds)
+
+    def tool_approval(self, decision: str) -> None:
+        """`approved`, `denied`, `timed_out` or `failed` (the request could not be posted)."""
+        self.tool_approvals.labels(decision).inc()
 
     def maintenance_failed(self) -> None:
         self.maintenance_failures.inc()

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _DEFAULT_PROMPT = Path(__file__).with_name("default_system_prompt.md")
 _DEFAULT_AGENT_PROMPTS = Path(__file__).with_name("default_prompts.toml")
+DEFAULT_MCP_CONFIG = Path("config/mcp.toml")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
@@ -102,6 +105,16 @@ class Settings(BaseSettings):
     fetch_allow_private: bool = False  # fetch_url may read private, loopback and link-local addresses
     fetch_max_bytes: int = Field(2_000_000, ge=1_000)  # bytes fetch_url downloads at most
     fetch_timeout: float = Field(15.0, gt=0)  # seconds one fetch_url call may take in all
+
+    # MCP servers (a TOML file): unset reads config/mcp.toml if it exists; a path set here must exist.
+    mcp_config_file: Path | None = None
+    mcp_call_timeout: float = Field(60.0, gt=0, le=3600)
+    mcp_connect_timeout: float = Field(15.0, gt=0, le=600)
+    mcp_health_interval: float = Field(30.0, gt=0)
+    mcp_retry_min_seconds: float = Field(1.0, gt=0)
+    mcp_retry_max_seconds: float = Field(60.0, gt=0)
+    # How long the asker has to press Approve before a tool call that needs approval counts as denied.
+    tool_approval_timeout: float = Field(300.0, gt=0, le=3600)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
@@ -216,6 +229,12 @@ class Settings(BaseSettings):
             raise ValueError("LLM_MAX_OUTPUT_TOKENS must be smaller than LLM_CONTEXT_WINDOW")
         return self
 
+    @model_validator(mode="after")
+    def _check_mcp_retry(self) -> Settings:
+        if self.mcp_retry_min_seconds > self.mcp_retry_max_seconds:
+            raise ValueError("MCP_RETRY_MIN_SECONDS must not exceed MCP_RETRY_MAX_SECONDS")
+        return self
+
     @property
     def digest_time(self) -> time:
         hour, minute = self.usage_digest_time.split(":")
@@ -242,6 +261,10 @@ class Settings(BaseSettings):
         return tuple(dict.fromkeys((self.aimlapi_model, *self.allowed_models)))
 
     @property
+    def mcp_config_path(self) -> Path:
+        return self.mcp_config_file if self.mcp_config_file is not None else DEFAULT_MCP_CONFIG
+
+    @property
     def socket_mode(self) -> bool:
         return self.slack_app_token is not None
 
@@ -263,6 +286,12 @@ class Settings(BaseSettings):
         app_token = self.slack_app_token
         if app_token and not app_token.get_secret_value().startswith("xapp-"):
             raise SettingsError("SLACK_APP_TOKEN must be an app-level token starting with xapp-")
+
+
+def process_environment(env_file: str | None = ".env") -> dict[str, str]:
+    """The environment over the `.env` file, for config files that name variables (MCP headers)."""
+    values = {k: v for k, v in dotenv_values(env_file).items() if v is not None} if env_file else {}
+    return values | dict(os.environ)
 
 
 def load_settings(env_file: str | None = ".env") -> Settings:

@@ -17,6 +17,7 @@ import pytest
         "bot.conversation.settings_store",
         "bot.conversation.summaries",
         "bot.files.extract",
+        "bot.conversation.approvals",
         "bot.usage.report",
         "bot.usage.personal",
         "bot.usage.home",

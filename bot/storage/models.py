@@ -1,5 +1,6 @@
 """SQLAlchemy 2 typed models: conversations, messages, the usage ledger, dedupe and digest locks,
-per-channel settings and the admin audit log, agent context and feedback votes."""
+per-channel settings and the admin audit log, agent context, feedback votes, refusal notices, tool calls
+and tool-call approvals."""
 
 from __future__ import annotations
 
@@ -299,3 +300,21 @@ class RefusalNotice(Base):
     team_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     notified_at: Mapped[datetime] = mapped_column(_TS)
+
+
+class ToolApprovalRow(Base):
+    """A question asked before a tool call (bot.conversation.approvals): the asker's press on any
+    replica decides it, once; a question nobody answers in time is expired by the process that asked."""
+
+    __tablename__ = "tool_approvals"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # the buttons' value
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(64))
+    thread_ts: Mapped[str] = mapped_column(String(32))
+    asker_id: Mapped[str] = mapped_column(String(64))
+    tool: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # pending | approved | denied | expired
+    decided_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
+    decided_at: Mapped[datetime | None] = mapped_column(_TS)
