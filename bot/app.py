@@ -20,7 +20,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.conversation.ledger import Ledger
+from bot.conversation.quota import QuotaStage
 from bot.conversation.service import ConversationService, ServiceConfig
+from bot.jobs.alerts import AlertJob
 from bot.jobs.digest import DigestJob
 from bot.jobs.maintenance import Maintenance
 from bot.jobs.scheduler import build_scheduler
@@ -35,6 +37,7 @@ from bot.slack.usage_command import register_usage_command
 from bot.storage.db import check_database, create_engine, describe, session_factory
 from bot.storage.migrate import upgrade_head
 from bot.storage.spool import Spool
+from bot.usage.limits import DefaultLimits
 from bot.web import WebServer
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,7 @@ class Core:
     llm: AimlClient
     service: ConversationService
     ledger: Ledger
+    quota: QuotaStage
 
 
 @asynccontextmanager
@@ -79,12 +83,25 @@ async def core_services(settings: Settings, metrics: Metrics | None = None) -> A
     if metrics is not None:
         gauge = "slackbot_usage_spool_rows"
         metrics.read_at_scrape(gauge, "Writes waiting in the spool", lambda: [([], float(ledger.pending))])
+    quota = quota_stage(settings, sessions)
+    service = ConversationService(sessions, llm, config, ledger=ledger, quota=quota)
     try:
-        yield Core(engine, sessions, llm, ConversationService(sessions, llm, config, ledger=ledger), ledger)
+        yield Core(engine, sessions, llm, service, ledger, quota)
     finally:
         await ledger.aclose()
         await llm.aclose()
         await engine.dispose()
+
+
+def quota_stage(settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> QuotaStage:
+    defaults = DefaultLimits(
+        user_day=settings.quota_user_daily_credits,
+        user_month=settings.quota_user_monthly_credits,
+        channel_day=settings.quota_channel_daily_credits,
+        workspace_month=settings.budget_workspace_monthly_credits,
+    )
+    ttl = timedelta(seconds=settings.quota_reservation_ttl_seconds)
+    return QuotaStage(sessions, defaults, settings.digest_zone, reservation_ttl=ttl)
 
 
 def slack_client(settings: Settings) -> AsyncWebClient:
@@ -147,6 +164,7 @@ class BotRuntime:
         self._socket: AsyncSocketModeHandler | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._maintenance: asyncio.Task[None] | None = None
+        self.alerts: AlertJob | None = None
         self.turns: SlackTurns | None = None
         self.core: Core | None = None
 
@@ -195,6 +213,19 @@ class BotRuntime:
                 directory=people,
             )
             self._scheduler = build_scheduler(job, run_at=settings.digest_time, tz=settings.digest_zone)
+        if settings.admin_alert_channel:
+            self.alerts = AlertJob(
+                core.sessions,
+                self.client,
+                settings.admin_alert_channel,
+                core.quota,
+                spike_minimum=settings.spike_alert_min_credits,
+                people=people,
+            )
+            core.quota.on_settled = self.alerts.check_soon
+            self._scheduler = self._scheduler or AsyncIOScheduler(timezone=settings.digest_zone)
+            self.alerts.schedule(self._scheduler)
+        if self._scheduler is not None:
             self._scheduler.start()
         self._web = WebServer(core.engine, self.metrics, None if settings.socket_mode else bolt)
         self.port = await self._web.start(settings.host, settings.port)
@@ -228,6 +259,9 @@ class BotRuntime:
             await asyncio.wait([self._maintenance], timeout=5)
         if self.turns is not None:
             await _drain(self.turns, self.settings.shutdown_grace_seconds)
+        if self.alerts is not None:
+            # Checks started by the last replies use the database, which closes next.
+            await asyncio.wait_for(self.alerts.idle(), timeout=INTERRUPT_WAIT)
         if self._web is not None:
             await self._web.stop()
         await self._stack.aclose()
