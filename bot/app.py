@@ -202,7 +202,7 @@ class BotRuntime:
         await maintenance.at_start_up()  # logs and counts its own failures: start-up goes on
         self._maintenance = asyncio.create_task(maintenance.run_forever(), name="maintenance")
         register_listeners(bolt, self.turns, self.metrics)
-        register_usage_command(bolt, core.sessions, settings.digest_zone, people=people)
+        register_usage_command(bolt, core.sessions, settings.digest_zone, people=people, quota=core.quota)
         if settings.usage_digest_channel:
             job = DigestJob(
                 sessions=core.sessions,

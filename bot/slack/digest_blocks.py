@@ -8,7 +8,8 @@ from typing import Any
 
 from bot.slack.text import mrkdwn_escape
 from bot.storage.models import ConversationKind
-from bot.usage.personal import PersonalUsage, PersonalWindow
+from bot.usage.limits import Period
+from bot.usage.personal import PersonalUsage, PersonalWindow, QuotaLeft
 from bot.usage.queries import UsageShare
 from bot.usage.report import (
     Change,
@@ -157,16 +158,34 @@ def _window_field(window: PersonalWindow) -> str:
     return "\n".join(lines)
 
 
+def quota_line(quota: QuotaLeft) -> str:
+    """e.g. "Today: 38,000 of 50,000 credits left (resets 00:00 Wed 2 Dec, Europe/Berlin)"."""
+    label = "Today" if quota.period is Period.DAY else "This month"
+    when = quota.resets_at
+    return (
+        f"{label}: {format_count(quota.remaining)} of {format_count(quota.limit)} credits left "
+        f"(resets {when:%H:%M} {when:%a} {when.day} {when:%b}, {when.tzinfo})"
+    )
+
+
+def _quota_section(usage: PersonalUsage) -> list[Block]:
+    if not usage.quotas:
+        return []
+    return [_section("*Your limits*\n" + "\n".join(quota_line(quota) for quota in usage.quotas))]
+
+
 def personal_message(usage: PersonalUsage) -> SlackMessage:
-    """The ephemeral `/usage` answer: the caller's own numbers only."""
+    """The ephemeral `/usage` answer: the caller's own numbers only, and what is left of their limits."""
+    limits = " ".join(f"{quota_line(quota)}." for quota in usage.quotas)
     if usage.empty:
         text = "You have no recorded usage in the last 7 days or this month."
-        return SlackMessage(text=text, blocks=[_section(text)])
+        return SlackMessage(text=f"{text} {limits}".strip(), blocks=[_section(text), *_quota_section(usage)])
     today = usage.windows[0]
     blocks = [
         _section("*Your AI usage*"),
         _fields(*(_window_field(window) for window in usage.windows)),
+        *_quota_section(usage),
         _context(f"Days are counted in {usage.zone}. $1 = 2,000,000 credits."),
     ]
     text = f"Your usage today: {format_count(today.requests)} requests, {format_credits(today.credits)}."
-    return SlackMessage(text=text, blocks=blocks)
+    return SlackMessage(text=f"{text} {limits}".strip(), blocks=blocks)
