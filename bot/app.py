@@ -211,6 +211,7 @@ class BotRuntime:
                 tz=settings.digest_zone,
                 balance=core.llm,
                 directory=people,
+                limits=core.quota.defaults,
             )
             self._scheduler = build_scheduler(job, run_at=settings.digest_time, tz=settings.digest_zone)
         if settings.admin_alert_channel:

@@ -8,7 +8,8 @@ from typing import Any
 
 from bot.slack.text import mrkdwn_escape
 from bot.storage.models import ConversationKind
-from bot.usage.limits import Period
+from bot.usage.budgets import BudgetReport
+from bot.usage.limits import LimitUse, Period, Scope
 from bot.usage.personal import PersonalUsage, PersonalWindow, QuotaLeft
 from bot.usage.queries import UsageShare
 from bot.usage.report import (
@@ -22,6 +23,7 @@ from bot.usage.report import (
 )
 
 Block = dict[str, Any]
+_OVER_SHOWN = 15  # keeps the section well under Slack's 3,000 characters
 _HEADER_MAX = 150  # Slack's limit for plain_text in a header block
 # `python -m bot chat` records its usage with this id as team, channel and user.
 TERMINAL_ID = ConversationKind.TERMINAL.value
@@ -136,6 +138,8 @@ def digest_message(report: DigestReport, names: Mapping[str, str] | None = None)
         _section(_ranking("Top channels", report.top_channels, channel_ref)),
         _section(_ranking("Per model", report.models, lambda model: f"`{mrkdwn_escape(model)}`")),
     ]
+    if report.budgets is not None and not report.budgets.empty:
+        blocks.append(_section(budget_text(report.budgets, known)))
     if balance:
         blocks.append(_context(balance))
     text = (
@@ -143,6 +147,30 @@ def digest_message(report: DigestReport, names: Mapping[str, str] | None = None)
         f"({format_count(t.failed)} failed)."
     )
     return SlackMessage(text=text, blocks=blocks)
+
+
+def _use_line(use: LimitUse, names: Mapping[str, str]) -> str:
+    span = "daily" if use.key.period is Period.DAY else "monthly"
+    who = {
+        Scope.USER: lambda: f"{user_ref(use.key.subject_id, names)}'s {span} limit",
+        Scope.CHANNEL: lambda: f"{channel_ref(use.key.subject_id)}'s {span} limit",
+        Scope.WORKSPACE: lambda: f"Workspace {span} budget",
+    }[use.key.scope]()
+    return (
+        f"{who}: {format_count(use.spent)} of {format_count(use.limit)} credits ({use.fraction * 100:.0f}%)"
+    )
+
+
+def budget_text(budgets: BudgetReport, names: Mapping[str, str]) -> str:
+    """Each workspace budget's use to date, then every person or channel at 80 % of a limit or more."""
+    lines = ["*Budgets*"]
+    lines += [_use_line(use, names) for use in budgets.workspace]
+    if budgets.over:
+        lines.append("*Over 80 % of a limit*")
+        lines += [f"• {_use_line(use, names)}" for use in budgets.over[:_OVER_SHOWN]]
+        if len(budgets.over) > _OVER_SHOWN:
+            lines.append(f"…and {len(budgets.over) - _OVER_SHOWN} more")
+    return "\n".join(lines)
 
 
 def _window_field(window: PersonalWindow) -> str:
