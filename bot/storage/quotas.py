@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.storage.models import QuotaAlert, QuotaOverride, QuotaReservation, UsageRecord, utcnow
-from bot.usage.limits import Override, Period, Scope
+from bot.usage.limits import LimitKey, Override, Period, Scope
 
 # A claimed alert whose post never landed (a crash, Slack down) is taken over after this long.
 ALERT_STALE_AFTER = timedelta(minutes=5)
@@ -95,6 +95,24 @@ async def set_override(
         return False, None
     before = existing.credits
     existing.credits, existing.updated_by, existing.updated_at = override.credits, updated_by, utcnow()
+    await session.flush()
+    return True, before
+
+
+async def delete_override(session: AsyncSession, team_id: str, key: LimitKey) -> tuple[bool, int | None]:
+    """Go back to the setting's default; returns (whether an override existed, its credits)."""
+    existing = await session.scalar(
+        select(QuotaOverride).where(
+            QuotaOverride.team_id == team_id,
+            QuotaOverride.scope == key.scope.value,
+            QuotaOverride.subject_id == key.subject_id,
+            QuotaOverride.period == key.period.value,
+        )
+    )
+    if existing is None:
+        return False, None
+    before = existing.credits
+    await session.delete(existing)
     await session.flush()
     return True, before
 
