@@ -162,3 +162,23 @@ async def test_usage_shows_the_callers_remaining_daily_and_monthly_credits(db_ur
     shown = str(answer["blocks"]) + answer["text"]
     assert "Today: 45,679 of 50,000 credits left" in shown
     assert "This month: 995,679 of 1,000,000 credits left" in shown
+
+
+QUOTA_TABLES = {"quota_overrides", "quota_reservations", "quota_alerts"}
+
+
+async def test_the_quota_migration_goes_down_and_up_again(empty_db_url):
+    from alembic import command
+
+    from bot.storage.migrate import current_revision, run_alembic, upgrade_head
+    from tests.test_migrations import table_names
+
+    await upgrade_head(empty_db_url)
+    assert QUOTA_TABLES <= await table_names(empty_db_url)
+
+    await run_alembic(empty_db_url, lambda config: command.downgrade(config, "0002"))
+    assert await current_revision(empty_db_url) == "0002"
+    assert not QUOTA_TABLES & await table_names(empty_db_url)
+
+    await upgrade_head(empty_db_url)
+    assert QUOTA_TABLES <= await table_names(empty_db_url)
