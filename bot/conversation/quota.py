@@ -131,12 +131,13 @@ class QuotaStage:
             )
         return Reservation(reservation_id, subject, estimate)
 
-    async def settle(self, reservation: Reservation) -> None:
-        """Drop the hold once the call's ledger row (with the reported credits) is written.
+    async def settle(self, reservation: Reservation, *, released: bool = False) -> None:
+        """Drop the hold once the call's ledger row (with the reported credits) is written, unless
+        the ledger deleted it in that row's transaction (`released`); then alert checks may run.
 
         A failure here is logged, not raised: the reservation expires on its own.
         """
-        if reservation.id is not None:
+        if reservation.id is not None and not released:
             try:
                 async with self._sessions.begin() as session:
                     await store.release(session, reservation.id)

@@ -178,6 +178,7 @@ class ConversationService:
                 refs=sink.refs,
                 parts=_parts(sink),
                 lease_until=self._lease.until(),
+                reservation_id=reservation.id,
             )
         )
         try:
@@ -193,8 +194,9 @@ class ConversationService:
         finally:
             cancelled = await _despite_cancellation(written) or cancelled
             if self._quota is not None:
-                # The ledger row now carries the reported credits: the estimate stops counting.
-                cancelled = await _despite_cancellation(self._quota.settle(reservation)) or cancelled
+                # The ledger deleted the hold with the usage row (or spooled both): alerts may look.
+                settled = self._quota.settle(reservation, released=True)
+                cancelled = await _despite_cancellation(settled) or cancelled
             # Whatever happened to the delivery, store the answer, even while being cancelled.
             ended = self._ledger.reply_ended(
                 assistant_id, result.content, status, refs=sink.refs, parts=_parts(sink)
