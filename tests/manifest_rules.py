@@ -86,6 +86,8 @@ METHOD_SCOPES: dict[str, frozenset[str]] = {
     "conversations.info": frozenset({"channels:read", "groups:read", "im:read", "mpim:read"}),
     "users.info": frozenset({"users:read"}),
     "reactions.add": frozenset({"reactions:write"}),
+    "files.getUploadURLExternal": frozenset({"files:write"}),
+    "files.completeUploadExternal": frozenset({"files:write"}),
     "apps.connections.open": frozenset(),  # the app-level token's connections:write, not a bot scope
 }
 
