@@ -28,9 +28,7 @@ from bot.storage.migrate import upgrade_head
 from bot.storage.models import UsageRecord
 from bot.usage.limits import DefaultLimits, Subject
 
-ALL_LIMITS = DefaultLimits(
-    user_day=10**11, user_month=10**11, channel_day=10**11, workspace_month=10**11
-)
+ALL_LIMITS = DefaultLimits(user_day=10**11, user_month=10**11, channel_day=10**11, workspace_month=10**11)
 
 
 async def measure(url: str, turns: int, rows: int) -> None:

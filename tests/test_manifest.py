@@ -18,11 +18,11 @@ from jsonschema import Draft7Validator
 from ruamel.yaml import YAML
 
 from tests.fakes.aimlapi import Reply
+from tests.fakes.response_url import ResponseUrl
 from tests.harness import Bot, eventually, make_settings, mention, message, running_bot, signed_headers
 from tests.manifest_rules import EVENT_SCOPES, METHOD_SCOPES, SCHEMA
 from tests.test_metrics import scrape
 from tests.test_quotas import ledger_row
-from tests.test_usage_command import ResponseUrl
 
 MANIFEST = Path(__file__).resolve().parent.parent / "config" / "slack-manifest.yml"
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -46,7 +46,9 @@ async def test_an_admin_sets_a_persons_daily_quota_and_the_change_is_audited(ses
 
 async def test_channel_quotas_and_the_workspace_budget_are_set_the_same_way(sessions):
     quota, changes = commands(sessions)
-    assert "daily limit is now 100,000 credits" in await quota.handle_quota("<#C9|general> 100000/day", ADMIN, team_id="T1")
+    assert "daily limit is now 100,000 credits" in await quota.handle_quota(
+        "<#C9|general> 100000/day", ADMIN, team_id="T1"
+    )
     assert await quota.handle_budget("5,000,000/month", ADMIN, team_id="T1") == (
         "The workspace's monthly budget is now 5,000,000 credits; it was no limit (the default)."
     )

@@ -28,7 +28,13 @@ async def digest(sessions, slack, limits: DefaultLimits):
     client = AsyncWebClient(token="xoxb-test", base_url=slack.api_url)
     yesterday = datetime.now(UTC).date() - timedelta(days=1)
     return await run_digest(
-        day=yesterday, channel=CHANNEL, sessions=sessions, client=client, tz=UTC_ZONE, balance=None, limits=limits
+        day=yesterday,
+        channel=CHANNEL,
+        sessions=sessions,
+        client=client,
+        tz=UTC_ZONE,
+        balance=None,
+        limits=limits,
     )
 
 

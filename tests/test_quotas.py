@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from bot.conversation.quota import QuotaRefused, QuotaStage, Reservation
-from bot.storage import quotas as store
 from bot.storage.db import create_engine, session_factory
 from bot.storage.models import QuotaReservation, UsageRecord
 from bot.usage.limits import DefaultLimits, Subject
@@ -18,7 +17,9 @@ from tests.harness import make_settings, mention, message, running_bot
 ZONE = "Europe/Berlin"
 
 
-def ledger_row(credits: int, *, user: str = "U1", channel: str = "C1", when: datetime | None = None) -> UsageRecord:
+def ledger_row(
+    credits: int, *, user: str = "U1", channel: str = "C1", when: datetime | None = None
+) -> UsageRecord:
     return UsageRecord(
         team_id="T1",
         channel_id=channel,
@@ -137,10 +138,30 @@ async def test_the_estimate_is_calibrated_from_the_ledgers_credits_per_token(ses
     assert isinstance(held, Reservation) and held.credits == 2_400  # 1,000 tokens x 2 x 1.2 margin
 
 
-async def test_no_limit_means_no_reservation_and_no_statement(sessions):
+async def test_no_limit_means_no_reservation_and_no_statement_on_the_hot_path(engine, sessions):
     stage = stage_on(sessions)
-    held = await stage.reserve(Subject("T1", "C1", "U1"), prompt_tokens=500, max_output_tokens=500)
-    assert held == Reservation(None, Subject("T1", "C1", "U1"), 0)
+    subject = Subject("T1", "C1", "U1")
+    await stage.reserve(subject, prompt_tokens=500, max_output_tokens=500)  # reads the overrides once
+    statements: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+
+    held = await stage.reserve(subject, prompt_tokens=500, max_output_tokens=500)
+
+    assert held == Reservation(None, subject, 0)
+    assert statements == []
+
+
+async def test_a_limited_turn_costs_three_statements_to_check_and_reserve(engine, sessions):
+    stage = stage_on(sessions, user_day=10**9, user_month=10**9, channel_day=10**9, workspace_month=10**9)
+    subject = Subject("T1", "C1", "U1")
+    await stage.reserve(subject, prompt_tokens=5, max_output_tokens=5)  # overrides and calibration, cached
+    statements: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+
+    held = await stage.reserve(subject, prompt_tokens=5, max_output_tokens=5)
+
+    assert isinstance(held, Reservation)
+    # The workspace lock, one SELECT with every sum, the INSERT; settling is one DELETE in the ledger's.
+    assert len(statements) == 3, statements
     async with sessions() as session:
-        assert await session.scalar(select(func.count(QuotaReservation.id))) == 0
-    assert store  # the storage module is what the stage calls
+        assert await session.scalar(select(func.count(QuotaReservation.id))) == 2

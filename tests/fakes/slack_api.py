@@ -39,7 +39,16 @@ from tests.fakes.slack_rules import (
     message_content,
 )
 
-__all__ = ["Call", "FakeEphemeral", "FakeFile", "FakeMessage", "FakeSlackApi", "FakeUser", "RateLimit", "reject"]
+__all__ = [
+    "Call",
+    "FakeEphemeral",
+    "FakeFile",
+    "FakeMessage",
+    "FakeSlackApi",
+    "FakeUser",
+    "RateLimit",
+    "reject",
+]
 
 JsonDict = dict[str, Any]
 _Reject = Refusal  # the name this module's handlers raise
