@@ -1,7 +1,9 @@
-"""`python -m bench [--quick] [--only a,c] [--postgres] [--slack-latency MS] [--seed N] [--output FILE]`.
+"""`python -m bench [--quick] [--scenario a,c] [--mode edits,auto] [--postgres] [--slack-latency MS] ...`.
 
-By default the fake Slack has Slack's real rate limits and about 60 ms of latency per call (a full
-run takes 12-15 minutes); `--quick` runs chat.update 12x faster and (a) with 5 replies (about 3).
+By default the fake Slack has Slack's real rate limits and about 60 ms of latency per call, and (a) and
+(b) run in every streaming mode (SLACK_STREAMING edits, native, auto), the others in the bot's default
+(a full run takes under 15 minutes); `--quick` runs chat.update 12x faster and (a) with 5 replies.
+`--scenario b --mode auto` is one run at Slack's real limits, for checking one figure (about 2 minutes).
 """
 
 from __future__ import annotations
@@ -11,13 +13,28 @@ import asyncio
 from pathlib import Path
 
 from bench.runner import DEFAULT_OUTPUT, quiet_library_logs, run_bench, select, slack_model
-from bench.scenarios import SCENARIOS
+from bench.scenarios import MODES, SCENARIOS
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "--only", metavar="KEYS", help=f"comma-separated scenarios to run (of {','.join(SCENARIOS)})"
+        "--scenario",
+        "--only",
+        dest="only",
+        metavar="KEYS",
+        help=f"comma-separated scenarios to run (of {','.join(SCENARIOS)}; default all)",
+    )
+    parser.add_argument(
+        "--mode",
+        metavar="MODES",
+        help=f"comma-separated SLACK_STREAMING modes (of {','.join(MODES)}) to run every chosen scenario in;"
+        " default: (a) and (b) in each, the others in the bot's default",
+    )
+    parser.add_argument(
+        "--no-overlap",
+        action="store_true",
+        help="run (a) on its own instead of alongside (c)'s wait for Slack's pace (slower, quieter)",
     )
     parser.add_argument(
         "--postgres",
@@ -45,16 +62,20 @@ def main() -> int:
     unknown = set(args.only.split(",")) - set(SCENARIOS) if args.only else set()
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    unknown = set(args.mode.split(",")) - set(MODES) if args.mode else set()
+    if unknown:
+        parser.error(f"unknown mode(s): {', '.join(sorted(unknown))}")
     if not 0 <= args.slack_latency <= 10_000:
         parser.error(f"--slack-latency must be between 0 and 10000 ms, not {args.slack_latency:g}")
     quiet_library_logs()
     data = asyncio.run(
         run_bench(
-            select(args.only, args.quick),
+            select(args.only, args.quick, args.mode),
             model=slack_model(args.quick, args.slack_latency, args.seed),
             db="postgres" if args.postgres else "sqlite",
             output=args.output,
             sql_count=not args.no_sql_count,
+            overlap=not args.no_overlap,
         )
     )
     failed = [t for t in data["targets"] if t["pass"] is False]

@@ -29,7 +29,7 @@ from bench.driver import (
 )
 from bench.fakes import SlackModel, answer_pieces, new_fakes, streamed_reply
 from bench.observe import MessageView, thread_done, threads, upstream_by_tag, upstream_messages
-from bench.scenarios import DeepScenario, process_report, warm_up
+from bench.scenarios import DeepScenario, log_copy, process_report, warm_up
 from bench.stats import LoopLag, Span, slope, spans_ms
 
 NAN = float("nan")
@@ -62,7 +62,7 @@ async def run_deep(s: DeepScenario, db: str, model: SlackModel, logs: Path | Non
         with tempfile.TemporaryDirectory(prefix=f"bench-{s.key}-") as tmp:
             workdir = Path(tmp)
             async with fresh_database(db, workdir) as db_url:
-                env = bot_environment(db_url, slack.api_url, aiml.base_url, {**model.bot_env(), **s.bot_env})
+                env = bot_environment(db_url, slack.api_url, aiml.base_url, s.environment(model))
                 async with running_bot(workdir, env) as bot, DriverThread() as driver:
                     sender = await driver.call(new_sender(bot.url))
                     lag, meter = LoopLag(), CpuMeter(bot)
@@ -108,7 +108,7 @@ async def run_deep(s: DeepScenario, db: str, model: SlackModel, logs: Path | Non
                     bot_peak_rss_mb=round(rss, 1),
                     bench_loop_lag_ms=lag_ms,
                     done=thread_done(slack, CHANNEL, root),
-                    **process_report(bot, cpu, complete, logs and logs / f"{s.key}-bot.log"),
+                    **process_report(bot, cpu, complete, log_copy(logs, s)),
                 )
                 return result
 
@@ -158,7 +158,7 @@ def _deep_summary(
         "stream": {"words": s.words, "chunks": len(answer_pieces(s.words, s.words_per_piece))},
         "slack": model.label,
         "slack_chat_update_per_minute": model.updates_per_minute,
-        "bot_env": {**model.bot_env(), **s.bot_env},
+        "bot_env": s.environment(model),
         "per_turn": rows,
         "ack_ms": spans_ms(_turn_spans(s, turns, deadlines, lambda c, _m: c.acked_at, messages)),
         "placeholder_ms": spans_ms(

@@ -13,6 +13,7 @@ changes, i.e. after the modelled latency, which is when a person in the thread c
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -22,7 +23,8 @@ from typing import Any
 
 from bench.botproc import AIMLAPI_KEY, BOT_TOKEN
 from tests.fakes.aimlapi import FakeAimlApi, Reply
-from tests.fakes.slack_api import FakeSlackApi, RateLimit
+from tests.fakes.slack_api import FakeSlackApi, Handler, RateLimit
+from tests.fakes.slack_rules import SLACK_LIMITS
 
 # Slack's published limits (see /work/shared/reference/slack.md); per workspace unless said otherwise.
 SLACK_UPDATES_PER_MINUTE = 50.0  # chat.update: Tier 3, about 50 a minute...
@@ -31,7 +33,10 @@ SLACK_POST_PER_MINUTE = 60.0  # chat.postMessage: about one a second per channel
 SLACK_POST_BURST = 3  # ...with a burst
 SLACK_TIER3 = RateLimit(50.0, burst=10)  # conversations.replies for an internal (self-hosted) app
 SLACK_TIER4 = RateLimit(100.0, burst=20)  # users.info, auth.test
-SLACK_STATUS = RateLimit(600.0, burst=20)  # assistant.threads.setStatus ("special")
+# assistant.threads.setStatus: "special", 600 a minute; Slack gives no burst. Modelled like the other
+# methods here: a burst of what the bucket refills in 12 s (chat.update 10 at 50/min, Tier 4 20 at 100).
+SLACK_STATUS = RateLimit(600.0, burst=120)
+STREAM_METHODS = ("chat.startStream", "chat.appendStream", "chat.stopStream")
 
 # Median latency of each method relative to chat.update's (the `--slack-latency` p50). Slack publishes
 # no figures: writes that fan out to clients (posts) and history pages take a little longer than an
@@ -105,6 +110,16 @@ class SlackModel:
             "chat_update_per_minute": self.updates_per_minute,
             "chat_update_burst": SLACK_UPDATE_BURST,
             "chat_post_per_minute_per_channel": SLACK_POST_PER_MINUTE,
+            # Per workspace; 50 statuses due within 1 s of 50 events spread over 1 s need a burst of
+            # at least 31 at 600 a minute.
+            "status_per_minute": SLACK_STATUS.per_minute,
+            "status_burst": SLACK_STATUS.burst,
+            # Native streaming keeps the fake's own limits (Tier 2 start/stop, Tier 4 append).
+            "stream_limits": {
+                method: {"per_minute": limit.per_minute, "burst": limit.burst}
+                for method in STREAM_METHODS
+                if (limit := SLACK_LIMITS.get(method)) is not None
+            },
             "latency": {
                 "p50_ms": self.latency_p50_ms,
                 "sigma": self.latency_sigma,
@@ -175,6 +190,22 @@ class BenchSlack(FakeSlackApi):
         self.shown: list[Shown] = []
         self.limits.update(model.limits())
         self.latency = model.latency()
+        # Native streaming is the fake's own (by name, once it serves it): stamp what each call shows.
+        for method in STREAM_METHODS:
+            handler = self._handlers.get(method)
+            if handler is not None:
+                self.route(method, self._stamping(method, handler))
+
+    def _stamping(self, method: str, handler: Handler) -> Handler:
+        async def stamped(params: dict[str, Any], team: str) -> dict[str, Any]:
+            body = await handler(params, team)
+            channel = str(body.get("channel") or params.get("channel") or "")
+            ts = str(body.get("ts") or params.get("ts") or "")
+            with contextlib.suppress(KeyError):  # no message to show (the fake keeps none for it)
+                self._stamp(method, channel, ts)
+            return body
+
+        return stamped
 
     def _check_rate(self, method: str, team: str, params: dict[str, Any]) -> None:
         channel = str(params.get("channel") or params.get("channel_id") or "")

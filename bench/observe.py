@@ -27,7 +27,7 @@ class MessageView:
     ts: str
     markdown: str  # its answer text now (the `markdown` blocks)
     final: bool  # it carries the context block the final edit adds
-    posted_at: float = NAN  # chat.postMessage accepted and visible
+    posted_at: float = NAN  # chat.postMessage (or chat.startStream) accepted and visible
     first_text_at: float = NAN  # first visible answer text (not the placeholder)
     last_ok_at: float = NAN  # last accepted call visible: the final edit once the reply is done
     edits: int = 0  # accepted chat.update calls
@@ -91,9 +91,9 @@ def threads(slack: BenchSlack, channels: Iterable[str]) -> dict[tuple[str, str],
         if found is None:
             continue
         message = found[1]
-        if shown.method == "chat.postMessage":
+        if shown.method in ("chat.postMessage", "chat.startStream"):  # the message appeared
             message.posted_at = shown.time
-        else:
+        elif shown.method == "chat.update":
             message.edits += 1
         message.last_ok_at = shown.time
         if _shows_text(shown.markdown) and math.isnan(message.first_text_at):

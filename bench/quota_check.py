@@ -4,7 +4,7 @@ Settling adds one DELETE inside the ledger row's own transaction (no extra commi
 
     python -m bench.quota_check [--postgres URL] [--turns 200] [--rows 20000]
 
-Runs the real QuotaStage on a migrated database with `--rows` ledger rows this month, with every
+Runs the real Quotas on a migrated database with `--rows` ledger rows this month, with every
 limit set (the worst case: four sums and three reservation sums), and with no limit at all.
 """
 
@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import event
 
-from bot.conversation.quota import QuotaStage, Reservation
+from bot.conversation.quota import Quotas, Reservation
 from bot.storage.db import create_engine, session_factory
 from bot.storage.migrate import upgrade_head
 from bot.storage.models import UsageRecord
@@ -60,7 +60,7 @@ async def measure(url: str, turns: int, rows: int) -> None:
     event.listen(engine.sync_engine, "before_cursor_execute", count)
     try:
         for label, limits in (("every limit set", ALL_LIMITS), ("no limit", DefaultLimits())):
-            stage = QuotaStage(sessions, limits, ZoneInfo("UTC"))
+            stage = Quotas(sessions, limits, ZoneInfo("UTC"))
             subject = Subject("T1", "C1", "U1")
             await stage.reserve(subject, prompt_tokens=10, max_output_tokens=10)  # warm caches
             statements = 0

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-TOTAL_SECONDS_TARGET = {"full": 900.0, "quick": 300.0}
-SLACK_429S_TARGET = 10  # (b): the bot's shared edit budget should keep Slack from refusing it
-FLAT_SLOPE_MS_PER_TURN = 2.0  # over 40 turns: under 80 ms of growth
+from bench.calls import short_calls
 
 
 def _pair(summary: dict[str, Any] | None) -> str:
@@ -18,6 +15,15 @@ def _pair(summary: dict[str, Any] | None) -> str:
         return "-"
     never = summary.get("never") or 0
     return f"{summary['p50']:.0f} / {summary['p99']:.0f}" + (f" ({never} never)" if never else "")
+
+
+def _three(summary: dict[str, Any] | None) -> str:
+    """`p50 / p95 / p99` in seconds, and how many never happened (in the percentiles at their deadline)."""
+    if not summary or summary.get("p50") is None:
+        return "-"
+    never = summary.get("never") or 0
+    values = " / ".join(f"{summary[q] / 1000:.1f}" for q in ("p50", "p95", "p99"))
+    return values + (f" ({never} never)" if never else "")
 
 
 def _num(value: Any, fmt: str = "{:.1f}") -> str:
@@ -48,7 +54,8 @@ def format_tables(scenarios: dict[str, dict[str, Any]], mode: str) -> str:
     if streams:
         out.append(
             'Latency, ms (p50 / p99 over every reply; "never": replies, or chunks, that never got there,'
-            " counted at the time the bench stopped waiting)"
+            ' counted at the time the bench stopped waiting; "placeholder": the first message of the reply,'
+            " a native stream's start too)"
         )
         out.append(
             _table(
@@ -112,11 +119,47 @@ def format_tables(scenarios: dict[str, dict[str, Any]], mode: str) -> str:
                 ],
             )
         )
+    modes = {k: v for k, v in streams.items() if "first_text_ms" in v}
+    if modes:
+        out.append("")
+        out.append(_modes_table(modes))
     for k, v in scenarios.items():
         if "per_turn" in v:
             out.append("")
             out.append(_deep_table(k, v))
     return "\n".join(out)
+
+
+def _modes_table(runs: dict[str, dict[str, Any]]) -> str:
+    """What a person sees, per streaming mode: the (a) and (b) runs side by side."""
+    head = (
+        "What a person sees, by streaming mode: seconds from the event (p50 / p95 / p99 over every reply);"
+        ' Slack calls per reply by method (every attempt); "default": the bot\'s own mode'
+    )
+    rows = [
+        [
+            f"({k}) {v['title']}",
+            v.get("streaming", "default"),
+            _three(v["status_shown_ms"]),
+            _three(v["first_text_ms"]),
+            _three(v["last_token_to_final_ms"]),
+            short_calls(v.get("slack_calls_per_reply", {})),
+            str(v["slack_429s"]),
+            f"{v['complete_pct']:.0f} %",
+        ]
+        for k, v in runs.items()
+    ]
+    header = [
+        "run",
+        "mode",
+        "status shown",
+        "first answer text",
+        "last token->final",
+        "Slack calls/reply",
+        "429s",
+        "complete",
+    ]
+    return "\n".join([head, _table(header, rows)])
 
 
 def _other_cpu(v: dict[str, Any]) -> str:
@@ -161,114 +204,6 @@ def _deep_table(key: str, v: dict[str, Any]) -> str:
     return "\n".join([head, table, tail])
 
 
-def _target(name: str, value: Any, limit: str, ok: bool | None) -> dict[str, Any]:
-    return {"target": name, "value": value, "limit": limit, "pass": ok}
-
-
-Z_99 = 2.326  # the standard normal's 99th percentile
-
-
-def _update_latency_ms(slack: dict[str, Any], z: float) -> float:
-    """The fake Slack's own chat.update latency at a quantile (lognormal; 0 when latency is off).
-
-    The overhead of showing a chunk includes one edit's round trip to Slack, which the bot cannot
-    shorten: the (a) targets are the bot's own 50 / 250 ms on top of it.
-    """
-    latency = slack.get("latency")
-    if not latency:
-        return 0.0
-    factor = latency["factor_by_method"].get("chat.update", 1.0)
-    return float(latency["p50_ms"] * factor * math.exp(z * latency["sigma"]))
-
-
-def evaluate(
-    scenarios: dict[str, dict[str, Any]],
-    mode: str,
-    total_seconds: float | None,
-    slack: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """The issue's targets; `pass` is None when the scenario did not run."""
-
-    def got(key: str) -> dict[str, Any] | None:
-        found = scenarios.get(key)
-        return None if found is None or "failed" in found else found
-
-    targets = []
-    c = got("c")
-    p99 = c["ack_ms"]["p99"] if c else None
-    targets.append(_target("(c) ack p99", p99, "< 50 ms", None if p99 is None else p99 < 50))
-    a = got("a")
-    for q, z, limit in (("p50", 0.0, 50), ("p99", Z_99, 250)):
-        value = a["stream_overhead_ms"][q] if a else None
-        slack_ms = _update_latency_ms(slack or {}, z)
-        bound = limit + slack_ms
-        targets.append(
-            _target(
-                f"(a) streaming overhead {q}",
-                value,
-                f"< {limit} ms + Slack's {slack_ms:.0f} ms" if slack_ms else f"< {limit} ms",
-                None if value is None else value < bound,
-            )
-        )
-    for key, v in scenarios.items():
-        if "failed" in v:
-            targets.append(
-                _target(f"({key}) complete, no errors", v["failed"][:80], "100 %, 0, exit 0", False)
-            )
-            continue
-        ok = v["complete_pct"] == 100.0 and v["errors"]["count"] == 0 and v.get("bot_exit_code") == 0
-        value = (
-            f"{v['complete_pct']} % complete, {v['errors']['count']} errors, exit {v.get('bot_exit_code')}"
-        )
-        targets.append(_target(f"({key}) complete, no errors", value, "100 %, 0, exit 0", ok))
-    b = got("b")
-    value = b["slack_429s"] if b else None
-    targets.append(
-        _target(
-            "(b) Slack 429s",
-            value,
-            f"<= {SLACK_429S_TARGET}",
-            None if value is None else value <= SLACK_429S_TARGET,
-        )
-    )
-    rss = c["bot_peak_rss_mb"] if c else None
-    targets.append(_target("(c) peak RSS", rss, "< 250 MB", None if rss is None else rss < 250))
-    e = got("e")
-    if e:
-        slopes = e["slope_ms_per_turn"]
-        counts = [r["statements"] for r in e.get("sql_per_turn", []) if r["turn"] >= 2]
-        flat_sql = bool(counts) and max(counts) - min(counts) <= 1
-        flat_time = all(
-            s is not None and s <= FLAT_SLOPE_MS_PER_TURN
-            for s in (slopes["upstream_request"], slopes["final"])
-        )
-        value = (
-            f"slopes {slopes['upstream_request']} / {slopes['final']} ms/turn, SQL/turn "
-            f"{min(counts) if counts else '-'}..{max(counts) if counts else '-'}"
-        )
-        targets.append(
-            _target(
-                "(e) per-turn cost flat",
-                value,
-                f"slope <= {FLAT_SLOPE_MS_PER_TURN} ms/turn, constant SQL count",
-                flat_time and flat_sql,
-            )
-        )
-    else:
-        targets.append(_target("(e) per-turn cost flat", None, "", None))
-    total_limit = TOTAL_SECONDS_TARGET[mode]
-    total_ok = None if total_seconds is None else total_seconds < total_limit
-    targets.append(
-        _target(
-            f"{mode} run, all scenarios",
-            None if total_seconds is None else round(total_seconds, 1),
-            f"< {total_limit:.0f} s",
-            total_ok,
-        )
-    )
-    return targets
-
-
 def format_targets(targets: list[dict[str, Any]]) -> str:
     rows = [
         [t["target"], str(t["value"]), t["limit"], {True: "PASS", False: "FAIL", None: "not run"}[t["pass"]]]
@@ -304,6 +239,26 @@ def format_summary(scenarios: dict[str, dict[str, Any]], mode: str, total_second
             _num(v["bot_cpu_seconds_per_reply"], "{:.2f}"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    modes = [(k, v) for k, v in scenarios.items() if "first_text_ms" in v]
+    if modes:
+        lines += [
+            "",
+            "| run | mode | status shown s | first answer text s | last token->final s "
+            "| Slack calls/reply | 429s | complete |",
+            "|" + "---|" * 8,
+        ]
+        for k, v in modes:
+            cells = [
+                f"({k}) {v['title']}",
+                v.get("streaming", "default"),
+                _three(v["status_shown_ms"]),
+                _three(v["first_text_ms"]),
+                _three(v["last_token_to_final_ms"]),
+                short_calls(v.get("slack_calls_per_reply", {})),
+                str(v["slack_429s"]),
+                f"{v['complete_pct']:.0f} %",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import platform
@@ -14,11 +15,23 @@ from typing import Any
 
 from bench.deep import run_deep, sql_statements_per_turn
 from bench.fakes import SlackModel
-from bench.report import evaluate, format_summary, format_tables, format_targets, write_json
-from bench.scenarios import SCENARIOS, DeepScenario, Scenario, StreamScenario, quick, run_stream
+from bench.report import format_summary, format_tables, format_targets, write_json
+from bench.scenarios import (
+    SCENARIOS,
+    DeepScenario,
+    Scenario,
+    StreamScenario,
+    in_modes,
+    quick,
+    run_stream,
+)
+from bench.targets import evaluate
 
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "latest.json"
 QUICK_UPDATE_SPEEDUP = 12.0  # --quick: chat.update 12x Slack's rate, for development
+# (a) alongside (c): this long after (c)'s last chunk, once its bot has stored the 200 replies' usage
+# and only sends final edits at Slack's pace (under one a second).
+SETTLE_SECONDS = 5.0
 
 
 async def run_bench(
@@ -29,6 +42,7 @@ async def run_bench(
     output: Path | None = DEFAULT_OUTPUT,
     sql_count: bool = True,
     log: bool = True,
+    overlap: bool = True,
 ) -> dict[str, Any]:
     """Run `scenarios` one after another (each against a fresh bot process and database) against
     a fake Slack that behaves as `model` says (default: Slack's real limits and latency)."""
@@ -39,11 +53,12 @@ async def run_bench(
     switch = sys.getswitchinterval()
     sys.setswitchinterval(0.001)  # the driver thread waits less for the GIL: steadier ack timings
     try:
-        results = await _run_all(scenarios, model, db, output, sql_count, log)
+        results = await _run_all(scenarios, model, db, output, sql_count, log, overlap)
     finally:
         sys.setswitchinterval(switch)
     total = time.monotonic() - started
-    targets = evaluate(results, mode, total if len(scenarios) == len(SCENARIOS) else None, model.describe())
+    everything = {s.run_key for s in scenarios} == {s.run_key for s in select(None, False)}
+    targets = evaluate(results, mode, total if everything else None, model.describe())
     data = {
         "meta": {
             "mode": mode,
@@ -88,11 +103,19 @@ async def _run_all(
     output: Path | None,
     sql_count: bool,
     log: bool,
+    overlap: bool,
 ) -> dict[str, dict[str, Any]]:
-    results: dict[str, dict[str, Any]] = {}
+    """Every run, keyed `a/edits` ... `c`, in the order given. The single streams (a) of every mode
+    run side by side (a bot each, one reply at a time: the same machine noise for every mode); with
+    `overlap`, they start once (c)'s model has sent its last chunk and (c) only waits for Slack's pace."""
     logs = None if output is None else output.parent / "logs"
-    for scenario in scenarios:
-        _say(log, f"running ({scenario.key}) {scenario.title} ...")
+    singles = [s for s in scenarios if isinstance(s, StreamScenario) and s.sequential]
+    host = next((s for s in scenarios if s.key == "c" and s not in singles), None) if overlap else None
+    results: dict[str, dict[str, Any]] = {}
+
+    began = time.monotonic()
+
+    async def one(scenario: Scenario, streamed: asyncio.Event | None = None) -> None:
         t0 = time.monotonic()
         try:
             if isinstance(scenario, DeepScenario):
@@ -100,14 +123,42 @@ async def _run_all(
                 if sql_count:
                     result["sql_per_turn"] = await sql_statements_per_turn(scenario.turns, db)
             else:
-                result = await run_stream(scenario, db, model, logs)
+                result = await run_stream(scenario, db, model, logs, streamed)
         except Exception as exc:  # one broken scenario (e.g. the bot did not start) must not hide the rest
             result = {"title": scenario.title, "failed": f"{type(exc).__name__}: {exc}"[:2000]}
-            _say(log, f"  FAILED: {result['failed']}")
+            _say(log, f"  ({scenario.run_key}) FAILED: {result['failed']}")
+        finally:
+            if streamed is not None:
+                streamed.set()
+        result["started_after_s"] = round(t0 - began, 1)  # from the start of the bench
         result["wall_seconds"] = round(time.monotonic() - t0, 1)
-        results[scenario.key] = result
-        _say(log, f"  done in {result['wall_seconds']} s")
-    return results
+        results[scenario.run_key] = result
+        _say(log, f"  ({scenario.run_key}) done in {result['wall_seconds']} s")
+
+    async def side_by_side(after: asyncio.Event | None = None) -> None:
+        if after is not None:
+            await after.wait()
+            await asyncio.sleep(SETTLE_SECONDS)
+        names = ", ".join(s.run_key for s in singles)
+        _say(log, f"running ({names}) {singles[0].title}, side by side ...")
+        await asyncio.gather(*(one(s) for s in singles))
+        if after is not None and host is not None:
+            for s in singles:
+                results[s.run_key]["ran_alongside"] = f"({host.run_key}) once its model had sent every chunk"
+
+    for scenario in scenarios:
+        if scenario in singles:
+            if host is None and scenario is singles[0]:
+                await side_by_side()
+            continue
+        _say(log, f"running ({scenario.run_key}) {scenario.title} ...")
+        if scenario is host and singles:
+            streamed = asyncio.Event()
+            await asyncio.gather(one(scenario, streamed), side_by_side(streamed))
+        else:
+            await one(scenario)
+    order = [s.run_key for s in scenarios]
+    return {key: results[key] for key in order if key in results}
 
 
 def _say(enabled: bool, text: str) -> None:
@@ -115,9 +166,12 @@ def _say(enabled: bool, text: str) -> None:
         print(text, flush=True)
 
 
-def select(keys: str | None, quick_mode: bool) -> list[Scenario]:
+def select(keys: str | None, quick_mode: bool, modes: str | None = None) -> list[Scenario]:
+    """The runs: scenarios `keys` (all by default), (a) and (b) in every streaming mode unless
+    `modes` names some (then every chosen scenario runs in those)."""
     chosen = [SCENARIOS[k] for k in (keys.split(",") if keys else SCENARIOS)]
-    return [quick(s) for s in chosen] if quick_mode else chosen
+    chosen = [quick(s) for s in chosen] if quick_mode else chosen
+    return in_modes(chosen, modes.split(",") if modes else None)
 
 
 def slack_model(quick_mode: bool, latency_p50_ms: float, seed: int) -> SlackModel:

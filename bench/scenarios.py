@@ -7,13 +7,13 @@ counts at the time the bench stopped waiting for it, and is counted as "never" a
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import shutil
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,16 +29,11 @@ from bench.driver import (
     wait_until,
 )
 from bench.fakes import BenchSlack, SlackModel, answer_pieces, new_fakes, streamed_reply
-from bench.observe import (
-    ThreadView,
-    chunk_spans,
-    shown_by_thread,
-    thread_done,
-    threads,
-    upstream_by_tag,
-)
-from bench.stats import LoopLag, Span, spans_ms
+from bench.measure import stream_result
+from bench.observe import thread_done
+from bench.stats import LoopLag
 from tests.fakes.aimlapi import FakeAimlApi, Reply
+from tests.fakes.slack_rules import SLACK_LIMITS
 
 
 @dataclass(frozen=True)
@@ -58,15 +53,30 @@ class StreamScenario:
     ramp_seconds: float = 0.0  # mentions are spread evenly over this time
     sequential: bool = False
     bot_env: Mapping[str, str] = field(default_factory=dict)
+    streaming: str | None = None  # SLACK_STREAMING for the bot; None: the bot's default
+
+    @property
+    def run_key(self) -> str:
+        """The key of this run's results: `b/auto` for (b) in auto mode, `c` in the default mode."""
+        return f"{self.key}/{self.streaming}" if self.streaming else self.key
+
+    def environment(self, model: SlackModel) -> dict[str, str]:
+        mode = {"SLACK_STREAMING": self.streaming} if self.streaming else {}
+        return {**model.bot_env(), **self.bot_env, **mode}
 
     def timeout(self, model: SlackModel) -> float:
         """Generous bound on the wait (for each reply when sequential): streaming time plus 1.5x the
-        time the bot's edit budget needs for the final edits (one reply: and an edit a second)."""
+        time the bot's budget needs for the final calls (one reply: and an edit a second). Finals are
+        edits unless the mode is native, where they are chat.stopStream's (Tier 2, slower); auto can
+        always fall back to edits."""
         pieces = -(-self.words // self.words_per_piece)
         stream = self.ttft + pieces * self.chunk_interval
         per_team = 1 if self.sequential else -(-self.conversations // self.teams)
         edits = per_team * (1 + (stream if self.sequential else 0))
-        budget = edits / (0.9 * model.updates_per_minute) * 60.0
+        rate = model.updates_per_minute
+        if self.streaming == "native":
+            rate = min(rate, SLACK_LIMITS["chat.stopStream"].per_minute)
+        budget = edits / (0.9 * rate) * 60.0
         return (0 if self.sequential else self.ramp_seconds) + stream + 1.5 * budget + 10.0
 
 
@@ -83,10 +93,19 @@ class DeepScenario:
     ttft: float = 0.05
     chunk_interval: float = 0.01
     bot_env: Mapping[str, str] = field(default_factory=dict)
+    streaming: str | None = None
     turn_timeout: float = 30.0
     # Turns start at least this far apart: the bot posts one message per turn into one channel, and
     # Slack allows about one chat.postMessage a second per channel (a faster "user" measures 429s).
     pace_seconds: float = 1.1
+
+    @property
+    def run_key(self) -> str:
+        return f"{self.key}/{self.streaming}" if self.streaming else self.key
+
+    def environment(self, model: SlackModel) -> dict[str, str]:
+        mode = {"SLACK_STREAMING": self.streaming} if self.streaming else {}
+        return {**model.bot_env(), **self.bot_env, **mode}
 
 
 Scenario = StreamScenario | DeepScenario
@@ -115,6 +134,23 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "e": DeepScenario("e", "one thread, 40 turns deep"),
 }
+
+
+# SLACK_STREAMING's settings. (a) and (b) run in each of them by default, side by side; the others
+# in the bot's default mode (auto), unless `--mode` asks for others.
+MODES = ("edits", "native", "auto")
+DEFAULT_MODE = "auto"
+EVERY_MODE = frozenset({"a", "b"})
+
+
+def in_modes(scenarios: list[Scenario], modes: list[str] | None) -> list[Scenario]:
+    """Each scenario once per mode: (a) and (b) in every mode, the rest in the bot's default mode;
+    `modes` given: every scenario in each of those."""
+    runs: list[Scenario] = []
+    for s in scenarios:
+        chosen = modes if modes is not None else list(MODES) if s.key in EVERY_MODE else [None]
+        runs += [dataclasses.replace(s, streaming=mode) for mode in chosen]
+    return runs
 
 
 def quick(scenario: Scenario) -> Scenario:
@@ -153,6 +189,11 @@ def plan_conversations(s: StreamScenario, slack: BenchSlack) -> list[Conversatio
     return convs
 
 
+def log_copy(logs: Path | None, s: Scenario) -> Path | None:
+    """Where the run's bot log is kept: `b-auto-bot.log` for (b) in auto mode."""
+    return None if logs is None else logs / f"{s.run_key.replace('/', '-')}-bot.log"
+
+
 def process_report(
     bot: BotProcess, cpu: dict[str, float], replies: int, keep_log: Path | None
 ) -> dict[str, Any]:
@@ -173,7 +214,23 @@ def process_report(
 
 
 async def run_stream(
-    s: StreamScenario, db: str, model: SlackModel, logs: Path | None = None
+    s: StreamScenario,
+    db: str,
+    model: SlackModel,
+    logs: Path | None = None,
+    streamed: asyncio.Event | None = None,
+) -> dict[str, Any]:
+    """One run of `s` against a fresh bot; `streamed` is set once the fake model has sent every
+    reply's last chunk (what is left is Slack's pace), or when the run ends whatever happened."""
+    try:
+        return await _run_stream(s, db, model, logs, streamed or asyncio.Event())
+    finally:
+        if streamed is not None:
+            streamed.set()
+
+
+async def _run_stream(
+    s: StreamScenario, db: str, model: SlackModel, logs: Path | None, streamed: asyncio.Event
 ) -> dict[str, Any]:
     slack, aiml = new_fakes(model)
     async with slack, aiml:
@@ -183,7 +240,7 @@ async def run_stream(
         with tempfile.TemporaryDirectory(prefix=f"bench-{s.key}-") as tmp:
             workdir = Path(tmp)
             async with fresh_database(db, workdir) as db_url:
-                env = bot_environment(db_url, slack.api_url, aiml.base_url, {**model.bot_env(), **s.bot_env})
+                env = bot_environment(db_url, slack.api_url, aiml.base_url, s.environment(model))
                 async with running_bot(workdir, env) as bot, DriverThread() as driver:
                     sender = await driver.call(new_sender(bot.url))
                     lag, meter = LoopLag(), CpuMeter(bot)
@@ -192,23 +249,31 @@ async def run_stream(
                         calls_from = len(slack.calls)
                         lag.start()
                         meter.start()
-                        wait = _one_by_one if s.sequential else _all_at_once
-                        deadlines = await wait(s, model, convs, driver, sender, slack)
+                        if s.sequential:
+                            deadlines = await _one_by_one(s, model, convs, driver, sender, slack)
+                        else:
+                            all_sent = functools.partial(_all_streamed, aiml, len(convs) * len(pieces))
+                            deadlines = await _all_at_once(
+                                s, model, convs, driver, sender, slack, all_sent, streamed
+                            )
                         cpu = meter.stop()
                         rss = bot.peak_rss_mb()
                     finally:
                         lag_ms = await lag.stop()
                         await driver.call(sender.aclose())
-                result = _stream_result(s, model, slack, aiml, convs, pieces, calls_from, deadlines)
+                result = stream_result(s, model, slack, aiml, convs, pieces, calls_from, deadlines)
+                log_file = log_copy(logs, s)
                 result.update(
                     finished_in_time=all(thread_done(slack, c.channel, c.root_ts) for c in convs),
                     bot_peak_rss_mb=round(rss, 1),
                     bench_loop_lag_ms=lag_ms,
-                    **process_report(
-                        bot, cpu, result["complete_replies"], logs and logs / f"{s.key}-bot.log"
-                    ),
+                    **process_report(bot, cpu, result["complete_replies"], log_file),
                 )
                 return result
+
+
+def _all_streamed(aiml: FakeAimlApi, chunks: int) -> bool:
+    return sum(len(r.content_sent_at) for r in aiml.chat_requests) >= chunks
 
 
 async def _all_at_once(
@@ -218,6 +283,8 @@ async def _all_at_once(
     driver: DriverThread,
     sender: EventSender,
     slack: BenchSlack,
+    all_sent: Callable[[], bool],
+    streamed: asyncio.Event,
 ) -> dict[int, float]:
     """Send every mention (over the ramp), wait for every reply; conversation -> when waiting ended."""
     mentions = ramp(convs, s.ramp_seconds, lambda c: sender.send(c, app_mention(c, question(c), c.root_ts)))
@@ -225,6 +292,8 @@ async def _all_at_once(
     pending = {c.index: c for c in convs}
 
     def all_done() -> bool:
+        if not streamed.is_set() and all_sent():
+            streamed.set()
         for c in list(pending.values()):
             if thread_done(slack, c.channel, c.root_ts):
                 del pending[c.index]
@@ -251,70 +320,3 @@ async def _one_by_one(
         await wait_until(done, s.timeout(model), period=0.02)
         deadlines[c.index] = time.monotonic()
     return deadlines
-
-
-def _stream_result(
-    s: StreamScenario,
-    model: SlackModel,
-    slack: BenchSlack,
-    aiml: FakeAimlApi,
-    convs: list[Conversation],
-    pieces: list[str],
-    calls_from: int,
-    deadlines: dict[int, float],
-) -> dict[str, Any]:
-    expected = "".join(pieces)
-    views = threads(slack, {c.channel for c in convs})
-    shown = shown_by_thread(slack)
-    ups = upstream_by_tag(aiml)
-    ack, placeholder, overhead, tail, total, chunks = [], [], [], [], [], []
-    edits, complete = [], 0
-    for c in convs:
-        deadline = deadlines[c.index]
-        view = views.get((c.channel, c.root_ts), ThreadView())
-        up = ups.get(c.tag)
-        sent = up.content_sent_at if up is not None else []
-        # A reply the model never streamed to counts from its event, up to the deadline.
-        first_token, last_token = (sent[0], sent[-1]) if sent else (c.sent_at, c.sent_at)
-        ack.append(Span(c.sent_at, c.acked_at, deadline))
-        placeholder.append(Span(c.sent_at, view.placeholder_at, deadline))
-        overhead.append(Span(first_token, view.first_text_at, deadline))
-        tail.append(Span(last_token, view.final_at, deadline))
-        total.append(Span(c.sent_at, view.final_at, deadline))
-        chunks.extend(chunk_spans(pieces, sent, shown.get((c.channel, c.root_ts), []), deadline))
-        edits.append(view.edits)
-        complete += view.done and view.answer == expected
-    finals = [t.end for t in total if not t.never]
-    span = (max(finals) - min(c.sent_at for c in convs)) if finals else float("nan")
-    rejected = Counter(call.method for call in slack.calls[calls_from:] if call.status == 429)
-    return {
-        "title": s.title,
-        "conversations": s.conversations,
-        "sequential": s.sequential,
-        "workspaces": s.teams,
-        "channels": len({c.channel for c in convs}),
-        "ramp_seconds": s.ramp_seconds,
-        "stream": {
-            "words": s.words,
-            "chunks": len(pieces),
-            "ttft_s": s.ttft,
-            "chunk_interval_s": s.chunk_interval,
-        },
-        "slack": model.label,
-        "slack_chat_update_per_minute": model.updates_per_minute,
-        "bot_env": {**model.bot_env(), **s.bot_env},
-        "ack_ms": spans_ms(ack),
-        "ack_non_200": sum(1 for c in convs if c.ack_status != 200),
-        "placeholder_ms": spans_ms(placeholder),
-        "stream_overhead_ms": spans_ms(overhead),
-        "chunk_lag_ms": spans_ms(chunks),
-        "last_token_to_final_ms": spans_ms(tail),
-        "event_to_final_ms": spans_ms(total),
-        "edits_per_reply": {"mean": round(sum(edits) / len(edits), 2), "max": max(edits)},
-        "slack_429s": sum(rejected.values()),
-        "slack_429s_by_method": dict(rejected),
-        "complete_replies": complete,
-        "complete_pct": round(100.0 * complete / len(convs), 2),
-        "duration_s": round(span, 2),
-        "replies_per_second": round(complete / span, 2) if span == span and span > 0 else None,
-    }

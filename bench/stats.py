@@ -21,7 +21,7 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 
 def summary_ms(seconds: Sequence[float]) -> dict[str, Any]:
-    """n, p50, p99, mean and max of durations given in seconds, reported in milliseconds.
+    """n, p50, p95, p99, mean and max of durations given in seconds, reported in milliseconds.
 
     Every value counts: a NaN or infinite one raises instead of being dropped (a reply that never
     got somewhere goes through `spans_ms`, which counts it at its deadline)."""
@@ -30,10 +30,11 @@ def summary_ms(seconds: Sequence[float]) -> dict[str, Any]:
         raise ValueError(f"{len(bad)} of {len(seconds)} durations are not finite (e.g. {bad[0]})")
     ms = [s * 1000.0 for s in seconds]
     if not ms:
-        return {"n": 0, "p50": None, "p99": None, "mean": None, "max": None}
+        return {"n": 0, "p50": None, "p95": None, "p99": None, "mean": None, "max": None}
     return {
         "n": len(ms),
         "p50": _round(percentile(ms, 50)),
+        "p95": _round(percentile(ms, 95)),
         "p99": _round(percentile(ms, 99)),
         "mean": _round(sum(ms) / len(ms)),
         "max": _round(max(ms)),

@@ -19,9 +19,12 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from bot.conversation.admission import Admission
 from bot.conversation.ledger import Ledger
-from bot.conversation.quota import QuotaStage
+from bot.conversation.ordering import TurnOrder
+from bot.conversation.quota import QuotaGate, Quotas
 from bot.conversation.service import ConversationService, ServiceConfig
+from bot.conversation.turns import TurnObserver, Turns
 from bot.jobs.alerts import AlertJob
 from bot.jobs.digest import DigestJob
 from bot.jobs.maintenance import Maintenance
@@ -30,7 +33,7 @@ from bot.llm.client import AimlClient
 from bot.metrics import Metrics
 from bot.settings import Settings, SettingsError
 from bot.slack.edit_budget import EditBudgets
-from bot.slack.handler import HandlerConfig, SlackTurns
+from bot.slack.handler import EdgeConfig, SlackEdge
 from bot.slack.listeners import register_listeners
 from bot.slack.people import UserDirectory
 from bot.slack.usage_command import register_usage_command
@@ -54,7 +57,21 @@ class Core:
     llm: AimlClient
     service: ConversationService
     ledger: Ledger
-    quota: QuotaStage
+    quota: Quotas
+
+
+def admission_pipeline(settings: Settings, core: Core, observer: TurnObserver | None = None) -> Turns:
+    """The domain's path from an arrival to a reply, the same for Slack and the terminal."""
+    order = TurnOrder()
+    quota = QuotaGate(core.quota, max_output_tokens=settings.llm_max_output_tokens)
+    admission = Admission(core.sessions, order, thread_followups=settings.thread_followups, quota=quota)
+    turns = Turns(admission, core.service, observer=observer)
+    if isinstance(observer, Metrics):
+        # Read from the line itself at scrape time, so the gauges are right on every path.
+        observer.turns_waiting.set_function(lambda: order.waiting)
+        observer.turns_running.set_function(lambda: order.running)
+        observer.active_streams.set_function(lambda: turns.streaming)
+    return turns
 
 
 @asynccontextmanager
@@ -83,8 +100,8 @@ async def core_services(settings: Settings, metrics: Metrics | None = None) -> A
     if metrics is not None:
         gauge = "slackbot_usage_spool_rows"
         metrics.read_at_scrape(gauge, "Writes waiting in the spool", lambda: [([], float(ledger.pending))])
-    quota = quota_stage(settings, sessions)
-    service = ConversationService(sessions, llm, config, ledger=ledger, quota=quota)
+    quota = quotas(settings, sessions)
+    service = ConversationService(sessions, llm, config, ledger=ledger)
     try:
         yield Core(engine, sessions, llm, service, ledger, quota)
     finally:
@@ -93,7 +110,7 @@ async def core_services(settings: Settings, metrics: Metrics | None = None) -> A
         await engine.dispose()
 
 
-def quota_stage(settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> QuotaStage:
+def quotas(settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> Quotas:
     defaults = DefaultLimits(
         user_day=settings.quota_user_daily_credits,
         user_month=settings.quota_user_monthly_credits,
@@ -101,7 +118,7 @@ def quota_stage(settings: Settings, sessions: async_sessionmaker[AsyncSession]) 
         workspace_month=settings.budget_workspace_monthly_credits,
     )
     ttl = timedelta(seconds=settings.quota_reservation_ttl_seconds)
-    return QuotaStage(sessions, defaults, settings.digest_zone, reservation_ttl=ttl)
+    return Quotas(sessions, defaults, settings.digest_zone, reservation_ttl=ttl)
 
 
 def slack_client(settings: Settings) -> AsyncWebClient:
@@ -165,7 +182,7 @@ class BotRuntime:
         self._scheduler: AsyncIOScheduler | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self.alerts: AlertJob | None = None
-        self.turns: SlackTurns | None = None
+        self.turns: Turns | None = None
         self.core: Core | None = None
 
     async def start(self) -> int:
@@ -180,15 +197,17 @@ class BotRuntime:
         budgets = EditBudgets(settings.slack_edits_per_minute, settings.slack_edit_burst)
         export_live_state(self.metrics, budgets, core.engine)
         people = UserDirectory(self.client)  # one users.info cache: turns, /usage, the digest
-        self.turns = SlackTurns(
-            core.service,
-            core.sessions,
-            budgets,
-            self.metrics,
-            HandlerConfig(
-                settings.stream_update_interval, settings.thread_followups, settings.thread_backfill_limit
+        self.turns = admission_pipeline(settings, core, self.metrics)
+        edge = SlackEdge(
+            self.turns,
+            people=people,
+            budgets=budgets,
+            metrics=self.metrics,
+            config=EdgeConfig(
+                settings.stream_update_interval,
+                settings.thread_backfill_limit,
+                admins=frozenset(settings.admin_user_ids),
             ),
-            people,
         )
         maintenance = Maintenance(
             core.sessions,
@@ -201,7 +220,7 @@ class BotRuntime:
         )
         await maintenance.at_start_up()  # logs and counts its own failures: start-up goes on
         self._maintenance = asyncio.create_task(maintenance.run_forever(), name="maintenance")
-        register_listeners(bolt, self.turns, self.metrics)
+        register_listeners(bolt, edge)
         register_usage_command(bolt, core.sessions, settings.digest_zone, people=people, quota=core.quota)
         if settings.usage_digest_channel:
             job = DigestJob(
@@ -311,7 +330,7 @@ async def _wait_for_signal() -> None:
     await stop.wait()
 
 
-async def _drain(turns: SlackTurns, grace: float) -> None:
+async def _drain(turns: Turns, grace: float) -> None:
     """Let replies finish for `grace` seconds; the rest end with an interrupted note."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace

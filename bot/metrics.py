@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -16,7 +17,14 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+if TYPE_CHECKING:
+    from bot.conversation.service import TurnOutcome
+
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+
+UPSTREAM_ERROR_KINDS = frozenset(
+    {"auth", "credits", "bad_request", "rate_limited", "unavailable", "timeout", "interrupted"}
+)
 
 # Label values and the gauge's value, read when Prometheus scrapes.
 Samples = Callable[[], Iterable[tuple[Sequence[str], float]]]
@@ -102,6 +110,29 @@ class Metrics:
         """Edits that landed are `chat.update` + `ok`; Slack's 429s are outcome `ratelimited`."""
         self.slack_calls.labels(method, outcome).inc()
         self.slack_call_seconds.labels(method).observe(seconds)
+
+    def event_ignored(self, reason: str) -> None:
+        self.events_ignored.labels(reason).inc()
+
+    def turn_ended(self, outcome: TurnOutcome, seconds: float) -> None:
+        """A reply ended (`seconds` from the event to its end): its outcome, latency, tokens and cost."""
+        self.reply_duration.observe(seconds)
+        self.replies.labels(outcome.status.value).inc()
+        if outcome.label in UPSTREAM_ERROR_KINDS:
+            self.upstream_errors.labels(outcome.label).inc()
+        result = outcome.usage
+        if result is None:
+            return
+        if result.ttft_ms is not None:
+            self.ttft.observe(result.ttft_ms / 1000)
+        if result.usage.credits_used:
+            self.credits.inc(result.usage.credits_used)
+        for kind, value in (
+            ("prompt", result.usage.prompt_tokens),
+            ("completion", result.usage.completion_tokens),
+        ):
+            if value:
+                self.tokens.labels(kind).inc(value)
 
     def maintenance_failed(self) -> None:
         self.maintenance_failures.inc()

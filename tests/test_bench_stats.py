@@ -9,8 +9,8 @@ import pytest
 
 from bench.fakes import Shown
 from bench.observe import chunk_spans, common_prefix
-from bench.report import evaluate
 from bench.stats import Span, percentile, spans_ms, summary_ms
+from bench.targets import evaluate
 
 NAN = math.nan
 

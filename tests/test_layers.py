@@ -8,7 +8,9 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("module", ["bot.conversation.service", "bot.usage.report", "bot.usage.personal"])
+@pytest.mark.parametrize(
+    "module", ["bot.conversation.service", "bot.conversation.turns", "bot.usage.report", "bot.usage.personal"]
+)
 def test_the_domain_imports_no_slack_or_http_library(module):
     probe = (
         f"import sys, {module}; "

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import func, select
 
-from bot.conversation.quota import QuotaStage
+from bot.conversation.quota import Quotas
 from bot.jobs.alerts import AlertJob
 from bot.storage.db import create_engine, session_factory
 from bot.storage.models import QuotaAlert
@@ -24,7 +24,7 @@ U1 = Subject("T1", "C1", "U1")
 
 
 def alert_job(sessions, slack, *, spike_minimum: int = 10**12, **limits: int) -> AlertJob:
-    stage = QuotaStage(sessions, DefaultLimits(**limits), ZoneInfo("UTC"))
+    stage = Quotas(sessions, DefaultLimits(**limits), ZoneInfo("UTC"))
     client = AsyncWebClient(token="xoxb-test", base_url=slack.api_url)
     return AlertJob(sessions, client, ALERTS, stage, spike_minimum=spike_minimum)
 

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from bot.conversation.person import Person
-from bot.conversation.quota import QuotaStage
+from bot.conversation.quota import Quotas
 from bot.slack.quota_command import NOT_ADMIN, QuotaChange, QuotaCommands, parse_amount
 from bot.usage.limits import DefaultLimits, Period, Scope
 from tests.fakes.aimlapi import Reply
@@ -23,7 +23,7 @@ def commands(sessions, **defaults: int) -> tuple[QuotaCommands, list[QuotaChange
     async def audit(change: QuotaChange) -> None:
         changes.append(change)
 
-    stage = QuotaStage(sessions, DefaultLimits(**defaults), ZoneInfo("UTC"))
+    stage = Quotas(sessions, DefaultLimits(**defaults), ZoneInfo("UTC"))
     return QuotaCommands(sessions, stage, audit=audit), changes
 
 
@@ -109,4 +109,5 @@ async def test_a_quota_set_by_an_admin_binds_the_persons_next_turn(db_url, fakes
         await bot.send(mention("second", "100.000002"))
         await bot.idle()
     assert len(aiml.chat_requests) == 1
-    assert "daily AI limit (2,000 credits)" in bot.replies("C1", "100.000002")[-1].context
+    last = bot.replies("C1", "100.000002")[-1]
+    assert "daily AI limit (2,000 credits)" in last.text + last.context

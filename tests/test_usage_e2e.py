@@ -9,8 +9,8 @@ from urllib.parse import urlencode
 
 from bot.storage.models import UsageRecord
 from tests.fakes.aimlapi import Reply
+from tests.fakes.response_url import ResponseUrl
 from tests.harness import eventually, make_settings, mention, running_bot, signed_headers
-from tests.test_usage_command import ResponseUrl
 
 
 async def test_usage_command_answers_the_caller_with_their_own_numbers(db_url, fakes):

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from bot.app import core_services
+from bot.app import admission_pipeline, core_services
+from bot.conversation.admission import Arrival
+from bot.conversation.keys import ConversationKey, ConversationKind
+from bot.conversation.person import Person
 from bot.conversation.ports import ReplyPart, ReplySummary
-from bot.conversation.service import Turn
+from bot.llm.types import ChatMessage
 from bot.settings import Settings
-from bot.storage.conversations import ConversationKey
-from bot.storage.models import ConversationKind
+
+# The operator at the terminal: the bot's own console, never refused by access rules.
+OPERATOR = Person(user_id="terminal", is_admin=True, name="terminal")
 
 
 class TerminalSink:
@@ -31,6 +36,9 @@ class TerminalSink:
     @property
     def parts(self) -> Sequence[ReplyPart]:
         return ()
+
+    async def start(self) -> None:
+        """Nothing to post: the prompt line already shows that an answer comes."""
 
     async def thinking(self) -> None:
         self._write("\x1b[2m(thinking…)\x1b[0m ")
@@ -53,11 +61,51 @@ class TerminalSink:
         self._out.flush()
 
 
+class TerminalSurface:
+    """The domain's `Surface` for the terminal: plain text in, the sink above out."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    async def person(self, arrival: Arrival) -> Person:  # noqa: ARG002
+        return OPERATOR
+
+    def reply_to(self, arrival: Arrival) -> TerminalSink:  # noqa: ARG002
+        return TerminalSink(self._out)
+
+    async def prompt_text(self, arrival: Arrival) -> str:
+        return arrival.text
+
+    async def thread_context(self, arrival: Arrival, reply_refs: Sequence[str]) -> Sequence[ChatMessage]:  # noqa: ARG002
+        return ()
+
+    async def show_waiting(self, arrival: Arrival) -> None:
+        """One line at a time: nothing ever waits."""
+
+    async def tell(self, arrival: Arrival, note: str, *, in_thread: bool) -> None:  # noqa: ARG002
+        self._out.write(f"\x1b[2m[{note}]\x1b[0m\n")
+        self._out.flush()
+
+
 def _tokens(summary: ReplySummary) -> str:
     if summary.prompt_tokens is None:
         return ""
     credits = f", {summary.credits_used:,} credits" if summary.credits_used is not None else ""
     return f"{summary.prompt_tokens:,} in / {summary.completion_tokens or 0:,} out{credits}"
+
+
+def terminal_arrival(key: ConversationKey, line: str, *, number: int) -> Arrival:
+    """A line typed at the terminal, as an arrival: the session's n-th message, always addressed."""
+    message = f"{key.thread_ts}-{number}"
+    return Arrival(
+        event_id=f"terminal:{message}",
+        key=key,
+        kind=ConversationKind.TERMINAL,
+        user_id=OPERATOR.user_id,
+        message_ts=message,
+        text=line,
+        addressed=True,
+    )
 
 
 async def _read_line(reader: asyncio.StreamReader) -> str | None:
@@ -70,9 +118,13 @@ async def chat_command(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    key = ConversationKey("terminal", "terminal", f"{time.time():.6f}")
+    session_ts = f"{time.time():.6f}"
+    key = ConversationKey("terminal", "terminal", session_ts)
+    numbers = itertools.count(1)
     print(f"Talking to {settings.aimlapi_model}. Ctrl-C stops an answer; Ctrl-D or /quit leaves.")
     async with core_services(settings) as core:
+        turns = admission_pipeline(settings, core)
+        surface = TerminalSurface(sys.stdout)
         current: asyncio.Task[object] | None = None
 
         def on_interrupt() -> None:
@@ -91,9 +143,9 @@ async def chat_command(settings: Settings) -> int:
                     return 0
                 if not line.strip():
                     continue
-                turn = Turn(key, ConversationKind.TERMINAL, line, "terminal")
                 print("bot> ", end="", flush=True)
-                current = asyncio.ensure_future(core.service.reply(turn, TerminalSink(sys.stdout)))
+                arrival = terminal_arrival(key, line, number=next(numbers))
+                current = asyncio.ensure_future(turns.handle(arrival, surface))
                 try:
                     await current
                 except asyncio.CancelledError:

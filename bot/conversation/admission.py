@@ -1,65 +1,188 @@
-"""Admission: whether a person's message becomes a turn, and its place in its thread's line.
+"""Admission: whether a person's message becomes a turn, as a pipeline of stages with no platform in it.
 
-The steps, in order: may this message start or continue the conversation (addressed to the bot, or
-in a thread it takes part in), was it answered already (the dedupe claim), then a place in the
-thread's line. A stage that refuses turns for policy (access lists, quotas) belongs between the
-thread check and the claim, as one more step returning a `Refused` reason. The place in line is
-taken at the claim, so turns are ordered by when they were admitted, not by how fast any later call
-(to Slack, to the database) returns.
+The stages, in order:
+
+    thread check   may this message start or continue a conversation here (addressed to the bot, or
+                   a follow-up in a thread it takes part in, as the channel's mode allows)
+    dedupe claim   was it answered already (Slack's retries, the app_mention/message twins, replicas);
+                   the claim also takes the turn's place in its thread's line
+    access         may this person use the bot here (bot.conversation.access)
+    quota          a reservation of credits for the call, settled or released when the turn ends
+    turn order     the turn runs once every earlier turn of its thread has left (bot.conversation.turns)
+
+A stage after the claim that refuses gives the claim back, so a redelivery that is allowed by then
+(the person was let in, users.info answered again, the quota was raised) is answered, and leaves its
+place in line. The place is taken at the claim, with no await in between, so turns are ordered by
+when they were admitted, not by how fast any later call (to Slack, to the database) returns.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.conversation.channel_settings import (
+    DEFAULT_CHANNEL_SETTINGS,
+    ChannelMode,
+    ChannelSettings,
+    ChannelSettingsSource,
+)
+from bot.conversation.keys import ConversationKey, ConversationKind
 from bot.conversation.ordering import TurnOrder, TurnTicket
+from bot.conversation.person import Person
 from bot.storage import conversations as repo
-from bot.storage.conversations import ConversationKey
+from bot.storage.db import UNAVAILABLE, error_reason
 from bot.storage.dedupe import claim_event, release_event
-from bot.storage.models import ConversationKind
+
+if TYPE_CHECKING:
+    from bot.conversation.service import TurnOutcome
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Arrival:
-    """A person's message that may become a turn, as the chat surface (Slack) saw it."""
+    """A person's message that may become a turn, as the chat surface (Slack, the terminal) saw it."""
 
     event_id: str  # the same on redelivery: answered once
     key: ConversationKey
     kind: ConversationKind
+    user_id: str
     message_ts: str  # with the channel, identifies the message across twin deliveries
+    text: str  # as the surface wrote it (Slack markup); the surface makes it readable for the model
     addressed: bool  # mentioned, or a DM: may start a conversation
-
-
-@dataclass(frozen=True)
-class Admitted:
-    arrival: Arrival
-    new_thread: bool  # the bot had no conversation for this thread before
-    ticket: TurnTicket  # the turn's place in its thread's line; left when the turn ends
+    mid_thread: bool = False  # a reply inside a thread: earlier messages may be context
 
 
 @dataclass(frozen=True)
 class Refused:
+    """Not a turn. `notice` is told to the person (privately, at most once an hour for access);
+    `in_thread` says it is a line in the thread instead (a quota reached)."""
+
     reason: str  # counted in slackbot_events_ignored
+    notice: str | None = None
+    in_thread: bool = False
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What the stages after the claim decide on: the message, its asker and its channel's settings."""
+
+    arrival: Arrival
+    person: Person | None  # None: the surface could not say who this is right now
+    channel: ChannelSettings
+
+
+class Reservation(Protocol):
+    """Credits held for one turn; exactly one of `settle` / `release` ends it."""
+
+    async def settle(self, outcome: TurnOutcome) -> None:
+        """The turn ran: keep what the API reported it cost."""
+        ...
+
+    async def release(self) -> None:
+        """The turn ended without an outcome: it never called the model (refused later, could not
+        start, cancelled while queued), or it was cancelled mid-call (the ledger holds that cost)."""
+        ...
+
+
+class AdmissionStage(Protocol):
+    """A policy check after the claim (access lists, ...); None lets the message through."""
+
+    async def check(self, candidate: Candidate) -> Refused | None: ...
+
+
+class QuotaStage(Protocol):
+    """Reserves the turn's estimated credits, or refuses when a hard limit is reached."""
+
+    async def reserve(self, candidate: Candidate) -> Reservation | Refused: ...
+
+
+class People(Protocol):
+    """Who is asking: the surface's facts about a person (Slack: users.info), None when unknown now."""
+
+    async def person(self, arrival: Arrival) -> Person | None: ...
+
+
+class DefaultChannelSettings:
+    """Every channel with the bot's defaults: where no channel has settings of its own."""
+
+    async def for_channel(self, team_id: str, channel_id: str) -> ChannelSettings:  # noqa: ARG002
+        return DEFAULT_CHANNEL_SETTINGS
+
+
+@dataclass(frozen=True)
+class Admitted:
+    candidate: Candidate
+    new_thread: bool  # the bot had no conversation for this thread before
+    ticket: TurnTicket  # the turn's place in its thread's line; left when the turn ends
+    reservation: Reservation | None = None
+
+    @property
+    def arrival(self) -> Arrival:
+        return self.candidate.arrival
 
 
 class Admission:
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], order: TurnOrder, *, thread_followups: bool
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        order: TurnOrder,
+        *,
+        thread_followups: bool,
+        channels: ChannelSettingsSource | None = None,
+        stages: Sequence[AdmissionStage] = (),
+        quota: QuotaStage | None = None,
     ) -> None:
         self._sessions, self._order = sessions, order
         self._thread_followups = thread_followups
+        self._channels: ChannelSettingsSource = channels or DefaultChannelSettings()
+        self._stages = tuple(stages)
+        self._quota = quota
 
-    async def admit(self, arrival: Arrival) -> Admitted | Refused:
-        """Raises the database's errors (SQLAlchemyError, OSError); nothing is claimed then."""
+    async def admit(self, arrival: Arrival, people: People) -> Admitted | Refused:
+        """Raises the database's errors (UNAVAILABLE) from the claim; nothing is claimed then."""
+        channel = await self._channels.for_channel(arrival.key.team_id, arrival.key.channel_id)
+        claimed = await self._claim(arrival, channel)
+        if isinstance(claimed, Refused):
+            return claimed
+        new_thread, ticket = claimed
+        try:
+            # Only a policy needs to know who asks: without one, no look-up (users.info) is made.
+            asks = bool(self._stages) or self._quota is not None
+            candidate = Candidate(arrival, await people.person(arrival) if asks else None, channel)
+            for stage in self._stages:
+                refused = await stage.check(candidate)
+                if refused is not None:
+                    return await self._give_back(arrival, new_thread, ticket, refused)
+            reservation: Reservation | None = None
+            if self._quota is not None:
+                reserved = await self._quota.reserve(candidate)
+                if isinstance(reserved, Refused):
+                    return await self._give_back(arrival, new_thread, ticket, reserved)
+                reservation = reserved
+        except BaseException:
+            ticket.leave()
+            await self.release(arrival, forget_thread=new_thread)
+            raise
+        return Admitted(candidate, new_thread, ticket, reservation)
+
+    async def _claim(self, arrival: Arrival, channel: ChannelSettings) -> tuple[bool, TurnTicket] | Refused:
+        """The thread check and the dedupe claim, in one transaction; the place in line with the claim."""
         key = arrival.key
+        if channel.mode is ChannelMode.OFF and not arrival.addressed:
+            return Refused("channel_off")  # the access stage tells those who address the bot
         ticket: TurnTicket | None = None
         try:
             async with self._sessions.begin() as session:
                 existing = await repo.find_conversation(session, key)
                 if not arrival.addressed:
-                    if not self._thread_followups:
+                    followups = self._thread_followups and channel.followups
+                    if not followups or channel.mode is ChannelMode.MENTIONS:
                         return Refused("followups_off")
                     if existing is None:
                         return Refused("thread_not_joined")
@@ -73,10 +196,26 @@ class Admission:
             if ticket is not None:
                 ticket.leave()  # the claim was rolled back with the transaction
             raise
-        assert ticket is not None
-        return Admitted(arrival, existing is None, ticket)
+        return existing is None, ticket
 
-    async def release(self, arrival: Arrival) -> None:
-        """Forget the claim of a message that could not be answered, so a redelivery is answered."""
-        async with self._sessions.begin() as session:
-            await release_event(session, arrival.event_id)
+    async def _give_back(
+        self, arrival: Arrival, new_thread: bool, ticket: TurnTicket, refused: Refused
+    ) -> Refused:
+        ticket.leave()
+        await self.release(arrival, forget_thread=new_thread)
+        return refused
+
+    async def release(self, arrival: Arrival, *, forget_thread: bool = False) -> None:
+        """Forget the claim of a message that was not answered, so a redelivery is judged afresh.
+
+        `forget_thread`: the claim opened the thread's conversation; it goes too while it holds no
+        message, or a refused mention would let everyone's follow-ups into a thread the bot never
+        answered.
+        """
+        try:
+            async with self._sessions.begin() as session:
+                await release_event(session, arrival.event_id)
+                if forget_thread:
+                    await repo.delete_empty_conversation(session, arrival.key)
+        except UNAVAILABLE as exc:
+            log.warning("could not release the event: %s", error_reason(exc))

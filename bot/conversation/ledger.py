@@ -15,7 +15,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.storage import conversations as repo
-from bot.storage import quotas
 from bot.storage.db import UNAVAILABLE, disconnected, error_reason
 from bot.storage.models import MessageStatus, utcnow
 from bot.storage.spool import Spool, SpoolFull
@@ -64,21 +63,14 @@ class Ledger:
         refs: Sequence[str],
         parts: Sequence[dict[str, object]],
         lease_until: datetime,
-        reservation_id: int | None = None,
     ) -> None:
         """The usage row in its own transaction first (one bad content cannot take the billing row
-        with it), then the whole answer saved on the still-streaming reply.
-
-        `reservation_id`: the quota hold for this call, deleted in the usage row's transaction, so
-        the estimate stops counting exactly when the reported credits start to (also on replay).
-        """
+        with it), then the whole answer saved on the still-streaming reply."""
         record: dict[str, Any] = {
             "kind": "usage",
             "entry": asdict(entry),
             "created_at": utcnow().isoformat(),
         }
-        if reservation_id is not None:
-            record["reservation_id"] = reservation_id
         await self._write(record, "the ledger row")
         try:
             async with self._sessions.begin() as session:
@@ -169,16 +161,13 @@ class Ledger:
         if record["kind"] == "usage":
             entry = UsageEntry(**record["entry"])
             created_at = datetime.fromisoformat(record["created_at"])
-            held = record.get("reservation_id")
             try:
                 async with self._sessions.begin() as session:
                     await store_usage(session, entry, created_at)
-                    await _release(session, held)
             except IntegrityError:
                 # The conversation was deleted meanwhile: the ledger keeps the row without it.
                 async with self._sessions.begin() as session:
                     await store_usage(session, _without_conversation(entry), created_at)
-                    await _release(session, held)
         elif record["kind"] == "finish":
             async with self._sessions.begin() as session:
                 stored = await repo.finish_message(
@@ -252,11 +241,6 @@ class Ledger:
                 await self.replay()
             except Exception:  # the replayer must outlive any surprise; the rows stay on disk
                 log.exception("spool replay failed")
-
-
-async def _release(session: AsyncSession, reservation_id: object) -> None:
-    if isinstance(reservation_id, int):
-        await quotas.release(session, reservation_id)
 
 
 def _without_conversation(entry: UsageEntry) -> UsageEntry:

@@ -87,3 +87,7 @@ class ChatModel(Protocol):
     def stream_chat(
         self, messages: Sequence[ChatMessage], *, max_tokens: int | None = None, request_id: str | None = None
     ) -> ChatStreamLike: ...
+
+
+class ReplyNotShown(Exception):
+    """The reply could not be shown at all (its placeholder never landed): nothing was answered."""

@@ -18,8 +18,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from typing import TYPE_CHECKING
+
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.conversation.admission import Candidate, Refused
+from bot.conversation.budget import TokenEstimator
+from bot.conversation.keys import ConversationKind
+from bot.llm.types import ChatMessage
 from bot.storage import quotas as store
 from bot.usage.limits import (
     DefaultLimits,
@@ -35,6 +41,9 @@ from bot.usage.limits import (
     resets_at,
 )
 from bot.usage.report import format_count
+
+if TYPE_CHECKING:
+    from bot.conversation.service import TurnOutcome
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +90,7 @@ class QuotaRefused:
         )
 
 
-class QuotaStage:
+class Quotas:
     """One per process. `on_settled` is told who spent once a call is settled (alerts run there)."""
 
     def __init__(
@@ -99,18 +108,31 @@ class QuotaStage:
         self._ttl = reservation_ttl
         self.on_settled = on_settled
         self._overrides: dict[str, tuple[float, list[Override]]] = {}
-        self._rates: dict[str, tuple[float, float]] = {}
+        self._rates: dict[str, tuple[float, store.Calibration]] = {}
 
     async def reserve(
-        self, subject: Subject, *, prompt_tokens: int, max_output_tokens: int, now: datetime | None = None
+        self,
+        subject: Subject,
+        *,
+        prompt_tokens: int,
+        max_output_tokens: int,
+        now: datetime | None = None,
+        history_allowance: bool = False,
     ) -> Reservation | QuotaRefused:
-        """Check the limits binding `subject` and hold an estimate of the call's cost, or refuse."""
+        """Check the limits binding `subject` and hold an estimate of the call's cost, or refuse.
+
+        `history_allowance`: `prompt_tokens` is the new message only (admission runs before the
+        history is read), so the workspace's recent average prompt is added for the rest.
+        """
         limits = applicable_limits(subject, self.defaults, await self.overrides(subject.team_id))
         if not limits:
             return Reservation(None, subject, 0)  # nothing to check: no statement on the hot path
-        estimate = math.ceil(
-            (prompt_tokens + max_output_tokens) * await self._credits_per_token(subject.team_id)
-        )
+        calibration = await self._calibration(subject.team_id)
+        if history_allowance:
+            prompt_tokens += calibration.average_prompt_tokens
+        measured = calibration.credits_per_token
+        rate = DEFAULT_CREDITS_PER_TOKEN if measured is None else measured * CALIBRATION_MARGIN
+        estimate = math.ceil((prompt_tokens + max_output_tokens) * rate)
         now = now or datetime.now(UTC)
         async with self._sessions.begin() as session:
             await store.lock_workspace(session, subject.team_id, now)
@@ -131,13 +153,11 @@ class QuotaStage:
             )
         return Reservation(reservation_id, subject, estimate)
 
-    async def settle(self, reservation: Reservation, *, released: bool = False) -> None:
-        """Drop the hold once the call's ledger row (with the reported credits) is written, unless
-        the ledger deleted it in that row's transaction (`released`); then alert checks may run.
-
-        A failure here is logged, not raised: the reservation expires on its own.
+    async def settle(self, reservation: Reservation) -> None:
+        """Drop the hold once the call's ledger row (with the reported credits) is written; then
+        alert checks may run. A failure here is logged, not raised: the reservation expires.
         """
-        if reservation.id is not None and not released:
+        if reservation.id is not None:
             try:
                 async with self._sessions.begin() as session:
                     await store.release(session, reservation.id)
@@ -184,15 +204,62 @@ class QuotaStage:
             for i, key in enumerate(keys)
         ]
 
-    async def _credits_per_token(self, team_id: str) -> float:
+    async def _calibration(self, team_id: str) -> store.Calibration:
         cached = self._rates.get(team_id)
         if cached is not None and time.monotonic() - cached[0] < CALIBRATION_TTL:
             return cached[1]
         async with self._sessions() as session:
-            measured = await store.credits_per_token(session, team_id)
-        rate = DEFAULT_CREDITS_PER_TOKEN if measured is None else measured * CALIBRATION_MARGIN
-        self._rates[team_id] = (time.monotonic(), rate)
-        return rate
+            measured = await store.calibration(session, team_id)
+        self._rates[team_id] = (time.monotonic(), measured)
+        return measured
 
 
 _COLUMN = {Scope.USER: "user_id", Scope.CHANNEL: "channel_id", Scope.WORKSPACE: "team_id"}
+
+
+class QuotaGate:
+    """The admission pipeline's quota stage (bot.conversation.admission.QuotaStage) over `Quotas`.
+
+    Admission runs before the thread's history is read, so the estimate is the new message plus
+    the workspace's recent average prompt, plus the channel's (or the default) maximum output.
+    A DM counts against the person's limits only: a channel limit is for shared channels.
+    """
+
+    def __init__(
+        self, quotas: Quotas, *, max_output_tokens: int, estimator: TokenEstimator | None = None
+    ) -> None:
+        self.quotas = quotas
+        self._max_output = max_output_tokens
+        self._estimator = estimator or TokenEstimator()
+
+    async def reserve(self, candidate: Candidate) -> HeldCredits | Refused:
+        arrival = candidate.arrival
+        channel = None if arrival.kind is ConversationKind.DM else arrival.key.channel_id
+        subject = Subject(arrival.key.team_id, channel, arrival.user_id)
+        output = min(candidate.channel.max_output_tokens or self._max_output, self._max_output)
+        held = await self.quotas.reserve(
+            subject,
+            prompt_tokens=self._estimator.estimate_one(ChatMessage("user", arrival.text)),
+            max_output_tokens=output,
+            history_allowance=True,
+        )
+        if isinstance(held, QuotaRefused):
+            return Refused("quota", notice=held.note, in_thread=True)
+        return HeldCredits(self.quotas, held)
+
+
+class HeldCredits:
+    """One turn's reservation as admission sees it: ended by `settle` or `release`, once."""
+
+    def __init__(self, quotas: Quotas, reservation: Reservation) -> None:
+        self._quotas = quotas
+        self.reservation = reservation
+
+    async def settle(self, outcome: TurnOutcome) -> None:  # noqa: ARG002 - the ledger row holds the cost
+        """The turn's ledger row (with the reported credits) is written: the estimate stops counting."""
+        await self._quotas.settle(self.reservation)
+
+    async def release(self) -> None:
+        """No model call (refused later, could not start), or cancelled mid-call: the ledger has the
+        cost when there was one; the hold goes either way."""
+        await self._quotas.settle(self.reservation)

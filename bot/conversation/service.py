@@ -15,7 +15,6 @@ from bot.conversation.budget import MessageTooLong, TokenEstimator, fit_to_budge
 from bot.conversation.lease import ReplyLease
 from bot.conversation.ledger import Ledger
 from bot.conversation.ports import ChatModel, ReplySink, ReplySummary
-from bot.conversation.quota import QuotaRefused, QuotaStage, Reservation
 from bot.llm.errors import LLMError
 from bot.llm.types import ChatMessage, CompletionResult
 from bot.storage import conversations as repo
@@ -23,7 +22,6 @@ from bot.storage.conversations import ConversationKey
 from bot.storage.db import UNAVAILABLE, error_reason
 from bot.storage.models import ConversationKind, Message, MessageStatus, Role
 from bot.storage.usage import UsageEntry
-from bot.usage.limits import Subject
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +86,6 @@ class ConversationService:
         config: ServiceConfig,
         estimator: TokenEstimator | None = None,
         ledger: Ledger | None = None,
-        quota: QuotaStage | None = None,
     ) -> None:
         self._sessions = sessions
         self._model = model
@@ -96,7 +93,6 @@ class ConversationService:
         self._estimator = estimator or TokenEstimator()
         self._ledger = ledger or Ledger(sessions, None)
         self._lease = ReplyLease(sessions)
-        self._quota = quota
         self._heartbeats: set[asyncio.Task[None]] = set()  # kept referenced until they stop
 
     async def reply(self, turn: Turn, sink: ReplySink) -> TurnOutcome:
@@ -150,18 +146,6 @@ class ConversationService:
         if request.dropped_turns:
             log.info("history trimmed", extra={"dropped_turns": request.dropped_turns})
 
-        # Until the admission pipeline has a quota stage, the check runs here, before the model call.
-        reservation = await self._reserve(turn, request.estimated_tokens)
-        if not isinstance(reservation, Reservation):
-            note = NOTE_DATABASE if reservation is None else reservation.note
-            await sink.fail(note)
-            await self._ledger.reply_ended(
-                assistant_id, "", MessageStatus.ERROR, refs=sink.refs, parts=_parts(sink)
-            )
-            label = "database" if reservation is None else "quota"
-            _log_end(label, None, began)
-            return TurnOutcome(MessageStatus.ERROR, "", conversation_id, None, label)
-
         end = await self._stream(request.messages, sink, assistant_id, request_id)
         result = end.result
         if result.usage.prompt_tokens:
@@ -178,7 +162,6 @@ class ConversationService:
                 refs=sink.refs,
                 parts=_parts(sink),
                 lease_until=self._lease.until(),
-                reservation_id=reservation.id,
             )
         )
         try:
@@ -193,10 +176,6 @@ class ConversationService:
             status = MessageStatus.ERROR
         finally:
             cancelled = await _despite_cancellation(written) or cancelled
-            if self._quota is not None:
-                # The ledger deleted the hold with the usage row (or spooled both): alerts may look.
-                settled = self._quota.settle(reservation, released=True)
-                cancelled = await _despite_cancellation(settled) or cancelled
             # Whatever happened to the delivery, store the answer, even while being cancelled.
             ended = self._ledger.reply_ended(
                 assistant_id, result.content, status, refs=sink.refs, parts=_parts(sink)
@@ -207,19 +186,6 @@ class ConversationService:
         if cancelled:
             raise asyncio.CancelledError  # stored and shown as interrupted; now let shutdown proceed
         return TurnOutcome(status, result.content, conversation_id, result, end.label)
-
-    async def _reserve(self, turn: Turn, prompt_tokens: int) -> Reservation | QuotaRefused | None:
-        """Hold the call's estimated credits, or say which limit refuses it; None: database away."""
-        if self._quota is None:
-            return Reservation(None, Subject(turn.key.team_id, turn.key.channel_id, turn.user_id), 0)
-        subject = Subject(turn.key.team_id, turn.key.channel_id, turn.user_id)
-        try:
-            return await self._quota.reserve(
-                subject, prompt_tokens=prompt_tokens, max_output_tokens=self._config.max_output_tokens
-            )
-        except UNAVAILABLE as exc:
-            log.warning("database unavailable at the quota check: %s", error_reason(exc))
-            return None
 
     async def _stream(
         self, messages: Sequence[ChatMessage], sink: ReplySink, assistant_id: int, request_id: str

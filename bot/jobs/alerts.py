@@ -21,7 +21,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.conversation.quota import QuotaStage
+from bot.conversation.quota import Quotas
 from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
 from bot.slack.people import UserDirectory
 from bot.slack.retries import with_rate_limit_retries
@@ -42,7 +42,7 @@ class AlertJob:
         sessions: async_sessionmaker[AsyncSession],
         client: AsyncWebClient,
         channel: str,
-        stage: QuotaStage,
+        stage: Quotas,
         *,
         spike_minimum: int,
         people: UserDirectory | None = None,

@@ -1,4 +1,4 @@
-"""Which Slack events the bot answers: pure classification of an event into a turn or a reason to ignore."""
+"""Which Slack events the bot answers: pure translation of an event into an Arrival or a reason to ignore."""
 
 from __future__ import annotations
 
@@ -6,24 +6,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from bot.storage.models import ConversationKind
+from bot.conversation.admission import Arrival
+from bot.conversation.keys import ConversationKey, ConversationKind
 
 # Subtypes that are still a person writing; everything else (edits, deletions, joins, bots) is not.
 _PERSON_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
-
-
-@dataclass(frozen=True)
-class Incoming:
-    event_id: str
-    team_id: str
-    channel_id: str
-    user_id: str
-    ts: str
-    thread_ts: str  # the root ts of the thread the reply goes to
-    text: str
-    kind: ConversationKind
-    mentioned: bool
-    in_existing_thread: bool  # a reply inside a thread (not its root)
 
 
 @dataclass(frozen=True)
@@ -51,7 +38,7 @@ def _matches(value: Any, pattern: re.Pattern[str]) -> TypeGuard[str]:
     return isinstance(value, str) and pattern.fullmatch(value) is not None
 
 
-def classify(body: dict[str, Any], bot_user_id: str | None) -> Incoming | Ignored:
+def classify(body: dict[str, Any], bot_user_id: str | None) -> Arrival | Ignored:
     event = body.get("event")
     if not isinstance(event, dict):
         return Ignored("malformed")
@@ -86,17 +73,17 @@ def classify(body: dict[str, Any], bot_user_id: str | None) -> Incoming | Ignore
     in_thread = isinstance(thread_ts, str) and thread_ts != ts
     if not is_dm and not mentioned and not in_thread:
         return Ignored("not_addressed")
-    return Incoming(
+    # The reply goes to the thread's root: thread_ts, or the message itself when it starts one.
+    root = thread_ts if isinstance(thread_ts, str) else ts
+    return Arrival(
         event_id=str(event_id or f"{channel}:{ts}:{event_type}"),
-        team_id=str(team),
-        channel_id=channel,
-        user_id=user,
-        ts=ts,
-        thread_ts=thread_ts if isinstance(thread_ts, str) else ts,
-        text=text,
+        key=ConversationKey(str(team), channel, root),
         kind=ConversationKind.DM if is_dm else ConversationKind.CHANNEL,
-        mentioned=mentioned,
-        in_existing_thread=in_thread,
+        user_id=user,
+        message_ts=ts,
+        text=text,
+        addressed=mentioned or is_dm,
+        mid_thread=in_thread,
     )
 
 

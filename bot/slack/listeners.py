@@ -1,27 +1,63 @@
-"""Bolt listeners: thin adapters from Slack's events to SlackTurns."""
+"""Bolt listeners: plain functions that hand Slack's events to the edge (bot.slack.handler).
+
+As in bolt-python, listeners are module-level and receive what they need as arguments; the edge
+reaches them through Bolt's per-request `context`, where a global middleware puts it.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+from slack_bolt.middleware.async_middleware import AsyncMiddleware
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.metrics import Metrics
 from bot.slack.events import event_type_label
-from bot.slack.handler import SlackTurns
+from bot.slack.handler import SlackEdge
+
+EDGE = "glm_edge"  # the context key the edge is found under
 
 
-def register_listeners(app: AsyncApp, turns: SlackTurns, metrics: Metrics) -> None:
-    async def on_message(body: dict[str, Any], client: AsyncWebClient, context: AsyncBoltContext) -> None:
-        await turns.handle(body, client, context.bot_user_id)
+def edge_of(context: AsyncBoltContext) -> SlackEdge:
+    edge = context[EDGE]
+    assert isinstance(edge, SlackEdge)
+    return edge
 
-    async def on_other_event(body: dict[str, Any]) -> None:
-        # Acknowledged (so Slack does not retry) and counted, nothing else.
-        metrics.events_received.labels(event_type_label(body)).inc()
-        metrics.events_ignored.labels("unsupported_type").inc()
 
+async def on_message(body: dict[str, Any], client: AsyncWebClient, context: AsyncBoltContext) -> None:
+    await edge_of(context).handle(body, client, context.bot_user_id)
+
+
+async def on_other_event(body: dict[str, Any], context: AsyncBoltContext) -> None:
+    # Acknowledged (so Slack does not retry) and counted, nothing else.
+    edge = edge_of(context)
+    edge.count_received(event_type_label(body))
+    edge.turns.ignored("unsupported_type")
+
+
+class AttachEdge(AsyncMiddleware):
+    """Puts the process's edge into every request's context, for the listeners below."""
+
+    def __init__(self, edge: SlackEdge) -> None:
+        self._edge = edge
+
+    async def async_process(
+        self,
+        *,
+        req: AsyncBoltRequest,
+        resp: BoltResponse,  # noqa: ARG002
+        next: Callable[[], Awaitable[BoltResponse]],  # Bolt passes it by this name
+    ) -> BoltResponse | None:
+        req.context[EDGE] = self._edge
+        return await next()
+
+
+def register_listeners(app: AsyncApp, edge: SlackEdge) -> None:
+    app.middleware(AttachEdge(edge))
     app.event("app_mention")(on_message)
     app.event("message")(on_message)
     app.event(re.compile(".*"))(on_other_event)

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation.person import Person
-from bot.conversation.quota import QuotaStage
+from bot.conversation.quota import Quotas
 from bot.storage import quotas as store
 from bot.usage.limits import LimitKey, Override, Period, Scope, Subject, limit_for, local_today, resets_at
 from bot.usage.report import format_count
@@ -110,7 +110,7 @@ class QuotaCommands:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        stage: QuotaStage,
+        stage: Quotas,
         *,
         audit: AuditHook | None = None,
     ) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.conversation.ports import ReplyPart, ReplySummary
+from bot.conversation.ports import ReplyNotShown, ReplyPart, ReplySummary
 from bot.slack.call_errors import SLACK_CALL_ERRORS
 from bot.slack.edit_budget import EditBudget
 from bot.slack.retries import without_rate_limit_retries
@@ -49,7 +49,7 @@ _MIN_LIMIT = 500
 Kind = Literal["ok", "ratelimited", "too_long", "gone", "transient", "fatal"]
 
 
-class SlackDeliveryError(Exception):
+class SlackDeliveryError(ReplyNotShown):
     """The reply could not be shown in Slack: the placeholder or a final text never landed."""
 
 

@@ -15,7 +15,7 @@ from aiohttp import ClientError
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.conversation.quota import QuotaStage
+from bot.conversation.quota import Quotas
 from bot.slack.digest_blocks import SlackMessage, personal_message
 from bot.slack.people import UserDirectory
 from bot.storage.db import UNAVAILABLE as DATABASE_ERRORS
@@ -33,7 +33,7 @@ def register_usage_command(
     sessions: async_sessionmaker[AsyncSession],
     tz: ZoneInfo,
     people: UserDirectory | None = None,
-    quota: QuotaStage | None = None,
+    quota: Quotas | None = None,
 ) -> None:
     """`tz` is the fallback zone; `people` finds each caller's own (a directory of its own if None);
     `quota` adds what is left of the caller's limits."""
@@ -57,7 +57,7 @@ def register_usage_command(
     app.command(COMMAND)(on_usage)
 
 
-async def _with_quotas(usage: PersonalUsage, quota: QuotaStage | None, team_id: str) -> PersonalUsage:
+async def _with_quotas(usage: PersonalUsage, quota: Quotas | None, team_id: str) -> PersonalUsage:
     if quota is None or not team_id:
         return usage
     uses = await quota.uses(Subject(team_id, None, usage.user_id))

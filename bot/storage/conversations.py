@@ -6,7 +6,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, exists, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -248,3 +248,15 @@ def _rowcount(result: object) -> int:
 
 def _dialect(session: AsyncSession) -> str:
     return session.bind.dialect.name if session.bind is not None else "sqlite"
+
+
+async def delete_empty_conversation(session: AsyncSession, key: ConversationKey) -> None:
+    """Delete a thread's conversation that holds no message yet (admission opened it, then refused)."""
+    await session.execute(
+        delete(Conversation).where(
+            Conversation.team_id == key.team_id,
+            Conversation.channel_id == key.channel_id,
+            Conversation.thread_ts == key.thread_ts,
+            ~exists().where(Message.conversation_id == Conversation.id),
+        )
+    )

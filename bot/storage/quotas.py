@@ -184,11 +184,20 @@ async def release(session: AsyncSession, reservation_id: int) -> None:
     await session.execute(delete(QuotaReservation).where(QuotaReservation.id == reservation_id))
 
 
-async def credits_per_token(session: AsyncSession, team_id: str, rows: int = 200) -> float | None:
-    """What the workspace's recent calls cost per token (prompt and completion alike); None if unknown."""
+@dataclass(frozen=True)
+class Calibration:
+    """What the workspace's recent calls cost per token, and their average prompt (history included)."""
+
+    credits_per_token: float | None  # None: no priced call yet
+    average_prompt_tokens: int
+
+
+async def calibration(session: AsyncSession, team_id: str, rows: int = 200) -> Calibration:
+    """From the workspace's last `rows` calls whose credits and tokens are known, in one statement."""
     recent = (
         select(
             UsageRecord.credits_used.label("credits"),
+            func.coalesce(UsageRecord.prompt_tokens, 0).label("prompt"),
             (
                 func.coalesce(UsageRecord.prompt_tokens, 0) + func.coalesce(UsageRecord.completion_tokens, 0)
             ).label("tokens"),
@@ -203,12 +212,13 @@ async def credits_per_token(session: AsyncSession, team_id: str, rows: int = 200
         .limit(rows)
         .subquery()
     )
-    credits, tokens = (
-        await session.execute(select(func.sum(recent.c.credits), func.sum(recent.c.tokens)))
+    credits, tokens, prompt = (
+        await session.execute(
+            select(func.sum(recent.c.credits), func.sum(recent.c.tokens), func.avg(recent.c.prompt))
+        )
     ).one()
-    if not credits or not tokens:
-        return None
-    return float(credits) / float(tokens)
+    rate = float(credits) / float(tokens) if credits and tokens else None
+    return Calibration(rate, round(float(prompt or 0)))
 
 
 # ---- alerts --------------------------------------------------------------------------------------

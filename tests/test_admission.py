@@ -1,0 +1,221 @@
+"""The admission pipeline in the domain, on a real database (SQLite and PostgreSQL) and the fake AI/ML API:
+stage order, what a refusal leaves behind, and the credit reservation's end on every path."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.conversation.admission import Admission, Admitted, Arrival, Candidate, Refused
+from bot.conversation.keys import ConversationKey, ConversationKind
+from bot.conversation.ordering import TurnOrder
+from bot.conversation.person import Person
+from bot.conversation.ports import ReplyNotShown
+from bot.conversation.service import ConversationService, ServiceConfig, TurnOutcome
+from bot.conversation.turns import Turns
+from bot.llm.client import AimlClient
+from bot.llm.types import ChatMessage
+from bot.storage.models import Conversation, ProcessedEvent
+from tests.fakes.aimlapi import FakeAimlApi, Reply
+from tests.sinks import RecordingSink
+
+ROOT = "1700000000.000100"
+KEY = ConversationKey("T1", "C1", ROOT)
+
+
+def arrival(ts: str = ROOT, *, event_id: str | None = None, addressed: bool = True) -> Arrival:
+    return Arrival(
+        event_id=event_id or f"Ev{ts}",
+        key=KEY,
+        kind=ConversationKind.CHANNEL,
+        user_id="U1",
+        message_ts=ts,
+        text=f"question {ts}",
+        addressed=addressed,
+        mid_thread=ts != ROOT,
+    )
+
+
+@dataclass
+class Gate:
+    """A policy stage that refuses while `open` is False, and counts what it was asked."""
+
+    open: bool = False
+    asked: list[Candidate] = field(default_factory=list)
+
+    async def check(self, candidate: Candidate) -> Refused | None:
+        self.asked.append(candidate)
+        return None if self.open else Refused("closed", notice="Not here, sorry.")
+
+
+@dataclass
+class Hold:
+    """A credit reservation that records how it ended."""
+
+    ends: list[str]
+
+    async def settle(self, outcome: TurnOutcome) -> None:
+        self.ends.append(f"settled {outcome.status.value}")
+
+    async def release(self) -> None:
+        self.ends.append("released")
+
+
+@dataclass
+class Quota:
+    refuse: bool = False
+    ends: list[str] = field(default_factory=list)
+
+    async def reserve(self, candidate: Candidate) -> Hold | Refused:  # noqa: ARG002
+        if self.refuse:
+            return Refused("quota_reached", notice="Your daily credits are used up.", in_thread=True)
+        return Hold(self.ends)
+
+
+class StartedSink(RecordingSink):
+    async def start(self) -> None:
+        self.events.append("start")
+
+
+class UnshownSink(StartedSink):
+    async def start(self) -> None:
+        raise ReplyNotShown
+
+
+@dataclass
+class Surface:
+    """Records what the domain asked the surface to show."""
+
+    told: list[tuple[str, bool]] = field(default_factory=list)
+    sinks: list[StartedSink] = field(default_factory=list)
+    looked_up: int = 0
+    shown: bool = True
+
+    async def person(self, arrival: Arrival) -> Person:
+        self.looked_up += 1
+        return Person(arrival.user_id, team_id="T1")
+
+    def reply_to(self, arrival: Arrival) -> StartedSink:  # noqa: ARG002
+        sink = StartedSink() if self.shown else UnshownSink()
+        self.sinks.append(sink)
+        return sink
+
+    async def prompt_text(self, arrival: Arrival) -> str:
+        return arrival.text
+
+    async def thread_context(self, arrival: Arrival, reply_refs: Sequence[str]) -> Sequence[ChatMessage]:  # noqa: ARG002
+        return ()
+
+    async def show_waiting(self, arrival: Arrival) -> None:
+        pass
+
+    async def tell(self, arrival: Arrival, note: str, *, in_thread: bool) -> None:  # noqa: ARG002
+        self.told.append((note, in_thread))
+
+
+@pytest.fixture
+async def llm(aiml: FakeAimlApi) -> AsyncIterator[AimlClient]:
+    client = AimlClient(api_key="test-key", base_url=aiml.base_url, model="zhipu/glm-5", backoff_base=0.01)
+    yield client
+    await client.aclose()
+
+
+def pipeline(
+    sessions: async_sessionmaker[AsyncSession],
+    llm: AimlClient,
+    *,
+    gate: Gate | None = None,
+    quota: Quota | None = None,
+) -> Turns:
+    admission = Admission(
+        sessions, TurnOrder(), thread_followups=True, stages=[gate] if gate else (), quota=quota
+    )
+    return Turns(admission, ConversationService(sessions, llm, ServiceConfig("", 200_000, 1000)))
+
+
+async def count(sessions: async_sessionmaker[AsyncSession], model: type[object]) -> int:
+    async with sessions() as session:
+        return int((await session.execute(select(func.count()).select_from(model))).scalar_one())
+
+
+async def test_a_refused_message_is_not_answered_and_its_redelivery_is_judged_afresh(sessions, llm, aiml):
+    gate, surface = Gate(), Surface()
+    turns = pipeline(sessions, llm, gate=gate)
+
+    assert await turns.handle(arrival(), surface) is None
+    assert surface.told == [("Not here, sorry.", False)] and aiml.requests == []
+    assert await count(sessions, ProcessedEvent) == 0  # the claim was given back
+
+    gate.open = True  # the person was let in before Slack redelivered the event
+    aiml.enqueue(Reply(content="Now yes."))
+    outcome = await turns.handle(arrival(), surface)
+    assert outcome is not None and outcome.content == "Now yes."
+    assert len(aiml.requests) == 1
+
+
+async def test_a_refused_first_mention_leaves_no_thread_for_follow_ups_to_join(sessions, llm, aiml):
+    gate = Gate()
+    turns = pipeline(sessions, llm, gate=gate)
+    await turns.handle(arrival(), Surface())
+    assert await count(sessions, Conversation) == 0
+
+    gate.open = True
+    follow_up = arrival("1700000000.000200", addressed=False)
+    assert await turns.admission.admit(follow_up, Surface()) == Refused("thread_not_joined")
+    assert aiml.requests == []
+
+
+async def test_duplicates_and_unjoined_threads_are_refused_before_any_policy_is_asked(sessions, llm, aiml):
+    gate, surface = Gate(open=True), Surface()
+    turns = pipeline(sessions, llm, gate=gate)
+    aiml.enqueue(Reply(content="Once."))
+    await turns.handle(arrival(), surface)
+    asked = len(gate.asked)
+
+    twin = arrival(event_id="EvTwin")  # the message event of the same mention
+    assert await turns.admission.admit(twin, surface) == Refused("duplicate")
+    stray = Arrival(
+        "EvStray", ConversationKey("T1", "C1", "1.5"), ConversationKind.CHANNEL, "U1", "1.6", "x", False
+    )
+    assert await turns.admission.admit(stray, surface) == Refused("thread_not_joined")
+    assert (len(gate.asked), surface.looked_up) == (asked, asked)
+    assert len(aiml.requests) == 1
+
+
+async def test_a_quota_refusal_is_said_in_the_thread_and_never_calls_the_model(sessions, llm, aiml):
+    surface = Surface()
+    turns = pipeline(sessions, llm, quota=Quota(refuse=True))
+    assert await turns.handle(arrival(), surface) is None
+    assert surface.told == [("Your daily credits are used up.", True)]
+    assert aiml.requests == [] and await count(sessions, ProcessedEvent) == 0
+
+
+async def test_a_reservation_is_settled_after_the_answer_and_released_when_the_reply_never_showed(
+    sessions, llm, aiml
+):
+    quota = Quota()
+    turns = pipeline(sessions, llm, quota=quota)
+    aiml.enqueue(Reply(content="Answered."))
+    await turns.handle(arrival(), Surface())
+    assert quota.ends == ["settled complete"]
+
+    await turns.handle(arrival("1700000000.000300"), Surface(shown=False))
+    assert quota.ends == ["settled complete", "released"]
+    assert len(aiml.requests) == 1
+    # The message that could not be shown was given back for Slack's retry.
+    async with sessions() as session:
+        claimed = (await session.execute(select(ProcessedEvent.message_ts))).scalars().all()
+    assert list(claimed) == [ROOT]
+
+
+async def test_without_a_policy_nobody_is_looked_up(sessions, llm, aiml):
+    surface = Surface()
+    aiml.enqueue(Reply(content="Hi."))
+    admitted = await pipeline(sessions, llm).admission.admit(arrival(), surface)
+    assert isinstance(admitted, Admitted) and admitted.candidate.person is None
+    assert surface.looked_up == 0
+    admitted.ticket.leave()
