@@ -166,3 +166,37 @@ async def test_a_limited_turn_costs_three_statements_to_check_and_reserve(engine
     assert len(statements) == 3, statements
     async with sessions() as session:
         assert await session.scalar(select(func.count(QuotaReservation.id))) == 2
+
+
+async def test_twenty_mentions_at_once_through_the_endpoint_call_the_model_only_while_credits_last(
+    db_url, fakes, sessions
+):
+    slack, aiml = fakes
+    # Each turn holds about (a few prompt tokens + 100 output) x 10 credits = ~1,100 of 5,000.
+    settings = make_settings(db_url, slack, aiml, quota_user_daily_credits=5_000, llm_max_output_tokens=100)
+    slack.limits.pop("chat.postMessage")  # twenty threads' notes in one second: not what is tested here
+    async with running_bot(settings, slack, aiml) as bot:
+        for _ in range(20):
+            aiml.enqueue(Reply(content="Yes.", credits_used=1_000))
+        await asyncio.gather(*(bot.send(mention(f"question {n}", f"200.{n:06d}")) for n in range(20)))
+        await bot.idle()
+    async with sessions() as session:
+        spent = int(await session.scalar(select(func.sum(UsageRecord.credits_used))) or 0)
+        held = await session.scalar(select(func.count(QuotaReservation.id)))
+    answered = len(aiml.chat_requests)
+    assert 1 <= answered <= 5  # serialised: the sixth saw five holds of ~1,100 and no room
+    assert spent == answered * 1_000 and held == 0
+    refused = [m for m in slack.messages("C1") if "daily AI limit" in m.text + m.context]
+    assert len(refused) == 20 - answered
+
+
+async def test_a_direct_message_counts_against_the_persons_limits_not_a_channel_limit(db_url, fakes):
+    slack, aiml = fakes
+    settings = make_settings(db_url, slack, aiml, quota_channel_daily_credits=0, quota_user_daily_credits=10**6)
+    async with running_bot(settings, slack, aiml) as bot:
+        aiml.enqueue(Reply(content="In private.", credits_used=10))
+        await bot.send(message("hi", "300.000001", channel="D1", channel_type="im"))
+        await bot.send(mention("and here?", "300.000002", channel="C1"))
+        await bot.idle()
+    assert bot.answer("D1", "300.000001") == "In private."
+    assert len(aiml.chat_requests) == 1  # the channel's zero limit refused the mention
