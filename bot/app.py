@@ -20,10 +20,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.conversation.admission import Admission
+from bot.conversation.channel_settings import ChannelSettingsSource
 from bot.conversation.ledger import Ledger
 from bot.conversation.ordering import TurnOrder
 from bot.conversation.quota import QuotaGate, Quotas
 from bot.conversation.service import ConversationService, ServiceConfig
+from bot.conversation.settings_rules import SettingsBounds
+from bot.conversation.settings_store import ChannelSettingsStore
 from bot.conversation.turns import TurnObserver, Turns
 from bot.jobs.alerts import AlertJob
 from bot.jobs.digest import DigestJob
@@ -32,10 +35,14 @@ from bot.jobs.scheduler import build_scheduler
 from bot.llm.client import AimlClient
 from bot.metrics import Metrics
 from bot.settings import Settings, SettingsError
+from bot.slack.admin_access import AdminAccess
+from bot.slack.app_home import AppHome, register_app_home
 from bot.slack.edit_budget import EditBudgets
+from bot.slack.glm_command import GlmCommand, register_glm_command
 from bot.slack.handler import EdgeConfig, SlackEdge
 from bot.slack.listeners import register_listeners
 from bot.slack.people import UserDirectory
+from bot.slack.quota_command import QuotaCommands, add_quota_subcommands
 from bot.slack.usage_command import register_usage_command
 from bot.storage.db import check_database, create_engine, describe, session_factory
 from bot.storage.migrate import upgrade_head
@@ -60,11 +67,19 @@ class Core:
     quota: Quotas
 
 
-def admission_pipeline(settings: Settings, core: Core, observer: TurnObserver | None = None) -> Turns:
+def admission_pipeline(
+    settings: Settings,
+    core: Core,
+    observer: TurnObserver | None = None,
+    *,
+    channels: ChannelSettingsSource | None = None,
+) -> Turns:
     """The domain's path from an arrival to a reply, the same for Slack and the terminal."""
     order = TurnOrder()
     quota = QuotaGate(core.quota, max_output_tokens=settings.llm_max_output_tokens)
-    admission = Admission(core.sessions, order, thread_followups=settings.thread_followups, quota=quota)
+    admission = Admission(
+        core.sessions, order, thread_followups=settings.thread_followups, channels=channels, quota=quota
+    )
     turns = Turns(admission, core.service, observer=observer)
     if isinstance(observer, Metrics):
         # Read from the line itself at scrape time, so the gauges are right on every path.
@@ -92,7 +107,10 @@ async def core_services(settings: Settings, metrics: Metrics | None = None) -> A
         max_retries=settings.llm_max_retries,
     )
     config = ServiceConfig(
-        settings.system_prompt(), settings.llm_context_window, settings.llm_max_output_tokens
+        settings.system_prompt(),
+        settings.llm_context_window,
+        settings.llm_max_output_tokens,
+        allowed_models=settings.models_allowed,
     )
     sessions = session_factory(engine)
     ledger = Ledger(sessions, Spool(settings.spool_dir, settings.usage_spool_max_rows), events=metrics)
@@ -184,6 +202,9 @@ class BotRuntime:
         self.alerts: AlertJob | None = None
         self.turns: Turns | None = None
         self.core: Core | None = None
+        self.channel_settings: ChannelSettingsStore | None = None
+        self.home: AppHome | None = None  # its `allowances` and `alerts` seams are set by the quotas
+        self.glm: GlmCommand | None = None  # `/glm` subcommands: self.glm.add(word, Subcommand(...))
 
     async def start(self) -> int:
         settings = self.settings
@@ -197,7 +218,8 @@ class BotRuntime:
         budgets = EditBudgets(settings.slack_edits_per_minute, settings.slack_edit_burst)
         export_live_state(self.metrics, budgets, core.engine)
         people = UserDirectory(self.client)  # one users.info cache: turns, /usage, the digest
-        self.turns = admission_pipeline(settings, core, self.metrics)
+        self.channel_settings = channel_settings = ChannelSettingsStore(core.sessions)
+        self.turns = admission_pipeline(settings, core, self.metrics, channels=channel_settings)
         edge = SlackEdge(
             self.turns,
             people=people,
@@ -220,7 +242,17 @@ class BotRuntime:
         )
         await maintenance.at_start_up()  # logs and counts its own failures: start-up goes on
         self._maintenance = asyncio.create_task(maintenance.run_forever(), name="maintenance")
+        access = AdminAccess(people, settings.admin_user_ids)
+        self.home = AppHome(core.sessions, access, people, channel_settings, settings.digest_zone)
+        # Before register_listeners: Bolt runs the first listener that matches, and theirs catch all.
+        register_app_home(bolt, self.home)
         register_listeners(bolt, edge)
+        bounds = SettingsBounds(
+            settings.aimlapi_model, settings.models_allowed, settings.llm_max_output_tokens
+        )
+        self.glm = GlmCommand(access, channel_settings, bounds, self.home)
+        add_quota_subcommands(self.glm, QuotaCommands(core.sessions, core.quota))
+        register_glm_command(bolt, self.glm)
         register_usage_command(bolt, core.sessions, settings.digest_zone, people=people, quota=core.quota)
         if settings.usage_digest_channel:
             job = DigestJob(

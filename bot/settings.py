@@ -16,6 +16,8 @@ _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
 _SLACK_ID = re.compile(r"[A-Z][A-Z0-9]+")
+# AI/ML API model ids: `zhipu/glm-5`, `gpt-4o`, `claude-3-5-sonnet-20241022`, `meta-llama/Llama-3.3-70B`.
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
 
 
 class SettingsError(Exception):
@@ -63,6 +65,8 @@ class Settings(BaseSettings):
 
     # Bot admins besides the workspace's admins and owners (comma-separated Slack user ids).
     admin_user_ids: Annotated[frozenset[str], NoDecode] = frozenset()
+    # Models a channel may be set to (comma-separated AI/ML API model ids); AIMLAPI_MODEL always is.
+    allowed_models: Annotated[tuple[str, ...], NoDecode] = ()
 
     # Credit limits (unset: no limit); days and months are counted in USAGE_DIGEST_TZ.
     quota_user_daily_credits: int | None = Field(None, ge=0)
@@ -112,6 +116,20 @@ class Settings(BaseSettings):
         if value is not None and not _SLACK_ID.fullmatch(value.strip()):
             raise ValueError("must be a channel id such as C012AB3CD (not a #name)")
         return value.strip() if value is not None else None
+
+    @field_validator("allowed_models", mode="before")
+    @classmethod
+    def _model_list(cls, value: object) -> object:
+        """`zhipu/glm-5, openai/gpt-4o`: kept in the written order (the settings modal lists them so)."""
+        if isinstance(value, str):
+            items = [item.strip() for item in value.split(",") if item.strip()]
+            bad = [item for item in items if not _MODEL_ID.fullmatch(item)]
+            if bad:
+                raise ValueError(
+                    f"not model ids: {', '.join(bad[:3])} (expected e.g. zhipu/glm-5, comma-separated)"
+                )
+            return tuple(dict.fromkeys(items))
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -187,6 +205,11 @@ class Settings(BaseSettings):
             if database and database != ":memory:":
                 return Path(database).parent
         return Path("data")
+
+    @property
+    def models_allowed(self) -> tuple[str, ...]:
+        """The models a channel may use: AIMLAPI_MODEL first, then ALLOWED_MODELS in their order."""
+        return tuple(dict.fromkeys((self.aimlapi_model, *self.allowed_models)))
 
     @property
     def socket_mode(self) -> bool:

@@ -88,6 +88,9 @@ METHOD_SCOPES: dict[str, frozenset[str]] = {
     "reactions.add": frozenset({"reactions:write"}),
     "files.getUploadURLExternal": frozenset({"files:write"}),
     "files.completeUploadExternal": frozenset({"files:write"}),
+    "views.open": frozenset(),
+    "views.publish": frozenset(),
+    "views.update": frozenset(),
     "apps.connections.open": frozenset(),  # the app-level token's connections:write, not a bot scope
 }
 

@@ -9,7 +9,15 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    "module", ["bot.conversation.service", "bot.conversation.turns", "bot.usage.report", "bot.usage.personal"]
+    "module",
+    [
+        "bot.conversation.service",
+        "bot.conversation.turns",
+        "bot.conversation.settings_store",
+        "bot.usage.report",
+        "bot.usage.personal",
+        "bot.usage.home",
+    ],
 )
 def test_the_domain_imports_no_slack_or_http_library(module):
     probe = (

@@ -93,6 +93,7 @@ def test_the_socket_mode_note_names_keys_that_exist_and_following_it_gives_a_val
         "settings.socket_mode_enabled",
         "settings.event_subscriptions.request_url",
         "features.slash_commands[].url",
+        "settings.interactivity.request_url",
     } <= named
     assert named <= key_paths(manifest()), (
         f"the note names keys the manifest lacks: {named - key_paths(manifest())}"
@@ -101,6 +102,7 @@ def test_the_socket_mode_note_names_keys_that_exist_and_following_it_gives_a_val
     socket = copy.deepcopy(manifest())
     socket["settings"]["socket_mode_enabled"] = True
     del socket["settings"]["event_subscriptions"]["request_url"]
+    del socket["settings"]["interactivity"]["request_url"]
     for command in socket["features"]["slash_commands"]:
         del command["url"]
     assert schema_errors(socket) == []
@@ -119,6 +121,8 @@ def delivered(subscription: str, ts: str) -> dict[str, Any]:
     if subscription.startswith("assistant_thread_"):
         thread = {"user_id": "U1", "channel_id": "D1", "thread_ts": ts, "context": {"channel_id": "C1"}}
         return {"type": subscription, "assistant_thread": thread, "event_ts": ts}
+    if subscription == "app_home_opened":  # the Home tab (the Messages tab is another surface's)
+        return {"type": subscription, "user": "U1", "channel": "D1", "tab": "home", "event_ts": ts}
     return {"type": subscription, "user": "U1", "channel": "C1", "event_ts": ts, "ts": ts}
 
 
@@ -201,6 +205,10 @@ async def test_every_web_api_call_the_bot_makes_is_granted_and_every_scope_is_ne
             await bot.idle()
             assert await post_command(bot, "/usage", receiver.url) == 200
             await receiver.next_answer()
+            # An admin's week: the Home tab, and a channel's settings form (its creator looked up).
+            await bot.send(delivered("app_home_opened", "700.000001"))
+            assert (await bot.command("/glm", "settings", user="U1")).status_code == 200
+            await bot.idle()
     finally:
         await receiver.stop()
 

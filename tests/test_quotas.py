@@ -192,7 +192,9 @@ async def test_twenty_mentions_at_once_through_the_endpoint_call_the_model_only_
 
 async def test_a_direct_message_counts_against_the_persons_limits_not_a_channel_limit(db_url, fakes):
     slack, aiml = fakes
-    settings = make_settings(db_url, slack, aiml, quota_channel_daily_credits=0, quota_user_daily_credits=10**6)
+    settings = make_settings(
+        db_url, slack, aiml, quota_channel_daily_credits=0, quota_user_daily_credits=10**6
+    )
     async with running_bot(settings, slack, aiml) as bot:
         aiml.enqueue(Reply(content="In private.", credits_used=10))
         await bot.send(message("hi", "300.000001", channel="D1", channel_type="im"))

@@ -82,10 +82,15 @@ class ChatStreamLike(Protocol):
 class ChatModel(Protocol):
     """The model the conversation talks to (bot.llm.AimlClient, or a scripted fake)."""
 
-    model: str
+    model: str  # the default model, used when a turn names none
 
     def stream_chat(
-        self, messages: Sequence[ChatMessage], *, max_tokens: int | None = None, request_id: str | None = None
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int | None = None,
+        request_id: str | None = None,
+        model: str | None = None,
     ) -> ChatStreamLike: ...
 
 

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation.budget import MessageTooLong, TokenEstimator, fit_to_budget, prompt_budget
+from bot.conversation.channel_settings import DEFAULT_CHANNEL_SETTINGS, ChannelSettings
 from bot.conversation.lease import ReplyLease
 from bot.conversation.ledger import Ledger
 from bot.conversation.ports import ChatModel, ReplySink, ReplySummary
+from bot.conversation.settings_rules import SettingsBounds, plan_turn
 from bot.llm.errors import LLMError
 from bot.llm.types import ChatMessage, CompletionResult
 from bot.storage import conversations as repo
@@ -46,6 +48,8 @@ class Turn:
     user_id: str | None
     # Earlier thread messages the bot never saw, used once when the conversation is new.
     backfill: Sequence[ChatMessage] = ()
+    # The channel's prompt, model and output limit (bot.conversation.settings_rules bounds them).
+    channel: ChannelSettings = DEFAULT_CHANNEL_SETTINGS
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,8 @@ class _StreamEnd:
 class ServiceConfig:
     system_prompt: str
     context_window: int
-    max_output_tokens: int
+    max_output_tokens: int  # the default, and the ceiling of any channel's own limit
+    allowed_models: tuple[str, ...] = ()  # models a channel may use besides the client's default
 
 
 class ConversationService:
@@ -127,13 +132,14 @@ class ConversationService:
         began: float,
     ) -> TurnOutcome:
         newest = ChatMessage("user", turn.text)
-        system = ChatMessage("system", self._config.system_prompt) if self._config.system_prompt else None
+        plan = plan_turn(turn.channel, self._config.system_prompt, self._bounds())
+        system = ChatMessage("system", plan.system_prompt) if plan.system_prompt else None
         try:
             request = fit_to_budget(
                 system,
                 history,
                 newest,
-                prompt_budget(self._config.context_window, self._config.max_output_tokens),
+                prompt_budget(self._config.context_window, plan.max_output_tokens),
                 self._estimator,
             )
         except MessageTooLong:
@@ -146,11 +152,13 @@ class ConversationService:
         if request.dropped_turns:
             log.info("history trimmed", extra={"dropped_turns": request.dropped_turns})
 
-        end = await self._stream(request.messages, sink, assistant_id, request_id)
+        end = await self._stream(
+            request.messages, sink, assistant_id, request_id, plan.model, plan.max_output_tokens
+        )
         result = end.result
         if result.usage.prompt_tokens:
             self._estimator.calibrate(request.estimated_tokens, result.usage.prompt_tokens)
-        entry = usage_entry(turn, conversation_id, self._model.model, result, end.label)
+        entry = usage_entry(turn, conversation_id, plan.model, result, end.label)
         status, cancelled = end.status, end.label == "cancelled"
         # The completion was made (and maybe billed): its ledger row is written now, alongside the
         # delivery rather than after it, so no trouble in Slack can lose or delay it.
@@ -188,12 +196,16 @@ class ConversationService:
         return TurnOutcome(status, result.content, conversation_id, result, end.label)
 
     async def _stream(
-        self, messages: Sequence[ChatMessage], sink: ReplySink, assistant_id: int, request_id: str
+        self,
+        messages: Sequence[ChatMessage],
+        sink: ReplySink,
+        assistant_id: int,
+        request_id: str,
+        model: str,
+        max_tokens: int,
     ) -> _StreamEnd:
         """Stream one completion into the sink; the caller ends the reply with what this returns."""
-        stream = self._model.stream_chat(
-            messages, max_tokens=self._config.max_output_tokens, request_id=request_id
-        )
+        stream = self._model.stream_chat(messages, max_tokens=max_tokens, request_id=request_id, model=model)
         answered = thought = False
         checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
         try:
@@ -216,6 +228,11 @@ class ConversationService:
             # Finish the Slack message and the stored rows before the cancellation goes on.
             return _StreamEnd(stream.result(), MessageStatus.INTERRUPTED, "cancelled", NOTE_INTERRUPTED)
         return _StreamEnd(stream.result(), MessageStatus.COMPLETE, "complete", None)
+
+    def _bounds(self) -> SettingsBounds:
+        default = self._model.model
+        models = tuple(dict.fromkeys((default, *self._config.allowed_models)))
+        return SettingsBounds(default, models, self._config.max_output_tokens)
 
     def _summary(self, result: CompletionResult) -> ReplySummary:
         note: str | None = None

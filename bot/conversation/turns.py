@@ -191,7 +191,7 @@ class Turns:
         if admitted.new_thread and arrival.mid_thread:
             backfill = await surface.thread_context(arrival, reply.refs)
         text = await surface.prompt_text(arrival)
-        turn = Turn(arrival.key, arrival.kind, text, arrival.user_id, backfill)
+        turn = Turn(arrival.key, arrival.kind, text, arrival.user_id, backfill, admitted.candidate.channel)
         return await self._service.reply(turn, reply)
 
 

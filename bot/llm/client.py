@@ -85,15 +85,22 @@ class AimlClient:
         )
 
     def stream_chat(
-        self, messages: Sequence[ChatMessage], *, max_tokens: int | None = None, request_id: str | None = None
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int | None = None,
+        request_id: str | None = None,
+        model: str | None = None,
     ) -> ChatStream:
-        """A not-yet-started completion; use as `async with ... as stream: async for delta in stream`."""
+        """A not-yet-started completion; use as `async with ... as stream: async for delta in stream`.
+
+        `model` overrides the client's default model for this one call (a channel's own model)."""
         if request_id is None:
             request_id = str(uuid.uuid4())
         elif not _REQUEST_ID.fullmatch(request_id):
             raise ValueError("request_id must be 1-128 characters of [A-Za-z0-9._:-]")
         body: dict[str, Any] = {
-            "model": self.model,
+            "model": model or self.model,
             "messages": [{"role": m.role, "content": m.content} for m in messages],
             "stream": True,
             "stream_options": {"include_usage": True},

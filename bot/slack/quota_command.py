@@ -1,8 +1,9 @@
 """`/glm quota` and `/glm budget` for admins: set a person's, a channel's or the workspace's limit.
 
-The `/glm` router parses the sub-command and calls `handle_quota` / `handle_budget` with the rest of
-the text and the caller's facts; the returned string is the ephemeral reply. Every change is passed
-to the `audit` hook (who, what, before, after) once it is stored; the router owns the audit table.
+The `/glm` router (bot.slack.glm_command) routes `quota` and `budget` here (`add_quota_subcommands`);
+`handle_quota` / `handle_budget` take the rest of the text and the caller's facts and return the
+ephemeral reply. Every change is written to the admin audit table in the transaction that stores it,
+and passed to the optional `audit` hook afterwards (e.g. to refresh the App Home).
 
     /glm quota @person 50000/day       /glm quota #channel 100000/day     /glm budget 5000000/month
     /glm quota @person 2m/month        /glm quota @person unlimited/day   /glm quota @person default/day
@@ -23,7 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation.person import Person
 from bot.conversation.quota import Quotas
+from bot.slack.glm_command import GlmCommand, GlmRequest, Subcommand
 from bot.storage import quotas as store
+from bot.storage.channel_settings import add_audit
 from bot.usage.limits import LimitKey, Override, Period, Scope, Subject, limit_for, local_today, resets_at
 from bot.usage.report import format_count
 
@@ -158,6 +161,17 @@ class QuotaCommands:
                 existed, before = await store.set_override(
                     session, team_id, override, updated_by=caller.user_id
                 )
+            field = f"{'daily' if amount.period is Period.DAY else 'monthly'}_credits"
+            await add_audit(
+                session,
+                team_id=team_id,
+                actor_id=caller.user_id,
+                target_kind=scope.value,
+                target_id=subject_id,
+                action="budget" if scope is Scope.WORKSPACE else "quota",
+                before={field: _audited(existed, before)},
+                after={field: _audited(not amount.reset, amount.credits)},
+            )
         self._stage.forget_overrides(team_id)
         default = self._stage.defaults.get(scope, amount.period)
         change = QuotaChange(
@@ -195,6 +209,32 @@ class QuotaCommands:
                 line += f", {format_count(max(0, use.remaining))} left (resets {when:%H:%M %a %d %b})"
             lines.append(line)
         return "\n".join(lines)
+
+
+def _audited(overridden: bool, credits: int | None) -> int | str | None:
+    """The audit log's value: None is the setting's default, "unlimited" a lifted limit."""
+    if not overridden:
+        return None
+    return "unlimited" if credits is None else credits
+
+
+def add_quota_subcommands(glm: GlmCommand, commands: QuotaCommands) -> None:
+    """`/glm quota ...` and `/glm budget ...` on the router, for admins."""
+
+    async def quota(request: GlmRequest) -> str:
+        return await commands.handle_quota(request.args, _caller(request), team_id=request.team_id)
+
+    async def budget(request: GlmRequest) -> str:
+        return await commands.handle_budget(request.args, _caller(request), team_id=request.team_id)
+
+    glm.add(
+        "quota", Subcommand("quota @person 50000/day", "a person's or a channel's credit limit", quota, True)
+    )
+    glm.add("budget", Subcommand("budget 5000000/month", "the workspace's credit budget", budget, True))
+
+
+def _caller(request: GlmRequest) -> Person:
+    return Person(request.user_id, request.team_id, is_admin=request.is_admin)
 
 
 def _credits(value: int | None) -> str:

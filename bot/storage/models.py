@@ -1,4 +1,5 @@
-"""SQLAlchemy 2 typed models: conversations, messages, the usage ledger, dedupe and digest locks."""
+"""SQLAlchemy 2 typed models: conversations, messages, the usage ledger, dedupe and digest locks,
+per-channel settings and the admin audit log."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from datetime import UTC, date, datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Date,
     DateTime,
     Enum,
@@ -260,3 +262,42 @@ class QuotaAlert(Base):
     text: Mapped[str] = mapped_column(Text)
     claimed_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
     posted_at: Mapped[datetime | None] = mapped_column(_TS)
+
+
+class ChannelSettingsRow(Base):
+    """A channel's own settings (bot.conversation.channel_settings); a channel without a row has the
+    defaults. NULL prompt, model or limit: the bot's own."""
+
+    __tablename__ = "channel_settings"
+    __table_args__ = (UniqueConstraint("team_id", "channel_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(64))
+    mode: Mapped[str] = mapped_column(String(16))  # a ChannelMode value
+    system_prompt: Mapped[str | None] = mapped_column(Text)
+    replace_prompt: Mapped[bool] = mapped_column(Boolean, default=False)
+    model: Mapped[str | None] = mapped_column(String(128))
+    max_output_tokens: Mapped[int | None] = mapped_column(Integer)
+    followups: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated_at: Mapped[datetime] = mapped_column(_TS, default=utcnow, onupdate=utcnow)
+    updated_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class AdminAudit(Base):
+    """One change an admin made (channel settings, a quota, the budget): who, when, before and after."""
+
+    __tablename__ = "admin_audit"
+    __table_args__ = (Index("ix_admin_audit_team_order", "team_id", "created_at", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    actor_id: Mapped[str] = mapped_column(String(64))  # the Slack user who made the change
+    target_kind: Mapped[str] = mapped_column(String(16))  # channel | user | workspace
+    target_id: Mapped[str] = mapped_column(
+        String(64)
+    )  # the channel or user id; the team id for the workspace
+    action: Mapped[str] = mapped_column(String(64))  # e.g. "channel_settings", "quota", "budget"
+    before: Mapped[dict[str, object] | None] = mapped_column(JSON)  # None: nothing was set
+    after: Mapped[dict[str, object] | None] = mapped_column(JSON)  # None: removed
+    created_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)

@@ -37,6 +37,7 @@ from tests.fakes.slack_rules import (
     Refusal,
     SeededLatency,
     message_content,
+    validate_view,
 )
 
 __all__ = [
@@ -201,6 +202,13 @@ class FakeSlackApi:
         self.statuses: list[
             tuple[str, str, str]
         ] = []  # assistant.threads.setStatus (channel, thread, status)
+        # conversations.info: each channel's creator (unknown channels: created by U0CREATOR)
+        self.channel_creators: dict[str, str] = {}
+        self.expired_triggers: set[str] = set()  # views.open answers expired_trigger_id for these
+        self.opened_views: list[JsonDict] = []  # views.open, oldest first, with the "id" the fake gave
+        self.home_views: dict[str, JsonDict] = {}  # views.publish: user -> their Home tab now
+        self._views: dict[str, JsonDict] = {}  # view id -> the view (opened or published)
+        self._next_view = 1
         self._messages: dict[str, list[FakeMessage]] = defaultdict(list)
         self._failures: dict[str, deque[_Failure]] = defaultdict(deque)
         self._faults: dict[str, list[Fault]] = defaultdict(list)
@@ -222,6 +230,10 @@ class FakeSlackApi:
             "assistant.threads.setStatus": self._set_status,
             "files.getUploadURLExternal": self._get_upload_url,
             "files.completeUploadExternal": self._complete_upload,
+            "conversations.info": self._conversations_info,
+            "views.open": self._views_open,
+            "views.publish": self._views_publish,
+            "views.update": self._views_update,
         }
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -602,6 +614,67 @@ class FakeSlackApi:
         self.statuses.append((channel, str(params["thread_ts"]), str(params.get("status", ""))))
         return {}
 
+    async def _conversations_info(self, params: JsonDict, _team: str) -> JsonDict:
+        channel = self._channel(params)
+        is_im = channel.startswith("D")
+        info: JsonDict = {
+            "id": channel,
+            "is_channel": channel.startswith("C"),
+            "is_group": channel.startswith("G"),
+            "is_im": is_im,
+            "is_private": not channel.startswith("C"),
+            "is_member": channel not in self.not_joined,
+        }
+        if not is_im:  # a DM has a user, not a creator or a name
+            info |= {"name": channel.lower(), "creator": self.channel_creators.get(channel, "U0CREATOR")}
+        return {"channel": info}
+
+    def _remember_view(self, view: JsonDict, team: str) -> JsonDict:
+        stored = dict(view) | {"id": f"V{self._next_view:08d}", "team_id": team}
+        self._next_view += 1
+        self._views[stored["id"]] = stored
+        return stored
+
+    async def _views_open(self, params: JsonDict, team: str) -> JsonDict:
+        trigger = params.get("trigger_id")
+        if not trigger and not params.get("interactivity_pointer"):
+            raise _Reject("invalid_arguments")
+        if trigger in self.expired_triggers:
+            raise _Reject("expired_trigger_id")
+        view = self._remember_view(validate_view(params.get("view"), kinds=frozenset({"modal"})), team)
+        self.opened_views.append(view)
+        return {"view": view}
+
+    async def _views_publish(self, params: JsonDict, team: str) -> JsonDict:
+        user = params.get("user_id")
+        if not user:
+            raise _Reject("invalid_arguments")
+        if not str(user).startswith(("U", "W")):
+            raise _Reject("user_not_found")
+        view = self._remember_view(validate_view(params.get("view"), kinds=frozenset({"home"})), team)
+        self.home_views[str(user)] = view
+        return {"view": view}
+
+    async def _views_update(self, params: JsonDict, team: str) -> JsonDict:
+        view_id, external_id = params.get("view_id"), params.get("external_id")
+        if not view_id and not external_id:
+            raise _Reject("invalid_arguments")
+        found = self._views.get(str(view_id)) or next(
+            (v for v in self._views.values() if external_id and v.get("external_id") == external_id), None
+        )
+        if found is None:
+            raise _Reject("not_found")
+        view = validate_view(params.get("view"), kinds=frozenset({found["type"]}))
+        updated = dict(view) | {"id": found["id"], "team_id": team}
+        self._views[found["id"]] = updated
+        if found["type"] == "modal":
+            self.opened_views = [updated if v["id"] == found["id"] else v for v in self.opened_views]
+        else:
+            for user, home in list(self.home_views.items()):
+                if home["id"] == found["id"]:
+                    self.home_views[user] = updated
+        return {"view": updated}
+
 
 def reject(error: str, status: int = 200, retry_after: int | None = None) -> Exception:
     """An error for a custom `route` handler to raise: `{"ok": false, "error": error}`."""
@@ -623,7 +696,7 @@ async def _read_params(request: web.Request) -> JsonDict:
                 params.update(body)
         else:
             params.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
-    for name in ("blocks", "attachments"):
+    for name in ("blocks", "attachments", "view"):
         if isinstance(params.get(name), str):
             params[name] = json.loads(params[name])
     return params

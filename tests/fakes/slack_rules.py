@@ -8,6 +8,7 @@ burst sizes; the small bursts here are our reading of "bursts allowed".
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Mapping
@@ -21,6 +22,11 @@ UPDATE_TEXT_LIMIT = 4_000  # chat.update answers msg_too_long past this
 POST_TEXT_LIMIT = 40_000  # chat.postMessage truncates past this
 MARKDOWN_BLOCK_LIMIT = 12_000  # total `markdown` block text per message
 MAX_BLOCKS = 50
+VIEW_MAX_BLOCKS = 100  # modals and the Home tab
+VIEW_TITLE_LIMIT = 24  # a modal's title, submit and close labels
+PRIVATE_METADATA_LIMIT = 3_000
+CALLBACK_ID_LIMIT = 255
+INPUT_LABEL_LIMIT = 2_000
 SECTION_TEXT_LIMIT = 3_000
 SECTION_FIELDS = 10
 SECTION_FIELD_LIMIT = 2_000
@@ -85,6 +91,10 @@ SLACK_LIMITS: Mapping[str, RateLimit] = MappingProxyType(
         "conversations.replies": TIER_3,
         "users.info": TIER_4,
         "assistant.threads.setStatus": RateLimit(600, burst=10),
+        "conversations.info": TIER_3,
+        "views.open": TIER_4,
+        "views.publish": TIER_4,
+        "views.update": TIER_4,
     }
 )
 
@@ -174,9 +184,44 @@ def message_content(params: JsonDict) -> tuple[str, list[JsonDict] | None]:
     return str(text or ""), blocks or None
 
 
-def validate_blocks(blocks: Any) -> None:
+def validate_view(view: Any, *, kinds: frozenset[str]) -> JsonDict:
+    """Refuse a view (`invalid_arguments`) as views.open/publish/update do; return it as a dict.
+
+    `kinds`: the view types the method takes (views.publish only "home")."""
+    if isinstance(view, str):
+        try:
+            view = json.loads(view)
+        except ValueError:
+            raise Refusal("invalid_arguments") from None
+    if not isinstance(view, dict) or view.get("type") not in kinds:
+        raise Refusal("invalid_arguments")
+    blocks = view.get("blocks")
+    if not isinstance(blocks, list):
+        raise Refusal("invalid_arguments")
+    try:
+        validate_blocks(blocks, limit=VIEW_MAX_BLOCKS)
+    except Refusal:
+        raise Refusal("invalid_arguments") from None
+    if len(str(view.get("private_metadata", ""))) > PRIVATE_METADATA_LIMIT:
+        raise Refusal("invalid_arguments")
+    if len(str(view.get("callback_id", ""))) > CALLBACK_ID_LIMIT:
+        raise Refusal("invalid_arguments")
+    if view["type"] == "modal":
+        try:
+            _check_text(view.get("title"), VIEW_TITLE_LIMIT, types=frozenset({"plain_text"}))
+            for label in ("submit", "close"):
+                if view.get(label) is not None:
+                    _check_text(view[label], VIEW_TITLE_LIMIT, types=frozenset({"plain_text"}))
+        except Refusal:
+            raise Refusal("invalid_arguments") from None
+        if view.get("submit") is None and any(b.get("type") == "input" for b in blocks):
+            raise Refusal("invalid_arguments")  # a modal with inputs needs a submit button
+    return view
+
+
+def validate_blocks(blocks: Any, *, limit: int = MAX_BLOCKS) -> None:
     """Refuse (`invalid_blocks`) what Block Kit refuses; only the rules our messages could break."""
-    if not isinstance(blocks, list) or len(blocks) > MAX_BLOCKS:
+    if not isinstance(blocks, list) or len(blocks) > limit:
         raise Refusal("invalid_blocks")
     markdown_total = 0
     for block in blocks:
@@ -194,6 +239,10 @@ def validate_blocks(blocks: Any) -> None:
             _check_section(block)
         elif kind == "header":
             _check_text(block.get("text"), HEADER_TEXT_LIMIT, types=frozenset({"plain_text"}))
+        elif kind == "input":
+            _check_text(block.get("label"), INPUT_LABEL_LIMIT, types=frozenset({"plain_text"}))
+            if not isinstance(block.get("element"), dict) or "type" not in block["element"]:
+                raise Refusal("invalid_blocks")
     if markdown_total > MARKDOWN_BLOCK_LIMIT:
         raise Refusal("invalid_blocks")
 
