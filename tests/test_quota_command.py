@@ -11,7 +11,8 @@ from bot.conversation.quota import Quotas
 from bot.slack.quota_command import NOT_ADMIN, QuotaChange, QuotaCommands, parse_amount
 from bot.usage.limits import DefaultLimits, Period, Scope
 from tests.fakes.aimlapi import Reply
-from tests.harness import make_settings, mention, running_bot
+from tests.fakes.response_url import ResponseUrl
+from tests.harness import eventually, make_settings, mention, running_bot
 
 ADMIN = Person("UADMIN", "T1", is_admin=True)
 MEMBER = Person("U2", "T1")
@@ -95,19 +96,31 @@ async def test_showing_a_persons_quota_says_what_is_left(sessions):
     assert "<@U1>'s monthly limit: no limit" in shown
 
 
-async def test_a_quota_set_by_an_admin_binds_the_persons_next_turn(db_url, fakes):
+async def test_a_quota_set_with_the_glm_command_binds_the_persons_next_turn_and_is_audited(db_url, fakes):
     slack, aiml = fakes
-    async with running_bot(make_settings(db_url, slack, aiml), slack, aiml) as bot:
-        aiml.enqueue(Reply(content="One.", credits_used=3_000))
-        await bot.send(mention("first", "100.000001"))
-        await bot.idle()
-        core = bot.runtime.core
-        assert core is not None
-        admin = QuotaCommands(core.sessions, core.quota)
-        await admin.handle_quota("<@U1> 2000/day", ADMIN, team_id="T1")
+    receiver = ResponseUrl()
+    await receiver.start()
+    settings = make_settings(db_url, slack, aiml, admin_user_ids="UADMIN")
+    try:
+        async with running_bot(settings, slack, aiml) as bot:
+            aiml.enqueue(Reply(content="One.", credits_used=3_000))
+            await bot.send(mention("first", "100.000001"))
+            await bot.idle()
+            await bot.command("/glm", "quota <@U1|ada> 2000/day", user="UADMIN", response_url=receiver.url)
+            set_answer = await receiver.next_answer()
+            await bot.command("/glm", "quota <@U1> 1/day", user="U1", response_url=receiver.url)
+            await eventually(lambda: len(receiver.received) == 2)
 
-        await bot.send(mention("second", "100.000002"))
-        await bot.idle()
+            await bot.send(mention("second", "100.000002"))
+            await bot.idle()
+            await bot.command("/glm", "audit", user="UADMIN", response_url=receiver.url)
+            await eventually(lambda: len(receiver.received) == 3)
+    finally:
+        await receiver.stop()
+    assert set_answer["text"] == "<@U1>'s daily limit is now 2,000 credits; it was no limit (the default)."
+    assert "admins" in receiver.received[1]["text"]  # U1 may not raise their own limit
     assert len(aiml.chat_requests) == 1
     last = bot.replies("C1", "100.000002")[-1]
     assert "daily AI limit (2,000 credits)" in last.text + last.context
+    audit = receiver.received[2]["text"]
+    assert "<@UADMIN> changed quota of <@U1>" in audit and "2,000" in audit
