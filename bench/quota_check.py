@@ -1,6 +1,6 @@
 """What the quota check costs a turn: SQL statements and milliseconds of the check and reservation.
 
-Settling adds one DELETE inside the ledger row's own transaction (no extra commit), not timed here.
+Settling adds one DELETE in its own transaction right after the ledger row; not timed here.
 
     python -m bench.quota_check [--postgres URL] [--turns 200] [--rows 20000]
 

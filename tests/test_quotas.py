@@ -162,7 +162,7 @@ async def test_a_limited_turn_costs_three_statements_to_check_and_reserve(engine
     held = await stage.reserve(subject, prompt_tokens=5, max_output_tokens=5)
 
     assert isinstance(held, Reservation)
-    # The workspace lock, one SELECT with every sum, the INSERT; settling is one DELETE in the ledger's.
+    # The workspace lock, one SELECT with every sum, the INSERT; settling is one DELETE afterwards.
     assert len(statements) == 3, statements
     async with sessions() as session:
         assert await session.scalar(select(func.count(QuotaReservation.id))) == 2
