@@ -23,7 +23,7 @@ from typing import Any
 
 from bench.botproc import AIMLAPI_KEY, BOT_TOKEN
 from tests.fakes.aimlapi import FakeAimlApi, Reply
-from tests.fakes.slack_api import FakeSlackApi, Handler, RateLimit
+from tests.fakes.slack_api import FakeSlackApi, FakeUser, Handler, RateLimit
 from tests.fakes.slack_rules import SLACK_LIMITS
 
 # Slack's published limits (see /work/shared/reference/slack.md); per workspace unless said otherwise.
@@ -88,8 +88,15 @@ class SlackModel:
         }
 
     def bot_env(self) -> dict[str, str]:
-        """The bot's own edit budget: its default (90 % of 50 a minute) unless the fake runs faster."""
-        return {} if self.real_limits else {"SLACK_EDITS_PER_MINUTE": str(0.9 * self.updates_per_minute)}
+        """The bot's own edit budget: its default (90 % of 50 a minute) unless the fake runs faster.
+
+        One bot token serves every simulated workspace here, so users.info names the token's team for
+        everyone and the bot would take the askers of other workspaces for Slack Connect guests: the
+        external check is switched off (the look-up itself, for the guest check, still happens)."""
+        env = {"ALLOW_EXTERNAL": "true"}
+        if not self.real_limits:
+            env["SLACK_EDITS_PER_MINUTE"] = str(0.9 * self.updates_per_minute)
+        return env
 
     def latency(self) -> Callable[[str], float] | None:
         """A new sampler (method -> seconds) for one fake, or None when latency is off."""
@@ -190,6 +197,8 @@ class BenchSlack(FakeSlackApi):
         self.shown: list[Shown] = []
         self.limits.update(model.limits())
         self.latency = model.latency()
+        # The driver's asker is an ordinary member: users.info answers for them (guests are refused).
+        self.users["U1"] = FakeUser(real_name="Bench User")
         # Native streaming is the fake's own (by name, once it serves it): stamp what each call shows.
         for method in STREAM_METHODS:
             handler = self._handlers.get(method)

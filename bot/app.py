@@ -6,7 +6,7 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,30 +19,37 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from bot.conversation.admission import Admission
+from bot.conversation.access import Access, AccessRules
+from bot.conversation.admission import Admission, QuotaStage
 from bot.conversation.channel_settings import ChannelSettingsSource
 from bot.conversation.ledger import Ledger
+from bot.conversation.notices import NoticeLog
 from bot.conversation.ordering import TurnOrder
 from bot.conversation.quota import QuotaGate, Quotas
+from bot.conversation.quota_home import QuotaAllowances, SentAlerts
 from bot.conversation.service import ConversationService, ServiceConfig
 from bot.conversation.settings_rules import SettingsBounds
 from bot.conversation.settings_store import ChannelSettingsStore
-from bot.conversation.turns import TurnObserver, Turns
+from bot.conversation.turns import RunningReplies, Turns
 from bot.jobs.alerts import AlertJob
 from bot.jobs.digest import DigestJob
 from bot.jobs.maintenance import Maintenance
 from bot.jobs.scheduler import build_scheduler
 from bot.llm.client import AimlClient
-from bot.metrics import Metrics
+from bot.metrics import Metrics, Samples
 from bot.settings import Settings, SettingsError
 from bot.slack.admin_access import AdminAccess
+from bot.slack.agent_sessions import AgentSessions
+from bot.slack.agent_view import AgentView, load_prompts, register_agent_view
 from bot.slack.app_home import AppHome, register_app_home
-from bot.slack.edit_budget import EditBudgets
+from bot.slack.edit_budget import EditBudget, EditBudgets
+from bot.slack.feedback import register_feedback
 from bot.slack.glm_command import GlmCommand, register_glm_command
-from bot.slack.handler import EdgeConfig, SlackEdge
+from bot.slack.handler import EdgeConfig, SlackEdge, admin_contact
 from bot.slack.listeners import register_listeners
 from bot.slack.people import UserDirectory
 from bot.slack.quota_command import QuotaCommands, add_quota_subcommands
+from bot.slack.stop import RunningTurns, StopControl, register_stop_controls
 from bot.slack.usage_command import register_usage_command
 from bot.storage.db import check_database, create_engine, describe, session_factory
 from bot.storage.migrate import upgrade_head
@@ -67,25 +74,51 @@ class Core:
     quota: Quotas
 
 
+def access_rules(settings: Settings) -> AccessRules:
+    return AccessRules(
+        allowed_channels=settings.allowed_channels,
+        blocked_channels=settings.blocked_channels,
+        allowed_users=settings.allowed_users,
+        blocked_users=settings.blocked_users,
+        allow_guests=settings.allow_guests,
+        allow_external=settings.allow_external,
+        dms_enabled=settings.dms_enabled,
+    )
+
+
 def admission_pipeline(
     settings: Settings,
     core: Core,
-    observer: TurnObserver | None = None,
+    metrics: Metrics | None = None,
     *,
+    contact: str = "an admin",
     channels: ChannelSettingsSource | None = None,
+    quota: QuotaStage | None = None,
+    running: RunningReplies | None = None,
 ) -> Turns:
-    """The domain's path from an arrival to a reply, the same for Slack and the terminal."""
+    """The domain's path from an arrival to a reply, the same for Slack and the terminal.
+
+    `contact` is who a refused person should ask, as the surface writes it; `channels` is where the
+    channels' own settings come from (the defaults everywhere when None); `quota` reserves credits;
+    `running` learns which replies stream now (what the stop controls can stop).
+    """
     order = TurnOrder()
-    quota = QuotaGate(core.quota, max_output_tokens=settings.llm_max_output_tokens)
     admission = Admission(
-        core.sessions, order, thread_followups=settings.thread_followups, channels=channels, quota=quota
+        core.sessions,
+        order,
+        thread_followups=settings.thread_followups,
+        channels=channels,
+        stages=[Access(access_rules(settings), contact=contact)],
+        quota=quota,
     )
-    turns = Turns(admission, core.service, observer=observer)
-    if isinstance(observer, Metrics):
+    turns = Turns(
+        admission, core.service, observer=metrics, notices=NoticeLog(core.sessions), running=running
+    )
+    if metrics is not None:
         # Read from the line itself at scrape time, so the gauges are right on every path.
-        observer.turns_waiting.set_function(lambda: order.waiting)
-        observer.turns_running.set_function(lambda: order.running)
-        observer.active_streams.set_function(lambda: turns.streaming)
+        metrics.turns_waiting.set_function(lambda: order.waiting)
+        metrics.turns_running.set_function(lambda: order.running)
+        metrics.active_streams.set_function(lambda: turns.streaming)
     return turns
 
 
@@ -126,6 +159,11 @@ async def core_services(settings: Settings, metrics: Metrics | None = None) -> A
         await ledger.aclose()
         await llm.aclose()
         await engine.dispose()
+
+
+def quota_gate(settings: Settings, core: Core) -> QuotaGate:
+    """The admission pipeline's quota stage over the process's quotas."""
+    return QuotaGate(core.quota, max_output_tokens=settings.llm_max_output_tokens)
 
 
 def quotas(settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> Quotas:
@@ -186,11 +224,15 @@ def build_bolt(settings: Settings, client: AsyncWebClient) -> AsyncApp:
 class BotRuntime:
     """Everything `run` starts, with start/stop so tests and the benchmark drive the real thing."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, channel_settings: ChannelSettingsSource | None = None) -> None:
+        """`channel_settings`: where admission reads each channel's settings instead of the database
+        (a fixed table in tests); the `/glm settings` store is the source when None."""
         settings.require("slack_bot_token", "aimlapi_key")
         if not settings.socket_mode:
             settings.require("slack_signing_secret")
         self.settings = settings
+        self.prompts = load_prompts(settings.agent_prompts_file)  # a bad file stops start-up at once
+        self._channel_source = channel_settings
         self.metrics = Metrics()
         self.client = slack_client(settings)
         self.port: int | None = None
@@ -201,6 +243,7 @@ class BotRuntime:
         self._maintenance: asyncio.Task[None] | None = None
         self.alerts: AlertJob | None = None
         self.turns: Turns | None = None
+        self.running: RunningTurns | None = None
         self.core: Core | None = None
         self.channel_settings: ChannelSettingsStore | None = None
         self.home: AppHome | None = None  # its `allowances` and `alerts` seams are set by the quotas
@@ -219,7 +262,19 @@ class BotRuntime:
         export_live_state(self.metrics, budgets, core.engine)
         people = UserDirectory(self.client)  # one users.info cache: turns, /usage, the digest
         self.channel_settings = channel_settings = ChannelSettingsStore(core.sessions)
-        self.turns = admission_pipeline(settings, core, self.metrics, channels=channel_settings)
+        contact = admin_contact(settings.admin_user_ids)
+        # What the stop controls can stop (bot.slack.stop); sessions go `processing` while answering.
+        self.running = RunningTurns(self.client, AgentSessions())
+        self.turns = admission_pipeline(
+            settings,
+            core,
+            self.metrics,
+            contact=contact,
+            channels=self._channel_source or channel_settings,
+            quota=quota_gate(settings, core),
+            running=self.running,
+        )
+        agent_view = AgentView(core.sessions, self.prompts, self.metrics)
         edge = SlackEdge(
             self.turns,
             people=people,
@@ -228,8 +283,11 @@ class BotRuntime:
             config=EdgeConfig(
                 settings.stream_update_interval,
                 settings.thread_backfill_limit,
-                admins=frozenset(settings.admin_user_ids),
+                admins=settings.admin_user_ids,
+                streaming=settings.slack_streaming,
+                stream_message_chars=settings.slack_stream_message_chars,
             ),
+            agent_view=agent_view,
         )
         maintenance = Maintenance(
             core.sessions,
@@ -243,9 +301,21 @@ class BotRuntime:
         await maintenance.at_start_up()  # logs and counts its own failures: start-up goes on
         self._maintenance = asyncio.create_task(maintenance.run_forever(), name="maintenance")
         access = AdminAccess(people, settings.admin_user_ids)
-        self.home = AppHome(core.sessions, access, people, channel_settings, settings.digest_zone)
-        # Before register_listeners: Bolt runs the first listener that matches, and theirs catch all.
+        self.home = AppHome(
+            core.sessions,
+            access,
+            people,
+            channel_settings,
+            settings.digest_zone,
+            allowances=QuotaAllowances(core.quota),
+            alerts=SentAlerts(core.sessions, settings.digest_zone),
+        )
+        # Before register_listeners: Bolt runs the first listener that matches, and its catch-all
+        # would take app_home_opened and agent_session_stopped otherwise.
         register_app_home(bolt, self.home)
+        register_stop_controls(bolt, StopControl(self.running, people, settings.admin_user_ids))
+        register_agent_view(bolt, agent_view)
+        register_feedback(bolt, core.sessions, self.metrics)
         register_listeners(bolt, edge)
         bounds = SettingsBounds(
             settings.aimlapi_model, settings.models_allowed, settings.llm_max_output_tokens
@@ -314,6 +384,8 @@ class BotRuntime:
         if self.alerts is not None:
             # Checks started by the last replies use the database, which closes next.
             await asyncio.wait_for(self.alerts.idle(), timeout=INTERRUPT_WAIT)
+        if self.running is not None:
+            await self.running.aclose()
         if self._web is not None:
             await self._web.stop()
         await self._stack.aclose()
@@ -333,6 +405,29 @@ def export_live_state(metrics: Metrics, budgets: EditBudgets, engine: AsyncEngin
     )
     metrics.read_at_scrape(
         "slackbot_edit_budget_waiters", "Replies waiting for a chat.update slot", waiters, ["team"]
+    )
+
+    def method_samples(read: Callable[[EditBudget], float]) -> Samples:
+        return lambda: [([team, method], read(b)) for (team, method), b in budgets.by_method().items()]
+
+    labels = ["team", "method"]
+    metrics.read_at_scrape(
+        "slackbot_slack_budget_tokens",
+        "Calls of a Slack method a workspace may start now (every budgeted method)",
+        method_samples(lambda b: b.available()),
+        labels,
+    )
+    metrics.read_at_scrape(
+        "slackbot_slack_budget_waiters",
+        "Replies waiting for a call of a Slack method",
+        method_samples(lambda b: float(b.waiting)),
+        labels,
+    )
+    metrics.read_at_scrape(
+        "slackbot_slack_budget_rate_per_minute",
+        "Calls a minute a budget allows now (lowered after 429s, raised back slowly)",
+        method_samples(lambda b: b.rate_per_minute),
+        labels,
     )
     checked_out = getattr(engine.pool, "checkedout", None)  # queue pools only (both our dialects)
     if callable(checked_out):

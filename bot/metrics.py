@@ -104,6 +104,9 @@ class Metrics:
             "Turns admitted and waiting for an earlier turn of their thread",
             registry=r,
         )
+        self.feedback = Counter(
+            "slackbot_feedback", "Feedback button presses stored, by value (up/down)", ["value"], registry=r
+        )
         self.turns_running = Gauge("slackbot_turns_running", "Turns holding their thread now", registry=r)
 
     def observe_slack_call(self, method: str, outcome: str, seconds: float) -> None:

@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _DEFAULT_PROMPT = Path(__file__).with_name("default_system_prompt.md")
+_DEFAULT_AGENT_PROMPTS = Path(__file__).with_name("default_prompts.toml")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
@@ -58,15 +59,30 @@ class Settings(BaseSettings):
     stream_update_interval: float = Field(1.0, ge=0.05)
     slack_edits_per_minute: float = Field(45.0, gt=0)
     slack_edit_burst: int = Field(5, ge=1)
+    # How answers stream: native (chat.startStream/appendStream/stopStream), by edits, or per reply.
+    slack_streaming: Literal["auto", "native", "edits"] = "auto"
+    # Characters of answer in one natively streamed message before it continues in the next
+    # (Slack refuses a streamed message somewhere near 40,000: stay well below).
+    slack_stream_message_chars: int = Field(24_000, ge=2_000, le=36_000)
     thread_followups: bool = True
     thread_backfill_limit: int = Field(50, ge=0, le=1000)
     system_prompt_file: Path = _DEFAULT_PROMPT
+    # Suggested prompts of the Messages tab (TOML; read and checked at start-up, bot.slack.agent_view).
+    agent_prompts_file: Path = _DEFAULT_AGENT_PROMPTS
     shutdown_grace_seconds: float = Field(20.0, ge=0)
 
     # Bot admins besides the workspace's admins and owners (comma-separated Slack user ids).
     admin_user_ids: Annotated[frozenset[str], NoDecode] = frozenset()
     # Models a channel may be set to (comma-separated AI/ML API model ids); AIMLAPI_MODEL always is.
     allowed_models: Annotated[tuple[str, ...], NoDecode] = ()
+    # Who may use the bot where (bot.conversation.access): an empty allow list lets everyone in.
+    allowed_channels: Annotated[frozenset[str], NoDecode] = frozenset()
+    blocked_channels: Annotated[frozenset[str], NoDecode] = frozenset()
+    allowed_users: Annotated[frozenset[str], NoDecode] = frozenset()
+    blocked_users: Annotated[frozenset[str], NoDecode] = frozenset()
+    allow_guests: bool = False  # single- and multi-channel guests
+    allow_external: bool = False  # people of another organisation, in a Slack Connect channel
+    dms_enabled: bool = True
 
     # Credit limits (unset: no limit); days and months are counted in USAGE_DIGEST_TZ.
     quota_user_daily_credits: int | None = Field(None, ge=0)
@@ -83,7 +99,14 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
-    @field_validator("admin_user_ids", mode="before")
+    @field_validator(
+        "admin_user_ids",
+        "allowed_channels",
+        "blocked_channels",
+        "allowed_users",
+        "blocked_users",
+        mode="before",
+    )
     @classmethod
     def _comma_list(cls, value: object) -> object:
         """Lists of Slack ids are written comma-separated in the environment: `U1,U2, U3`."""
@@ -92,7 +115,8 @@ class Settings(BaseSettings):
             bad = [item for item in items if not _SLACK_ID.fullmatch(item)]
             if bad:
                 raise ValueError(
-                    f"not Slack ids: {', '.join(bad[:3])} (expected e.g. U012AB3CD, comma-separated)"
+                    f"not Slack ids: {', '.join(bad[:3])} "
+                    "(expected ids such as U012AB3CD or C012AB3CD, comma-separated)"
                 )
             return frozenset(items)
         return value
@@ -116,6 +140,11 @@ class Settings(BaseSettings):
         if value is not None and not _SLACK_ID.fullmatch(value.strip()):
             raise ValueError("must be a channel id such as C012AB3CD (not a #name)")
         return value.strip() if value is not None else None
+
+    @field_validator("slack_streaming", mode="before")
+    @classmethod
+    def _lower_streaming(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("allowed_models", mode="before")
     @classmethod

@@ -15,9 +15,10 @@ import httpx
 from slack_sdk.signature import SignatureVerifier
 
 from bot.app import BotRuntime
+from bot.conversation.channel_settings import ChannelSettingsSource
 from bot.settings import Settings
 from tests.fakes.aimlapi import FakeAimlApi
-from tests.fakes.slack_api import FakeMessage, FakeSlackApi
+from tests.fakes.slack_api import FakeMessage, FakeSlackApi, FakeUser
 
 SIGNING_SECRET = "test-signing-secret"
 _event_ids = itertools.count(1)
@@ -58,6 +59,8 @@ def make_settings(
         "llm_read_timeout": 3.0,
         "shutdown_grace_seconds": 2.0,
         "log_format": "console",
+        # The suite's older tests describe edit streaming; native and auto are asked for by name.
+        "slack_streaming": "edits",
     }
     values.update(overrides)
     for name in keep_defaults:
@@ -134,6 +137,11 @@ class Bot:
         retry_num: int | None = None,
         team: str = "T1",
     ) -> httpx.Response:
+        sender = event.get("user")
+        if isinstance(sender, str) and not event.get("bot_id"):
+            # Whoever writes is a member Slack knows (users.info answers for them), an ordinary one
+            # unless the test said otherwise; their name is their id, as the bot writes unknown ones.
+            self.slack.users.setdefault(sender, FakeUser(real_name=sender))
         body = json.dumps(
             {
                 "token": "legacy",
@@ -214,10 +222,14 @@ async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> No
 
 @asynccontextmanager
 async def running_bot(
-    settings: Settings, slack: FakeSlackApi, aiml: FakeAimlApi | None = None
+    settings: Settings,
+    slack: FakeSlackApi,
+    aiml: FakeAimlApi | None = None,
+    *,
+    channel_settings: ChannelSettingsSource | None = None,
 ) -> AsyncIterator[Bot]:
     """The bot on `settings`; `Bot.idle` also waits for `aiml` to be quiet when it is given."""
-    runtime = BotRuntime(settings)
+    runtime = BotRuntime(settings, channel_settings=channel_settings)
     try:
         port = await runtime.start()
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
@@ -265,3 +277,21 @@ def message(
     if thread_ts:
         event["thread_ts"] = thread_ts
     return event
+
+
+def agent_session_stopped(
+    channel: str, thread_ts: str, *, user: str = "U1", streaming_message_ts: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The event Slack sends when a person presses an agent session's stop control.
+
+    Shape from docs.slack.dev/reference/events/agent_session_stopped: `streaming_message_ts` lists
+    the app's streams Slack stopped (empty when none was active); team_id is on the envelope.
+    """
+    return {
+        "type": "agent_session_stopped",
+        "channel": channel,
+        "thread_ts": thread_ts,
+        "user": user,
+        "streaming_message_ts": list(streaming_message_ts),
+        "event_ts": f"{time.time():.6f}",
+    }

@@ -2,12 +2,13 @@
 
 SCHEMA is a subset of Slack's public manifest schema (slackapi/manifest-schema,
 `schemas/manifest.schema.1.0.0.json`, the version a manifest without `_metadata` is checked against),
-written out by hand because no package on PyPI or npm ships it. It keeps that schema's structure and
-limits for the parts this manifest uses: the allowed top-level keys, `display_information`,
-`features` (app_home, bot_user, slash_commands), `oauth_config.scopes`, and `settings`
-(event_subscriptions, interactivity and the flags), each with `additionalProperties: false` as there.
-Slack's schema types scope and event names only as strings of at most 50 characters; here they are
-also checked against the names Slack documents (BOT_SCOPES, EVENT_SCOPES), so a typo fails.
+written out by hand. It keeps that schema's structure and limits for the parts this manifest uses:
+the allowed top-level keys, `display_information`, `features` (app_home, bot_user, slash_commands),
+`oauth_config.scopes`, and `settings` (event_subscriptions, interactivity and the flags), each with
+`additionalProperties: false` as there. Slack's schema types scope and event names only as strings
+of at most 50 characters; here they are also checked against the names Slack documents (BOT_SCOPES,
+EVENT_SCOPES), so a typo fails. The manifest is also checked against Slack's whole schema, vendored in
+tests/slack_manifest_schema/ (tests/test_manifest.py), which covers `features.agent_view`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ EVENT_SCOPES: dict[str, str | None] = {
     "message.im": "im:history",
     "message.mpim": "mpim:history",
     "app_home_opened": None,
+    "agent_session_stopped": None,  # Slack's event reference names no scope
+    "app_context_changed": None,  # needs features.agent_view, no scope (Slack's event reference)
     "app_uninstalled": None,
     "tokens_revoked": None,
     "assistant_thread_started": "assistant:write",
@@ -81,6 +84,8 @@ METHOD_SCOPES: dict[str, frozenset[str]] = {
     "assistant.threads.setStatus": frozenset({"chat:write", "assistant:write"}),
     "assistant.threads.setTitle": frozenset({"assistant:write"}),
     "assistant.threads.setSuggestedPrompts": frozenset({"assistant:write"}),
+    "agents.sessions.setStatus": frozenset({"chat:write"}),
+    "agents.sessions.rename": frozenset({"chat:write"}),
     "conversations.replies": frozenset({"channels:history", "groups:history", "im:history", "mpim:history"}),
     "conversations.history": frozenset({"channels:history", "groups:history", "im:history", "mpim:history"}),
     "conversations.info": frozenset({"channels:read", "groups:read", "im:read", "mpim:read"}),
@@ -160,6 +165,7 @@ SCHEMA: dict[str, Any] = {
                 "workflow_steps": {"type": "array"},
                 "unfurl_domains": {"type": "array"},
                 "assistant_view": {"type": "object"},
+                "agent_view": {"type": "object"},  # checked by Slack's own schema (test_manifest)
             },
         },
         "oauth_config": {

@@ -46,6 +46,7 @@ class Gate:
 
     open: bool = False
     asked: list[Candidate] = field(default_factory=list)
+    needs_person: bool = True
 
     async def check(self, candidate: Candidate) -> Refused | None:
         self.asked.append(candidate)
@@ -112,6 +113,9 @@ class Surface:
 
     async def show_waiting(self, arrival: Arrival) -> None:
         pass
+
+    async def situation(self, arrival: Arrival, question: str, *, new_thread: bool) -> Sequence[str]:  # noqa: ARG002
+        return ()
 
     async def tell(self, arrival: Arrival, note: str, *, in_thread: bool) -> None:  # noqa: ARG002
         self.told.append((note, in_thread))
@@ -186,12 +190,15 @@ async def test_duplicates_and_unjoined_threads_are_refused_before_any_policy_is_
     assert len(aiml.requests) == 1
 
 
-async def test_a_quota_refusal_is_said_in_the_thread_and_never_calls_the_model(sessions, llm, aiml):
+async def test_a_quota_refusal_is_said_once_in_the_thread_and_never_calls_the_model(sessions, llm, aiml):
     surface = Surface()
     turns = pipeline(sessions, llm, quota=Quota(refuse=True))
     assert await turns.handle(arrival(), surface) is None
     assert surface.told == [("Your daily credits are used up.", True)]
-    assert aiml.requests == [] and await count(sessions, ProcessedEvent) == 0
+    # The line in the thread is the message's one response: its twin does not post it again.
+    assert await turns.handle(arrival(event_id="EvTwin"), surface) is None
+    assert surface.told == [("Your daily credits are used up.", True)]
+    assert aiml.requests == [] and await count(sessions, Conversation) == 0
 
 
 async def test_a_reservation_is_settled_after_the_answer_and_released_when_the_reply_never_showed(

@@ -13,6 +13,7 @@ import pytest
     [
         "bot.conversation.service",
         "bot.conversation.turns",
+        "bot.conversation.access",
         "bot.conversation.settings_store",
         "bot.usage.report",
         "bot.usage.personal",

@@ -7,7 +7,9 @@ and everything the bot handles or calls is granted by the manifest.
 from __future__ import annotations
 
 import copy
+import json
 import re
+import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ from urllib.parse import urlencode
 
 import pytest
 from jsonschema import Draft7Validator
+from referencing import Registry
+from referencing.jsonschema import DRAFT7
 from ruamel.yaml import YAML
 
 from tests.fakes.aimlapi import Reply
@@ -24,7 +28,12 @@ from tests.manifest_rules import EVENT_SCOPES, METHOD_SCOPES, SCHEMA
 from tests.test_metrics import scrape
 from tests.test_quotas import ledger_row
 
-MANIFEST = Path(__file__).resolve().parent.parent / "config" / "slack-manifest.yml"
+ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = ROOT / "config" / "slack-manifest.yml"
+# Slack's public schema, vendored (tests/slack_manifest_schema/README.md says from where); the entry
+# schema refers to the versioned ones by these URLs, resolved to the local copies.
+PUBLIC_SCHEMA = Path(__file__).resolve().parent / "slack_manifest_schema"
+SCHEMA_BASE = "https://raw.githubusercontent.com/slackapi/manifest-schema/v0.5.0/schemas/"
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
@@ -40,8 +49,52 @@ def schema_errors(document: dict[str, Any]) -> list[str]:
     ]
 
 
+def public_schema_errors(document: dict[str, Any]) -> list[str]:
+    """Errors from Slack's own schema; its entry schema is a oneOf per manifest version, so the
+    reasons are the errors inside each branch."""
+    registry: Registry[Any] = Registry().with_resources(
+        (SCHEMA_BASE + path.name, DRAFT7.create_resource(json.loads(path.read_text(encoding="utf-8"))))
+        for path in (PUBLIC_SCHEMA / "schemas").glob("*.json")
+    )
+    entry = json.loads((PUBLIC_SCHEMA / "manifest.schema.json").read_text(encoding="utf-8"))
+    return [
+        f"{'/'.join(map(str, inner.absolute_path))}: {inner.message}"
+        for error in Draft7Validator(entry, registry=registry).iter_errors(document)
+        for inner in (error.context or [error])
+    ]
+
+
 def test_the_manifest_follows_slacks_manifest_schema():
     assert schema_errors(manifest()) == []
+
+
+def test_the_manifest_follows_slacks_public_manifest_schema():
+    assert public_schema_errors(manifest()) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        (lambda m: m["features"]["agent_view"].update(agent_description="x" * 301), "agent_description"),
+        (lambda m: m["features"]["agent_view"]["suggested_prompts"].append({"title": "5", "message": "5"}),
+         "suggested_prompts"),
+        (lambda m: m["features"]["agent_view"]["suggested_prompts"][0].pop("message"), "suggested_prompts/0"),
+        (lambda m: m["features"]["agent_view"].update(prompts=[]), "agent_view"),
+    ],
+)  # fmt: skip
+def test_slacks_public_schema_rejects_a_broken_agent_view(change, where):
+    broken = copy.deepcopy(manifest())
+    change(broken)
+    assert any(where in error for error in public_schema_errors(broken))
+
+
+def test_the_manifest_suggests_the_same_prompts_as_the_bots_prompts_file():
+    configured = tomllib.loads((ROOT / "config" / "prompts.toml").read_text(encoding="utf-8"))
+    listed = manifest()["features"]["agent_view"]["suggested_prompts"]
+    assert listed == configured["prompts"]
+    assert (ROOT / "bot" / "default_prompts.toml").read_text() == (
+        ROOT / "config" / "prompts.toml"
+    ).read_text()
 
 
 @pytest.mark.parametrize(
@@ -92,8 +145,8 @@ def test_the_socket_mode_note_names_keys_that_exist_and_following_it_gives_a_val
     assert {
         "settings.socket_mode_enabled",
         "settings.event_subscriptions.request_url",
-        "features.slash_commands[].url",
         "settings.interactivity.request_url",
+        "features.slash_commands[].url",
     } <= named
     assert named <= key_paths(manifest()), (
         f"the note names keys the manifest lacks: {named - key_paths(manifest())}"
@@ -118,6 +171,9 @@ def delivered(subscription: str, ts: str) -> dict[str, Any]:
         kind = channel_types[subscription.removeprefix("message.")]
         channel = {"channel": "C1", "group": "G1", "im": "D1", "mpim": "G2"}[kind]
         return message("hello", ts, channel=channel, channel_type=kind)
+    if subscription == "app_context_changed":
+        entity = {"type": "slack#/types/channel_id", "value": "C1", "team_id": "T1"}
+        return {"type": subscription, "user": "U1", "channel": "D1", "context": {"entities": [entity]}}
     if subscription.startswith("assistant_thread_"):
         thread = {"user_id": "U1", "channel_id": "D1", "thread_ts": ts, "context": {"channel_id": "C1"}}
         return {"type": subscription, "assistant_thread": thread, "event_ts": ts}
@@ -203,6 +259,12 @@ async def test_every_web_api_call_the_bot_makes_is_granted_and_every_scope_is_ne
             await bot.idle()
             await bot.send(message("hi", "600.000001", channel="D1", channel_type="im"))
             await bot.idle()
+            # The Messages tab: opened (suggested prompts), a channel in view (its name only).
+            slack.channel_names["C1"] = "general"
+            tab = {"type": "app_home_opened", "user": "U1", "channel": "D1", "tab": "messages"}
+            await bot.send(tab | {"event_ts": "650.000001"})
+            await bot.send(delivered("app_context_changed", "650.000002"))
+            await bot.idle()
             assert await post_command(bot, "/usage", receiver.url) == 200
             await receiver.next_answer()
             # An admin's week: the Home tab, and a channel's settings form (its creator looked up).
@@ -213,7 +275,14 @@ async def test_every_web_api_call_the_bot_makes_is_granted_and_every_scope_is_ne
         await receiver.stop()
 
     methods = {call.method for call in slack.calls}
-    assert {"chat.postMessage", "conversations.replies", "users.info"} <= methods  # the scenario ran
+    assert {  # the scenario ran
+        "chat.postMessage",
+        "conversations.replies",
+        "users.info",
+        "assistant.threads.setTitle",
+        "assistant.threads.setSuggestedPrompts",
+        "conversations.info",
+    } <= methods
     used: set[str] = set()
     for method in methods:
         assert method in METHOD_SCOPES, (

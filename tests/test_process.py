@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.fakes.aimlapi import FakeAimlApi, Reply
-from tests.fakes.slack_api import FakeSlackApi
+from tests.fakes.slack_api import FakeSlackApi, FakeUser
 from tests.harness import SIGNING_SECRET, eventually, signed_headers
 from tests.test_cli import bot_env, query
 
@@ -45,6 +45,7 @@ async def spawn_bot(tmp_path: Path, env: dict[str, str]) -> asyncio.subprocess.P
 
 
 async def start_bot(tmp_path: Path, slack: FakeSlackApi, aiml: FakeAimlApi, grace: float, database_url: str):
+    slack.users.setdefault("U1", FakeUser(real_name="U1"))  # the asker of `send_mention`, a member
     port = free_port()
     env = bot_env(
         tmp_path,

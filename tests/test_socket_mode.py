@@ -11,7 +11,7 @@ import pytest
 from bot.app import BotRuntime
 from bot.settings import Settings, SettingsError
 from tests.fakes.aimlapi import FakeAimlApi, Reply
-from tests.fakes.slack_api import FakeSlackApi
+from tests.fakes.slack_api import FakeSlackApi, FakeUser
 from tests.fakes.socket_mode import FakeSocketMode, event_callback
 from tests.harness import Bot, eventually, make_settings, mention, running_bot
 
@@ -21,6 +21,7 @@ sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 @pytest.fixture
 async def socket(slack: FakeSlackApi) -> AsyncIterator[FakeSocketMode]:
+    slack.users.setdefault("U1", FakeUser(real_name="U1"))  # whoever writes over the socket is a member
     async with FakeSocketMode(slack, app_token=APP_TOKEN) as fake:
         yield fake
 

@@ -59,6 +59,9 @@ def render_table(report: DigestReport) -> str:
              f"vs 7-day avg {format_change(report.credits_change.vs_week_average)}"),
             ("Requests change", f"vs day before {format_change(report.requests_change.vs_previous_day)}, "
              f"vs 7-day avg {format_change(report.requests_change.vs_week_average)}"),
+            ("Feedback", f"up {format_count(report.feedback.up)}, down {format_count(report.feedback.down)}, "
+             + ("no answers to rate" if report.rated_share is None
+                else f"{report.rated_share:.0%} of answers rated")),
         ]  # fmt: skip
         width = max(len(label) for label, _ in pairs)
         lines += [f"{label:<{width}}  {value}" for label, value in pairs]

@@ -11,8 +11,10 @@ The stages, in order:
     turn order     the turn runs once every earlier turn of its thread has left (bot.conversation.turns)
 
 A stage after the claim that refuses gives the claim back, so a redelivery that is allowed by then
-(the person was let in, users.info answered again, the quota was raised) is answered, and leaves its
-place in line. The place is taken at the claim, with no await in between, so turns are ordered by
+(the person was let in, users.info answered again) is answered, and leaves its place in line; only
+a refusal told in the thread (a quota reached) keeps its claim, so that line is posted once.
+
+The place in line is taken at the claim, with no await in between, so turns are ordered by
 when they were admitted, not by how fast any later call (to Slack, to the database) returns.
 """
 
@@ -93,6 +95,11 @@ class Reservation(Protocol):
 class AdmissionStage(Protocol):
     """A policy check after the claim (access lists, ...); None lets the message through."""
 
+    @property
+    def needs_person(self) -> bool:
+        """Whether `check` reads `candidate.person` (a users.info look-up on Slack)."""
+        ...
+
     async def check(self, candidate: Candidate) -> Refused | None: ...
 
 
@@ -153,7 +160,7 @@ class Admission:
         new_thread, ticket = claimed
         try:
             # Only a policy needs to know who asks: without one, no look-up (users.info) is made.
-            asks = bool(self._stages) or self._quota is not None
+            asks = any(stage.needs_person for stage in self._stages) or self._quota is not None
             candidate = Candidate(arrival, await people.person(arrival) if asks else None, channel)
             for stage in self._stages:
                 refused = await stage.check(candidate)
@@ -202,10 +209,15 @@ class Admission:
         self, arrival: Arrival, new_thread: bool, ticket: TurnTicket, refused: Refused
     ) -> Refused:
         ticket.leave()
-        await self.release(arrival, forget_thread=new_thread)
+        # A note in the thread is the message's one visible response: its claim stays, so the
+        # app_mention/message twin or a retry does not post it again. A private or no note leaves
+        # nothing a redelivery could repeat that people see (private notes are rationed per person).
+        await self.release(arrival, forget_thread=new_thread, keep_claim=refused.in_thread)
         return refused
 
-    async def release(self, arrival: Arrival, *, forget_thread: bool = False) -> None:
+    async def release(
+        self, arrival: Arrival, *, forget_thread: bool = False, keep_claim: bool = False
+    ) -> None:
         """Forget the claim of a message that was not answered, so a redelivery is judged afresh.
 
         `forget_thread`: the claim opened the thread's conversation; it goes too while it holds no
@@ -214,7 +226,8 @@ class Admission:
         """
         try:
             async with self._sessions.begin() as session:
-                await release_event(session, arrival.event_id)
+                if not keep_claim:
+                    await release_event(session, arrival.event_id)
                 if forget_thread:
                     await repo.delete_empty_conversation(session, arrival.key)
         except UNAVAILABLE as exc:

@@ -32,6 +32,10 @@ class TokenEstimator:
         raw = len(message.content) / _CHARS_PER_TOKEN + _PER_MESSAGE_OVERHEAD
         return math.ceil(raw * self._scale * self._margin)
 
+    def estimate_text(self, text: str) -> int:
+        """Tokens of bare text (no message overhead): e.g. an answer the model did not count."""
+        return math.ceil(len(text) / _CHARS_PER_TOKEN * self._scale * self._margin)
+
     def calibrate(self, estimated: int, reported_prompt_tokens: int) -> None:
         """Move the scale towards what the API reported; an exponential average keeps it stable."""
         if estimated <= 0 or reported_prompt_tokens <= 0:

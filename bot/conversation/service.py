@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -15,8 +15,9 @@ from bot.conversation.budget import MessageTooLong, TokenEstimator, fit_to_budge
 from bot.conversation.channel_settings import DEFAULT_CHANNEL_SETTINGS, ChannelSettings
 from bot.conversation.lease import ReplyLease
 from bot.conversation.ledger import Ledger
-from bot.conversation.ports import ChatModel, ReplySink, ReplySummary
+from bot.conversation.ports import ChatModel, ChatStreamLike, ReplySink, ReplySummary
 from bot.conversation.settings_rules import SettingsBounds, plan_turn
+from bot.conversation.stop import StopHandle, Stopped, StopRequest, unless_stopped
 from bot.llm.errors import LLMError
 from bot.llm.types import ChatMessage, CompletionResult
 from bot.storage import conversations as repo
@@ -36,6 +37,10 @@ NOTE_CUT_OFF = "The answer was cut off at the length limit."
 NOTE_EMPTY = "The model returned no answer text. Please try rephrasing."
 _REJECTED = frozenset({"auth", "credits", "bad_request", "rate_limited", "unavailable"})
 NOTE_ONLY_REASONING = "The model spent its whole output budget thinking and gave no answer."
+NOTE_STOPPED_BY = "Stopped by"  # then the person's name
+# The usage status of a completion a person stopped; its message is `complete`: what was shown is
+# the answer the person chose to keep, and the next turn's history includes it.
+STOPPED = "stopped"
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,9 @@ class Turn:
     backfill: Sequence[ChatMessage] = ()
     # The channel's prompt, model and output limit (bot.conversation.settings_rules bounds them).
     channel: ChannelSettings = DEFAULT_CHANNEL_SETTINGS
+    # Facts about where the person is, worded by the chat surface (e.g. the channel they view):
+    # added to this turn's system prompt only, never stored in the history.
+    context: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -58,15 +66,16 @@ class TurnOutcome:
     content: str
     conversation_id: int | None
     usage: CompletionResult | None
-    label: str = "complete"  # "complete", "cancelled", or the upstream error kind (bot.llm.errors)
+    label: str = "complete"  # "complete", "stopped", "cancelled", or the upstream error kind (bot.llm.errors)
 
 
 @dataclass(frozen=True)
 class _StreamEnd:
     result: CompletionResult
     status: MessageStatus
-    label: str  # usage status: "complete", "cancelled" or the upstream error kind
+    label: str  # usage status: "complete", "stopped", "cancelled" or the upstream error kind
     note: str | None  # None: finish normally; else fail with this note
+    stopped: StopRequest | None = None  # a person stopped the answer; it finishes with what came
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,8 @@ class ConversationService:
         self._lease = ReplyLease(sessions)
         self._heartbeats: set[asyncio.Task[None]] = set()  # kept referenced until they stop
 
-    async def reply(self, turn: Turn, sink: ReplySink) -> TurnOutcome:
+    async def reply(self, turn: Turn, sink: ReplySink, stop: StopHandle | None = None) -> TurnOutcome:
+        """Answer `turn` into `sink`; `stop`, when given, lets the chat surface end the answer early."""
         began = time.monotonic()
         request_id = f"slackbot-{uuid.uuid4().hex}"
         try:
@@ -117,7 +127,9 @@ class ConversationService:
         self._heartbeats.add(task)
         task.add_done_callback(self._heartbeats.discard)
         try:
-            return await self._answer(turn, sink, conversation_id, assistant_id, history, request_id, began)
+            return await self._answer(
+                turn, sink, conversation_id, assistant_id, history, request_id, began, stop
+            )
         finally:
             ended.set()
 
@@ -130,10 +142,12 @@ class ConversationService:
         history: list[ChatMessage],
         request_id: str,
         began: float,
+        stop: StopHandle | None,
     ) -> TurnOutcome:
         newest = ChatMessage("user", turn.text)
         plan = plan_turn(turn.channel, self._config.system_prompt, self._bounds())
-        system = ChatMessage("system", plan.system_prompt) if plan.system_prompt else None
+        prompt = "\n\n".join(part for part in (plan.system_prompt, *turn.context) if part)
+        system = ChatMessage("system", prompt) if prompt else None
         try:
             request = fit_to_budget(
                 system,
@@ -153,12 +167,15 @@ class ConversationService:
             log.info("history trimmed", extra={"dropped_turns": request.dropped_turns})
 
         end = await self._stream(
-            request.messages, sink, assistant_id, request_id, plan.model, plan.max_output_tokens
+            request.messages, sink, assistant_id, request_id, plan.model, plan.max_output_tokens, stop
         )
         result = end.result
         if result.usage.prompt_tokens:
             self._estimator.calibrate(request.estimated_tokens, result.usage.prompt_tokens)
         entry = usage_entry(turn, conversation_id, plan.model, result, end.label)
+        if end.stopped is not None and result.usage.completion_tokens is None:
+            # Stopped mid-stream, the model sent no usage chunk: the tokens were still spent.
+            entry = self._estimated(entry, result, request.estimated_tokens)
         status, cancelled = end.status, end.label == "cancelled"
         # The completion was made (and maybe billed): its ledger row is written now, alongside the
         # delivery rather than after it, so no trouble in Slack can lose or delay it.
@@ -174,7 +191,7 @@ class ConversationService:
         )
         try:
             if end.note is None:
-                await sink.finish(self._summary(result))
+                await sink.finish(self._summary(result, end.stopped))
             else:
                 await sink.fail(end.note)
         except asyncio.CancelledError:
@@ -203,23 +220,17 @@ class ConversationService:
         request_id: str,
         model: str,
         max_tokens: int,
+        stop: StopHandle | None,
     ) -> _StreamEnd:
         """Stream one completion into the sink; the caller ends the reply with what this returns."""
         stream = self._model.stream_chat(messages, max_tokens=max_tokens, request_id=request_id, model=model)
-        answered = thought = False
-        checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
         try:
             async with stream:
-                async for delta in stream:
-                    if delta.content:
-                        answered = True
-                        await sink.append(delta.content)
-                        if time.monotonic() >= checkpoint_at:
-                            checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
-                            await self._checkpoint(assistant_id, stream.result().content, sink)
-                    elif delta.reasoning and not answered and not thought:
-                        thought = True
-                        await sink.thinking()
+                pumped = self._pump(stream, sink, assistant_id)
+                await (pumped if stop is None else unless_stopped(pumped, stop))
+        except Stopped as stopped:
+            # The stream is closed (the upstream request with it); the answer so far is the answer.
+            return _StreamEnd(stream.result(), MessageStatus.COMPLETE, STOPPED, None, stopped.request)
         except LLMError as exc:
             log.warning("upstream error: %s (%s)", exc.kind, exc.status)
             status = MessageStatus.INTERRUPTED if exc.kind == "interrupted" else MessageStatus.ERROR
@@ -234,9 +245,39 @@ class ConversationService:
         models = tuple(dict.fromkeys((default, *self._config.allowed_models)))
         return SettingsBounds(default, models, self._config.max_output_tokens)
 
-    def _summary(self, result: CompletionResult) -> ReplySummary:
+    async def _pump(self, stream: ChatStreamLike, sink: ReplySink, assistant_id: int) -> None:
+        """Move the model's deltas into the sink until the stream ends."""
+        answered = thought = False
+        checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
+        async for delta in stream:
+            if delta.content:
+                answered = True
+                await sink.append(delta.content)
+                if time.monotonic() >= checkpoint_at:
+                    checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
+                    await self._checkpoint(assistant_id, stream.result().content, sink)
+            elif delta.reasoning and not answered and not thought:
+                thought = True
+                await sink.thinking()
+
+    def _estimated(self, entry: UsageEntry, result: CompletionResult, prompt_estimate: int) -> UsageEntry:
+        """The entry with the tokens the model did not report estimated, and marked as estimated.
+        Credits stay unknown (NULL): a guess at money would read as a bill."""
+        estimate = self._estimator.estimate_text
+        reasoning = estimate(result.reasoning) if result.reasoning else entry.reasoning_tokens
+        return replace(
+            entry,
+            prompt_tokens=entry.prompt_tokens if entry.prompt_tokens is not None else prompt_estimate,
+            completion_tokens=estimate(result.content + result.reasoning),
+            reasoning_tokens=entry.reasoning_tokens if entry.reasoning_tokens is not None else reasoning,
+            tokens_estimated=True,
+        )
+
+    def _summary(self, result: CompletionResult, stopped: StopRequest | None = None) -> ReplySummary:
         note: str | None = None
-        if not result.content.strip():
+        if stopped is not None:
+            note = f"{NOTE_STOPPED_BY} {stopped.by_name}"
+        elif not result.content.strip():
             note = NOTE_ONLY_REASONING if result.finish_reason == "length" else NOTE_EMPTY
         elif result.finish_reason == "length":
             note = NOTE_CUT_OFF

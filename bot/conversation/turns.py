@@ -24,6 +24,7 @@ from bot.conversation.service import (
     Turn,
     TurnOutcome,
 )
+from bot.conversation.stop import StopHandle
 from bot.llm.types import ChatMessage
 from bot.storage.db import UNAVAILABLE, error_reason
 
@@ -55,8 +56,25 @@ class Surface(People, Protocol):
         """Show that the message waits for the answer before it to finish."""
         ...
 
+    async def situation(self, arrival: Arrival, question: str, *, new_thread: bool) -> Sequence[str]:
+        """System-prompt lines about where the person is (e.g. the channel they view); the surface may
+        also title a new conversation from its first `question` here."""
+        ...
+
     async def tell(self, arrival: Arrival, note: str, *, in_thread: bool) -> None:
         """A short note to the person: only them (`in_thread` False), or a line in the thread."""
+        ...
+
+
+class RunningReplies(Protocol):
+    """The replies streaming now, for the surface's stop controls (bot.slack.stop.RunningTurns)."""
+
+    def started(self, arrival: Arrival, reply: ReplySink, stop: StopHandle) -> None:
+        """`reply` answers `arrival` from now on; `stop` ends it early."""
+        ...
+
+    def ended(self, stop: StopHandle) -> None:
+        """The reply of `stop` has ended: there is nothing left to stop."""
         ...
 
 
@@ -97,11 +115,13 @@ class Turns:
         *,
         observer: TurnObserver | None = None,
         notices: RefusalNotices | None = None,
+        running: RunningReplies | None = None,
     ) -> None:
         self.admission = admission
         self._service = service
         self._observer: TurnObserver = observer or _Unobserved()
         self._notices: RefusalNotices = notices or _AlwaysTell()
+        self._running = running
         self.active: set[asyncio.Task[Any]] = set()  # what shutdown waits for
         self.streaming = 0  # replies started and not yet ended
 
@@ -173,9 +193,12 @@ class Turns:
             log.error("could not show the reply; the event is released for a redelivery")
             await self.admission.release(arrival)
             return None
+        stop = StopHandle()
+        if self._running is not None:
+            self._running.started(arrival, reply, stop)
         self.streaming += 1
         try:
-            return await self._answer(admitted, reply, surface)
+            return await self._answer(admitted, reply, surface, stop)
         except BaseException as exc:
             # Cancelled (shutdown) or a bug: never leave a placeholder.
             if not isinstance(exc, asyncio.CancelledError):
@@ -184,15 +207,22 @@ class Turns:
             raise
         finally:
             self.streaming -= 1
+            if self._running is not None:
+                self._running.ended(stop)
 
-    async def _answer(self, admitted: Admitted, reply: OpenableSink, surface: Surface) -> TurnOutcome:
+    async def _answer(
+        self, admitted: Admitted, reply: OpenableSink, surface: Surface, stop: StopHandle
+    ) -> TurnOutcome:
         arrival = admitted.arrival
         backfill: Sequence[ChatMessage] = ()
         if admitted.new_thread and arrival.mid_thread:
             backfill = await surface.thread_context(arrival, reply.refs)
         text = await surface.prompt_text(arrival)
-        turn = Turn(arrival.key, arrival.kind, text, arrival.user_id, backfill, admitted.candidate.channel)
-        return await self._service.reply(turn, reply)
+        context = await surface.situation(arrival, text, new_thread=admitted.new_thread)
+        turn = Turn(
+            arrival.key, arrival.kind, text, arrival.user_id, backfill, admitted.candidate.channel, context
+        )
+        return await self._service.reply(turn, reply, stop)
 
 
 async def _end_reservation(admitted: Admitted, outcome: TurnOutcome | None) -> None:

@@ -100,6 +100,14 @@ def balance_text(report: DigestReport) -> str | None:
     return f"AI/ML API account balance: {format_usd(report.balance_usd)}"
 
 
+def feedback_text(report: DigestReport) -> str:
+    """`*Feedback*` field: 👍/👎 on the day's answers and the share of answers rated."""
+    votes = report.feedback
+    share = report.rated_share
+    rated = "no answers to rate" if share is None else f"{share:.0%} of answers rated"
+    return f"*Feedback*\n👍 {format_count(votes.up)} · 👎 {format_count(votes.down)} · {rated}"
+
+
 def _span_note(report: DigestReport) -> str:
     note = f"{report.day.isoformat()} 00:00-24:00 {report.zone}"
     return note if report.hours == 24 else f"{note} ({report.hours} hours: clocks changed)"
@@ -132,6 +140,7 @@ def digest_message(report: DigestReport, names: Mapping[str, str] | None = None)
             + (" (not in the credits above)" if t.unknown_cost else ""),
             _change_line("Credits change", report.credits_change),
             _change_line("Requests change", report.requests_change),
+            feedback_text(report),
         ),
         {"type": "divider"},
         _section(_ranking("Top users", report.top_users, lambda user_id: user_ref(user_id, known))),

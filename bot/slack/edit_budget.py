@@ -1,6 +1,8 @@
-"""The per-workspace budget for `chat.update`, shared by every streaming reply of the process.
+"""Per-workspace, per-method budgets for Slack's rate-limited calls, shared by every reply of the process.
 
-Slack allows about 50 edits a minute per workspace (Tier 3) and publishes no exact number, so the
+One mechanism for every method a reply spends: `chat.update` (Tier 3, about 50 a minute per
+workspace), `chat.startStream` and `chat.stopStream` (Tier 2, about 20), `chat.appendStream` (Tier 4,
+about 100) and `assistant.threads.setStatus` (about 600). Slack publishes no exact numbers, so each
 budget starts from a configured rate and adapts: a 429 cuts the rate and blocks every edit of that
 workspace until `Retry-After` has passed; sustained success slowly raises it back. Waiting streams are
 served fairly (the stream whose last edit is oldest goes first), and final edits go before interim ones.
@@ -13,7 +15,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
@@ -23,6 +25,29 @@ Sleep = Callable[[float], Awaitable[None]]
 
 DEFAULT_RATE_PER_MINUTE = 45.0
 DEFAULT_BURST = 5
+
+UPDATE = "chat.update"
+START_STREAM = "chat.startStream"
+APPEND_STREAM = "chat.appendStream"
+STOP_STREAM = "chat.stopStream"
+SET_STATUS = "assistant.threads.setStatus"
+
+
+@dataclass(frozen=True)
+class MethodRate:
+    """Where a method's budget starts: calls a minute per workspace and how many may go at once."""
+
+    per_minute: float
+    burst: int
+
+
+# A little under Slack's tiers, as the edit budget always was: the adaptation finds the rest.
+DEFAULT_METHOD_RATES: dict[str, MethodRate] = {
+    START_STREAM: MethodRate(18.0, 3),
+    STOP_STREAM: MethodRate(18.0, 3),
+    APPEND_STREAM: MethodRate(90.0, 8),
+    SET_STATUS: MethodRate(540.0, 15),
+}
 
 
 @dataclass
@@ -52,7 +77,7 @@ class EditBudget:
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         if rate_per_minute <= 0 or burst < 1:
-            raise ValueError("the edit budget needs a positive rate and a burst of at least 1")
+            raise ValueError("a Slack budget needs a positive rate and a burst of at least 1")
         self.max_rate = rate_per_minute
         self.min_rate = min(min_rate_per_minute, rate_per_minute)
         self.burst = burst
@@ -70,6 +95,7 @@ class EditBudget:
         self._last_grant: dict[Hashable, float] = {}
         self._seq = itertools.count()
         self._pump: asyncio.Task[None] | None = None
+        self.method = UPDATE  # for log lines; EditBudgets names each budget's method
 
     # ---- state, for metrics and tests ----------------------------------------------------------
 
@@ -93,6 +119,14 @@ class EditBudget:
         """Seconds until edits are allowed again after a 429 (0 when not blocked)."""
         return max(0.0, self._blocked_until - self._clock())
 
+    def expected_wait(self, extra: int = 0) -> float:
+        """About how long a request made now would wait: behind those already waiting and `extra`
+        calls promised elsewhere (e.g. the stops that open streams will need)."""
+        blocked = self.blocked_for()
+        tokens = max(1.0, self._tokens) if blocked else self.available()  # one call when a block ends
+        short = len(self._waiters) + extra + 1 - tokens
+        return blocked + max(0.0, short) * 60.0 / self._rate
+
     # ---- the protocol --------------------------------------------------------------------------
 
     async def acquire(self, stream: Hashable, *, final: bool = False) -> None:
@@ -102,7 +136,7 @@ class EditBudget:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters[stream] = _Waiter(final, next(self._seq), future)
         if self._pump is None:
-            self._pump = asyncio.create_task(self._serve(), name="edit-budget")
+            self._pump = asyncio.create_task(self._serve(), name=f"budget-{self.method}")
         try:
             await future
         except asyncio.CancelledError:
@@ -128,7 +162,7 @@ class EditBudget:
         if not already_blocked:
             self._rate = max(self.min_rate, self._rate * self._decrease)
             logger.warning(
-                "chat.update rate limited; pausing edits %.1fs, rate now %.1f/min", retry_after, self._rate
+                "%s rate limited; pausing it %.1fs, rate now %.1f/min", self.method, retry_after, self._rate
             )
 
     def reward(self) -> None:
@@ -180,26 +214,40 @@ class EditBudget:
 
 
 class EditBudgets:
-    """One `EditBudget` per workspace (team id), created on first use with the same settings."""
+    """One `EditBudget` per (workspace, method), created on first use.
+
+    `rate_per_minute` and `burst` configure `chat.update` (the edit budget, as before); `methods`
+    the others (default `DEFAULT_METHOD_RATES`).
+    """
 
     def __init__(
         self,
         rate_per_minute: float = DEFAULT_RATE_PER_MINUTE,
         burst: int = DEFAULT_BURST,
         *,
+        methods: Mapping[str, MethodRate] | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        self._rate, self._burst, self._clock, self._sleep = rate_per_minute, burst, clock, sleep
-        self._budgets: dict[str, EditBudget] = {}
+        self._rates = {**DEFAULT_METHOD_RATES, **(methods or {}), UPDATE: MethodRate(rate_per_minute, burst)}
+        self._clock, self._sleep = clock, sleep
+        self._budgets: dict[tuple[str, str], EditBudget] = {}
 
     def by_team(self) -> dict[str, EditBudget]:
-        """Every workspace's budget so far (a copy), for metrics."""
+        """Every workspace's chat.update budget so far (a copy), for metrics."""
+        return {team: budget for (team, method), budget in self._budgets.items() if method == UPDATE}
+
+    def by_method(self) -> dict[tuple[str, str], EditBudget]:
+        """Every (workspace, method) budget so far (a copy), for metrics."""
         return dict(self._budgets)
 
-    def for_team(self, team_id: str) -> EditBudget:
-        budget = self._budgets.get(team_id)
+    def for_team(self, team_id: str, method: str = UPDATE) -> EditBudget:
+        budget = self._budgets.get((team_id, method))
         if budget is None:
-            budget = EditBudget(self._rate, self._burst, clock=self._clock, sleep=self._sleep)
-            self._budgets[team_id] = budget
+            rate = self._rates.get(method)
+            if rate is None:
+                raise KeyError(f"no budget is configured for {method}")
+            budget = EditBudget(rate.per_minute, rate.burst, clock=self._clock, sleep=self._sleep)
+            budget.method = method
+            self._budgets[team_id, method] = budget
         return budget

@@ -22,12 +22,14 @@ from bot.conversation.turns import Turns
 from bot.llm.types import ChatMessage
 from bot.logs import bind_context
 from bot.metrics import Metrics
+from bot.slack.agent_view import AgentView
 from bot.slack.backfill import ThreadSpot, thread_context
 from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
 from bot.slack.edit_budget import EditBudgets
 from bot.slack.events import Ignored, classify, event_type_label, readable, strip_bot_mention, user_ids_in
 from bot.slack.people import LOOKUPS_PER_MESSAGE, UserDirectory
-from bot.slack.renderer import SlackReply
+from bot.slack.streaming import ChosenReply, ReplyPlace, Streaming, StreamingConfig, StreamingMode
+from bot.storage.models import ConversationKind
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +37,20 @@ log = logging.getLogger(__name__)
 STATUS_WAITING = "will answer this once the previous answer is finished…"
 
 
+def admin_contact(admins: frozenset[str]) -> str:
+    """Who a refused person should ask, as Slack shows it: the bot's admins by name, else anyone who
+    administers the workspace (they count as bot admins too)."""
+    named = ", ".join(f"<@{user}>" for user in sorted(admins))
+    return f"{named} or a workspace admin" if named else "a workspace admin"
+
+
 @dataclass(frozen=True)
 class EdgeConfig:
     update_interval: float
     backfill_limit: int
     admins: frozenset[str] = frozenset()  # ADMIN_USER_IDS: admins besides the workspace's own
+    streaming: StreamingMode = "edits"  # SLACK_STREAMING
+    stream_message_chars: int = 24_000  # SLACK_STREAM_MESSAGE_CHARS
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,8 @@ class SlackSurface:
     budgets: EditBudgets
     metrics: Metrics
     config: EdgeConfig
+    streaming: Streaming
+    agent_view: AgentView | None = None  # the Messages tab: titles, the channel in view
 
     async def person(self, arrival: Arrival) -> Person | None:
         profile = await self.people.lookup(arrival.user_id)
@@ -59,16 +72,13 @@ class SlackSurface:
             return None
         return profile.asker(admins=self.config.admins, workspace=arrival.key.team_id)
 
-    def reply_to(self, arrival: Arrival) -> SlackReply:
-        key = arrival.key
-        return SlackReply(
-            self.client,
-            self.budgets.for_team(key.team_id),
-            key.channel_id,
-            key.thread_ts,
-            interval=self.config.update_interval,
-            metrics=self.metrics,
+    def reply_to(self, arrival: Arrival) -> ChosenReply:
+        key, in_channel = arrival.key, arrival.kind is not ConversationKind.DM
+        # The Stop button (edit streaming) names the question it answers.
+        place = ReplyPlace(
+            key.team_id, key.channel_id, key.thread_ts, arrival.user_id, in_channel, arrival.message_ts
         )
+        return self.streaming.reply(self.client, place)
 
     async def prompt_text(self, arrival: Arrival) -> str:
         text = strip_bot_mention(arrival.text, self.bot_user_id)
@@ -90,6 +100,11 @@ class SlackSurface:
             )
         except SLACK_CALL_ERRORS as exc:
             log.info("could not show that a message waits for its turn (%s)", call_error_reason(exc))
+
+    async def situation(self, arrival: Arrival, question: str, *, new_thread: bool) -> Sequence[str]:
+        if self.agent_view is None:
+            return ()
+        return await self.agent_view.situation(self.client, arrival, question, new_thread=new_thread)
 
     async def tell(self, arrival: Arrival, note: str, *, in_thread: bool) -> None:
         key = arrival.key
@@ -119,9 +134,13 @@ class SlackEdge:
         budgets: EditBudgets,
         metrics: Metrics,
         config: EdgeConfig,
+        agent_view: AgentView | None = None,
     ) -> None:
         self.turns = turns
         self._people, self._budgets, self._metrics, self._config = people, budgets, metrics, config
+        self._agent_view = agent_view
+        mode, chars = config.streaming, config.stream_message_chars
+        self.streaming = Streaming(budgets, StreamingConfig(mode, config.update_interval, chars), metrics)
 
     @property
     def active(self) -> set[Any]:
@@ -139,5 +158,14 @@ class SlackEdge:
             return
         key = arrival.key
         bind_context(team=key.team_id, channel=key.channel_id, thread=key.thread_ts)
-        surface = SlackSurface(client, bot_user_id, self._people, self._budgets, self._metrics, self._config)
+        surface = SlackSurface(
+            client,
+            bot_user_id,
+            self._people,
+            self._budgets,
+            self._metrics,
+            self._config,
+            self.streaming,
+            self._agent_view,
+        )
         await self.turns.handle(arrival, surface)

@@ -123,7 +123,10 @@ async def _show_interrupted(client: AsyncWebClient, channel: str, ts: str, body:
     note: dict[str, Any] = {"type": "context", "elements": [{"type": "mrkdwn", "text": warning}]}
     blocks: list[dict[str, Any]] = [{"type": "markdown", "text": body}, note] if body.strip() else [note]
     try:
-        await client.chat_update(channel=channel, ts=ts, text=body or NOTE_RESTARTED, blocks=blocks)
+        # `text` is only the notification's fallback: a natively streamed part is longer than the
+        # 4,000 characters chat.update takes there, and shows in full in the markdown block.
+        text = body[:MAX_MESSAGE_CHARS] or NOTE_RESTARTED
+        await client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
     except SlackApiError as exc:
         log.warning(
             "could not mark reply %s in %s as interrupted: %s", ts, channel, exc.response.get("error")

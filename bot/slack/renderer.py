@@ -19,11 +19,19 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from slack_sdk.errors import SlackApiError
+from slack_sdk.models.blocks import ActionsBlock, ButtonElement
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.conversation.ports import ReplyNotShown, ReplyPart, ReplySummary
 from bot.slack.call_errors import SLACK_CALL_ERRORS
 from bot.slack.edit_budget import EditBudget
+from bot.slack.ending import (
+    answer_blocks,
+    ending_blocks,
+    failure_elements,
+    final_message,
+    summary_elements,
+)
 from bot.slack.retries import without_rate_limit_retries
 from bot.slack.text import (
     MAX_MESSAGE_CHARS,
@@ -32,13 +40,12 @@ from bot.slack.text import (
     defuse_blocks,
     display,
     find_split,
-    mrkdwn_escape,
-    summary_line,
 )
 
 logger = logging.getLogger(__name__)
 
 END_NOTE = "End of the answer."
+STOP_ACTION = "stop_answer"  # the Stop button's action_id (bot.slack.stop handles the press)
 
 _TRANSIENT = frozenset({"internal_error", "fatal_error", "service_unavailable", "request_timeout"})
 _GONE = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
@@ -75,7 +82,15 @@ class _Plan:
     split: SplitPoint | None = None
 
 
-def _classify(exc: Exception) -> tuple[Kind, float]:
+def call_error_code(exc: Exception) -> str | None:
+    """Slack's `error` code of a refused call (None for transport failures)."""
+    if isinstance(exc, SlackApiError) and isinstance(exc.response.data, dict):
+        error = exc.response.data.get("error")
+        return str(error) if error is not None else None
+    return None
+
+
+def classify_error(exc: Exception) -> tuple[Kind, float]:
     """Map a slack_sdk or transport error to what the renderer does about it (and Retry-After)."""
     if isinstance(exc, SlackApiError):
         status = exc.response.status_code
@@ -96,7 +111,16 @@ def _classify(exc: Exception) -> tuple[Kind, float]:
 
 
 def _answer_payload(text: str) -> _Payload:
-    return _Payload(text, ({"type": "markdown", "text": text},))
+    return _Payload(text, answer_blocks(text))
+
+
+_PLACEHOLDER = _answer_payload(display(""))
+
+
+def stop_button(value: str) -> dict[str, Any]:
+    """The actions block with the Stop button a streaming message shows; `value` names the reply."""
+    button = ButtonElement(text="Stop", action_id=STOP_ACTION, value=value)
+    return ActionsBlock(block_id=STOP_ACTION, elements=[button]).to_dict()
 
 
 class SlackReply:
@@ -112,6 +136,7 @@ class SlackReply:
         interval: float,
         metrics: RendererMetrics | None = None,
         max_chars: int = MAX_MESSAGE_CHARS,
+        stop_value: str | None = None,
     ) -> None:
         self._client = without_rate_limit_retries(client)
         self._budget, self._channel, self._thread_ts = budget, channel, thread_ts
@@ -134,6 +159,9 @@ class SlackReply:
         self._done = False
         self._worker: asyncio.Task[None] | None = None
         self._rate_limited = self._failures = 0
+        # Shown in every interim state and in no final one; the same block every time, so a
+        # message's payload changes only with its text and the button costs no edit of its own.
+        self._stop_block = stop_button(stop_value) if stop_value is not None else None
 
     @property
     def refs(self) -> Sequence[str]:
@@ -150,8 +178,10 @@ class SlackReply:
     # ---- ReplySink -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Post the placeholder in the thread now and start editing in the background."""
-        self._shown = _answer_payload(display(""))
+        """Post the placeholder (or the text appended so far) in the thread now and start editing
+        in the background."""
+        body = self._body()
+        self._shown = self._interim(body if len(body) <= self._limit else "")
         self._ts.append(await self._post(self._shown))
         self._part_starts.append((0, ""))
         self._open = True
@@ -176,27 +206,22 @@ class SlackReply:
 
         Raises SlackDeliveryError when Slack never accepted the final text.
         """
-        note = summary.note  # the conversation layer words it (cut off, empty answer, ...)
-        elements = [f"_{mrkdwn_escape(note)}_"] if note else []
-        line = summary_line(summary)
-        if line:
-            elements.append(line)
-        await self._close(elements, note)
+        # the conversation layer words the note (cut off, empty answer, ...)
+        await self._close(summary_elements(summary), summary.note, feedback=True)
 
     async def fail(self, note: str) -> None:
         """End with what was appended so far plus `note`; never raises (safe in `finally`)."""
         try:
-            await self._close([f":warning: _{mrkdwn_escape(note)}_"], note)
+            await self._close(failure_elements(note), note)
         except SlackDeliveryError:
             logger.error("could not show the failure note in %s/%s", self._channel, self._thread_ts)
 
     # ---- ending --------------------------------------------------------------------------------
 
-    async def _close(self, elements: list[str], note: str | None) -> None:
+    async def _close(self, elements: list[str], note: str | None, *, feedback: bool = False) -> None:
+        """`feedback`: the answer finished, so its last message carries the feedback buttons."""
         if self._ending is None:
-            context = tuple({"type": "mrkdwn", "text": e} for e in elements)
-            blocks = ({"type": "context", "elements": list(context)},) if context else ()
-            self._ending, self._ending_note = _Payload("", blocks), note
+            self._ending, self._ending_note = _Payload("", ending_blocks(elements, feedback=feedback)), note
         self._budget.promote(self._key)
         self._changed.set()
         worker: asyncio.Task[None] | None = None
@@ -220,12 +245,14 @@ class SlackReply:
 
     def _final_payload(self, body: str) -> _Payload:
         assert self._ending is not None
-        blocks = self._ending.blocks
-        if body.strip():
-            return _Payload(body, (*_answer_payload(body).blocks, *blocks))
-        if not blocks:  # the answer ended exactly at a message boundary
-            blocks = ({"type": "context", "elements": [{"type": "mrkdwn", "text": f"_{END_NOTE}_"}]},)
-        return _Payload(self._ending_note or END_NOTE, blocks)
+        return _Payload(*final_message(body, self._ending.blocks, self._ending_note))
+
+    def _interim(self, body: str) -> _Payload:
+        """A message while the answer streams: the text so far for display, then the Stop button."""
+        payload = _answer_payload(display(body))
+        if self._stop_block is None:
+            return payload
+        return _Payload(payload.text, (*payload.blocks, self._stop_block))
 
     # ---- the background editor -----------------------------------------------------------------
 
@@ -244,7 +271,7 @@ class SlackReply:
             return _Plan("seal", _answer_payload(point.head(body)), point)
         if self._ending is not None:
             return _Plan("final", self._final_payload(body))
-        payload = _answer_payload(display(body))
+        payload = self._interim(body)
         return None if payload == self._shown else _Plan("interim", payload)
 
     async def _run(self) -> None:
@@ -260,7 +287,10 @@ class SlackReply:
                     continue
                 plan = self._plan()
                 if plan is not None and plan.payload != self._shown:
-                    await self._budget.acquire(self._key, final=plan.kind != "interim")
+                    # The first text over the placeholder goes with the final edits, before others'
+                    # interim ones: it is what people wait for.
+                    first = self._shown == _PLACEHOLDER
+                    await self._budget.acquire(self._key, final=plan.kind != "interim" or first)
                     plan = self._plan()  # the latest text, now that it is our turn
                 if plan is None:
                     continue
@@ -290,7 +320,7 @@ class SlackReply:
         elif self._ending is not None:
             payload, self._done = self._final_payload(body), True
         else:
-            payload = _answer_payload(display(body))
+            payload = self._interim(body)
         start, carry = self._start, self._carry
         self._ts.append(await self._post(payload))
         self._part_starts.append((start, carry))
@@ -306,7 +336,7 @@ class SlackReply:
         try:
             await self._client.chat_update(channel=self._channel, ts=self._ts[-1], **plan.payload.message())
         except SLACK_CALL_ERRORS as exc:
-            kind, retry_after = _classify(exc)
+            kind, retry_after = classify_error(exc)
             self._observe("chat.update", kind, started)
             return await self._handle_failure(exc, kind, retry_after, plan, final)
         self._observe("chat.update", "ok", started)
@@ -360,7 +390,7 @@ class SlackReply:
                     **payload.message(),
                 )
             except SLACK_CALL_ERRORS as exc:
-                kind, retry_after = _classify(exc)
+                kind, retry_after = classify_error(exc)
                 self._observe("chat.postMessage", kind, started)
                 if kind == "ratelimited":
                     rate_limited += 1

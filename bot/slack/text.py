@@ -115,11 +115,12 @@ def _open_fence_at_end(text: str) -> _Fence | None:
     return None if last.fence.closed_by(last.content) else last.fence
 
 
-def find_split(text: str, limit: int = MAX_MESSAGE_CHARS) -> SplitPoint:
+def find_split(text: str, limit: int = MAX_MESSAGE_CHARS, *, floor: int | None = None) -> SplitPoint:
     """Choose where to end a message of at most `limit` characters (see `SplitPoint`).
 
     Preference: a paragraph break, then a line break, then a sentence end, then a space, all outside
-    code fences and at least half-way to the limit; a split inside a code block only when that block
+    code fences and at least half-way to the limit (or at `floor`: a native stream cannot take back
+    what it already sent); a split inside a code block only when that block
     alone is larger than the limit; a hard cut only when nothing else fits.
     """
     if limit < 16:
@@ -153,7 +154,7 @@ def find_split(text: str, limit: int = MAX_MESSAGE_CHARS) -> SplitPoint:
     if at_limit is not None and _block_end(text, at_limit) - at_limit.start <= limit:
         at_limit = None  # the block fits in one message: never split it
 
-    floor = limit // 2
+    floor = limit // 2 if floor is None else floor
     candidates = (paragraph, line_break, *_inline_candidates(text, outside, limit))
     for cut in candidates:
         if cut >= floor:
@@ -162,6 +163,16 @@ def find_split(text: str, limit: int = MAX_MESSAGE_CHARS) -> SplitPoint:
     if forced is not None:
         return forced
     return SplitPoint(next((cut for cut in candidates if cut > 0), None) or _hard_cut(text, limit))
+
+
+def cut_at(text: str, offset: int) -> SplitPoint:
+    """A split exactly at `offset`, closing a code fence open there in the head and reopening it."""
+    head = text[:offset]
+    fence = _open_fence_at_end(head)
+    if fence is None:
+        return SplitPoint(offset)
+    close = ("" if head.endswith("\n") or not head else "\n") + fence.indent + fence.marker
+    return SplitPoint(offset, close, fence.opener + "\n")
 
 
 def grapheme_start(text: str, offset: int) -> int:

@@ -1,5 +1,5 @@
 """SQLAlchemy 2 typed models: conversations, messages, the usage ledger, dedupe and digest locks,
-per-channel settings and the admin audit log."""
+per-channel settings and the admin audit log, agent context and feedback votes."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -167,6 +168,8 @@ class UsageRecord(Base):
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     client_request_id: Mapped[str | None] = mapped_column(String(128))
     inference_id: Mapped[str | None] = mapped_column(String(128))
+    # True when the token counts are our estimate: the model reported none (a stopped stream).
+    tokens_estimated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(_TS, default=utcnow, index=True)
 
 
@@ -301,3 +304,50 @@ class AdminAudit(Base):
     before: Mapped[dict[str, object] | None] = mapped_column(JSON)  # None: nothing was set
     after: Mapped[dict[str, object] | None] = mapped_column(JSON)  # None: removed
     created_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
+
+
+class AgentContext(Base):
+    """What a person is viewing in Slack beside the bot's DM (app_context_changed), per DM channel.
+
+    Slack sends the context for the DM, not for one of its threads: every thread of that DM answers
+    with the latest. `viewing_channel_id` is NULL when Slack says the person views nothing in particular.
+    """
+
+    __tablename__ = "agent_contexts"
+    __table_args__ = (UniqueConstraint("team_id", "channel_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(64))  # the DM with the bot
+    user_id: Mapped[str | None] = mapped_column(String(64))
+    viewing_channel_id: Mapped[str | None] = mapped_column(String(64))
+    # When Slack saw the change (the event's time): a late, older event never overwrites a newer one.
+    changed_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
+
+
+class FeedbackVote(Base):
+    """A person's 👍/👎 on one answer (the Slack message carrying the buttons); a new press replaces it."""
+
+    __tablename__ = "feedback_votes"
+    __table_args__ = (UniqueConstraint("channel_id", "message_ts", "user_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[str | None] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(64))
+    message_ts: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str] = mapped_column(String(64))
+    value: Mapped[str] = mapped_column(String(8))  # "up" or "down"
+    # When the answer was posted (its ts): the digest counts votes with the day of their answer.
+    answered_at: Mapped[datetime] = mapped_column(_TS, index=True)
+    created_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(_TS, default=utcnow, onupdate=utcnow)
+
+
+class RefusalNotice(Base):
+    """When a refused person was last told why: at most one note an hour each, across replicas."""
+
+    __tablename__ = "refusal_notices"
+
+    team_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    notified_at: Mapped[datetime] = mapped_column(_TS)

@@ -40,6 +40,8 @@ class UsageEntry:
     duration_ms: int | None
     client_request_id: str | None
     inference_id: str | None
+    # The tokens are our estimate, not the model's count (a stopped stream sends no usage).
+    tokens_estimated: bool = False
 
 
 async def record_usage(session: AsyncSession, entry: UsageEntry) -> UsageRecord:

@@ -16,7 +16,8 @@ from sqlalchemy.orm import InstrumentedAttribute
 from bot.storage.models import UsageRecord
 
 CREDITS_PER_USD = 2_000_000
-SUCCESS_STATUS = "complete"
+# A completion a person stopped ("stopped") answered as far as they wanted: not a failure.
+SUCCESS_STATUSES = ("complete", "stopped")
 TOP_N = 5
 
 
@@ -83,7 +84,7 @@ def _sum(column: InstrumentedAttribute[int | None]) -> ColumnElement[Any]:
 
 
 async def totals(session: AsyncSession, start: datetime, end: datetime) -> UsageTotals:
-    succeeded = case((UsageRecord.status == SUCCESS_STATUS, 1), else_=0)
+    succeeded = case((UsageRecord.status.in_(SUCCESS_STATUSES), 1), else_=0)
     unknown = case((UsageRecord.credits_used.is_(None), 1), else_=0)
     row = (
         await session.execute(

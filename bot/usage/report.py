@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.storage.feedback import FeedbackCounts, feedback_counts
 from bot.usage import queries
 from bot.usage.queries import CREDITS_PER_USD, UsageShare, UsageTotals
 
@@ -60,6 +61,8 @@ class DigestReport:
     models: tuple[UsageShare, ...]
     credits_change: Change
     requests_change: Change
+    # Votes on the day's answers (as they stand when the report is built).
+    feedback: FeedbackCounts = field(default_factory=FeedbackCounts)
     # The account balance is filled in by the job when a balance source is configured.
     balance_checked: bool = False
     balance_usd: float | None = None
@@ -69,6 +72,13 @@ class DigestReport:
     @property
     def empty(self) -> bool:
         return self.totals.requests == 0
+
+    @property
+    def rated_share(self) -> float | None:
+        """Of the day's answers (succeeded requests), the share with at least one vote."""
+        if not self.totals.succeeded:
+            return None
+        return min(1.0, self.feedback.rated_answers / self.totals.succeeded)
 
     @property
     def hours(self) -> int:
@@ -87,8 +97,10 @@ async def build_report(session: AsyncSession, day: date, tz: ZoneInfo) -> Digest
         users = await queries.top_users(session, start, end)
         channels = await queries.top_channels(session, start, end)
         models = await queries.per_model(session, start, end)
+        feedback = await feedback_counts(session, start, end)
     else:
         users = channels = models = ()
+        feedback = FeedbackCounts()
     return DigestReport(
         day=day,
         zone=tz.key,
@@ -100,6 +112,7 @@ async def build_report(session: AsyncSession, day: date, tz: ZoneInfo) -> Digest
         models=models,
         credits_change=Change.of(current.credits, previous.credits, week.credits),
         requests_change=Change.of(current.requests, previous.requests, week.requests),
+        feedback=feedback,
     )
 
 

@@ -26,9 +26,14 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.slack_rules import (
+    MAX_SUGGESTED_PROMPTS,
     POST_TEXT_LIMIT,
     REPLIES_PAGE_LIMIT,
+    SESSION_STATUSES,
+    SESSION_TITLE_LIMIT,
     SLACK_LIMITS,
+    STREAM_EXPIRY,
+    STREAM_TOTAL_LIMIT,
     UPDATE_TEXT_LIMIT,
     Buckets,
     Fault,
@@ -36,7 +41,10 @@ from tests.fakes.slack_rules import (
     RateLimit,
     Refusal,
     SeededLatency,
+    check_recipients,
     message_content,
+    stream_text,
+    validate_blocks,
     validate_view,
 )
 
@@ -81,6 +89,8 @@ class FakeMessage:
     bot_id: str | None
     edits: int = 0
     history: list[str] = field(default_factory=list)  # every text the message has shown, oldest first
+    streaming: bool = False  # a native stream still open (people see it as still being written)
+    stream_started: float = 0.0  # time.monotonic() of chat.startStream
 
     @property
     def markdown(self) -> str:
@@ -202,13 +212,26 @@ class FakeSlackApi:
         self.statuses: list[
             tuple[str, str, str]
         ] = []  # assistant.threads.setStatus (channel, thread, status)
-        # conversations.info: each channel's creator (unknown channels: created by U0CREATOR)
+        # The status line each thread shows now: set by setStatus, cleared when the app posts there.
+        self.status_now: dict[tuple[str, str], str] = {}
+        self.stream_expiry = STREAM_EXPIRY  # seconds before a stream dies (message_not_in_streaming_state)
+        # Slack refuses native streams outside DMs for some apps: channel_type_not_supported.
+        self.refuse_streams_in_channels = False
+        # assistant.threads.setSuggestedPrompts: channel -> (title, [(title, message)]); the last set
+        self.suggested_prompts: dict[str, tuple[str | None, list[tuple[str, str]]]] = {}
+        self.titles: dict[tuple[str, str], str] = {}  # assistant.threads.setTitle (channel, thread)
+        # conversations.info: each channel's creator (unknown channels: created by U0CREATOR) and name
+        # (unknown channels: the id in lower case); a private channel in `not_joined` is not found.
         self.channel_creators: dict[str, str] = {}
+        self.channel_names: dict[str, str] = {}
         self.expired_triggers: set[str] = set()  # views.open answers expired_trigger_id for these
         self.opened_views: list[JsonDict] = []  # views.open, oldest first, with the "id" the fake gave
         self.home_views: dict[str, JsonDict] = {}  # views.publish: user -> their Home tab now
         self._views: dict[str, JsonDict] = {}  # view id -> the view (opened or published)
         self._next_view = 1
+        # agents.sessions.setStatus (channel, thread, status); agents.sessions.rename (channel, thread, title)
+        self.session_statuses: list[tuple[str, str, str]] = []
+        self.session_titles: list[tuple[str, str, str]] = []
         self._messages: dict[str, list[FakeMessage]] = defaultdict(list)
         self._failures: dict[str, deque[_Failure]] = defaultdict(deque)
         self._faults: dict[str, list[Fault]] = defaultdict(list)
@@ -230,10 +253,17 @@ class FakeSlackApi:
             "assistant.threads.setStatus": self._set_status,
             "files.getUploadURLExternal": self._get_upload_url,
             "files.completeUploadExternal": self._complete_upload,
+            "assistant.threads.setSuggestedPrompts": self._set_suggested_prompts,
+            "assistant.threads.setTitle": self._set_title,
+            "chat.startStream": self._start_stream,
+            "chat.appendStream": self._append_stream,
+            "chat.stopStream": self._stop_stream,
             "conversations.info": self._conversations_info,
             "views.open": self._views_open,
             "views.publish": self._views_publish,
             "views.update": self._views_update,
+            "agents.sessions.setStatus": self._session_status,
+            "agents.sessions.rename": self._session_rename,
         }
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -281,6 +311,11 @@ class FakeSlackApi:
         if tokens is not None:
             self._method_tokens[method] = dict(tokens)
         return previous
+
+    def set_clock(self, unix_seconds: float) -> None:
+        """Give the next messages ts from this Unix time on (by default they start in November 2023),
+        for tests where a message's ts must be the real time it was posted, as in Slack."""
+        self._next_ts = max(self._next_ts, int(unix_seconds * 1_000_000))
 
     def add_token(self, token: str, team_id: str) -> None:
         """Accept another bot token, for another workspace."""
@@ -349,6 +384,20 @@ class FakeSlackApi:
 
     def calls_to(self, method: str) -> list[Call]:
         return [c for c in self.calls if c.method == method]
+
+    def most_in_a_minute(self, method: str) -> int:
+        """The most calls of `method` Slack accepted in any 60 s window (across workspaces)."""
+        times = sorted(c.time for c in self.calls if c.method == method and c.ok)
+        most, first = 0, 0
+        for last, t in enumerate(times):
+            while t - times[first] >= 60.0:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
+
+    def status(self, channel: str, thread_ts: str) -> str:
+        """The status line the thread shows now ("" when none)."""
+        return self.status_now.get((channel, thread_ts), "")
 
     @property
     def count_429s(self) -> int:
@@ -485,7 +534,59 @@ class FakeSlackApi:
         text, blocks = message_content(params)
         thread_ts = params.get("thread_ts") or None
         msg = self._store(channel, text[:POST_TEXT_LIMIT], blocks, self.bot_user_id, self.bot_id, thread_ts)
+        self._app_posted(channel, thread_ts)
         return {"channel": channel, "ts": msg.ts, "message": msg.as_api()}
+
+    def _app_posted(self, channel: str, thread_ts: str | None) -> None:
+        """Slack clears a thread's status line when the app posts in it."""
+        if thread_ts is not None:
+            self.status_now.pop((channel, thread_ts), None)
+
+    async def _start_stream(self, params: JsonDict, _team: str) -> JsonDict:
+        channel = self._channel(params, member=True)
+        thread_ts = params.get("thread_ts")
+        if not thread_ts:
+            raise _Reject("invalid_arguments")  # streams always reply in a thread
+        if self.refuse_streams_in_channels and not channel.startswith("D"):
+            raise _Reject("channel_type_not_supported")
+        check_recipients(params, channel)
+        text = stream_text(params)
+        msg = self._store(channel, text, _streamed(text), self.bot_user_id, self.bot_id, str(thread_ts))
+        msg.streaming, msg.stream_started = True, time.monotonic()
+        self._app_posted(channel, str(thread_ts))
+        return {"channel": channel, "ts": msg.ts}
+
+    def _open_stream(self, params: JsonDict) -> FakeMessage:
+        channel = self._channel(params, member=True)
+        msg = self._find(channel, str(params.get("ts", "")))
+        if msg is None:
+            raise _Reject("message_not_found")
+        if not msg.streaming or time.monotonic() - msg.stream_started > self.stream_expiry:
+            raise _Reject("message_not_in_streaming_state")
+        return msg
+
+    def _stream_more(self, msg: FakeMessage, params: JsonDict) -> None:
+        text = msg.text + stream_text(params)
+        if len(text) > STREAM_TOTAL_LIMIT:
+            raise _Reject("msg_too_long")
+        msg.text, msg.blocks = text, _streamed(text)
+        msg.history.append(text)
+
+    async def _append_stream(self, params: JsonDict, _team: str) -> JsonDict:
+        msg = self._open_stream(params)
+        self._stream_more(msg, params)
+        return {"channel": msg.channel, "ts": msg.ts}
+
+    async def _stop_stream(self, params: JsonDict, _team: str) -> JsonDict:
+        msg = self._open_stream(params)
+        blocks = params.get("blocks")
+        if blocks is not None:
+            validate_blocks(blocks)
+        self._stream_more(msg, params)
+        # What people see once it stops: the streamed Markdown, then the blocks given at the stop.
+        msg.blocks = [*(_streamed(msg.text) or []), *(blocks or [])] or None
+        msg.streaming = False
+        return {"channel": msg.channel, "ts": msg.ts, "message": msg.as_api()}
 
     async def _update(self, params: JsonDict, _team: str) -> JsonDict:
         channel = self._channel(params, member=True)
@@ -498,6 +599,7 @@ class FakeSlackApi:
         if len(text) > UPDATE_TEXT_LIMIT:
             raise _Reject("msg_too_long")
         msg.text, msg.blocks = text, blocks
+        msg.streaming = False  # an update finishes a stream (how an expired one is ended)
         msg.edits += 1
         msg.history.append(text)
         return {"channel": channel, "ts": msg.ts, "text": text, "message": msg.as_api()}
@@ -611,11 +713,43 @@ class FakeSlackApi:
         channel = self._channel(params, "channel_id")
         if not params.get("thread_ts"):
             raise _Reject("invalid_arguments")
-        self.statuses.append((channel, str(params["thread_ts"]), str(params.get("status", ""))))
+        status = str(params.get("status", ""))
+        self.statuses.append((channel, str(params["thread_ts"]), status))
+        self.status_now[channel, str(params["thread_ts"])] = status
+        return {}
+
+    async def _set_suggested_prompts(self, params: JsonDict, _team: str) -> JsonDict:
+        # As Slack: 1 to 4 prompts, each a title and a message; `thread_ts` is optional in the Messages tab.
+        channel = self._channel(params, "channel_id")
+        prompts = params.get("prompts")
+        if not isinstance(prompts, list) or not 1 <= len(prompts) <= MAX_SUGGESTED_PROMPTS:
+            raise _Reject("invalid_arguments")
+        pairs: list[tuple[str, str]] = []
+        for prompt in prompts:
+            if not isinstance(prompt, dict) or set(prompt) != {"title", "message"}:
+                raise _Reject("invalid_arguments")
+            title, text = prompt["title"], prompt["message"]
+            if not (isinstance(title, str) and isinstance(text, str) and title.strip() and text.strip()):
+                raise _Reject("invalid_arguments")
+            pairs.append((title, text))
+        title = params.get("title")
+        if title is not None and (not isinstance(title, str) or not title.strip()):
+            raise _Reject("invalid_arguments")
+        self.suggested_prompts[channel] = (title, pairs)
+        return {}
+
+    async def _set_title(self, params: JsonDict, _team: str) -> JsonDict:
+        channel = self._channel(params, "channel_id")
+        thread_ts, title = params.get("thread_ts"), params.get("title")
+        if not thread_ts or not isinstance(title, str) or not title.strip():
+            raise _Reject("invalid_arguments")
+        self.titles[(channel, str(thread_ts))] = title
         return {}
 
     async def _conversations_info(self, params: JsonDict, _team: str) -> JsonDict:
         channel = self._channel(params)
+        if channel.startswith("G") and channel in self.not_joined:
+            raise _Reject("channel_not_found")  # Slack hides private channels from non-members
         is_im = channel.startswith("D")
         info: JsonDict = {
             "id": channel,
@@ -626,7 +760,8 @@ class FakeSlackApi:
             "is_member": channel not in self.not_joined,
         }
         if not is_im:  # a DM has a user, not a creator or a name
-            info |= {"name": channel.lower(), "creator": self.channel_creators.get(channel, "U0CREATOR")}
+            name = self.channel_names.get(channel, channel.lower())
+            info |= {"name": name, "creator": self.channel_creators.get(channel, "U0CREATOR")}
         return {"channel": info}
 
     def _remember_view(self, view: JsonDict, team: str) -> JsonDict:
@@ -674,6 +809,35 @@ class FakeSlackApi:
                 if home["id"] == found["id"]:
                     self.home_views[user] = updated
         return {"view": updated}
+
+    # agents.sessions.*: arguments as docs.slack.dev/reference/methods/agents.sessions.setStatus and
+    # .rename document them (form or JSON bodies; slack_sdk has no methods, the bot sends JSON).
+    async def _session_status(self, params: JsonDict, _team: str) -> JsonDict:
+        channel, thread_ts = self._session(params)
+        status = str(params.get("status") or "")
+        if status not in SESSION_STATUSES:
+            raise _Reject("invalid_arguments")
+        self.session_statuses.append((channel, thread_ts, status))
+        return {"status": status}
+
+    async def _session_rename(self, params: JsonDict, _team: str) -> JsonDict:
+        channel, thread_ts = self._session(params)
+        title = str(params.get("title") or "")
+        if not 1 <= len(title) <= SESSION_TITLE_LIMIT:
+            raise _Reject("invalid_arguments")
+        self.session_titles.append((channel, thread_ts, title))
+        return {"title": title}
+
+    def _session(self, params: JsonDict) -> tuple[str, str]:
+        channel = self._channel(params, "channel_id")
+        if not params.get("thread_ts"):
+            raise _Reject("invalid_arguments")  # thread-based sessions need their root's ts
+        return channel, str(params["thread_ts"])
+
+
+def _streamed(text: str) -> list[JsonDict] | None:
+    """A streamed message shows its Markdown as a `markdown` block."""
+    return [{"type": "markdown", "text": text}] if text else None
 
 
 def reject(error: str, status: int = 200, retry_after: int | None = None) -> Exception:

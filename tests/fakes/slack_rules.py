@@ -21,6 +21,9 @@ JsonDict = dict[str, Any]
 UPDATE_TEXT_LIMIT = 4_000  # chat.update answers msg_too_long past this
 POST_TEXT_LIMIT = 40_000  # chat.postMessage truncates past this
 MARKDOWN_BLOCK_LIMIT = 12_000  # total `markdown` block text per message
+STREAM_CALL_LIMIT = 12_000  # markdown_text of one chat.startStream/appendStream/stopStream call
+STREAM_TOTAL_LIMIT = 40_000  # a streamed message as a whole fails with msg_too_long near this
+STREAM_EXPIRY = 300.0  # seconds a stream stays open (message_not_in_streaming_state after)
 MAX_BLOCKS = 50
 VIEW_MAX_BLOCKS = 100  # modals and the Home tab
 VIEW_TITLE_LIMIT = 24  # a modal's title, submit and close labels
@@ -33,7 +36,14 @@ SECTION_FIELD_LIMIT = 2_000
 HEADER_TEXT_LIMIT = 150
 CONTEXT_ELEMENTS = 10
 CONTEXT_ELEMENT_TYPES = frozenset({"mrkdwn", "plain_text", "image"})
+CONTEXT_ACTIONS_ELEMENTS = 5
+CONTEXT_ACTIONS_TYPES = frozenset({"feedback_buttons", "icon_button"})
+FEEDBACK_BUTTON_TEXT_LIMIT = 75
 TEXT_TYPES = frozenset({"mrkdwn", "plain_text"})
+ACTIONS_ELEMENTS = 25
+BUTTON_TEXT_LIMIT = 75
+BUTTON_VALUE_LIMIT = 2_000
+ACTION_ID_LIMIT = 255
 # Every block type Block Kit documents; anything else is refused as Slack refuses it.
 BLOCK_TYPES = frozenset(
     {
@@ -52,7 +62,10 @@ BLOCK_TYPES = frozenset(
         "video",
     }
 )
+MAX_SUGGESTED_PROMPTS = 4  # assistant.threads.setSuggestedPrompts
 REPLIES_PAGE_LIMIT = 15  # conversations.replies items per page for distributed non-Marketplace apps
+SESSION_STATUSES = frozenset({"active", "processing", "suspended", "closed"})  # agents.sessions.setStatus
+SESSION_TITLE_LIMIT = 200  # agents.sessions.rename
 
 
 class Refusal(Exception):
@@ -89,12 +102,17 @@ SLACK_LIMITS: Mapping[str, RateLimit] = MappingProxyType(
         "chat.appendStream": TIER_4,
         "chat.stopStream": TIER_2,
         "conversations.replies": TIER_3,
+        "assistant.threads.setSuggestedPrompts": TIER_4,
+        "assistant.threads.setTitle": TIER_4,
         "users.info": TIER_4,
-        "assistant.threads.setStatus": RateLimit(600, burst=10),
+        "assistant.threads.setStatus": RateLimit(600, burst=20),  # "special": our reading, as the bench's
         "conversations.info": TIER_3,
         "views.open": TIER_4,
         "views.publish": TIER_4,
         "views.update": TIER_4,
+        # Tier 3 as slack-morphism declares them (Slack's page for the methods names no tier).
+        "agents.sessions.setStatus": TIER_3,
+        "agents.sessions.rename": TIER_3,
     }
 )
 
@@ -163,6 +181,41 @@ class Fault:
             return True
         assert self._probability is not None
         return self._random.random() < self._probability
+
+
+# ---- native streams ------------------------------------------------------------------------------
+
+
+def stream_text(params: JsonDict) -> str:
+    """The Markdown a stream call adds: `markdown_text`, or its `markdown_text` chunks."""
+    text = params.get("markdown_text")
+    chunks = params.get("chunks")
+    if text is not None and chunks:
+        raise Refusal("invalid_arguments")
+    if chunks:
+        if not isinstance(chunks, list):
+            raise Refusal("invalid_chunks")
+        parts = []
+        for chunk in chunks:
+            if not isinstance(chunk, dict) or chunk.get("type") != "markdown_text":
+                raise Refusal("invalid_chunks")  # task and plan chunks are not modelled
+            parts.append(str(chunk.get("text", "")))
+        text = "".join(parts)
+    text = str(text or "")
+    if len(text) > STREAM_CALL_LIMIT:
+        raise Refusal("msg_too_long")
+    return text
+
+
+def check_recipients(params: JsonDict, channel: str) -> None:
+    """Streams in channels go to one person: `recipient_user_id` and `recipient_team_id` are required
+    there (not in DMs, whose ids start with D)."""
+    if channel.startswith("D"):
+        return
+    if not params.get("recipient_user_id"):
+        raise Refusal("missing_recipient_user_id")
+    if not params.get("recipient_team_id"):
+        raise Refusal("missing_recipient_team_id")
 
 
 # ---- message bodies ------------------------------------------------------------------------------
@@ -235,6 +288,8 @@ def validate_blocks(blocks: Any, *, limit: int = MAX_BLOCKS) -> None:
             markdown_total += len(text)
         elif kind == "context":
             _check_context(block)
+        elif kind == "context_actions":
+            _check_context_actions(block)
         elif kind == "section":
             _check_section(block)
         elif kind == "header":
@@ -243,6 +298,8 @@ def validate_blocks(blocks: Any, *, limit: int = MAX_BLOCKS) -> None:
             _check_text(block.get("label"), INPUT_LABEL_LIMIT, types=frozenset({"plain_text"}))
             if not isinstance(block.get("element"), dict) or "type" not in block["element"]:
                 raise Refusal("invalid_blocks")
+        elif kind == "actions":
+            _check_actions(block)
     if markdown_total > MARKDOWN_BLOCK_LIMIT:
         raise Refusal("invalid_blocks")
 
@@ -258,6 +315,21 @@ def _check_context(block: JsonDict) -> None:
             _check_text(element, SECTION_TEXT_LIMIT)
 
 
+def _check_context_actions(block: JsonDict) -> None:
+    elements = block.get("elements")
+    if not isinstance(elements, list) or not 1 <= len(elements) <= CONTEXT_ACTIONS_ELEMENTS:
+        raise Refusal("invalid_blocks")
+    for element in elements:
+        if not isinstance(element, dict) or element.get("type") not in CONTEXT_ACTIONS_TYPES:
+            raise Refusal("invalid_blocks")
+        if element["type"] == "feedback_buttons":
+            for side in ("positive_button", "negative_button"):
+                button = element.get(side)
+                if not isinstance(button, dict) or not isinstance(button.get("value"), str):
+                    raise Refusal("invalid_blocks")
+                _check_text(button.get("text"), FEEDBACK_BUTTON_TEXT_LIMIT, types=frozenset({"plain_text"}))
+
+
 def _check_section(block: JsonDict) -> None:
     text, fields = block.get("text"), block.get("fields")
     if text is None and fields is None:
@@ -269,6 +341,24 @@ def _check_section(block: JsonDict) -> None:
             raise Refusal("invalid_blocks")
         for field in fields:
             _check_text(field, SECTION_FIELD_LIMIT)
+
+
+def _check_actions(block: JsonDict) -> None:
+    """An actions block: 1..25 interactive elements; buttons as Block Kit's reference limits them."""
+    elements = block.get("elements")
+    if not isinstance(elements, list) or not 1 <= len(elements) <= ACTIONS_ELEMENTS:
+        raise Refusal("invalid_blocks")
+    for element in elements:
+        if not isinstance(element, dict) or not isinstance(element.get("type"), str):
+            raise Refusal("invalid_blocks")
+        if element["type"] != "button":
+            continue
+        _check_text(element.get("text"), BUTTON_TEXT_LIMIT, types=frozenset({"plain_text"}))
+        action_id, value = element.get("action_id", ""), element.get("value", "")
+        if not isinstance(action_id, str) or len(action_id) > ACTION_ID_LIMIT:
+            raise Refusal("invalid_blocks")
+        if not isinstance(value, str) or len(value) > BUTTON_VALUE_LIMIT:
+            raise Refusal("invalid_blocks")
 
 
 def _check_text(obj: Any, limit: int, *, types: frozenset[str] = TEXT_TYPES) -> None:

@@ -1,0 +1,60 @@
+"""The thread's status line (bot.slack.status) against the fake Slack: renewed while the model only
+thinks, skipped when its budget is spent, taken down on failure."""
+
+from __future__ import annotations
+
+import asyncio
+
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.slack.edit_budget import SET_STATUS, EditBudgets
+from bot.slack.status import REFRESH_SECONDS, THINKING, ThinkingStatus
+from tests.fakes.slack_api import FakeSlackApi
+
+
+def _status(
+    slack: FakeSlackApi, budgets: EditBudgets, thread: str = "1.000001", *, refresh: float = REFRESH_SECONDS
+) -> ThinkingStatus:
+    client = AsyncWebClient(token="xoxb-test", base_url=slack.api_url)
+    return ThinkingStatus(client, budgets.for_team("T1", SET_STATUS), "C1", thread, refresh=refresh)
+
+
+async def test_the_status_is_renewed_while_the_model_still_thinks(slack: FakeSlackApi) -> None:
+    status = _status(slack, EditBudgets(), refresh=0.3)
+    assert await status.show()
+    await status.keep()  # too soon: Slack still shows it
+    assert len(slack.statuses) == 1
+    await asyncio.sleep(0.35)
+    await status.keep()
+    assert [s[2] for s in slack.statuses] == [THINKING, THINKING]
+
+
+async def test_a_status_whose_budget_is_spent_is_skipped_not_waited_for(slack: FakeSlackApi) -> None:
+    budgets = EditBudgets()
+    budget = budgets.for_team("T1", SET_STATUS)
+    others = [asyncio.create_task(budget.acquire(f"other{i}")) for i in range(budget.burst + 20)]
+    await asyncio.sleep(0)  # they took the burst and queue for more
+    started = asyncio.get_running_loop().time()
+    assert not await _status(slack, budgets).show()
+    assert asyncio.get_running_loop().time() - started < 0.1
+    assert slack.statuses == []
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+
+
+async def test_a_failed_reply_takes_its_status_down_and_a_posted_one_needs_no_clearing(
+    slack: FakeSlackApi,
+) -> None:
+    budgets = EditBudgets()
+    failed, answered = _status(slack, budgets, "1.000001"), _status(slack, budgets, "2.000001")
+    assert await failed.show() and await answered.show()
+    answered.cleared_by_post()
+    await failed.clear()
+    await answered.clear()
+    assert slack.statuses == [
+        ("C1", "1.000001", THINKING),
+        ("C1", "2.000001", THINKING),
+        ("C1", "1.000001", ""),
+    ]
+    assert slack.status("C1", "1.000001") == ""
