@@ -187,3 +187,28 @@ async def test_the_quota_migration_goes_down_and_up_again(empty_db_url):
 
     await upgrade_head(empty_db_url)
     assert await table_names(empty_db_url) >= QUOTA_TABLES
+
+
+async def test_the_app_home_shows_remaining_credits_the_budget_and_open_alerts(db_url, fakes, sessions):
+    from tests.test_app_home import open_home, text_of
+
+    slack, aiml = fakes
+    settings = make_settings(
+        db_url,
+        slack,
+        aiml,
+        quota_user_daily_credits=10_000,
+        budget_workspace_monthly_credits=1_000_000,
+        admin_alert_channel=ALERTS,
+        admin_user_ids="UADMIN",
+    )
+    await spend(sessions, 8_500, user="UADMIN")
+    async with running_bot(settings, slack, aiml) as bot:
+        assert bot.runtime.alerts is not None
+        await bot.runtime.alerts.check(Subject("T1", "C1", "UADMIN"))
+        view = await open_home(bot, "UADMIN")
+    assert view is not None
+    shown = text_of(view)
+    assert "Your daily quota" in shown and "1,500 of 10,000" in shown
+    assert "Workspace budget this month" in shown and "991,500 of 1,000,000" in shown
+    assert "80% used" in shown  # the alert posted a moment ago is open
