@@ -30,7 +30,9 @@ from bot.conversation.quota_home import QuotaAllowances, SentAlerts
 from bot.conversation.service import ConversationService, ServiceConfig
 from bot.conversation.settings_rules import SettingsBounds
 from bot.conversation.settings_store import ChannelSettingsStore
+from bot.conversation.summaries import Summarizer
 from bot.conversation.turns import RunningReplies, Turns
+from bot.files.extract import TextCaps
 from bot.jobs.alerts import AlertJob
 from bot.jobs.digest import DigestJob
 from bot.jobs.maintenance import Maintenance
@@ -44,12 +46,16 @@ from bot.slack.agent_view import AgentView, load_prompts, register_agent_view
 from bot.slack.app_home import AppHome, register_app_home
 from bot.slack.edit_budget import EditBudget, EditBudgets
 from bot.slack.feedback import register_feedback
+from bot.slack.files import FileLimits, SlackFiles
 from bot.slack.glm_command import GlmCommand, register_glm_command
 from bot.slack.handler import EdgeConfig, SlackEdge, admin_contact
 from bot.slack.listeners import register_listeners
 from bot.slack.people import UserDirectory
 from bot.slack.quota_command import QuotaCommands, add_quota_subcommands
+from bot.slack.read_access import ReadAccess
+from bot.slack.reading import ReadLimits, SlackReader
 from bot.slack.stop import RunningTurns, StopControl, register_stop_controls
+from bot.slack.summaries import Summaries, register_summaries
 from bot.slack.usage_command import register_usage_command
 from bot.storage.db import check_database, create_engine, describe, session_factory
 from bot.storage.migrate import upgrade_head
@@ -248,6 +254,7 @@ class BotRuntime:
         self.channel_settings: ChannelSettingsStore | None = None
         self.home: AppHome | None = None  # its `allowances` and `alerts` seams are set by the quotas
         self.glm: GlmCommand | None = None  # `/glm` subcommands: self.glm.add(word, Subcommand(...))
+        self.reader: SlackReader | None = None  # Slack reading for a person: tools and summaries
 
     async def start(self) -> int:
         settings = self.settings
@@ -288,6 +295,7 @@ class BotRuntime:
                 stream_message_chars=settings.slack_stream_message_chars,
             ),
             agent_view=agent_view,
+            files=SlackFiles(self.client, file_limits(settings), metrics=self.metrics),
         )
         maintenance = Maintenance(
             core.sessions,
@@ -322,6 +330,24 @@ class BotRuntime:
         )
         self.glm = GlmCommand(access, channel_settings, bounds, self.home)
         add_quota_subcommands(self.glm, QuotaCommands(core.sessions, core.quota))
+        self.reader = SlackReader(
+            self.client,
+            people,
+            ReadAccess(self.client),
+            ReadLimits(settings.slack_read_max_messages, settings.slack_read_max_chars),
+            metrics=self.metrics,
+        )
+        summaries = Summaries(
+            self.reader,
+            Summarizer(core.llm, core.ledger, observer=self.metrics),
+            people,
+            frozenset(settings.admin_user_ids),
+            # Whoever the access rules keep from asking here gets no summary either.
+            stages=(Access(access_rules(settings), contact=contact),),
+            channels=channel_settings,
+        )
+        self.glm.add("summarize", summaries.subcommand())
+        register_summaries(bolt, summaries)
         register_glm_command(bolt, self.glm)
         register_usage_command(bolt, core.sessions, settings.digest_zone, people=people, quota=core.quota)
         if settings.usage_digest_channel:
@@ -389,6 +415,11 @@ class BotRuntime:
         if self._web is not None:
             await self._web.stop()
         await self._stack.aclose()
+
+
+def file_limits(settings: Settings) -> FileLimits:
+    caps = TextCaps(per_file=settings.file_text_max_chars, per_turn=settings.files_text_max_chars)
+    return FileLimits(settings.file_max_bytes, settings.file_download_timeout, caps)
 
 
 def export_live_state(metrics: Metrics, budgets: EditBudgets, engine: AsyncEngine) -> None:

@@ -108,6 +108,21 @@ class Metrics:
             "slackbot_feedback", "Feedback button presses stored, by value (up/down)", ["value"], registry=r
         )
         self.turns_running = Gauge("slackbot_turns_running", "Turns holding their thread now", registry=r)
+        self.files_read = Counter(
+            "slackbot_files_read",
+            "Attached files, by kind and what became of them",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.slack_reads = Counter(
+            "slackbot_slack_reads",
+            "Slack reads for a person (tools, summaries), by what was read and the outcome",
+            ["what", "outcome"],
+            registry=r,
+        )
+        self.summaries = Counter(
+            "slackbot_summaries", "Summaries asked for, by outcome", ["outcome"], registry=r
+        )
 
     def observe_slack_call(self, method: str, outcome: str, seconds: float) -> None:
         """Edits that landed are `chat.update` + `ok`; Slack's 429s are outcome `ratelimited`."""
@@ -134,6 +149,26 @@ class Metrics:
             ("prompt", result.usage.prompt_tokens),
             ("completion", result.usage.completion_tokens),
         ):
+            if value:
+                self.tokens.labels(kind).inc(value)
+
+    def file_read(self, kind: str, outcome: str) -> None:
+        self.files_read.labels(kind, outcome).inc()
+
+    def slack_read(self, what: str, outcome: str) -> None:
+        self.slack_reads.labels(what, outcome).inc()
+
+    def summary_ended(self, outcome: TurnOutcome) -> None:
+        """A summary's completion: counted with the replies' cost and tokens, as the ledger counts it."""
+        self.summaries.labels(outcome.label if outcome.label in UPSTREAM_ERROR_KINDS else "complete").inc()
+        if outcome.label in UPSTREAM_ERROR_KINDS:
+            self.upstream_errors.labels(outcome.label).inc()
+        usage = outcome.usage.usage if outcome.usage is not None else None
+        if usage is None:
+            return
+        if usage.credits_used:
+            self.credits.inc(usage.credits_used)
+        for kind, value in (("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens)):
             if value:
                 self.tokens.labels(kind).inc(value)
 

@@ -95,6 +95,14 @@ class Settings(BaseSettings):
     quota_reservation_ttl_seconds: float = Field(900.0, ge=60)
     # A spike alert needs today's spend over 3x the 7-day daily average AND at least this much.
     spike_alert_min_credits: int = Field(200_000, ge=0)
+    # Files attached to a message: downloaded up to FILE_MAX_BYTES, their text cut per file and per message.
+    file_max_bytes: int = Field(10_000_000, ge=1, le=100_000_000)
+    file_download_timeout: float = Field(20.0, gt=0, le=120)
+    file_text_max_chars: int = Field(40_000, ge=100)
+    files_text_max_chars: int = Field(80_000, ge=100)
+    # What the Slack-reading tools and summaries read at most: messages, and characters of their text.
+    slack_read_max_messages: int = Field(200, ge=1, le=1000)
+    slack_read_max_chars: int = Field(40_000, ge=500)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"

@@ -89,6 +89,10 @@ METHOD_SCOPES: dict[str, frozenset[str]] = {
     "conversations.replies": frozenset({"channels:history", "groups:history", "im:history", "mpim:history"}),
     "conversations.history": frozenset({"channels:history", "groups:history", "im:history", "mpim:history"}),
     "conversations.info": frozenset({"channels:read", "groups:read", "im:read", "mpim:read"}),
+    "conversations.members": frozenset({"channels:read", "groups:read", "im:read", "mpim:read"}),
+    "conversations.list": frozenset({"channels:read", "groups:read", "im:read", "mpim:read"}),
+    "files.info": frozenset({"files:read"}),
+    "files.download": frozenset({"files:read"}),  # url_private_download with the bot token (the fake's name)
     "users.info": frozenset({"users:read"}),
     "reactions.add": frozenset({"reactions:write"}),
     "files.getUploadURLExternal": frozenset({"files:write"}),

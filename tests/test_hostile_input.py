@@ -156,7 +156,9 @@ async def test_a_message_mentioning_10000_people_looks_up_a_bounded_number_of_na
     await bot.idle(timeout=30)
     # The asker's own account is looked up once besides (guests and other organisations are refused).
     named = [call for call in slack.calls_to("users.info") if call.params["user"] != "U1"]
-    assert len(named) == LOOKUPS_PER_MESSAGE
+    assert len({call.params["user"] for call in named}) == LOOKUPS_PER_MESSAGE
+    # Tier 4's burst runs out within the message: a look-up refused with a short 429 is asked once more.
+    assert len(named) <= LOOKUPS_PER_MESSAGE + slack.count_429s
     sent = aiml.requests[0].json["messages"][-1]["content"]
     assert sent.startswith("ping @Person U000000 ") and sent.endswith(" @U009999")
     assert bot.answer("C1", "1700000200.000001") == "That is a lot of people."

@@ -15,6 +15,8 @@ import pytest
         "bot.conversation.turns",
         "bot.conversation.access",
         "bot.conversation.settings_store",
+        "bot.conversation.summaries",
+        "bot.files.extract",
         "bot.usage.report",
         "bot.usage.personal",
         "bot.usage.home",

@@ -257,7 +257,9 @@ async def test_every_web_api_call_the_bot_makes_is_granted_and_every_scope_is_ne
             root = slack.add_message("C1", "a question for the team", user="U2")
             await bot.send(mention("what does <@U2> mean?", "500.000001", thread_ts=root))
             await bot.idle()
-            await bot.send(message("hi", "600.000001", channel="D1", channel_type="im"))
+            notes = slack.add_file("notes.txt", b"agenda")  # a DM with a file (files:read)
+            files = [notes.as_event()]
+            await bot.send(message("hi", "600.000001", channel="D1", channel_type="im", files=files))
             await bot.idle()
             # The Messages tab: opened (suggested prompts), a channel in view (its name only).
             slack.channel_names["C1"] = "general"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.slack.people import UserDirectory
@@ -72,3 +74,31 @@ async def test_names_leaves_out_people_slack_cannot_resolve(slack: FakeSlackApi)
     people = directory(slack, Clock())
 
     assert await people.names(["UADA", "UGONE", "UADA"]) == {"UADA": "Ada Lovelace"}
+
+
+async def test_many_messages_from_one_person_at_once_share_one_users_info_call(slack: FakeSlackApi) -> None:
+    slack.users["UBUSY"] = FakeUser(real_name="Busy Person", is_admin=True)
+    people = directory(slack, Clock())
+
+    found = await asyncio.gather(*(people.lookup("UBUSY") for _ in range(30)))
+
+    assert all(p is not None and p.name == "Busy Person" and p.is_workspace_admin for p in found)
+    assert len(slack.calls_to("users.info")) == 1
+    assert slack.count_429s == 0
+
+
+async def test_a_guest_and_a_slack_connect_user_are_told_apart_from_members(slack: FakeSlackApi) -> None:
+    slack.users["UGUEST"] = FakeUser(real_name="Guest", is_ultra_restricted=True)
+    slack.users["UOTHER"] = FakeUser(real_name="Partner", team_id="TPARTNER")
+    slack.users["UOWNER"] = FakeUser(real_name="Owner", is_owner=True)
+    people = directory(slack, Clock())
+
+    guest, other, owner = [await people.lookup(u) for u in ("UGUEST", "UOTHER", "UOWNER")]
+
+    assert guest is not None and owner is not None and other is not None
+    as_guest = guest.asker(admins=frozenset(), workspace="T1")
+    as_other = other.asker(admins=frozenset(), workspace="T1")
+    assert (as_guest.is_guest, as_guest.is_external, as_guest.is_admin) == (True, False, False)
+    assert (as_other.is_guest, as_other.is_external) == (False, True)
+    assert owner.asker(admins=frozenset(), workspace="T1").is_admin
+    assert guest.asker(admins=frozenset({"UGUEST"}), workspace="T1").is_admin

@@ -61,7 +61,7 @@ async def test_the_chart_is_uploaded_as_a_png_into_the_digests_thread(sessions, 
     await yesterday_spend(sessions, 45_000)
     outcome = await digest(sessions, slack, DefaultLimits(workspace_month=3_000_000))
 
-    [file] = slack.files.values()
+    [file] = slack.uploads.values()
     assert file.channel == CHANNEL and file.thread_ts == outcome.slack_ts
     assert file.content is not None and file.content.startswith(PNG_MAGIC)
     assert file.title == CHART_TITLE and file.alt_txt
@@ -80,7 +80,7 @@ async def test_a_failed_chart_upload_leaves_the_digest_text_posted(sessions, sla
     assert outcome.status is DigestStatus.POSTED
     [message] = slack.messages(CHANNEL)
     assert "45,000" in str(message.blocks)
-    assert all(f.channel is None for f in slack.files.values())  # nothing was shared
+    assert all(f.channel is None for f in slack.uploads.values())  # nothing was shared
 
 
 async def test_an_unreachable_upload_url_leaves_the_digest_text_posted(sessions, slack):
@@ -90,7 +90,7 @@ async def test_an_unreachable_upload_url_leaves_the_digest_text_posted(sessions,
     outcome = await digest(sessions, slack, DefaultLimits())
 
     assert outcome.status is DigestStatus.POSTED and len(slack.messages(CHANNEL)) == 1
-    assert slack.files == {}
+    assert slack.uploads == {}
 
 
 async def test_the_chart_stacks_the_top_channels_per_day_with_the_budgets_daily_pace(sessions):

@@ -36,6 +36,7 @@ from bot.conversation.channel_settings import (
 from bot.conversation.keys import ConversationKey, ConversationKind
 from bot.conversation.ordering import TurnOrder, TurnTicket
 from bot.conversation.person import Person
+from bot.files.extract import Attachment
 from bot.storage import conversations as repo
 from bot.storage.db import UNAVAILABLE, error_reason
 from bot.storage.dedupe import claim_event, release_event
@@ -58,6 +59,7 @@ class Arrival:
     text: str  # as the surface wrote it (Slack markup); the surface makes it readable for the model
     addressed: bool  # mentioned, or a DM: may start a conversation
     mid_thread: bool = False  # a reply inside a thread: earlier messages may be context
+    attachments: tuple[Attachment, ...] = ()  # files attached; the surface reads them into the text
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,11 @@ class Ledger:
             # Not spooled: the final text follows in `reply_ended`, which spools when it must.
             log.warning("could not save the answer before it is shown: %s", error_reason(exc))
 
+    async def usage_only(self, entry: UsageEntry) -> None:
+        """The row of a completion that is no conversation's reply (a summary): now, or spooled."""
+        record: dict[str, Any] = {"kind": "usage", "entry": asdict(entry), "created_at": utcnow().isoformat()}
+        await self._write(record, "the ledger row")
+
     async def reply_ended(
         self,
         message_id: int,

@@ -46,7 +46,9 @@ DEFAULT_METHOD_RATES: dict[str, MethodRate] = {
     START_STREAM: MethodRate(18.0, 3),
     STOP_STREAM: MethodRate(18.0, 3),
     APPEND_STREAM: MethodRate(90.0, 8),
-    SET_STATUS: MethodRate(540.0, 15),
+    # A status is skipped, never waited for, and a 429 costs only that status: start with a burst
+    # as big as a busy minute's first second (50 people asking at once), the adaptation cuts it back.
+    SET_STATUS: MethodRate(540.0, 60),
 }
 
 

@@ -8,6 +8,7 @@ from typing import Any, TypeGuard
 
 from bot.conversation.admission import Arrival
 from bot.conversation.keys import ConversationKey, ConversationKind
+from bot.slack.files import attachments_in
 
 # Subtypes that are still a person writing; everything else (edits, deletions, joins, bots) is not.
 _PERSON_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
@@ -84,6 +85,7 @@ def classify(body: dict[str, Any], bot_user_id: str | None) -> Arrival | Ignored
         text=text,
         addressed=mentioned or is_dm,
         mid_thread=in_thread,
+        attachments=attachments_in(event),
     )
 
 

@@ -19,6 +19,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.conversation.admission import Arrival
 from bot.conversation.person import Person
 from bot.conversation.turns import Turns
+from bot.files.extract import FileText, with_attachments
 from bot.llm.types import ChatMessage
 from bot.logs import bind_context
 from bot.metrics import Metrics
@@ -27,6 +28,7 @@ from bot.slack.backfill import ThreadSpot, thread_context
 from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
 from bot.slack.edit_budget import EditBudgets
 from bot.slack.events import Ignored, classify, event_type_label, readable, strip_bot_mention, user_ids_in
+from bot.slack.files import SlackFiles
 from bot.slack.people import LOOKUPS_PER_MESSAGE, UserDirectory
 from bot.slack.streaming import ChosenReply, ReplyPlace, Streaming, StreamingConfig, StreamingMode
 from bot.storage.models import ConversationKind
@@ -65,6 +67,7 @@ class SlackSurface:
     config: EdgeConfig
     streaming: Streaming
     agent_view: AgentView | None = None  # the Messages tab: titles, the channel in view
+    files: SlackFiles | None = None  # None: attached files are noted as not read
 
     async def person(self, arrival: Arrival) -> Person | None:
         profile = await self.people.lookup(arrival.user_id)
@@ -83,7 +86,12 @@ class SlackSurface:
     async def prompt_text(self, arrival: Arrival) -> str:
         text = strip_bot_mention(arrival.text, self.bot_user_id)
         names = await self.people.names(user_ids_in(text), lookups=LOOKUPS_PER_MESSAGE)
-        return readable(text, names)
+        text = readable(text, names)
+        if not arrival.attachments:
+            return text
+        if self.files is None:
+            return with_attachments(text, [FileText(a.name, None, "not read") for a in arrival.attachments])
+        return with_attachments(text, await self.files.read(arrival.attachments))
 
     async def thread_context(self, arrival: Arrival, reply_refs: Sequence[str]) -> Sequence[ChatMessage]:
         key = arrival.key
@@ -135,10 +143,12 @@ class SlackEdge:
         metrics: Metrics,
         config: EdgeConfig,
         agent_view: AgentView | None = None,
+        files: SlackFiles | None = None,
     ) -> None:
         self.turns = turns
         self._people, self._budgets, self._metrics, self._config = people, budgets, metrics, config
         self._agent_view = agent_view
+        self._files = files
         mode, chars = config.streaming, config.stream_message_chars
         self.streaming = Streaming(budgets, StreamingConfig(mode, config.update_interval, chars), metrics)
 
@@ -167,5 +177,6 @@ class SlackEdge:
             self._config,
             self.streaming,
             self._agent_view,
+            self._files,
         )
         await self.turns.handle(arrival, surface)

@@ -19,6 +19,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.conversation.person import Person
+from bot.slack.retries import with_rate_limit_retries
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,9 @@ class UserDirectory:
         timeout: float = LOOKUP_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._client = client
+        # A short 429 (Retry-After within the look-up's timeout) is waited out rather than failed.
+        self._client = with_rate_limit_retries(client, max_retries=2, max_wait=timeout / 2)
+        self._pending: dict[str, asyncio.Future[Profile | None]] = {}
         self._max_entries = max_entries
         self._ttl = ttl
         self._timeout = timeout
@@ -112,10 +115,23 @@ class UserDirectory:
         return entry[1]
 
     async def lookup(self, user_id: str) -> Profile | None:
-        """The person behind `user_id`, or None when Slack cannot say right now."""
+        """The person behind `user_id`, or None when Slack cannot say right now.
+
+        Callers asking for the same person at once share one users.info call: a burst of messages
+        from one person (or one channel's people) must not spend the Tier 4 budget once per message,
+        and admission fails closed when the look-up fails.
+        """
         cached = self.cached(user_id)
         if cached is not None:
             return cached
+        pending = self._pending.get(user_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._fetch(user_id))
+            self._pending[user_id] = pending
+            pending.add_done_callback(lambda _: self._pending.pop(user_id, None))
+        return await asyncio.shield(pending)
+
+    async def _fetch(self, user_id: str) -> Profile | None:
         now = self._clock()
         try:
             async with asyncio.timeout(self._timeout):

@@ -54,6 +54,7 @@ __all__ = [
     "FakeFile",
     "FakeMessage",
     "FakeSlackApi",
+    "FakeUpload",
     "FakeUser",
     "RateLimit",
     "reject",
@@ -64,8 +65,8 @@ _Reject = Refusal  # the name this module's handlers raise
 
 
 @dataclass
-class FakeFile:
-    """A file uploaded with files_upload_v2: URL asked for, bytes posted, then shared in a channel."""
+class FakeUpload:
+    """A file the bot uploaded with files_upload_v2: URL asked for, bytes posted, then shared."""
 
     id: str
     filename: str
@@ -133,6 +134,41 @@ class FakeUser:
     is_restricted: bool = False  # a multi-channel guest
     is_ultra_restricted: bool = False  # a single-channel guest
     team_id: str | None = None  # another workspace's id for a Slack Connect user; None: the caller's
+
+
+@dataclass
+class FakeFile:
+    """A file someone uploaded; `as_event()` is the object Slack puts in a message event's `files`."""
+
+    id: str
+    name: str
+    content: bytes
+    mimetype: str
+    filetype: str
+    url: str
+    size: int | None = None  # what Slack reports; None: the content's length
+    fail_with: int | None = None  # an HTTP status the download answers instead of the bytes
+    redirect_to: str | None = None  # the download answers 302 to this location instead
+    downloads: int = 0
+
+    def as_event(self) -> JsonDict:
+        return {
+            "id": self.id,
+            "created": 1_700_000_000,
+            "name": self.name,
+            "title": self.name,
+            "mimetype": self.mimetype,
+            "filetype": self.filetype,
+            "pretty_type": self.filetype.upper(),
+            "user": "U1",
+            "mode": "hosted",
+            "is_external": False,
+            "is_public": False,
+            "size": len(self.content) if self.size is None else self.size,
+            "url_private": self.url,
+            "url_private_download": self.url + "?download=1",
+            "permalink": f"https://fake.slack.com/files/U1/{self.id}/{self.name}",
+        }
 
 
 @dataclass(frozen=True)
@@ -208,7 +244,7 @@ class FakeSlackApi:
         self.latency: Callable[[str], float] | None = SeededLatency()
         self.calls: list[Call] = []
         self.ephemerals: list[FakeEphemeral] = []
-        self.files: dict[str, FakeFile] = {}  # by file id, in upload order
+        self.uploads: dict[str, FakeUpload] = {}  # the bot's files_upload_v2 uploads, by file id
         self.statuses: list[
             tuple[str, str, str]
         ] = []  # assistant.threads.setStatus (channel, thread, status)
@@ -224,6 +260,13 @@ class FakeSlackApi:
         # (unknown channels: the id in lower case); a private channel in `not_joined` is not found.
         self.channel_creators: dict[str, str] = {}
         self.channel_names: dict[str, str] = {}
+        # Who is in which conversation (conversations.members; unset: just U1 and the bot), which
+        # C channels are private (G and D ones always are), and whose DM with the bot a D channel is.
+        self.channel_members: dict[str, list[str]] = {}
+        self.private_channels: set[str] = set()
+        self.dm_users: dict[str, str] = {}
+        self.files: dict[str, FakeFile] = {}  # uploaded files, served at their url with the bot token
+        self._next_file = 1
         self.expired_triggers: set[str] = set()  # views.open answers expired_trigger_id for these
         self.opened_views: list[JsonDict] = []  # views.open, oldest first, with the "id" the fake gave
         self.home_views: dict[str, JsonDict] = {}  # views.publish: user -> their Home tab now
@@ -249,6 +292,10 @@ class FakeSlackApi:
             "chat.delete": self._delete,
             "chat.postEphemeral": self._post_ephemeral,
             "conversations.replies": self._replies,
+            "conversations.history": self._history,
+            "conversations.members": self._members,
+            "conversations.list": self._list,
+            "files.info": self._files_info,
             "users.info": self._users_info,
             "assistant.threads.setStatus": self._set_status,
             "files.getUploadURLExternal": self._get_upload_url,
@@ -272,6 +319,7 @@ class FakeSlackApi:
         app = web.Application(middlewares=[self._track])
         app.router.add_route("*", "/api/{method}", self._dispatch)
         app.router.add_post("/upload/v1/{file_id}", self._receive_upload)
+        app.router.add_get("/files-pri/{file_id}/{name}", self._download)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -364,6 +412,29 @@ class FakeSlackApi:
     ) -> str:
         """Seed a message (a person's, by default) and return its ts."""
         return self._store(channel, text, None, user, bot_id, thread_ts).ts
+
+    def add_file(
+        self,
+        name: str,
+        content: bytes,
+        *,
+        mimetype: str = "text/plain",
+        filetype: str = "text",
+        size: int | None = None,
+        fail_with: int | None = None,
+    ) -> FakeFile:
+        """Upload a file; put `file.as_event()` into a message event's `files` to attach it."""
+        file_id = f"F{self._next_file:08d}"
+        self._next_file += 1
+        url = f"http://127.0.0.1:{self._port}/files-pri/{self.team_id}-{file_id}/{name}"
+        found = FakeFile(file_id, name, content, mimetype, filetype, url, size, fail_with)
+        self.files[file_id] = found
+        return found
+
+    def stamp_from(self, epoch_seconds: float) -> None:
+        """Give the next messages ts from this time on (the default is November 2023), e.g. `time.time()`
+        for tests that read "the last 24 hours"."""
+        self._next_ts = max(self._next_ts, int(epoch_seconds * 1_000_000))
 
     def delete_message(self, channel: str, ts: str) -> None:
         """Remove a message, as a person deleting it in Slack would."""
@@ -641,6 +712,103 @@ class FakeSlackApi:
             "response_metadata": {"next_cursor": next_cursor},
         }
 
+    def _top_level(self, channel: str) -> list[FakeMessage]:
+        return [m for m in self._messages.get(channel, []) if m.thread_ts in (None, m.ts)]
+
+    async def _history(self, params: JsonDict, _team: str) -> JsonDict:
+        """Top-level messages newest first within (oldest, latest), paged as Slack pages them."""
+        channel = self._channel(params, member=True)
+        oldest, latest = _ts_param(params.get("oldest"), 0.0), _ts_param(params.get("latest"), float("inf"))
+        inclusive = str(params.get("inclusive", "")).lower() in ("1", "true")
+        in_range = [
+            m
+            for m in self._top_level(channel)
+            if (oldest <= float(m.ts) <= latest if inclusive else oldest < float(m.ts) < latest)
+        ]
+        newest_first = sorted(in_range, key=lambda m: float(m.ts), reverse=True)
+        limit = max(1, min(int(params.get("limit") or 100), REPLIES_PAGE_LIMIT))
+        offset = _decode_cursor(params.get("cursor"))
+        page = newest_first[offset : offset + limit]
+        has_more = offset + limit < len(newest_first)
+        messages = []
+        for m in page:
+            out = m.as_api()
+            replies = [r for r in self.thread(channel, m.ts) if r.ts != m.ts]
+            if replies:
+                out |= {"reply_count": len(replies), "latest_reply": replies[-1].ts}
+            messages.append(out)
+        return {
+            "messages": messages,
+            "has_more": has_more,
+            "pin_count": 0,
+            "response_metadata": {"next_cursor": _encode_cursor(offset + limit) if has_more else ""},
+        }
+
+    def _is_private(self, channel: str) -> bool:
+        return not channel.startswith("C") or channel in self.private_channels
+
+    async def _members(self, params: JsonDict, _team: str) -> JsonDict:
+        channel = self._channel(params)
+        if channel in self.not_joined and self._is_private(channel):
+            raise _Reject("channel_not_found")  # a private conversation the bot is not in is invisible
+        members = self.channel_members.get(channel, ["U1", self.bot_user_id])
+        limit = max(1, min(int(params.get("limit") or 100), 1000))
+        offset = _decode_cursor(params.get("cursor"))
+        more = offset + limit < len(members)
+        return {
+            "members": members[offset : offset + limit],
+            "response_metadata": {"next_cursor": _encode_cursor(offset + limit) if more else ""},
+        }
+
+    async def _list(self, params: JsonDict, _team: str) -> JsonDict:
+        """The workspace's channels of the asked `types`, paged; private ones only where the bot is."""
+        types = set(str(params.get("types") or "public_channel").split(","))
+        known = self.known_channels
+        if known is None:
+            known = {*self._messages, *self.channel_creators, *self.channel_members, *self.channel_names}
+        listed = []
+        for channel in sorted(c for c in known if c.startswith(("C", "G"))):
+            private = self._is_private(channel)
+            if ("private_channel" if private else "public_channel") not in types:
+                continue
+            if private and channel in self.not_joined:
+                continue
+            name = self.channel_names.get(channel, channel.lower())
+            listed.append({"id": channel, "name": name, "is_private": private, "is_channel": not private})
+        limit = max(1, min(int(params.get("limit") or 100), 1000))
+        offset = _decode_cursor(params.get("cursor"))
+        more = offset + limit < len(listed)
+        return {
+            "channels": listed[offset : offset + limit],
+            "response_metadata": {"next_cursor": _encode_cursor(offset + limit) if more else ""},
+        }
+
+    async def _files_info(self, params: JsonDict, _team: str) -> JsonDict:
+        found = self.files.get(str(params.get("file", "")))
+        if found is None:
+            raise _Reject("file_not_found")
+        return {"file": found.as_event(), "comments": [], "response_metadata": {"next_cursor": ""}}
+
+    async def _download(self, request: web.Request) -> web.StreamResponse:
+        """A file's bytes for a bot token; anything else gets Slack's sign-in page (200, HTML)."""
+        file_id = request.match_info["file_id"].rpartition("-")[2]
+        token = _bearer(request.headers.get("Authorization"))
+        self.calls.append(
+            Call("files.download", {"file": file_id}, self.tokens.get(token or ""), time.monotonic())
+        )
+        found = self.files.get(file_id)
+        if token not in self.tokens:
+            page = "<!DOCTYPE html><html><body>Sign in to Slack</body></html>"
+            return web.Response(text=page, content_type="text/html")
+        if found is None or found.name != request.match_info["name"]:
+            return web.Response(status=404, text="Not found")
+        if found.fail_with is not None:
+            return web.Response(status=found.fail_with, text="Slack is having trouble")
+        if found.redirect_to is not None:
+            return web.Response(status=302, headers={"Location": found.redirect_to})
+        found.downloads += 1
+        return web.Response(body=found.content, content_type=found.mimetype)
+
     async def _users_info(self, params: JsonDict, team: str) -> JsonDict:
         user_id = str(params.get("user", ""))
         user = self.users.get(user_id)
@@ -675,13 +843,13 @@ class FakeSlackApi:
             raise _Reject("invalid_arguments") from None
         if not filename or length <= 0:
             raise _Reject("invalid_arguments")
-        file_id = f"F{len(self.files) + 1:08d}"
+        file_id = f"F{len(self.uploads) + 1:08d}"
         alt = params.get("alt_txt")
-        self.files[file_id] = FakeFile(file_id, str(filename), length, str(alt) if alt else None)
+        self.uploads[file_id] = FakeUpload(file_id, str(filename), length, str(alt) if alt else None)
         return {"upload_url": f"http://127.0.0.1:{self._port}/upload/v1/{file_id}", "file_id": file_id}
 
     async def _receive_upload(self, request: web.Request) -> web.Response:
-        file = self.files.get(request.match_info["file_id"])
+        file = self.uploads.get(request.match_info["file_id"])
         if file is None:
             return web.Response(status=404, text="Not Found")
         body = await request.read()
@@ -700,7 +868,7 @@ class FakeSlackApi:
         channel = self._channel(params, "channel_id", member=True) if params.get("channel_id") else None
         done: list[JsonDict] = []
         for item in wanted:
-            file = self.files.get(str(item.get("id")))
+            file = self.uploads.get(str(item.get("id")))
             if file is None or file.content is None:
                 raise _Reject("file_not_found")
             file.title = item.get("title") or file.filename
@@ -756,9 +924,11 @@ class FakeSlackApi:
             "is_channel": channel.startswith("C"),
             "is_group": channel.startswith("G"),
             "is_im": is_im,
-            "is_private": not channel.startswith("C"),
+            "is_private": self._is_private(channel),
             "is_member": channel not in self.not_joined,
         }
+        if is_im:
+            info["user"] = self.dm_users.get(channel, "U1")
         if not is_im:  # a DM has a user, not a creator or a name
             name = self.channel_names.get(channel, channel.lower())
             info |= {"name": name, "creator": self.channel_creators.get(channel, "U0CREATOR")}
@@ -864,6 +1034,15 @@ async def _read_params(request: web.Request) -> JsonDict:
         if isinstance(params.get(name), str):
             params[name] = json.loads(params[name])
     return params
+
+
+def _ts_param(value: Any, default: float) -> float:
+    if value in (None, ""):
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        raise _Reject("invalid_ts_oldest") from exc
 
 
 def _encode_cursor(offset: int) -> str:

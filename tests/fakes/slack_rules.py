@@ -107,6 +107,10 @@ SLACK_LIMITS: Mapping[str, RateLimit] = MappingProxyType(
         "users.info": TIER_4,
         "assistant.threads.setStatus": RateLimit(600, burst=20),  # "special": our reading, as the bench's
         "conversations.info": TIER_3,
+        "conversations.history": TIER_3,
+        "conversations.members": TIER_4,
+        "conversations.list": TIER_2,
+        "files.info": TIER_4,
         "views.open": TIER_4,
         "views.publish": TIER_4,
         "views.update": TIER_4,
