@@ -26,6 +26,8 @@ from bot.conversation.channel_settings import ChannelSettingsSource
 from bot.conversation.ledger import Ledger
 from bot.conversation.notices import NoticeLog
 from bot.conversation.ordering import TurnOrder
+from bot.conversation.quota import QuotaGate, Quotas
+from bot.conversation.quota_home import QuotaAllowances, SentAlerts
 from bot.conversation.service import ConversationService, ServiceConfig
 from bot.conversation.settings_rules import SettingsBounds
 from bot.conversation.settings_store import ChannelSettingsStore
@@ -34,6 +36,7 @@ from bot.conversation.tool_loop import ToolLimits
 from bot.conversation.tools import Approver, ToolBox
 from bot.conversation.turns import RunningReplies, Turns
 from bot.files.extract import TextCaps
+from bot.jobs.alerts import AlertJob
 from bot.jobs.digest import DigestJob
 from bot.jobs.maintenance import Maintenance
 from bot.jobs.scheduler import build_scheduler
@@ -53,6 +56,7 @@ from bot.slack.glm_command import GlmCommand, register_glm_command
 from bot.slack.handler import EdgeConfig, SlackEdge, admin_contact
 from bot.slack.listeners import register_listeners
 from bot.slack.people import UserDirectory
+from bot.slack.quota_command import QuotaCommands, add_quota_subcommands
 from bot.slack.read_access import ReadAccess
 from bot.slack.read_tools import read_tools_of
 from bot.slack.reading import ReadLimits, SlackReader
@@ -65,6 +69,7 @@ from bot.storage.spool import Spool
 from bot.tools.box import EnabledTools, StaticToolBox
 from bot.tools.clock import CurrentTime
 from bot.tools.fetch import FetchLimits, FetchUrl
+from bot.usage.limits import DefaultLimits
 from bot.web import WebServer
 
 log = logging.getLogger(__name__)
@@ -81,6 +86,7 @@ class Core:
     llm: AimlClient
     service: ConversationService
     ledger: Ledger
+    quota: Quotas
 
 
 def access_rules(settings: Settings) -> AccessRules:
@@ -182,13 +188,30 @@ async def core_services(
         tool_events=metrics,
         approver=approver,
     )
+    quota = quotas(settings, sessions)
     try:
-        yield Core(engine, sessions, llm, service, ledger)
+        yield Core(engine, sessions, llm, service, ledger, quota)
     finally:
         await ledger.aclose()
         await fetch.aclose()
         await llm.aclose()
         await engine.dispose()
+
+
+def quota_gate(settings: Settings, core: Core) -> QuotaGate:
+    """The admission pipeline's quota stage over the process's quotas."""
+    return QuotaGate(core.quota, max_output_tokens=settings.llm_max_output_tokens)
+
+
+def quotas(settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> Quotas:
+    defaults = DefaultLimits(
+        user_day=settings.quota_user_daily_credits,
+        user_month=settings.quota_user_monthly_credits,
+        channel_day=settings.quota_channel_daily_credits,
+        workspace_month=settings.budget_workspace_monthly_credits,
+    )
+    ttl = timedelta(seconds=settings.quota_reservation_ttl_seconds)
+    return Quotas(sessions, defaults, settings.digest_zone, reservation_ttl=ttl)
 
 
 def slack_client(settings: Settings) -> AsyncWebClient:
@@ -255,6 +278,7 @@ class BotRuntime:
         self._socket: AsyncSocketModeHandler | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._maintenance: asyncio.Task[None] | None = None
+        self.alerts: AlertJob | None = None
         self.turns: Turns | None = None
         self.running: RunningTurns | None = None
         self.core: Core | None = None
@@ -305,6 +329,7 @@ class BotRuntime:
             self.metrics,
             contact=contact,
             channels=self._channel_source or channel_settings,
+            quota=quota_gate(settings, core),
             running=self.running,
         )
         agent_view = AgentView(core.sessions, self.prompts, self.metrics)
@@ -335,7 +360,15 @@ class BotRuntime:
         await maintenance.at_start_up()  # logs and counts its own failures: start-up goes on
         self._maintenance = asyncio.create_task(maintenance.run_forever(), name="maintenance")
         access = AdminAccess(people, settings.admin_user_ids)
-        self.home = AppHome(core.sessions, access, people, channel_settings, settings.digest_zone)
+        self.home = AppHome(
+            core.sessions,
+            access,
+            people,
+            channel_settings,
+            settings.digest_zone,
+            allowances=QuotaAllowances(core.quota),
+            alerts=SentAlerts(core.sessions, settings.digest_zone),
+        )
         # Before register_listeners: Bolt runs the first listener that matches, and its catch-all
         # would take app_home_opened and agent_session_stopped otherwise.
         register_app_home(bolt, self.home)
@@ -348,6 +381,7 @@ class BotRuntime:
             settings.aimlapi_model, settings.models_allowed, settings.llm_max_output_tokens
         )
         self.glm = GlmCommand(access, channel_settings, bounds, self.home)
+        add_quota_subcommands(self.glm, QuotaCommands(core.sessions, core.quota))
         summaries = Summaries(
             self.reader,
             Summarizer(core.llm, core.ledger, observer=self.metrics),
@@ -356,11 +390,12 @@ class BotRuntime:
             # Whoever the access rules keep from asking here gets no summary either.
             stages=(Access(access_rules(settings), contact=contact),),
             channels=channel_settings,
+            quota=quota_gate(settings, core),
         )
         self.glm.add("summarize", summaries.subcommand())
         register_summaries(bolt, summaries)
         register_glm_command(bolt, self.glm)
-        register_usage_command(bolt, core.sessions, settings.digest_zone, people=people)
+        register_usage_command(bolt, core.sessions, settings.digest_zone, people=people, quota=core.quota)
         if settings.usage_digest_channel:
             job = DigestJob(
                 sessions=core.sessions,
@@ -369,8 +404,22 @@ class BotRuntime:
                 tz=settings.digest_zone,
                 balance=core.llm,
                 directory=people,
+                limits=core.quota.defaults,
             )
             self._scheduler = build_scheduler(job, run_at=settings.digest_time, tz=settings.digest_zone)
+        if settings.admin_alert_channel:
+            self.alerts = AlertJob(
+                core.sessions,
+                self.client,
+                settings.admin_alert_channel,
+                core.quota,
+                spike_minimum=settings.spike_alert_min_credits,
+                people=people,
+            )
+            core.quota.on_settled = self.alerts.check_soon
+            self._scheduler = self._scheduler or AsyncIOScheduler(timezone=settings.digest_zone)
+            self.alerts.schedule(self._scheduler)
+        if self._scheduler is not None:
             self._scheduler.start()
         self._web = WebServer(core.engine, self.metrics, None if settings.socket_mode else bolt)
         self.port = await self._web.start(settings.host, settings.port)
@@ -404,6 +453,9 @@ class BotRuntime:
             await asyncio.wait([self._maintenance], timeout=5)
         if self.turns is not None:
             await _drain(self.turns, self.settings.shutdown_grace_seconds)
+        if self.alerts is not None:
+            # Checks started by the last replies use the database, which closes next.
+            await asyncio.wait_for(self.alerts.idle(), timeout=INTERRUPT_WAIT)
         if self.running is not None:
             await self.running.aclose()
         if self._web is not None:

@@ -89,6 +89,17 @@ class Settings(BaseSettings):
     allow_external: bool = False  # people of another organisation, in a Slack Connect channel
     dms_enabled: bool = True
 
+    # Credit limits (unset: no limit); days and months are counted in USAGE_DIGEST_TZ.
+    quota_user_daily_credits: int | None = Field(None, ge=0)
+    quota_user_monthly_credits: int | None = Field(None, ge=0)
+    quota_channel_daily_credits: int | None = Field(None, ge=0)
+    budget_workspace_monthly_credits: int | None = Field(None, ge=0)
+    # Where budget alerts go (a channel id); unset: alerts are only logged.
+    admin_alert_channel: str | None = None
+    # A crashed process's reservations stop counting after this long (longer than any reply).
+    quota_reservation_ttl_seconds: float = Field(900.0, ge=60)
+    # A spike alert needs today's spend over 3x the 7-day daily average AND at least this much.
+    spike_alert_min_credits: int = Field(200_000, ge=0)
     # Files attached to a message: downloaded up to FILE_MAX_BYTES, their text cut per file and per message.
     file_max_bytes: int = Field(10_000_000, ge=1, le=100_000_000)
     file_download_timeout: float = Field(20.0, gt=0, le=120)
@@ -154,6 +165,26 @@ class Settings(BaseSettings):
                 )
             return frozenset(items)
         return value
+
+    @field_validator(
+        "quota_user_daily_credits",
+        "quota_user_monthly_credits",
+        "quota_channel_daily_credits",
+        "budget_workspace_monthly_credits",
+        "admin_alert_channel",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        """`QUOTA_USER_DAILY_CREDITS=` in a .env file means no limit, as leaving it out does."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("admin_alert_channel")
+    @classmethod
+    def _check_alert_channel(cls, value: str | None) -> str | None:
+        if value is not None and not _SLACK_ID.fullmatch(value.strip()):
+            raise ValueError("must be a channel id such as C012AB3CD (not a #name)")
+        return value.strip() if value is not None else None
 
     @field_validator("slack_streaming", mode="before")
     @classmethod

@@ -95,6 +95,8 @@ METHOD_SCOPES: dict[str, frozenset[str]] = {
     "files.download": frozenset({"files:read"}),  # url_private_download with the bot token (the fake's name)
     "users.info": frozenset({"users:read"}),
     "reactions.add": frozenset({"reactions:write"}),
+    "files.getUploadURLExternal": frozenset({"files:write"}),
+    "files.completeUploadExternal": frozenset({"files:write"}),
     "views.open": frozenset(),
     "views.publish": frozenset(),
     "views.update": frozenset(),

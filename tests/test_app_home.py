@@ -108,6 +108,7 @@ class OneAlert:
 
 async def test_remaining_credits_and_open_alerts_appear_once_wired(bot: Bot) -> None:
     assert bot.runtime.home is not None
+    bot.runtime.home.allowances = bot.runtime.home.alerts = None  # the runtime wires the quotas' own
     before = await open_home(bot, "UADMIN")
     bot.runtime.home.allowances, bot.runtime.home.alerts = FixedAllowances(), OneAlert()
 

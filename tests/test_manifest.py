@@ -10,6 +10,7 @@ import copy
 import json
 import re
 import tomllib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -22,9 +23,10 @@ from ruamel.yaml import YAML
 
 from tests.fakes.aimlapi import Reply
 from tests.fakes.response_url import ResponseUrl
-from tests.harness import Bot, make_settings, mention, message, running_bot, signed_headers
+from tests.harness import Bot, eventually, make_settings, mention, message, running_bot, signed_headers
 from tests.manifest_rules import EVENT_SCOPES, METHOD_SCOPES, SCHEMA
 from tests.test_metrics import scrape
+from tests.test_quotas import ledger_row
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "config" / "slack-manifest.yml"
@@ -237,15 +239,19 @@ async def test_the_bot_answers_exactly_the_slash_commands_in_the_manifest(db_url
 
 
 @sqlite_only
-async def test_every_web_api_call_the_bot_makes_is_granted_and_every_scope_is_needed(db_url, fakes):
+async def test_every_web_api_call_the_bot_makes_is_granted_and_every_scope_is_needed(db_url, fakes, sessions):
     slack, aiml = fakes
     for _ in range(3):
         aiml.enqueue(Reply(content="Answered."))
     granted = set(manifest()["oauth_config"]["scopes"]["bot"])
+    async with sessions.begin() as session:  # yesterday's usage: the digest (and its chart) at start-up
+        session.add(ledger_row(4_000, when=datetime.now(UTC) - timedelta(days=1)))
+    settings = make_settings(db_url, slack, aiml, usage_digest_channel="CDIGEST", usage_digest_time="00:00")
     receiver = ResponseUrl()
     await receiver.start()
     try:
-        async with running_bot(make_settings(db_url, slack, aiml), slack) as bot:
+        async with running_bot(settings, slack) as bot:
+            await eventually(lambda: bool(slack.calls_to("files.completeUploadExternal")), 20)
             # A mention in a thread the bot has not seen (backfill) naming a colleague (users.info),
             # a DM, and /usage: the calls a working day brings.
             root = slack.add_message("C1", "a question for the team", user="U2")

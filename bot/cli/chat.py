@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from bot.app import admission_pipeline, core_services
+from bot.app import admission_pipeline, core_services, quota_gate
 from bot.conversation.admission import Arrival
 from bot.conversation.keys import ConversationKey, ConversationKind
 from bot.conversation.person import Person
@@ -137,7 +137,7 @@ async def chat_command(settings: Settings) -> int:
     numbers = itertools.count(1)
     print(f"Talking to {settings.aimlapi_model}. Ctrl-C stops an answer; Ctrl-D or /quit leaves.")
     async with core_services(settings) as core:
-        turns = admission_pipeline(settings, core)
+        turns = admission_pipeline(settings, core, quota=quota_gate(settings, core))
         surface = TerminalSurface(sys.stdout)
         current: asyncio.Task[object] | None = None
 

@@ -23,6 +23,9 @@ from bot.slack.retries import with_rate_limit_retries
 from bot.storage import digest_runs
 from bot.storage.db import UNAVAILABLE
 from bot.storage.digest_runs import Claim
+from bot.usage.budgets import budget_report
+from bot.usage.chart import chart_png
+from bot.usage.limits import DefaultLimits, Scope
 from bot.usage.report import DigestReport, build_report
 
 log = logging.getLogger(__name__)
@@ -141,11 +144,13 @@ async def run_digest(
     balance: BalanceSource | None,
     dry_run: bool = False,
     people: UserDirectory | None = None,
+    limits: DefaultLimits | None = None,
 ) -> DigestOutcome:
     """Build the digest for local `day` and post it to `channel` unless it was already posted.
 
     Top users are shown by display name, looked up through `people` (a directory of its own when
-    none is given).
+    none is given). With `limits`, the digest shows each budget's use and who is over 80 %, and a
+    chart of the last 14 days follows in its thread (a failed upload leaves the digest as it is).
 
     Never raises (it runs inside the scheduler): every failure is logged with its fix and returned.
     """
@@ -173,9 +178,11 @@ async def run_digest(
     try:
         async with sessions() as session:
             report = await build_report(session, day, tz)
+            if limits is not None:
+                report = replace(report, budgets=await budget_report(session, day, tz, limits))
         report = await _with_balance(report, balance)
         directory = people if people is not None else UserDirectory(client)
-        names = await directory.names(share.key for share in report.top_users if share.key != TERMINAL_ID)
+        names = await directory.names(_named_users(report))
         message = digest_message(report, names)
         response = await with_rate_limit_retries(client).chat_postMessage(
             channel=channel, text=message.text, blocks=message.blocks, unfurl_links=False, unfurl_media=False
@@ -193,11 +200,55 @@ async def run_digest(
     else:
         await _mark_posted(sessions, day, channel, slack_ts)
         log.info("usage digest for %s posted", day, extra={**where, "slack_ts": slack_ts})
+        if limits is not None and not report.empty:
+            await upload_chart(client, channel, slack_ts, sessions, day, tz, limits)
         return DigestOutcome(DigestStatus.POSTED, day, channel, report, slack_ts=slack_ts)
 
     log.error("usage digest for %s not posted to %s: %s %s", day, channel, problem, _RETRY_NOTE, extra=where)
     await _release(sessions, day, channel)
     return DigestOutcome(DigestStatus.FAILED, day, channel, problem=problem)
+
+
+def _named_users(report: DigestReport) -> list[str]:
+    users = [share.key for share in report.top_users]
+    if report.budgets is not None:
+        users += [use.key.subject_id for use in report.budgets.over if use.key.scope is Scope.USER]
+    return [user for user in dict.fromkeys(users) if user != TERMINAL_ID]
+
+
+CHART_TITLE = "Credits per day, last 14 days"
+
+
+async def upload_chart(
+    client: AsyncWebClient,
+    channel: str,
+    thread_ts: str,
+    sessions: async_sessionmaker[AsyncSession],
+    day: date,
+    tz: ZoneInfo,
+    limits: DefaultLimits,
+) -> bool:
+    """The chart into the digest's thread; never raises (the digest text is already posted)."""
+    try:
+        png = await chart_png(sessions, day, tz, monthly_budget=limits.workspace_month)
+        await client.files_upload_v2(
+            channel=channel,
+            thread_ts=thread_ts,
+            file=png,
+            filename=f"usage-{day.isoformat()}.png",
+            title=CHART_TITLE,
+            alt_txt="Bar chart of credits spent per day over the last 14 days, stacked by channel",
+        )
+    except Exception as exc:  # a chart is an extra: any failure is logged and the digest stands
+        log.warning("usage chart not uploaded for %s: %s", day, _reason(exc), extra={"channel_id": channel})
+        return False
+    return True
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, SlackApiError):
+        return str(exc.response.get("error"))
+    return type(exc).__name__
 
 
 async def _dry_run(
@@ -241,6 +292,7 @@ class DigestJob:
     tz: ZoneInfo
     balance: BalanceSource | None = None
     directory: UserDirectory | None = None  # the process's users.info cache, when it has one
+    limits: DefaultLimits | None = None  # set: the budget section and the chart
 
     @cached_property
     def people(self) -> UserDirectory:
@@ -257,6 +309,7 @@ class DigestJob:
             balance=self.balance,
             dry_run=dry_run,
             people=self.people,
+            limits=self.limits,
         )
 
     async def run_due(self, now: datetime | None = None) -> list[DigestOutcome]:

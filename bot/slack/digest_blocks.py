@@ -8,7 +8,9 @@ from typing import Any
 
 from bot.slack.text import mrkdwn_escape
 from bot.storage.models import ConversationKind
-from bot.usage.personal import PersonalUsage, PersonalWindow
+from bot.usage.budgets import BudgetReport
+from bot.usage.limits import LimitUse, Period, Scope
+from bot.usage.personal import PersonalUsage, PersonalWindow, QuotaLeft
 from bot.usage.queries import UsageShare
 from bot.usage.report import (
     Change,
@@ -21,6 +23,7 @@ from bot.usage.report import (
 )
 
 Block = dict[str, Any]
+_OVER_SHOWN = 15  # keeps the section well under Slack's 3,000 characters
 _HEADER_MAX = 150  # Slack's limit for plain_text in a header block
 # `python -m bot chat` records its usage with this id as team, channel and user.
 TERMINAL_ID = ConversationKind.TERMINAL.value
@@ -144,6 +147,8 @@ def digest_message(report: DigestReport, names: Mapping[str, str] | None = None)
         _section(_ranking("Top channels", report.top_channels, channel_ref)),
         _section(_ranking("Per model", report.models, lambda model: f"`{mrkdwn_escape(model)}`")),
     ]
+    if report.budgets is not None and not report.budgets.empty:
+        blocks.append(_section(budget_text(report.budgets, known)))
     if balance:
         blocks.append(_context(balance))
     text = (
@@ -151,6 +156,30 @@ def digest_message(report: DigestReport, names: Mapping[str, str] | None = None)
         f"({format_count(t.failed)} failed)."
     )
     return SlackMessage(text=text, blocks=blocks)
+
+
+def _use_line(use: LimitUse, names: Mapping[str, str]) -> str:
+    span = "daily" if use.key.period is Period.DAY else "monthly"
+    who = {
+        Scope.USER: lambda: f"{user_ref(use.key.subject_id, names)}'s {span} limit",
+        Scope.CHANNEL: lambda: f"{channel_ref(use.key.subject_id)}'s {span} limit",
+        Scope.WORKSPACE: lambda: f"Workspace {span} budget",
+    }[use.key.scope]()
+    return (
+        f"{who}: {format_count(use.spent)} of {format_count(use.limit)} credits ({use.fraction * 100:.0f}%)"
+    )
+
+
+def budget_text(budgets: BudgetReport, names: Mapping[str, str]) -> str:
+    """Each workspace budget's use to date, then every person or channel at 80 % of a limit or more."""
+    lines = ["*Budgets*"]
+    lines += [_use_line(use, names) for use in budgets.workspace]
+    if budgets.over:
+        lines.append("*Over 80 % of a limit*")
+        lines += [f"• {_use_line(use, names)}" for use in budgets.over[:_OVER_SHOWN]]
+        if len(budgets.over) > _OVER_SHOWN:
+            lines.append(f"…and {len(budgets.over) - _OVER_SHOWN} more")
+    return "\n".join(lines)
 
 
 def _window_field(window: PersonalWindow) -> str:
@@ -166,16 +195,34 @@ def _window_field(window: PersonalWindow) -> str:
     return "\n".join(lines)
 
 
+def quota_line(quota: QuotaLeft) -> str:
+    """e.g. "Today: 38,000 of 50,000 credits left (resets 00:00 Wed 2 Dec, Europe/Berlin)"."""
+    label = "Today" if quota.period is Period.DAY else "This month"
+    when = quota.resets_at
+    return (
+        f"{label}: {format_count(quota.remaining)} of {format_count(quota.limit)} credits left "
+        f"(resets {when:%H:%M} {when:%a} {when.day} {when:%b}, {when.tzinfo})"
+    )
+
+
+def _quota_section(usage: PersonalUsage) -> list[Block]:
+    if not usage.quotas:
+        return []
+    return [_section("*Your limits*\n" + "\n".join(quota_line(quota) for quota in usage.quotas))]
+
+
 def personal_message(usage: PersonalUsage) -> SlackMessage:
-    """The ephemeral `/usage` answer: the caller's own numbers only."""
+    """The ephemeral `/usage` answer: the caller's own numbers only, and what is left of their limits."""
+    limits = " ".join(f"{quota_line(quota)}." for quota in usage.quotas)
     if usage.empty:
         text = "You have no recorded usage in the last 7 days or this month."
-        return SlackMessage(text=text, blocks=[_section(text)])
+        return SlackMessage(text=f"{text} {limits}".strip(), blocks=[_section(text), *_quota_section(usage)])
     today = usage.windows[0]
     blocks = [
         _section("*Your AI usage*"),
         _fields(*(_window_field(window) for window in usage.windows)),
+        *_quota_section(usage),
         _context(f"Days are counted in {usage.zone}. $1 = 2,000,000 credits."),
     ]
     text = f"Your usage today: {format_count(today.requests)} requests, {format_credits(today.credits)}."
-    return SlackMessage(text=text, blocks=blocks)
+    return SlackMessage(text=f"{text} {limits}".strip(), blocks=blocks)

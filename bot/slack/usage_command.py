@@ -7,6 +7,7 @@ cannot say (look-up failed, no or unknown zone) they are counted in USAGE_DIGEST
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -14,10 +15,12 @@ from aiohttp import ClientError
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.conversation.quota import Quotas
 from bot.slack.digest_blocks import SlackMessage, personal_message
 from bot.slack.people import UserDirectory
 from bot.storage.db import UNAVAILABLE as DATABASE_ERRORS
-from bot.usage.personal import personal_usage
+from bot.usage.limits import Subject
+from bot.usage.personal import PersonalUsage, personal_usage, quotas_left
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +33,10 @@ def register_usage_command(
     sessions: async_sessionmaker[AsyncSession],
     tz: ZoneInfo,
     people: UserDirectory | None = None,
+    quota: Quotas | None = None,
 ) -> None:
-    """`tz` is the fallback zone; `people` finds each caller's own (a directory of its own if None)."""
+    """`tz` is the fallback zone; `people` finds each caller's own (a directory of its own if None);
+    `quota` adds what is left of the caller's limits."""
     directory = people if people is not None else UserDirectory(app.client)
 
     async def on_usage(ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond) -> None:
@@ -41,13 +46,22 @@ def register_usage_command(
         zone = await caller_zone(directory, user_id, tz)
         try:
             async with sessions() as session:
-                message = personal_message(await personal_usage(session, user_id, zone))
+                usage = await personal_usage(session, user_id, zone)
+            usage = await _with_quotas(usage, quota, str(command.get("team_id", "")))
+            message = personal_message(usage)
         except DATABASE_ERRORS as exc:
             log.warning("/usage: database unavailable: %s", type(exc).__name__, extra={"user_id": user_id})
             message = SlackMessage(text=UNAVAILABLE, blocks=[])
         await _answer(respond, message, user_id)
 
     app.command(COMMAND)(on_usage)
+
+
+async def _with_quotas(usage: PersonalUsage, quota: Quotas | None, team_id: str) -> PersonalUsage:
+    if quota is None or not team_id:
+        return usage
+    uses = await quota.uses(Subject(team_id, None, usage.user_id))
+    return replace(usage, quotas=quotas_left(uses, quota.tz))
 
 
 async def caller_zone(people: UserDirectory, user_id: str, fallback: ZoneInfo) -> ZoneInfo:

@@ -144,7 +144,12 @@ class UsageRecord(Base):
 
     __tablename__ = "usage_records"
     # One row per completion: the spool replays and recovery insert by this id without doubling.
-    __table_args__ = (UniqueConstraint("client_request_id"),)
+    # The quota check sums one person's or one channel's spend in a day or month on every turn.
+    __table_args__ = (
+        UniqueConstraint("client_request_id"),
+        Index("ix_usage_records_user_created", "user_id", "created_at"),
+        Index("ix_usage_records_channel_created", "channel_id", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     team_id: Mapped[str | None] = mapped_column(String(32))
@@ -214,6 +219,76 @@ class DigestRun(Base):
     posted_at: Mapped[datetime | None] = mapped_column(_TS)
     slack_ts: Mapped[str | None] = mapped_column(String(32))
     claimed_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
+
+
+class QuotaOverride(Base):
+    """An admin's limit for one person, channel or the workspace, replacing the setting's default.
+
+    `subject_id` is a user id (scope "user"), a channel id ("channel") or the team id ("workspace").
+    `credits` NULL lifts the limit for this subject; 0 blocks it.
+    """
+
+    __tablename__ = "quota_overrides"
+    __table_args__ = (UniqueConstraint("team_id", "scope", "subject_id", "period"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    scope: Mapped[str] = mapped_column(String(16))  # user | channel | workspace
+    subject_id: Mapped[str] = mapped_column(String(64))
+    period: Mapped[str] = mapped_column(String(8))  # day | month
+    credits: Mapped[int | None] = mapped_column(BigInteger)
+    updated_by: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(_TS, default=utcnow, onupdate=utcnow)
+
+
+class QuotaReservation(Base):
+    """Credits held for a model call in flight; deleted when the call's ledger row is written.
+
+    A process that dies leaves its rows behind: they stop counting at `expires_at` and are purged.
+    """
+
+    __tablename__ = "quota_reservations"
+    __table_args__ = (Index("ix_quota_reservations_team_expires", "team_id", "expires_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str | None] = mapped_column(String(64))
+    user_id: Mapped[str | None] = mapped_column(String(64))
+    credits: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(_TS)
+
+
+class QuotaAlert(Base):
+    """One alert per entity, threshold and period: the unique row is inserted before posting.
+
+    `posted_at` NULL: claimed but not (yet) in Slack; a later check retries it once the claim is stale.
+    """
+
+    __tablename__ = "quota_alerts"
+    # Named by hand: the convention's name would pass PostgreSQL's 63-character limit.
+    __table_args__ = (
+        UniqueConstraint(
+            "team_id",
+            "scope",
+            "subject_id",
+            "period",
+            "period_start",
+            "threshold",
+            name="uq_quota_alerts_once",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    scope: Mapped[str] = mapped_column(String(16))  # user | channel | workspace
+    subject_id: Mapped[str] = mapped_column(String(64))
+    period: Mapped[str] = mapped_column(String(8))  # day | month
+    period_start: Mapped[date] = mapped_column(Date)  # local first day of the period
+    threshold: Mapped[int] = mapped_column(Integer)  # 80, 95, 100 (percent of the limit); 300: a spike
+    text: Mapped[str] = mapped_column(Text)
+    claimed_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
+    posted_at: Mapped[datetime | None] = mapped_column(_TS)
 
 
 class ChannelSettingsRow(Base):

@@ -11,6 +11,7 @@ from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.storage.models import UsageRecord
+from bot.usage.limits import LimitUse, Period, Scope, local_today, resets_at
 from bot.usage.queries import CREDITS_PER_USD, in_window
 from bot.usage.report import day_bounds
 
@@ -35,11 +36,26 @@ class PersonalWindow:
 
 
 @dataclass(frozen=True)
+class QuotaLeft:
+    """One of the person's own limits: what is left of it now (calls in flight count as spent)."""
+
+    period: Period
+    limit: int
+    used: int
+    resets_at: datetime  # local, in USAGE_DIGEST_TZ
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.used)
+
+
+@dataclass(frozen=True)
 class PersonalUsage:
     user_id: str
     zone: str
     today: date
     windows: tuple[PersonalWindow, ...]  # today, last 7 days, this month
+    quotas: tuple[QuotaLeft, ...] = ()  # the person's daily and monthly limits, when they have any
 
     @property
     def empty(self) -> bool:
@@ -86,4 +102,15 @@ async def personal_usage(
             PersonalWindow(label, first, *values[i * 5 : i * 5 + 5])
             for i, (label, first) in enumerate(windows)
         ),
+    )
+
+
+def quotas_left(uses: list[LimitUse], tz: ZoneInfo, now: datetime | None = None) -> tuple[QuotaLeft, ...]:
+    """The person's own limits among `uses` (a channel's or the workspace's are not theirs), day first."""
+    today = local_today(tz, now)
+    mine = sorted(
+        (use for use in uses if use.key.scope is Scope.USER), key=lambda use: use.key.period != Period.DAY
+    )
+    return tuple(
+        QuotaLeft(use.key.period, use.limit, use.used, resets_at(use.key.period, today, tz)) for use in mine
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -11,6 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.storage.feedback import FeedbackCounts, feedback_counts
 from bot.usage import queries
 from bot.usage.queries import CREDITS_PER_USD, UsageShare, UsageTotals
+
+if TYPE_CHECKING:  # bot.usage.budgets builds on this module's day_bounds
+    from bot.usage.budgets import BudgetReport
 
 WEEK = 7
 
@@ -62,6 +66,8 @@ class DigestReport:
     # The account balance is filled in by the job when a balance source is configured.
     balance_checked: bool = False
     balance_usd: float | None = None
+    # Filled in by the job when limits are configured: each budget's use, entities over 80 %.
+    budgets: BudgetReport | None = None
 
     @property
     def empty(self) -> bool:

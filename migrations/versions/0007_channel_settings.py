@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007_channel_settings"
-down_revision: str | Sequence[str] | None = "0005_refusal_notices"
+down_revision: str | Sequence[str] | None = "0006_quotas"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

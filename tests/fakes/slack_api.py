@@ -54,6 +54,7 @@ __all__ = [
     "FakeFile",
     "FakeMessage",
     "FakeSlackApi",
+    "FakeUpload",
     "FakeUser",
     "RateLimit",
     "reject",
@@ -61,6 +62,21 @@ __all__ = [
 
 JsonDict = dict[str, Any]
 _Reject = Refusal  # the name this module's handlers raise
+
+
+@dataclass
+class FakeUpload:
+    """A file the bot uploaded with files_upload_v2: URL asked for, bytes posted, then shared."""
+
+    id: str
+    filename: str
+    length: int
+    alt_txt: str | None
+    content: bytes | None = None  # None until posted to the upload URL
+    title: str | None = None
+    channel: str | None = None  # set by files.completeUploadExternal
+    thread_ts: str | None = None
+    initial_comment: str | None = None
 
 
 @dataclass
@@ -229,6 +245,7 @@ class FakeSlackApi:
         self.latency: Callable[[str], float] | None = SeededLatency()
         self.calls: list[Call] = []
         self.ephemerals: list[FakeEphemeral] = []
+        self.uploads: dict[str, FakeUpload] = {}  # the bot's files_upload_v2 uploads, by file id
         self.statuses: list[
             tuple[str, str, str]
         ] = []  # assistant.threads.setStatus (channel, thread, status)
@@ -282,6 +299,8 @@ class FakeSlackApi:
             "files.info": self._files_info,
             "users.info": self._users_info,
             "assistant.threads.setStatus": self._set_status,
+            "files.getUploadURLExternal": self._get_upload_url,
+            "files.completeUploadExternal": self._complete_upload,
             "assistant.threads.setSuggestedPrompts": self._set_suggested_prompts,
             "assistant.threads.setTitle": self._set_title,
             "chat.startStream": self._start_stream,
@@ -300,6 +319,7 @@ class FakeSlackApi:
     async def start(self) -> None:
         app = web.Application(middlewares=[self._track])
         app.router.add_route("*", "/api/{method}", self._dispatch)
+        app.router.add_post("/upload/v1/{file_id}", self._receive_upload)
         app.router.add_get("/files-pri/{file_id}/{name}", self._download)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -813,6 +833,51 @@ class FakeSlackApi:
                 "profile": profile,
             }
         }
+
+    # files_upload_v2 in three steps, as slack_sdk sends them (web/async_client.py): a URL per file,
+    # the raw bytes POSTed to it without a token, then one call that shares the files.
+
+    async def _get_upload_url(self, params: JsonDict, _team: str) -> JsonDict:
+        filename = params.get("filename")
+        try:
+            length = int(params.get("length", ""))
+        except ValueError:
+            raise _Reject("invalid_arguments") from None
+        if not filename or length <= 0:
+            raise _Reject("invalid_arguments")
+        file_id = f"F{len(self.uploads) + 1:08d}"
+        alt = params.get("alt_txt")
+        self.uploads[file_id] = FakeUpload(file_id, str(filename), length, str(alt) if alt else None)
+        return {"upload_url": f"http://127.0.0.1:{self._port}/upload/v1/{file_id}", "file_id": file_id}
+
+    async def _receive_upload(self, request: web.Request) -> web.Response:
+        file = self.uploads.get(request.match_info["file_id"])
+        if file is None:
+            return web.Response(status=404, text="Not Found")
+        body = await request.read()
+        if len(body) != file.length:
+            return web.Response(status=400, text="length mismatch")
+        file.content = body
+        return web.Response(text=f"OK - {len(body)}")
+
+    async def _complete_upload(self, params: JsonDict, _team: str) -> JsonDict:
+        try:
+            wanted = json.loads(str(params.get("files", "")))
+        except ValueError:
+            raise _Reject("invalid_arguments") from None
+        if not isinstance(wanted, list) or not wanted:
+            raise _Reject("invalid_arguments")
+        channel = self._channel(params, "channel_id", member=True) if params.get("channel_id") else None
+        done: list[JsonDict] = []
+        for item in wanted:
+            file = self.uploads.get(str(item.get("id")))
+            if file is None or file.content is None:
+                raise _Reject("file_not_found")
+            file.title = item.get("title") or file.filename
+            file.channel, file.thread_ts = channel, params.get("thread_ts") or None
+            file.initial_comment = params.get("initial_comment") or None
+            done.append({"id": file.id, "name": file.filename, "title": file.title, "size": file.length})
+        return {"files": done}
 
     async def _set_status(self, params: JsonDict, _team: str) -> JsonDict:
         channel = self._channel(params, "channel_id")

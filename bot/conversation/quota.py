@@ -1,0 +1,264 @@
+"""The quota stage: before a model call, check every limit that binds it and hold an estimate.
+
+Remaining = limit - (settled spend in the ledger + reservations of calls in flight). The check and the
+reservation run in one transaction serialised per workspace (bot.storage.quotas.lock_workspace), so
+concurrent turns see each other's reservations: a limit is overshot by at most the calls admitted
+while it still had room, each by no more than what it cost. After the call the reservation is
+deleted once the ledger row carries the reported credits; a process that dies leaves reservations
+that stop counting when they expire.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.conversation.admission import Candidate, Refused
+from bot.conversation.budget import TokenEstimator
+from bot.conversation.keys import ConversationKind
+from bot.llm.types import ChatMessage
+from bot.storage import quotas as store
+from bot.usage.limits import (
+    DefaultLimits,
+    LimitKey,
+    LimitUse,
+    Override,
+    Period,
+    Scope,
+    Subject,
+    applicable_limits,
+    local_today,
+    period_bounds,
+    resets_at,
+)
+from bot.usage.report import format_count
+
+if TYPE_CHECKING:
+    from bot.conversation.service import TurnOutcome
+
+log = logging.getLogger(__name__)
+
+# Credits per token before the ledger has any priced call: above GLM-5's observed ~8.3 (11,136 credits
+# for 1,348 tokens), so an uncalibrated estimate errs towards holding too much.
+DEFAULT_CREDITS_PER_TOKEN = 10.0
+CALIBRATION_MARGIN = 1.2
+CALIBRATION_TTL = 300.0  # seconds a workspace's credits-per-token figure is reused
+OVERRIDES_TTL = 10.0  # seconds another replica's override change may take to bind here
+RESERVATION_TTL = timedelta(minutes=15)
+RAISE_HINT = {Scope.WORKSPACE: "/glm budget"}
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Credits held for one call; `id` None when no limit binds the call and nothing was held."""
+
+    id: int | None
+    subject: Subject
+    credits: int
+
+
+@dataclass(frozen=True)
+class QuotaRefused:
+    """A limit is used up: the call is not made. `note` is the one line shown in the thread."""
+
+    use: LimitUse
+    resets_at: datetime  # local, in USAGE_DIGEST_TZ
+
+    @property
+    def note(self) -> str:
+        key, when = self.use.key, self.resets_at
+        span = "daily" if key.period is Period.DAY else "monthly"
+        whose = {
+            Scope.USER: f"You have used your {span} AI limit",
+            Scope.CHANNEL: f"This channel has used its {span} AI limit",
+            Scope.WORKSPACE: f"The workspace has used its {span} AI budget",
+        }[key.scope]
+        command = RAISE_HINT.get(key.scope, "/glm quota")
+        return (
+            f"{whose} ({format_count(self.use.limit)} credits). It resets at "
+            f"{when:%H:%M} on {when:%a} {when.day} {when:%b} ({when.tzinfo}); "
+            f"a bot admin or workspace admin can raise it with `{command}`."
+        )
+
+
+class Quotas:
+    """One per process. `on_settled` is told who spent once a call is settled (alerts run there)."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        defaults: DefaultLimits,
+        tz: ZoneInfo,
+        *,
+        reservation_ttl: timedelta = RESERVATION_TTL,
+        on_settled: Callable[[Subject], None] | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self.defaults = defaults
+        self.tz = tz
+        self._ttl = reservation_ttl
+        self.on_settled = on_settled
+        self._overrides: dict[str, tuple[float, list[Override]]] = {}
+        self._rates: dict[str, tuple[float, store.Calibration]] = {}
+
+    async def reserve(
+        self,
+        subject: Subject,
+        *,
+        prompt_tokens: int,
+        max_output_tokens: int,
+        now: datetime | None = None,
+        history_allowance: bool = False,
+    ) -> Reservation | QuotaRefused:
+        """Check the limits binding `subject` and hold an estimate of the call's cost, or refuse.
+
+        `history_allowance`: `prompt_tokens` is the new message only (admission runs before the
+        history is read), so the workspace's recent average prompt is added for the rest.
+        """
+        limits = applicable_limits(subject, self.defaults, await self.overrides(subject.team_id))
+        if not limits:
+            return Reservation(None, subject, 0)  # nothing to check: no statement on the hot path
+        calibration = await self._calibration(subject.team_id)
+        if history_allowance:
+            prompt_tokens += calibration.average_prompt_tokens
+        measured = calibration.credits_per_token
+        rate = DEFAULT_CREDITS_PER_TOKEN if measured is None else measured * CALIBRATION_MARGIN
+        estimate = math.ceil((prompt_tokens + max_output_tokens) * rate)
+        now = now or datetime.now(UTC)
+        async with self._sessions.begin() as session:
+            await store.lock_workspace(session, subject.team_id, now)
+            uses = await self._uses(session, limits, now)
+            refused = [use for use in uses if use.remaining <= 0]
+            if refused:
+                today = local_today(self.tz, now)
+                latest = max(refused, key=lambda use: resets_at(use.key.period, today, self.tz))
+                return QuotaRefused(latest, resets_at(latest.key.period, today, self.tz))
+            reservation_id = await store.reserve(
+                session,
+                team_id=subject.team_id,
+                channel_id=subject.channel_id,
+                user_id=subject.user_id,
+                credits=estimate,
+                now=now,
+                ttl=self._ttl,
+            )
+        return Reservation(reservation_id, subject, estimate)
+
+    async def settle(self, reservation: Reservation) -> None:
+        """Drop the hold once the call's ledger row (with the reported credits) is written; then
+        alert checks may run. A failure here is logged, not raised: the reservation expires.
+        """
+        if reservation.id is not None:
+            try:
+                async with self._sessions.begin() as session:
+                    await store.release(session, reservation.id)
+            except Exception as exc:  # the turn is over; a leaked hold only lasts until it expires
+                log.warning("could not release a quota reservation (%s); it expires", type(exc).__name__)
+        if self.on_settled is not None:
+            self.on_settled(reservation.subject)
+
+    async def uses(self, subject: Subject, now: datetime | None = None) -> list[LimitUse]:
+        """Every limit binding `subject` and how much of it is used (for /usage and alerts)."""
+        limits = applicable_limits(subject, self.defaults, await self.overrides(subject.team_id))
+        if not limits:
+            return []
+        async with self._sessions() as session:
+            return await self._uses(session, limits, now or datetime.now(UTC))
+
+    async def overrides(self, team_id: str) -> list[Override]:
+        cached = self._overrides.get(team_id)
+        if cached is not None and time.monotonic() - cached[0] < OVERRIDES_TTL:
+            return cached[1]
+        async with self._sessions() as session:
+            found = await store.overrides(session, team_id)
+        self._overrides[team_id] = (time.monotonic(), found)
+        return found
+
+    def forget_overrides(self, team_id: str) -> None:
+        """An override changed in this process: bind it from the next turn on."""
+        self._overrides.pop(team_id, None)
+
+    async def _uses(
+        self, session: AsyncSession, limits: dict[LimitKey, int], now: datetime
+    ) -> list[LimitUse]:
+        today = local_today(self.tz, now)
+        keys = list(limits)
+        windows = []
+        for key in keys:
+            start, end = period_bounds(key.period, today, self.tz)
+            windows.append(store.Window(_COLUMN[key.scope], key.subject_id, start, end))
+        owners = sorted({(_COLUMN[key.scope], key.subject_id) for key in keys})
+        spent, reserved = await store.spend(session, windows, owners, now)
+        held = dict(zip(owners, reserved, strict=True))
+        return [
+            LimitUse(key, limits[key], spent[i], held[(_COLUMN[key.scope], key.subject_id)])
+            for i, key in enumerate(keys)
+        ]
+
+    async def _calibration(self, team_id: str) -> store.Calibration:
+        cached = self._rates.get(team_id)
+        if cached is not None and time.monotonic() - cached[0] < CALIBRATION_TTL:
+            return cached[1]
+        async with self._sessions() as session:
+            measured = await store.calibration(session, team_id)
+        self._rates[team_id] = (time.monotonic(), measured)
+        return measured
+
+
+_COLUMN = {Scope.USER: "user_id", Scope.CHANNEL: "channel_id", Scope.WORKSPACE: "team_id"}
+
+
+class QuotaGate:
+    """The admission pipeline's quota stage (bot.conversation.admission.QuotaStage) over `Quotas`.
+
+    Admission runs before the thread's history is read, so the estimate is the new message plus
+    the workspace's recent average prompt, plus the channel's (or the default) maximum output.
+    A DM counts against the person's limits only: a channel limit is for shared channels.
+    """
+
+    def __init__(
+        self, quotas: Quotas, *, max_output_tokens: int, estimator: TokenEstimator | None = None
+    ) -> None:
+        self.quotas = quotas
+        self._max_output = max_output_tokens
+        self._estimator = estimator or TokenEstimator()
+
+    async def reserve(self, candidate: Candidate) -> HeldCredits | Refused:
+        arrival = candidate.arrival
+        channel = None if arrival.kind is ConversationKind.DM else arrival.key.channel_id
+        subject = Subject(arrival.key.team_id, channel, arrival.user_id)
+        output = min(candidate.channel.max_output_tokens or self._max_output, self._max_output)
+        held = await self.quotas.reserve(
+            subject,
+            prompt_tokens=self._estimator.estimate_one(ChatMessage("user", arrival.text)),
+            max_output_tokens=output,
+            history_allowance=True,
+        )
+        if isinstance(held, QuotaRefused):
+            return Refused("quota", notice=held.note, in_thread=True)
+        return HeldCredits(self.quotas, held)
+
+
+class HeldCredits:
+    """One turn's reservation as admission sees it: ended by `settle` or `release`, once."""
+
+    def __init__(self, quotas: Quotas, reservation: Reservation) -> None:
+        self._quotas = quotas
+        self.reservation = reservation
+
+    async def settle(self, outcome: TurnOutcome) -> None:  # noqa: ARG002 - the ledger row holds the cost
+        """The turn's ledger row (with the reported credits) is written: the estimate stops counting."""
+        await self._quotas.settle(self.reservation)
+
+    async def release(self) -> None:
+        """No model call (refused later, could not start), or cancelled mid-call: the ledger has the
+        cost when there was one; the hold goes either way."""
+        await self._quotas.settle(self.reservation)
