@@ -162,7 +162,7 @@ class Admission:
         new_thread, ticket = claimed
         try:
             # Only a policy needs to know who asks: without one, no look-up (users.info) is made.
-            asks = any(stage.needs_person for stage in self._stages) or self._quota is not None
+            asks = any(stage.needs_person for stage in self._stages)
             candidate = Candidate(arrival, await people.person(arrival) if asks else None, channel)
             for stage in self._stages:
                 refused = await stage.check(candidate)
