@@ -1,9 +1,5 @@
 """An MCP tool that needs approval, used by the model in a real turn: mention → tool call → question in
 the thread → the asker's press → the MCP server runs it (or not) → the answer.
-
-Needs the tool loop (wip/tools: the fake AI/ML API's `ToolCallScript`, the service's `tools` and
-`approver`) and BotRuntime handing `runtime.mcp` and `runtime.approver` to the service. Skipped until
-the loop is on main; the lead enables it at the merge.
 """
 
 from __future__ import annotations

@@ -173,17 +173,7 @@ async def test_twenty_mentions_at_once_through_the_endpoint_call_the_model_only_
 ):
     slack, aiml = fakes
     # Each turn holds about (a few prompt tokens + 100 output) x 10 credits = ~1,100 of 5,000.
-    # Guests and external people allowed: twenty concurrent users.info look-ups of one person would
-    # meet Slack's limit and refuse some as unknown, which is the access rules' business, not this.
-    settings = make_settings(
-        db_url,
-        slack,
-        aiml,
-        quota_user_daily_credits=5_000,
-        llm_max_output_tokens=100,
-        allow_guests=True,
-        allow_external=True,
-    )
+    settings = make_settings(db_url, slack, aiml, quota_user_daily_credits=5_000, llm_max_output_tokens=100)
     slack.limits.pop("chat.postMessage")  # twenty threads' notes in one second: not what is tested here
     async with running_bot(settings, slack, aiml) as bot:
         for _ in range(20):

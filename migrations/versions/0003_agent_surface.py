@@ -1,7 +1,7 @@
 """The agent surface: what a person views beside the bot's DM, and 👍/👎 votes on answers.
 
 Revision ID: 0003_agent_surface
-Revises: 0007_channel_settings
+Revises: 0002
 Create Date: 2026-12-01 10:39:11.511980+00:00
 """
 

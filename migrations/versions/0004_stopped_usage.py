@@ -1,7 +1,7 @@
 """Usage rows whose token counts are estimated (a stopped stream reports no usage).
 
 Revision ID: 0004_stopped_usage
-Revises: 0002
+Revises: 0003_agent_surface
 Create Date: 2026-12-01 10:45:00.000000+00:00
 """
 

@@ -1,7 +1,7 @@
 """Refusal notes: when a person the bot refused was last told why (once an hour each).
 
 Revision ID: 0005_refusal_notices
-Revises: 0002
+Revises: 0004_stopped_usage
 Create Date: 2026-12-01 11:00:00.000000+00:00
 """
 

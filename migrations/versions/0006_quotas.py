@@ -1,7 +1,7 @@
 """Quotas and budgets: admins' overrides, reservations for calls in flight, alerts sent once.
 
 Revision ID: 0006_quotas
-Revises: 0007_channel_settings
+Revises: 0005_refusal_notices
 Create Date: 2026-12-01 10:39:04.785213
 """
 
@@ -13,7 +13,6 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006_quotas"
-# Chained after 0007_channel_settings, which reached main first.
 down_revision: str | Sequence[str] | None = "0005_refusal_notices"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

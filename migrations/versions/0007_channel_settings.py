@@ -1,7 +1,7 @@
-"""Per-channel settings (mode, prompt, model, output limit, follow-ups) and the admin audit log.
+"""Per-channel settings (mode, prompt, model, output limit, follow-ups, tools) and the admin audit log.
 
 Revision ID: 0007_channel_settings
-Revises: 0002
+Revises: 0006_quotas
 Create Date: 2026-12-01 10:38:04.577194+00:00
 """
 
@@ -46,6 +46,7 @@ def upgrade() -> None:
         sa.Column("model", sa.String(length=128), nullable=True),
         sa.Column("max_output_tokens", sa.Integer(), nullable=True),
         sa.Column("followups", sa.Boolean(), nullable=False),
+        sa.Column("tools", sa.JSON(none_as_null=True), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_by", sa.String(length=64), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_channel_settings")),

@@ -1,7 +1,7 @@
 """Tool calls: one row per call the model made, and each answer's tool rounds for later turns.
 
 Revision ID: 0008_tool_calls
-Revises: 0007_channel_settings (the lead re-chains)
+Revises: 0007_channel_settings
 Create Date: 2026-12-01 11:40:00+00:00
 """
 

@@ -1,7 +1,7 @@
 """Tool-call approvals: the question in a thread, the asker's answer from any replica, or its expiry.
 
 Revision ID: 0009_tool_approvals
-Revises: 0007_channel_settings
+Revises: 0008_tool_calls
 Create Date: 2026-12-01 11:40:00+00:00
 """
 
