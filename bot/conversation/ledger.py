@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.llm.types import CompletionResult
 from bot.storage import conversations as repo
 from bot.storage.db import UNAVAILABLE, disconnected, error_reason
 from bot.storage.models import MessageStatus, utcnow
@@ -250,3 +251,43 @@ class Ledger:
 
 def _without_conversation(entry: UsageEntry) -> UsageEntry:
     return UsageEntry(**{**asdict(entry), "conversation_id": None})
+
+
+# Refused before any token: the API does not charge failed requests (a timeout may have been billed
+# upstream, so its cost stays unknown).
+_UNCHARGED = frozenset({"auth", "credits", "bad_request", "rate_limited", "unavailable"})
+
+
+def completion_entry(
+    where: tuple[str, str, str | None],
+    conversation_id: int | None,
+    model: str,
+    result: CompletionResult,
+    label: str,
+) -> UsageEntry:
+    """The ledger row of one upstream completion; `where` is (team, channel, user)."""
+    usage = result.usage
+    credits, usd = usage.credits_used, usage.usd_spent
+    if label in _UNCHARGED and result.ttft_ms is None and credits is None:
+        credits, usd = 0, 0.0
+    team_id, channel_id, user_id = where
+    return UsageEntry(
+        team_id=team_id,
+        channel_id=channel_id,
+        user_id=user_id,
+        conversation_id=conversation_id,
+        model_requested=model,
+        model_returned=result.model,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        credits_used=credits,
+        usd_spent=usd,
+        finish_reason=result.finish_reason,
+        status=label,
+        ttft_ms=result.ttft_ms,
+        duration_ms=result.duration_ms,
+        client_request_id=result.client_request_id,
+        inference_id=result.inference_id,
+    )

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.conversation.budget import MessageTooLong, TokenEstimator, fit_to_budget, prompt_budget
 from bot.conversation.channel_settings import DEFAULT_CHANNEL_SETTINGS, ChannelSettings
 from bot.conversation.lease import ReplyLease
-from bot.conversation.ledger import Ledger
+from bot.conversation.ledger import Ledger, completion_entry
 from bot.conversation.person import Person
 from bot.conversation.ports import ChatModel, ChatStreamLike, ReplySink, ReplySummary
 from bot.conversation.settings_rules import SettingsBounds, plan_turn
@@ -39,7 +39,6 @@ NOTE_TOO_LONG = "Your message is too long for the model's context window. Please
 NOTE_INTERRUPTED = "The answer was interrupted."
 NOTE_CUT_OFF = "The answer was cut off at the length limit."
 NOTE_EMPTY = "The model returned no answer text. Please try rephrasing."
-_REJECTED = frozenset({"auth", "credits", "bad_request", "rate_limited", "unavailable"})
 NOTE_ONLY_REASONING = "The model spent its whole output budget thinking and gave no answer."
 NOTE_STOPPED_BY = "Stopped by"  # then the person's name
 # The usage status of a completion a person stopped; its message is `complete`: what was shown is
@@ -420,32 +419,8 @@ def _log_end(outcome: str, result: CompletionResult | None, began: float) -> Non
 def usage_entry(
     turn: Turn, conversation_id: int, model: str, result: CompletionResult, label: str
 ) -> UsageEntry:
-    usage = result.usage
-    credits, usd = usage.credits_used, usage.usd_spent
-    if label in _REJECTED and result.ttft_ms is None and credits is None:
-        # Refused before any token: the API does not charge failed requests. A timeout may have
-        # been billed upstream, so its cost stays unknown.
-        credits, usd = 0, 0.0
-    return UsageEntry(
-        team_id=turn.key.team_id,
-        channel_id=turn.key.channel_id,
-        user_id=turn.user_id,
-        conversation_id=conversation_id,
-        model_requested=model,
-        model_returned=result.model,
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        cached_tokens=usage.cached_tokens,
-        reasoning_tokens=usage.reasoning_tokens,
-        credits_used=credits,
-        usd_spent=usd,
-        finish_reason=result.finish_reason,
-        status=label,
-        ttft_ms=result.ttft_ms,
-        duration_ms=result.duration_ms,
-        client_request_id=result.client_request_id,
-        inference_id=result.inference_id,
-    )
+    where = (turn.key.team_id, turn.key.channel_id, turn.user_id)
+    return completion_entry(where, conversation_id, model, result, label)
 
 
 def _usable(message: Message) -> bool:

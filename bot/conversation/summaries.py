@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
-from bot.conversation.ledger import Ledger
+from bot.conversation.ledger import Ledger, completion_entry
 from bot.conversation.ports import ChatModel
 from bot.conversation.service import TurnOutcome
 from bot.llm.errors import LLMError
@@ -32,7 +32,6 @@ SUMMARY_PROMPT = (
 MAX_SUMMARY_TOKENS = 1_500
 NOTE_FAILED = "I could not write the summary"
 # Upstream errors that mean the call was refused, not billed (as in bot.conversation.service).
-_REFUSED = frozenset({"auth", "credits", "bad_request", "rate_limited", "unavailable"})
 
 
 @dataclass(frozen=True)
@@ -106,27 +105,5 @@ class Summarizer:
 
 
 def _entry(request: SummaryRequest, model: str, result: CompletionResult, label: str) -> UsageEntry:
-    usage = result.usage
-    credits, usd = usage.credits_used, usage.usd_spent
-    if label in _REFUSED and result.ttft_ms is None and credits is None:
-        credits, usd = 0, 0.0  # refused before any token: the API does not charge failed requests
-    return UsageEntry(
-        team_id=request.team_id,
-        channel_id=request.channel_id,
-        user_id=request.user_id,
-        conversation_id=None,
-        model_requested=model,
-        model_returned=result.model,
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        cached_tokens=usage.cached_tokens,
-        reasoning_tokens=usage.reasoning_tokens,
-        credits_used=credits,
-        usd_spent=usd,
-        finish_reason=result.finish_reason,
-        status=label,
-        ttft_ms=result.ttft_ms,
-        duration_ms=result.duration_ms,
-        client_request_id=result.client_request_id,
-        inference_id=result.inference_id,
-    )
+    where = (request.team_id, request.channel_id, request.user_id)
+    return completion_entry(where, None, model, result, label)
