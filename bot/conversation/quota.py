@@ -27,6 +27,7 @@ from bot.conversation.keys import ConversationKind
 from bot.llm.types import ChatMessage
 from bot.storage import quotas as store
 from bot.usage.limits import (
+    SCOPE_COLUMN,
     DefaultLimits,
     LimitKey,
     LimitUse,
@@ -194,12 +195,12 @@ class Quotas:
         windows = []
         for key in keys:
             start, end = period_bounds(key.period, today, self.tz)
-            windows.append(store.Window(_COLUMN[key.scope], key.subject_id, start, end))
-        owners = sorted({(_COLUMN[key.scope], key.subject_id) for key in keys})
+            windows.append(store.Window(SCOPE_COLUMN[key.scope], key.subject_id, start, end))
+        owners = sorted({(SCOPE_COLUMN[key.scope], key.subject_id) for key in keys})
         spent, reserved = await store.spend(session, windows, owners, now)
         held = dict(zip(owners, reserved, strict=True))
         return [
-            LimitUse(key, limits[key], spent[i], held[(_COLUMN[key.scope], key.subject_id)])
+            LimitUse(key, limits[key], spent[i], held[(SCOPE_COLUMN[key.scope], key.subject_id)])
             for i, key in enumerate(keys)
         ]
 
@@ -211,9 +212,6 @@ class Quotas:
             measured = await store.calibration(session, team_id)
         self._rates[team_id] = (time.monotonic(), measured)
         return measured
-
-
-_COLUMN = {Scope.USER: "user_id", Scope.CHANNEL: "channel_id", Scope.WORKSPACE: "team_id"}
 
 
 class QuotaGate:

@@ -30,7 +30,7 @@ from bot.conversation.admission import Arrival
 from bot.metrics import Metrics
 from bot.settings import SettingsError
 from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
-from bot.slack.events import event_type_label
+from bot.slack.events import SLACK_ID, event_type_label
 from bot.storage import agent_context
 from bot.storage.conversations import ConversationKey
 from bot.storage.db import UNAVAILABLE, error_reason
@@ -47,7 +47,6 @@ _CHANNEL_ENTITY = "slack#/types/channel_id"
 _MESSAGE_ENTITY = "slack#/types/message_context"
 _CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{1,23}")  # public or private channels; never DMs
 _DM_ID = re.compile(r"D[A-Z0-9]{1,23}")
-_ID = re.compile(r"[A-Z0-9][A-Za-z0-9_]{0,23}")  # teams and users, bounded to their columns
 _CHANNEL_NAME = re.compile(r"[^\w.-]")
 
 
@@ -226,7 +225,7 @@ class AgentView:
         self, body: dict[str, Any], event: dict[str, Any], client: AsyncWebClient
     ) -> None:
         self.metrics.events_received.labels(event_type_label(body)).inc()
-        team, channel = _valid(body.get("team_id"), _ID), _valid(event.get("channel"), _DM_ID)
+        team, channel = _valid(body.get("team_id"), SLACK_ID), _valid(event.get("channel"), _DM_ID)
         if team is None or channel is None:
             self.metrics.events_ignored.labels("malformed").inc()
             return
@@ -236,7 +235,7 @@ class AgentView:
         try:
             async with self.sessions.begin() as session:
                 await agent_context.remember_viewing(
-                    session, team, channel, _valid(event.get("user"), _ID), viewing, changed_at
+                    session, team, channel, _valid(event.get("user"), SLACK_ID), viewing, changed_at
                 )
         except UNAVAILABLE as exc:
             log.warning("could not store the channel in view: %s", error_reason(exc))

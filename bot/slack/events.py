@@ -20,8 +20,8 @@ class Ignored:
 
 
 # Slack's ids and timestamps, bounded so they fit the database columns they are stored in.
-_ID = re.compile(r"[A-Z0-9][A-Za-z0-9_]{0,23}")
-_TS = re.compile(r"[0-9]{1,12}\.[0-9]{1,8}")
+SLACK_ID = re.compile(r"[A-Z0-9][A-Za-z0-9_]{0,23}")
+SLACK_TS = re.compile(r"[0-9]{1,12}\.[0-9]{1,8}")
 _EVENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _EVENT_TYPE = re.compile(r"[a-z_]{1,40}")
 
@@ -51,7 +51,7 @@ def classify(body: dict[str, Any], bot_user_id: str | None) -> Arrival | Ignored
     if event.get("bot_id") or event.get("bot_profile"):
         return Ignored("bot_message")
     user, channel, ts = event.get("user"), event.get("channel"), event.get("ts")
-    if not (_matches(user, _ID) and _matches(channel, _ID) and _matches(ts, _TS)):
+    if not (_matches(user, SLACK_ID) and _matches(channel, SLACK_ID) and _matches(ts, SLACK_TS)):
         return Ignored("malformed")
     if bot_user_id and user == bot_user_id:
         return Ignored("self")
@@ -59,8 +59,8 @@ def classify(body: dict[str, Any], bot_user_id: str | None) -> Arrival | Ignored
     team = body.get("team_id") or event.get("team") or "T_UNKNOWN"
     event_id = body.get("event_id")
     if (
-        (thread_ts is not None and not _matches(thread_ts, _TS))
-        or not _matches(team, _ID)
+        (thread_ts is not None and not _matches(thread_ts, SLACK_TS))
+        or not _matches(team, SLACK_ID)
         or (event_id is not None and not _matches(event_id, _EVENT_ID))
     ):
         return Ignored("malformed")

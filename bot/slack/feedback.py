@@ -14,6 +14,7 @@ from slack_sdk.models.blocks import ContextActionsBlock, FeedbackButtonObject, F
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.metrics import Metrics
+from bot.slack.events import SLACK_ID, SLACK_TS
 from bot.storage.db import UNAVAILABLE, error_reason
 from bot.storage.feedback import Vote, VoteCast, answered_at, record_vote
 
@@ -21,8 +22,6 @@ log = logging.getLogger(__name__)
 
 ACTION_ID = "answer_feedback"
 # Slack's ids and timestamps, bounded to the columns they are stored in (as bot.slack.events checks).
-_ID = re.compile(r"[A-Z0-9][A-Za-z0-9_]{0,23}")
-_TS = re.compile(r"[0-9]{1,12}\.[0-9]{1,8}")
 
 
 def feedback_block() -> dict[str, Any]:
@@ -61,10 +60,10 @@ def vote_from(body: dict[str, Any]) -> VoteCast | None:
     actions = body.get("actions")
     action = actions[0] if isinstance(actions, list) and actions and isinstance(actions[0], dict) else {}
     value = action.get("value")
-    channel = _valid(_field(body, "container", "channel_id") or _field(body, "channel", "id"), _ID)
-    ts = _valid(_field(body, "container", "message_ts") or _field(body, "message", "ts"), _TS)
-    user = _valid(_field(body, "user", "id"), _ID)
-    team = _valid(_field(body, "team", "id") or _field(body, "user", "team_id"), _ID)
+    channel = _valid(_field(body, "container", "channel_id") or _field(body, "channel", "id"), SLACK_ID)
+    ts = _valid(_field(body, "container", "message_ts") or _field(body, "message", "ts"), SLACK_TS)
+    user = _valid(_field(body, "user", "id"), SLACK_ID)
+    team = _valid(_field(body, "team", "id") or _field(body, "user", "team_id"), SLACK_ID)
     if value not in (Vote.UP.value, Vote.DOWN.value) or channel is None or ts is None or user is None:
         return None
     try:

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.storage import quotas as store
 from bot.storage.models import QuotaOverride
 from bot.usage.limits import (
+    SCOPE_COLUMN,
     DefaultLimits,
     LimitKey,
     LimitUse,
@@ -28,8 +29,6 @@ from bot.usage.limits import (
 from bot.usage.report import day_bounds
 
 WATCH_FRACTION = 0.8  # entities at or over this share of a limit are listed
-
-_COLUMN = {Scope.USER: "user_id", Scope.CHANNEL: "channel_id", Scope.WORKSPACE: "team_id"}
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ async def budget_report(
     workspace: list[LimitUse] = []
     for scope, period in ((Scope.USER, Period.DAY), (Scope.USER, Period.MONTH), (Scope.CHANNEL, Period.DAY)):
         start, _ = day_bounds(period_start(period, day), tz)
-        for team, subject, spent in await store.spenders(session, _COLUMN[scope], start, end):
+        for team, subject, spent in await store.spenders(session, SCOPE_COLUMN[scope], start, end):
             key = LimitKey(scope, subject, period)
             limit = limit_for(key, defaults, overrides.get(team, []))
             if limit is not None:

@@ -21,6 +21,10 @@ class Scope(enum.StrEnum):
     WORKSPACE = "workspace"
 
 
+# The ledger column (usage_records) that says whose spend a row is, for each scope.
+SCOPE_COLUMN = {Scope.USER: "user_id", Scope.CHANNEL: "channel_id", Scope.WORKSPACE: "team_id"}
+
+
 class Period(enum.StrEnum):
     DAY = "day"
     MONTH = "month"
