@@ -87,6 +87,7 @@ class Core:
     service: ConversationService
     ledger: Ledger
     quota: Quotas
+    tools: EnabledTools  # every tool of a turn; `names()` for the channel settings form
 
 
 def access_rules(settings: Settings) -> AccessRules:
@@ -190,7 +191,7 @@ async def core_services(
     )
     quota = quotas(settings, sessions)
     try:
-        yield Core(engine, sessions, llm, service, ledger, quota)
+        yield Core(engine, sessions, llm, service, ledger, quota, tools)
     finally:
         await ledger.aclose()
         await fetch.aclose()
@@ -380,7 +381,7 @@ class BotRuntime:
         bounds = SettingsBounds(
             settings.aimlapi_model, settings.models_allowed, settings.llm_max_output_tokens
         )
-        self.glm = GlmCommand(access, channel_settings, bounds, self.home)
+        self.glm = GlmCommand(access, channel_settings, bounds, self.home, tool_names=core.tools.names)
         add_quota_subcommands(self.glm, QuotaCommands(core.sessions, core.quota))
         summaries = Summaries(
             self.reader,

@@ -23,7 +23,7 @@ class ChannelSettings:
     model: str | None = None  # None: the bot's default model (AIMLAPI_MODEL)
     max_output_tokens: int | None = None  # None: the bot's default
     followups: bool = True  # answer follow-ups in threads without a new mention
-    # Tools the model may call here, within TOOLS_ENABLED; None: all of those. Not stored yet.
+    # Tools the model may call here, within TOOLS_ENABLED; None: all of those.
     tools: frozenset[str] | None = None
 
 

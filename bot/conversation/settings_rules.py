@@ -26,6 +26,9 @@ class SettingsBounds:
     models: tuple[str, ...]  # the allowed models, the default first
     max_output_tokens: int  # LLM_MAX_OUTPUT_TOKENS: the default and the ceiling
     max_prompt_chars: int = MAX_PROMPT_CHARS
+    # Tool names a channel may choose: those the bot offers now, and any the channel already has
+    # (an MCP server that is down keeps its place in the channel's list).
+    tools: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class SettingsForm:
     model: str | None
     max_output_tokens: str | None
     followups: bool
+    tools: tuple[str, ...] | None = None  # the names ticked; None: "all tools" was ticked
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,10 @@ def check_form(form: SettingsForm, bounds: SettingsBounds) -> ChannelSettings | 
                 errors["max_output_tokens"] = (
                     f"Between {MIN_OUTPUT_TOKENS} and {bounds.max_output_tokens:,} tokens."
                 )
+    tools = None if form.tools is None else frozenset(form.tools)
+    unknown = sorted((tools or frozenset()) - set(bounds.tools))
+    if unknown:
+        errors["tools"] = "Not a tool of this bot: " + ", ".join(unknown) + "."
     if errors:
         return Invalid(errors)
     return ChannelSettings(
@@ -91,6 +99,7 @@ def check_form(form: SettingsForm, bounds: SettingsBounds) -> ChannelSettings | 
         model=model,
         max_output_tokens=limit,
         followups=form.followups,
+        tools=tools,
     )
 
 

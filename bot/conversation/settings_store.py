@@ -31,12 +31,10 @@ _Key = tuple[str, str]
 
 
 def settings_as_json(settings: ChannelSettings) -> dict[str, object]:
-    """Settings as plain JSON values, as the audit log keeps them."""
+    """Settings as plain JSON values, as the row and the audit log keep them (tools: a sorted list)."""
     values = asdict(settings)
     values["mode"] = settings.mode.value
-    tools = values.pop("tools")  # not stored yet; kept out of the log until it is (a set is no JSON)
-    if tools is not None:
-        values["tools"] = sorted(tools)
+    values["tools"] = None if settings.tools is None else sorted(settings.tools)
     return values
 
 
@@ -52,6 +50,7 @@ def _from_row(row: ChannelSettingsRow) -> ChannelSettings:
         model=row.model,
         max_output_tokens=row.max_output_tokens,
         followups=row.followups,
+        tools=None if row.tools is None else frozenset(row.tools),
     )
 
 

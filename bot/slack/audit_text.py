@@ -54,5 +54,9 @@ def _value(value: object) -> str:
         return "on" if value else "off"
     if isinstance(value, int):
         return f"{value:,}"
+    if isinstance(value, list):  # tool names
+        if not value:
+            return "none"
+        value = ", ".join(str(item) for item in value)
     text = str(value)
     return f"`{text[:_VALUE_CHARS]}…`" if len(text) > _VALUE_CHARS else f"`{text}`"

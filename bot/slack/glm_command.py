@@ -9,14 +9,15 @@ look-ups before views.open are cached ones.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import ClientError
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.conversation.channel_settings import ChannelSettings
 from bot.conversation.settings_rules import Invalid, SettingsBounds, check_form
 from bot.conversation.settings_store import ChannelSettingsStore
 from bot.slack.admin_access import WHO_MAY_CONFIGURE, AdminAccess
@@ -64,8 +65,12 @@ class GlmCommand:
         store: ChannelSettingsStore,
         bounds: SettingsBounds,
         home: AppHome | None = None,
+        tool_names: Callable[[], Sequence[str]] = tuple,
     ) -> None:
+        """`tool_names`: the tools the bot offers now (built-ins, Slack tools, MCP servers that are up),
+        asked each time the form opens or is saved."""
         self._access, self._store, self._bounds, self._home = access, store, bounds, home
+        self._tool_names = tool_names
         self._subcommands: dict[str, Subcommand] = {}
         self.add("settings", Subcommand("settings", "change this channel's settings", self._settings))
         self.add("audit", Subcommand("audit", "the latest changes by admins", self._audit, admins_only=True))
@@ -119,13 +124,19 @@ class GlmCommand:
         # The form shows what is stored now, not what this replica cached a few seconds ago.
         self._store.invalidate(request.team_id, request.channel_id)
         current = await self._store.for_channel(request.team_id, request.channel_id)
-        view = settings_view(ModalTarget(request.team_id, request.channel_id), current, self._bounds)
+        bounds = self._bounds_for(current)
+        view = settings_view(ModalTarget(request.team_id, request.channel_id), current, bounds)
         try:
             await request.client.views_open(trigger_id=request.trigger_id, view=view)
         except SLACK_CALL_ERRORS as exc:
             log.warning("/glm settings: views.open failed: %s", call_error_reason(exc))
             return MODAL_FAILED
         return None
+
+    def _bounds_for(self, current: ChannelSettings) -> SettingsBounds:
+        """The bounds with the tools a channel may choose: the bot's now, and any the channel has."""
+        names = dict.fromkeys([*self._tool_names(), *sorted(current.tools or ())])
+        return replace(self._bounds, tools=tuple(names))
 
     async def _audit(self, request: GlmRequest) -> str:
         entries = await self._store.recent_changes(request.team_id, AUDIT_ROWS)
@@ -158,7 +169,13 @@ class GlmCommand:
         if not await self._access.may_configure(client, user_id, target.team_id, target.channel_id):
             await ack(response_action="errors", errors={"mode": WHO_MAY_CONFIGURE})
             return
-        checked = check_form(submitted_form(view), self._bounds)
+        try:
+            current = await self._store.for_channel(target.team_id, target.channel_id)
+        except UNAVAILABLE as exc:
+            log.warning("settings not saved: database unavailable: %s", error_reason(exc))
+            await ack(response_action="errors", errors={"mode": DATABASE_AWAY})
+            return
+        checked = check_form(submitted_form(view), self._bounds_for(current))
         if isinstance(checked, Invalid):
             await ack(response_action="errors", errors=dict(checked.errors))
             return

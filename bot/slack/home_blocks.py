@@ -134,7 +134,7 @@ def _admin(page: AdminPage) -> list[Block]:
 
 
 def describe_settings(settings: ChannelSettings) -> str:
-    """One line: mode, model, limit, prompt, follow-ups (what differs from the defaults)."""
+    """One line: mode, model, limit, prompt, follow-ups, tools (what differs from the defaults)."""
     parts = [f"mode {settings.mode.value}"]
     if settings.model:
         parts.append(f"model `{settings.model}`")
@@ -146,4 +146,10 @@ def describe_settings(settings: ChannelSettings) -> str:
         )
     if not settings.followups:
         parts.append("no follow-ups")
+    if settings.tools is not None:
+        parts.append(
+            "tools " + ", ".join(f"`{name}`" for name in sorted(settings.tools))
+            if settings.tools
+            else "no tools"
+        )
     return ", ".join(parts)

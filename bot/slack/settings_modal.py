@@ -21,6 +21,7 @@ from slack_sdk.models.blocks import (
     PlainTextInputElement,
     PlainTextObject,
     SectionBlock,
+    StaticMultiSelectElement,
     StaticSelectElement,
 )
 from slack_sdk.models.views import View
@@ -35,6 +36,8 @@ _MODES = {
     ChannelMode.OFF: "Off: never answer in this channel",
 }
 _CHECKED = "on"
+ALL_TOOLS = "*"  # the option meaning every tool, including ones added later (settings.tools None)
+_MAX_CHECKBOXES = 10  # Slack's limit for a checkboxes element; a multi-select holds 100
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,7 @@ def settings_view(target: ModalTarget, current: ChannelSettings, bounds: Setting
                 initial_value=limit,
             ),
         ),
+        *_tools_blocks(current, bounds),
         ContextBlock(
             elements=[MarkdownTextObject(text="Every change is logged: admins see them with `/glm audit`.")]
         ),
@@ -147,6 +151,31 @@ def settings_view(target: ModalTarget, current: ChannelSettings, bounds: Setting
         private_metadata=target.dump(),
         blocks=blocks,
     )
+
+
+def _tools_blocks(current: ChannelSettings, bounds: SettingsBounds) -> list[InputBlock]:
+    """The tools the model may call here: "all" or a choice among the bot's tools (none: no tools)."""
+    if not bounds.tools:
+        return []
+    every = Option(value=ALL_TOOLS, text="All tools, including ones added later")
+    options = [every, *(Option(value=name, text=name[:75]) for name in bounds.tools[:99])]
+    if current.tools is None:
+        initial: list[Option] | None = [every]
+    else:
+        initial = [o for o in options[1:] if o.value in current.tools] or None
+    element: CheckboxesElement | StaticMultiSelectElement
+    if len(options) <= _MAX_CHECKBOXES:
+        element = CheckboxesElement(action_id="tools", options=options, initial_options=initial)
+    else:
+        element = StaticMultiSelectElement(
+            action_id="tools", placeholder="Choose tools", options=options, initial_options=initial
+        )
+    hint = "Within the tools the bot has switched on. Nothing ticked: no tools in this channel."
+    return [
+        InputBlock(
+            block_id="tools", label="Tools", optional=True, hint=PlainTextObject(text=hint), element=element
+        )
+    ]
 
 
 def submitted_form(view: Mapping[str, Any]) -> SettingsForm:
@@ -171,6 +200,13 @@ def submitted_form(view: Mapping[str, Any]) -> SettingsForm:
         options = field(name).get("selected_options") or []
         return any(isinstance(o, dict) and o.get("value") == _CHECKED for o in options)
 
+    def tools() -> tuple[str, ...] | None:
+        if "tools" not in values:
+            return None  # the form offered no tools to choose: the channel keeps them all
+        options = field("tools").get("selected_options") or []
+        names = tuple(str(o["value"]) for o in options if isinstance(o, dict) and "value" in o)
+        return None if ALL_TOOLS in names else names
+
     return SettingsForm(
         mode=selected("mode"),
         system_prompt=text("system_prompt"),
@@ -178,4 +214,5 @@ def submitted_form(view: Mapping[str, Any]) -> SettingsForm:
         model=selected("model"),
         max_output_tokens=text("max_output_tokens"),
         followups=checked("followups"),
+        tools=tools(),
     )

@@ -75,7 +75,7 @@ async def write_channel_settings(
 
 
 _SETTING_COLUMNS = frozenset(
-    {"mode", "system_prompt", "replace_prompt", "model", "max_output_tokens", "followups"}
+    {"mode", "system_prompt", "replace_prompt", "model", "max_output_tokens", "followups", "tools"}
 )
 
 

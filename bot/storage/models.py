@@ -293,7 +293,7 @@ class QuotaAlert(Base):
 
 class ChannelSettingsRow(Base):
     """A channel's own settings (bot.conversation.channel_settings); a channel without a row has the
-    defaults. NULL prompt, model or limit: the bot's own."""
+    defaults. NULL prompt, model, limit or tools: the bot's own."""
 
     __tablename__ = "channel_settings"
     __table_args__ = (UniqueConstraint("team_id", "channel_id"),)
@@ -307,6 +307,9 @@ class ChannelSettingsRow(Base):
     model: Mapped[str | None] = mapped_column(String(128))
     max_output_tokens: Mapped[int | None] = mapped_column(Integer)
     followups: Mapped[bool] = mapped_column(Boolean, default=True)
+    # The tool names the model may call here (a JSON list); NULL: every tool TOOLS_ENABLED allows.
+    # none_as_null: None is SQL NULL, not the JSON `null` that `IS NULL` would not find.
+    tools: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
     updated_at: Mapped[datetime] = mapped_column(_TS, default=utcnow, onupdate=utcnow)
     updated_by: Mapped[str | None] = mapped_column(String(64))
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from bot.conversation.channel_settings import DEFAULT_CHANNEL_SETTINGS
+from bot.conversation.keys import ConversationKey
 from bot.conversation.tools import Tool, ToolBox, ToolContext
+
+# No turn: what the boxes offer a channel with the default settings (none of them looks further).
+_ANY_CHANNEL = ToolContext(ConversationKey("", "", ""), None, None, DEFAULT_CHANNEL_SETTINGS)
 
 
 class StaticToolBox:
@@ -37,3 +42,8 @@ class EnabledTools:
                 if here is None or name in here:
                     chosen[name] = tool
         return tuple(chosen.values())
+
+    def names(self) -> tuple[str, ...]:
+        """The names of the tools offered now within TOOLS_ENABLED, before any channel's own list
+        (what the channel settings form lets admins choose from)."""
+        return tuple(tool.spec.name for tool in self.tools_for(_ANY_CHANNEL))
