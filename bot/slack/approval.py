@@ -22,9 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
-from slack_bolt.middleware.async_middleware import AsyncMiddleware
-from slack_bolt.request.async_request import AsyncBoltRequest
-from slack_bolt.response import BoltResponse
 from slack_sdk.models.blocks import (
     ActionsBlock,
     Block,
@@ -39,6 +36,7 @@ from bot.conversation.approvals import Answer, ApprovalBook, Press, PressOutcome
 from bot.conversation.tools import ToolContext, ToolSpec
 from bot.metrics import Metrics
 from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
+from bot.slack.listeners import AttachToContext
 from bot.slack.text import defuse, mrkdwn_escape
 from bot.storage.db import UNAVAILABLE, error_reason
 
@@ -294,23 +292,6 @@ async def on_approval_action(
     await approver.on_action(body, client)
 
 
-class AttachApprover(AsyncMiddleware):
-    """Puts the process's approver into the context of the button presses, for the listener above."""
-
-    def __init__(self, approver: SlackApprover) -> None:
-        self._approver = approver
-
-    async def async_process(
-        self,
-        *,
-        req: AsyncBoltRequest,
-        resp: BoltResponse,  # noqa: ARG002
-        next: Callable[[], Awaitable[BoltResponse]],  # Bolt passes it by this name
-    ) -> BoltResponse | None:
-        req.context[APPROVER] = self._approver
-        return await next()
-
-
 def register_approval(app: AsyncApp, approver: SlackApprover) -> None:
     """Listen for the buttons (actions only: no catch-all of events can shadow them)."""
-    app.action(ACTIONS, middleware=[AttachApprover(approver)])(on_approval_action)
+    app.action(ACTIONS, middleware=[AttachToContext(APPROVER, approver)])(on_approval_action)

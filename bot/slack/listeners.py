@@ -39,11 +39,12 @@ async def on_other_event(body: dict[str, Any], context: AsyncBoltContext) -> Non
     edge.turns.ignored("unsupported_type")
 
 
-class AttachEdge(AsyncMiddleware):
-    """Puts the process's edge into every request's context, for the listeners below."""
+class AttachToContext(AsyncMiddleware):
+    """Puts one of the process's objects into the context of the requests it runs for, so listeners
+    can stay plain module-level functions (as in bolt-python) rather than closures."""
 
-    def __init__(self, edge: SlackEdge) -> None:
-        self._edge = edge
+    def __init__(self, key: str, value: object) -> None:
+        self._key, self._value = key, value
 
     async def async_process(
         self,
@@ -52,12 +53,12 @@ class AttachEdge(AsyncMiddleware):
         resp: BoltResponse,  # noqa: ARG002
         next: Callable[[], Awaitable[BoltResponse]],  # Bolt passes it by this name
     ) -> BoltResponse | None:
-        req.context[EDGE] = self._edge
+        req.context[self._key] = self._value
         return await next()
 
 
 def register_listeners(app: AsyncApp, edge: SlackEdge) -> None:
-    app.middleware(AttachEdge(edge))
+    app.middleware(AttachToContext(EDGE, edge))
     app.event("app_mention")(on_message)
     app.event("message")(on_message)
     app.event(re.compile(".*"))(on_other_event)
