@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from bot.storage.db import DatabaseError, create_engine, session_factory
+from bot.storage.db import DatabaseError, check_database, create_engine, session_factory
 from bot.storage.migrate import (
     alembic_config,
     current_revision,
@@ -131,6 +131,19 @@ async def test_concurrent_migrations_in_one_process_do_not_cross_wires(
     for url in urls:
         assert await current_revision(url) == head_revision()
         assert await table_names(url) == MODEL_TABLES | {"alembic_version"}
+
+
+async def test_first_connections_to_a_new_sqlite_file_at_once_all_succeed(tmp_path: Path) -> None:
+    # Turning a new file to WAL from two connections at once makes SQLite refuse one of them at once
+    # ("database is locked", its deadlock guard skips the busy timeout): check_database tries again.
+    for attempt in range(15):
+        url = f"sqlite+aiosqlite:///{tmp_path / f'fresh{attempt}.db'}"
+        engines = [create_engine(url) for _ in range(6)]
+        try:
+            await asyncio.gather(*(check_database(engine) for engine in engines))
+        finally:
+            for engine in engines:
+                await engine.dispose()
 
 
 async def test_alembic_check_finds_no_drift_between_models_and_migrations(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +60,9 @@ def parse_url(database_url: str) -> URL:
 
 def _enable_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=30000")  # writers queue rather than fail under load
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")  # writers queue rather than fail under load
     cursor.close()
 
 
@@ -98,13 +99,29 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+# Two connections turning a new SQLite file to WAL at once: SQLite answers one of them "database is
+# locked" at once (its deadlock guard skips the busy timeout). The file stays WAL after the first
+# conversion, so the same connect a moment later succeeds.
+_SQLITE_FIRST_CONNECT_TRIES = 5
+
+
 async def check_database(engine: AsyncEngine) -> None:
     """Run SELECT 1; raise DatabaseError naming the host (never the password) when it fails."""
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-    except (SQLAlchemyError, OSError, TimeoutError) as exc:
-        raise DatabaseError(f"database unreachable at {describe(engine.url)}: {error_reason(exc)}") from exc
+    for attempt in range(1, _SQLITE_FIRST_CONNECT_TRIES + 1):
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            if _sqlite_locked(engine, exc) and attempt < _SQLITE_FIRST_CONNECT_TRIES:
+                await asyncio.sleep(0.05 * attempt)
+                continue
+            reason = error_reason(exc)
+            raise DatabaseError(f"database unreachable at {describe(engine.url)}: {reason}") from exc
+
+
+def _sqlite_locked(engine: AsyncEngine, exc: BaseException) -> bool:
+    return engine.dialect.name == "sqlite" and "database is locked" in str(exc)
 
 
 def describe(url: URL) -> str:
