@@ -64,7 +64,7 @@ from bot.slack.stop import RunningTurns, StopControl, register_stop_controls
 from bot.slack.summaries import Summaries, register_summaries
 from bot.slack.usage_command import register_usage_command
 from bot.storage.db import check_database, create_engine, describe, session_factory
-from bot.storage.migrate import upgrade_head
+from bot.storage.migrate import prepare_schema
 from bot.storage.spool import Spool
 from bot.tools.box import EnabledTools, StaticToolBox
 from bot.tools.clock import CurrentTime
@@ -146,12 +146,13 @@ async def core_services(
     tool_boxes: Sequence[ToolBox] = (),
     approver: Approver | None = None,
 ) -> AsyncIterator[Core]:
-    """Database (migrated), AI/ML API client, ledger and conversation service; closed on exit."""
+    """Database (migrated, or checked when MIGRATE_ON_START is off), AI/ML API client, ledger and
+    conversation service; closed on exit."""
     settings.require("aimlapi_key")
     assert settings.aimlapi_key is not None
     engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
     await check_database(engine)
-    await upgrade_head(settings.database_url)
+    await prepare_schema(settings.database_url, migrate=settings.migrate_on_start)
     llm = AimlClient(
         api_key=settings.aimlapi_key.get_secret_value(),
         base_url=settings.aimlapi_base_url,

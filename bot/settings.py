@@ -50,6 +50,9 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite+aiosqlite:///data/bot.db"
     database_pool_size: int = Field(20, ge=1, le=500)
+    # `run` applies migrations first. Fleets set false and run `python -m bot migrate` once per release:
+    # then a replica whose code is newer than the database refuses to start (README: Rolling upgrades).
+    migrate_on_start: bool = True
     # Where ledger writes wait while the database is away (default: next to the SQLite file, or ./data).
     usage_spool_dir: Path | None = None
     usage_spool_max_rows: int = Field(100_000, ge=1)

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Container entrypoint: apply migrations, then run `python -m bot <command>` (default: run).
+# Container entrypoint: apply migrations (unless MIGRATE_ON_START=false), then run
+# `python -m bot <command>` (default: run).
 set -eu
 
 # The image sets DATABASE_URL to the /data volume. A relative SQLite path (three slashes, e.g. the
@@ -20,7 +21,11 @@ esac
 
 command="${1:-run}"
 [ "$#" -gt 0 ] && shift
-if [ "$command" != "migrate" ]; then
-  python -m bot migrate
-fi
+# MIGRATE_ON_START=false (replicas): `python -m bot migrate` is a separate step, and `run` only checks
+# that it has been done. The false spellings are pydantic's, which reads the setting in the bot.
+migrate_on_start="$(printf '%s' "${MIGRATE_ON_START:-true}" | tr '[:upper:]' '[:lower:]' | tr -d ' ')"
+case "$migrate_on_start" in
+  0 | off | f | false | n | no) ;;
+  *) [ "$command" = "migrate" ] || python -m bot migrate ;;
+esac
 exec python -m bot "$command" "$@"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from bot.storage.migrate import head_revision
 from tests.test_cli import bot_env
 
 ENTRYPOINT = Path(__file__).resolve().parent.parent / "docker" / "entrypoint.sh"
@@ -75,3 +79,35 @@ def test_an_absolute_sqlite_path_and_postgresql_pass_the_check(tmp_path):
     postgres = run_entrypoint(tmp_path, "migrate", DATABASE_URL="postgresql+asyncpg://bot@127.0.0.1:1/bot")
     assert postgres.returncode == 2
     assert "relative" not in postgres.stderr and "127.0.0.1" in postgres.stderr
+
+
+@pytest.mark.parametrize("off", ["false", "False", "0", "no", "off"])
+async def test_with_migration_on_start_off_the_entrypoint_leaves_the_database_and_run_refuses(
+    tmp_path, fakes, off
+):
+    slack, aiml = fakes
+    result = await asyncio.to_thread(
+        run_entrypoint,
+        tmp_path,
+        "run",
+        MIGRATE_ON_START=off,
+        SLACK_BOT_TOKEN="xoxb-test",
+        SLACK_SIGNING_SECRET="s",
+        SLACK_API_URL=slack.api_url,
+        AIMLAPI_KEY="k",
+        AIMLAPI_BASE_URL=aiml.base_url,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: database is empty (never migrated) but this code needs {head_revision()}: "
+        'run "python -m bot migrate" first (MIGRATE_ON_START=false)'
+    ]
+    tables = {r[0] for r in sqlite3.connect(tmp_path / "bot.db").execute("SELECT name FROM sqlite_master")}
+    assert "conversations" not in tables
+
+
+def test_the_migrate_command_migrates_even_with_migration_on_start_off(tmp_path):
+    # The one-shot migration Job / compose service runs the same image with the fleet's settings.
+    result = run_entrypoint(tmp_path, "migrate", MIGRATE_ON_START="false")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"database is at the latest migration ({head_revision()})"

@@ -16,7 +16,7 @@ from bot.storage.db import DatabaseError
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bot", description="GLM-5 Slack assistant")
     commands = parser.add_subparsers(dest="command", metavar="{run,migrate,chat,digest}")
-    commands.add_parser("run", help="apply migrations, then serve Slack (default)")
+    commands.add_parser("run", help="apply migrations (MIGRATE_ON_START), then serve Slack (default)")
     commands.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
     commands.add_parser("chat", help="talk to the bot in this terminal")
     digest = commands.add_parser("digest", help="build the usage digest for a day now")
@@ -43,8 +43,13 @@ def _dispatch(command: str, args: argparse.Namespace, settings: Settings) -> int
     if command == "migrate":
         from bot.storage.migrate import upgrade_head
 
-        asyncio.run(upgrade_head(settings.database_url))
-        print("database is at the latest migration")
+        state = asyncio.run(upgrade_head(settings.database_url))
+        if state.newer:
+            # A rollback's migration step (an older release's Job) must not fail: nothing to undo.
+            newer = f"database is at revision {state.database}, newer than this code's {state.code}"
+            print(f"{newer}: left as it is")
+        else:
+            print(f"database is at the latest migration ({state.code})")
         return 0
     if command == "chat":
         from bot.cli.chat import chat_command

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
@@ -20,6 +22,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.storage.db import DatabaseError, check_database, create_engine, describe, parse_url
+
+log = logging.getLogger(__name__)
 
 # pg_advisory_xact_lock key: any constant that no other code in the database uses.
 _PG_MIGRATION_LOCK = 7_262_019_447_311_002_513
@@ -53,9 +57,77 @@ def head_revision() -> str | None:
     return ScriptDirectory(str(script_location())).get_current_head()
 
 
-async def upgrade_head(database_url: str) -> None:
-    """Bring the database to the newest revision; raise DatabaseError with a one-line reason."""
-    await run_alembic(database_url, lambda config: command.upgrade(config, "head"))
+@dataclass(frozen=True)
+class SchemaState:
+    """Where the database's schema stands against this code's migrations."""
+
+    database: str | None  # the database's revision; None: never migrated
+    code: str | None  # this code's newest revision
+
+    @property
+    def newer(self) -> bool:
+        """The database is at a revision this code does not ship: a later release migrated it."""
+        return self.database is not None and not known_revision(self.database)
+
+    @property
+    def behind(self) -> bool:
+        """The code needs migrations the database lacks (an empty database included)."""
+        return self.database != self.code and not self.newer
+
+
+def known_revision(revision: str) -> bool:
+    """Whether this code ships `revision` (with one line of history, every known one is an ancestor)."""
+    try:
+        return ScriptDirectory(str(script_location())).get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+async def upgrade_head(database_url: str) -> SchemaState:
+    """Bring the database to the newest revision; raise DatabaseError with a one-line reason.
+
+    A database a later release migrated (a revision this code does not know) is left as it is, never
+    downgraded: its migrations are additive (README: expand, then contract), so this code still works.
+    """
+    found: list[str | None] = []
+
+    def upgrade(config: Config) -> None:
+        # Read under the migration lock: a replica that waited sees what the first one did.
+        found.append(_current_revision(config.attributes["connection"]))
+        if found[0] is None or known_revision(found[0]):
+            command.upgrade(config, "head")
+
+    await run_alembic(database_url, upgrade)
+    state = SchemaState(found[0], head_revision())
+    return state if state.newer else SchemaState(state.code, state.code)
+
+
+async def schema_state(database_url: str) -> SchemaState:
+    """The database's revision against this code's head, read without changing anything."""
+    return SchemaState(await current_revision(database_url), head_revision())
+
+
+async def prepare_schema(database_url: str, *, migrate: bool) -> SchemaState:
+    """Start-up: migrate (MIGRATE_ON_START), or check that `python -m bot migrate` has run.
+
+    Code newer than the database without migrating raises DatabaseError (one line naming both
+    revisions); a database newer than the code is logged once and used as it is.
+    """
+    state = await upgrade_head(database_url) if migrate else await schema_state(database_url)
+    if state.behind:
+        where = f"at revision {state.database}" if state.database else "empty (never migrated)"
+        raise DatabaseError(
+            f"database is {where} but this code needs {state.code}: "
+            'run "python -m bot migrate" first (MIGRATE_ON_START=false)'
+        )
+    if state.newer:
+        log.warning(
+            "database is at revision %s, newer than this code's %s (a later release migrated it): "
+            "running on it unchanged",
+            state.database,
+            state.code,
+        )
+    return state
 
 
 async def current_revision(database_url: str) -> str | None:
