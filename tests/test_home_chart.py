@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.slack.home_chart import HomeChart
+from bot.storage.db import create_engine, session_factory
 from bot.usage.chart import CHART_TITLE
 from tests.fakes.aimlapi import FakeAimlApi
 from tests.fakes.slack_api import FakeSlackApi, FakeUser
@@ -126,3 +128,18 @@ async def test_a_chart_slack_will_not_show_yet_leaves_the_text_and_shows_on_the_
     [image] = images(await open_home(bot, "UADMIN"))
     [upload] = bot.slack.uploads.values()
     assert image["slack_file"] == {"id": upload.id} and uploads_asked(bot.slack) == 1
+
+
+async def test_a_chart_that_cannot_be_drawn_leaves_the_text(bot: Bot, tmp_path: Path) -> None:
+    await spend(bot, "U1", "C1", 3_000)
+    home = bot.runtime.home
+    assert home is not None
+    unmigrated = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}")  # no usage table
+    try:
+        home.chart = HomeChart(session_factory(unmigrated), bot.runtime.settings.digest_zone)
+        view = await open_home(bot, "UADMIN")
+    finally:
+        await unmigrated.dispose()
+
+    assert images(view) == [] and "3,000 credits" in text_of(view)
+    assert uploads_asked(bot.slack) == 0
