@@ -31,6 +31,9 @@ from bot.usage.personal import personal_usage
 
 log = logging.getLogger(__name__)
 
+# What views.publish answers for blocks it will not show (an image whose file is not ready or gone).
+REFUSED_VIEW = frozenset({"invalid_arguments", "invalid_blocks"})
+
 
 async def is_home_tab(event: dict[str, Any]) -> bool:
     """Bolt matcher: the Home tab was opened (not the Messages tab)."""
@@ -74,7 +77,7 @@ class AppHome:
         page = await self._with_chart(page, client, team_id)
         error = await self._publish(client, user_id, page)
         chart = page.admin.chart if page.admin is not None else None
-        if isinstance(error, SlackApiError) and chart is not None and self.chart is not None:
+        if _refused_view(error) and chart is not None and self.chart is not None:
             # Slack refused the view with the image (the file not ready yet, or gone): text only.
             self.chart.refused(team_id, chart.file_id)
             assert page.admin is not None
@@ -118,6 +121,11 @@ class AppHome:
                 channels=await self._channels.configured_channels(team_id),
             )
         return HomePage(usage=usage, allowances=allowances, admin=admin_page)
+
+
+def _refused_view(error: Exception | None) -> bool:
+    """Slack refused the view's content (not the call: a rate limit or an outage is no refusal)."""
+    return isinstance(error, SlackApiError) and error.response.get("error") in REFUSED_VIEW
 
 
 def register_app_home(app: AsyncApp, home: AppHome) -> None:
