@@ -54,6 +54,7 @@ from bot.slack.feedback import register_feedback
 from bot.slack.files import FileLimits, SlackFiles
 from bot.slack.glm_command import GlmCommand, register_glm_command
 from bot.slack.handler import EdgeConfig, SlackEdge, admin_contact
+from bot.slack.home_chart import HomeChart
 from bot.slack.listeners import register_listeners
 from bot.slack.people import UserDirectory
 from bot.slack.quota_command import QuotaCommands, add_quota_subcommands
@@ -370,6 +371,12 @@ class BotRuntime:
             settings.digest_zone,
             allowances=QuotaAllowances(core.quota),
             alerts=SentAlerts(core.sessions, settings.digest_zone),
+            chart=HomeChart(
+                core.sessions,
+                settings.digest_zone,
+                monthly_budget=core.quota.defaults.workspace_month,
+                events=self.metrics,
+            ),
         )
         # Before register_listeners: Bolt runs the first listener that matches, and its catch-all
         # would take app_home_opened and agent_session_stopped otherwise.

@@ -150,6 +150,9 @@ class Metrics:
         self.tool_approvals = Counter(
             "slackbot_tool_approvals", "Approval requests by decision", ["decision"], registry=r
         )
+        self.home_charts = Counter(
+            "slackbot_home_charts", "App Home chart uploads and failures, by outcome", ["outcome"], registry=r
+        )
 
     def tool_call_ended(self, tool: str, outcome: str, seconds: float) -> None:
         """`tool` is a configured tool's name, or "unknown" for one the model made up."""
@@ -211,6 +214,10 @@ class Metrics:
     def tool_approval(self, decision: str) -> None:
         """`approved`, `denied`, `timed_out` or `failed` (the request could not be posted)."""
         self.tool_approvals.labels(decision).inc()
+
+    def home_chart(self, outcome: str) -> None:
+        """The admins' App Home chart: `uploaded`, `draw_failed`, `upload_failed` or `refused`."""
+        self.home_charts.labels(outcome).inc()
 
     def maintenance_failed(self) -> None:
         self.maintenance_failures.inc()

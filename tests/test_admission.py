@@ -59,6 +59,10 @@ class Hold:
 
     ends: list[str]
 
+    async def extend(self, prompt_tokens: int, max_output_tokens: int) -> str | None:  # noqa: ARG002
+        self.ends.append("extended")
+        return None
+
     async def settle(self, outcome: TurnOutcome) -> None:
         self.ends.append(f"settled {outcome.status.value}")
 

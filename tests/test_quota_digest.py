@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.jobs.digest import CHART_TITLE, DigestStatus, run_digest
-from bot.usage.chart import chart_data, chart_png, render_png
+from bot.jobs.digest import DigestStatus, run_digest
+from bot.usage.chart import CHART_TITLE, chart_data, chart_png, render_png
 from bot.usage.limits import DefaultLimits
 from tests.fakes.slack_api import FakeUser
 from tests.test_quotas import ledger_row

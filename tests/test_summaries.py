@@ -200,6 +200,10 @@ class RecordingQuota:
         quota = self
 
         class Held:
+            async def extend(self, prompt_tokens: int, max_output_tokens: int) -> str | None:
+                quota.ended.append(("extended", prompt_tokens + max_output_tokens))
+                return None
+
             async def settle(self, outcome: TurnOutcome) -> None:
                 assert outcome.usage is not None
                 quota.ended.append(("settled", outcome.usage.usage.credits_used))
@@ -226,6 +230,6 @@ async def test_a_summary_holds_credits_like_a_turn_and_a_reached_quota_stops_it(
     assert await Summaries(runtime.reader, summarizer, people, quota=spent).command(request) is None
 
     assert quota.asked == spent.asked == [("U1", "C1")]
-    assert quota.ended == [("settled", 321)]
+    assert [e for e, _ in quota.ended] == ["extended", "settled"] and quota.ended[-1] == ("settled", 321)
     assert [e.text for e in slack.ephemerals] == ["All green.", "You have used your credits for today."]
     assert len(aiml.chat_requests) == 1

@@ -36,6 +36,7 @@ from bot.conversation.channel_settings import (
 from bot.conversation.keys import ConversationKey, ConversationKind
 from bot.conversation.ordering import TurnOrder, TurnTicket
 from bot.conversation.person import Person
+from bot.conversation.ports import CallBudget
 from bot.files.extract import Attachment
 from bot.storage import conversations as repo
 from bot.storage.db import UNAVAILABLE, error_reason
@@ -81,8 +82,9 @@ class Candidate:
     channel: ChannelSettings
 
 
-class Reservation(Protocol):
-    """Credits held for one turn; exactly one of `settle` / `release` ends it."""
+class Reservation(CallBudget, Protocol):
+    """Credits held for one turn; `extend` before each further call, and exactly one of `settle` /
+    `release` ends it."""
 
     async def settle(self, outcome: TurnOutcome) -> None:
         """The turn ran: keep what the API reported it cost."""

@@ -115,5 +115,19 @@ class ChatModel(Protocol):
     ) -> ChatStreamLike: ...
 
 
+class CallBudget(Protocol):
+    """The credits held for one turn's upstream calls (bot.conversation.quota.HeldCredits).
+
+    Admission holds an estimate for the first call; a turn that calls the model again (a tool
+    round, a summary sized by its transcript) asks for each further call first, so a person cannot
+    run past a hard limit by more than one call's estimate.
+    """
+
+    async def extend(self, prompt_tokens: int, max_output_tokens: int) -> str | None:
+        """Hold credits for the next call instead of the last one (whose cost the ledger now has).
+        None: make the call. Else a hard limit is reached: do not call; the line says which."""
+        ...
+
+
 class ReplyNotShown(Exception):
     """The reply could not be shown at all (its placeholder never landed): nothing was answered."""

@@ -5,7 +5,9 @@ reservation run in one transaction serialised per workspace (bot.storage.quotas.
 concurrent turns see each other's reservations: a limit is overshot by at most the calls admitted
 while it still had room, each by no more than what it cost. After the call the reservation is
 deleted once the ledger row carries the reported credits; a process that dies leaves reservations
-that stop counting when they expire.
+that stop counting when they expire. A turn that calls the model again (tool rounds, a summary sized
+by its transcript) `extend`s its hold to the next call first, checked the same way, so a person
+overshoots by at most the call that crossed the limit.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from bot.conversation.budget import TokenEstimator
 from bot.conversation.keys import ConversationKind
 from bot.llm.types import ChatMessage
 from bot.storage import quotas as store
+from bot.storage.db import UNAVAILABLE, error_reason
 from bot.usage.limits import (
     SCOPE_COLUMN,
     DefaultLimits,
@@ -130,28 +133,66 @@ class Quotas:
         calibration = await self._calibration(subject.team_id)
         if history_allowance:
             prompt_tokens += calibration.average_prompt_tokens
-        measured = calibration.credits_per_token
-        rate = DEFAULT_CREDITS_PER_TOKEN if measured is None else measured * CALIBRATION_MARGIN
-        estimate = math.ceil((prompt_tokens + max_output_tokens) * rate)
+        estimate = self._estimate(calibration, prompt_tokens + max_output_tokens)
         now = now or datetime.now(UTC)
         async with self._sessions.begin() as session:
             await store.lock_workspace(session, subject.team_id, now)
-            uses = await self._uses(session, limits, now)
-            refused = [use for use in uses if use.remaining <= 0]
-            if refused:
-                today = local_today(self.tz, now)
-                latest = max(refused, key=lambda use: resets_at(use.key.period, today, self.tz))
-                return QuotaRefused(latest, resets_at(latest.key.period, today, self.tz))
-            reservation_id = await store.reserve(
-                session,
-                team_id=subject.team_id,
-                channel_id=subject.channel_id,
-                user_id=subject.user_id,
-                credits=estimate,
-                now=now,
-                ttl=self._ttl,
-            )
+            return await self._check_and_hold(session, subject, limits, estimate, now)
+
+    async def extend(
+        self,
+        reservation: Reservation,
+        *,
+        prompt_tokens: int,
+        max_output_tokens: int,
+        now: datetime | None = None,
+    ) -> Reservation | QuotaRefused:
+        """The same turn calls the model again: its earlier call is in the ledger by now, so its hold
+        is swapped for the next call's estimate, checked like a new call (others' holds count, its
+        own no longer). Refused: the hold is gone and the call must not be made."""
+        subject = reservation.subject
+        limits = applicable_limits(subject, self.defaults, await self.overrides(subject.team_id))
+        if not limits:
+            return reservation  # none binds (lifted mid-turn?): what is held is settled at the end
+        estimate = self._estimate(await self._calibration(subject.team_id), prompt_tokens + max_output_tokens)
+        now = now or datetime.now(UTC)
+        async with self._sessions.begin() as session:
+            await store.lock_workspace(session, subject.team_id, now)
+            if reservation.id is not None:
+                await store.release(session, reservation.id)
+            return await self._check_and_hold(session, subject, limits, estimate, now)
+
+    async def _check_and_hold(
+        self,
+        session: AsyncSession,
+        subject: Subject,
+        limits: dict[LimitKey, int],
+        estimate: int,
+        now: datetime,
+    ) -> Reservation | QuotaRefused:
+        """Inside the workspace's lock: refuse when a limit has no room left, else hold `estimate`."""
+        uses = await self._uses(session, limits, now)
+        refused = [use for use in uses if use.remaining <= 0]
+        if refused:
+            today = local_today(self.tz, now)
+            latest = max(refused, key=lambda use: resets_at(use.key.period, today, self.tz))
+            return QuotaRefused(latest, resets_at(latest.key.period, today, self.tz))
+        reservation_id = await store.reserve(
+            session,
+            team_id=subject.team_id,
+            channel_id=subject.channel_id,
+            user_id=subject.user_id,
+            credits=estimate,
+            now=now,
+            ttl=self._ttl,
+        )
         return Reservation(reservation_id, subject, estimate)
+
+    @staticmethod
+    def _estimate(calibration: store.Calibration, tokens: int) -> int:
+        measured = calibration.credits_per_token
+        rate = DEFAULT_CREDITS_PER_TOKEN if measured is None else measured * CALIBRATION_MARGIN
+        return math.ceil(tokens * rate)
 
     async def settle(self, reservation: Reservation) -> None:
         """Drop the hold once the call's ledger row (with the reported credits) is written; then
@@ -251,6 +292,24 @@ class HeldCredits:
     def __init__(self, quotas: Quotas, reservation: Reservation) -> None:
         self._quotas = quotas
         self.reservation = reservation
+
+    async def extend(self, prompt_tokens: int, max_output_tokens: int) -> str | None:
+        """Before the turn's next upstream call: hold its estimate instead of the last call's."""
+        try:
+            held = await self._quotas.extend(
+                self.reservation, prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens
+            )
+        except UNAVAILABLE as exc:
+            # Mid-answer, the database went away: the call goes ahead on the hold it has (the ledger
+            # spools its row), rather than cutting an answer short on a check that could not run.
+            log.warning("could not extend a quota reservation: %s", error_reason(exc))
+            return None
+        if isinstance(held, QuotaRefused):
+            # The hold is gone with the refusal; settling still tells the alerts who spent.
+            self.reservation = Reservation(None, self.reservation.subject, 0)
+            return held.note
+        self.reservation = held
+        return None
 
     async def settle(self, outcome: TurnOutcome) -> None:  # noqa: ARG002 - the ledger row holds the cost
         """The turn's ledger row (with the reported credits) is written: the estimate stops counting."""

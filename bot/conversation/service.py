@@ -16,7 +16,7 @@ from bot.conversation.channel_settings import DEFAULT_CHANNEL_SETTINGS, ChannelS
 from bot.conversation.lease import ReplyLease
 from bot.conversation.ledger import Ledger, completion_entry
 from bot.conversation.person import Person
-from bot.conversation.ports import ChatModel, ChatStreamLike, ReplySink, ReplySummary
+from bot.conversation.ports import CallBudget, ChatModel, ChatStreamLike, ReplySink, ReplySummary
 from bot.conversation.settings_rules import SettingsBounds, plan_turn
 from bot.conversation.stop import StopHandle, Stopped, StopRequest, unless_stopped
 from bot.conversation.tool_history import replay
@@ -63,6 +63,8 @@ class Turn:
     context: Sequence[str] = ()
     # Who asks, when the surface knew (tools check what they may read on the person's behalf).
     person: Person | None = None
+    # The credits admission held for the turn: asked again before each further upstream call.
+    budget: CallBudget | None = None
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,8 @@ class ConversationService:
                 prompt_budget(self._config.context_window, plan.max_output_tokens),
                 lambda result, label: usage_entry(turn, conversation_id, plan.model, result, label),
                 stop,
+                turn.budget,
+                plan.max_output_tokens,
             ),
             request.messages,
             self._tools.tools_for(context) if self._tools is not None else (),

@@ -13,8 +13,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
+from bot.conversation.budget import TokenEstimator
 from bot.conversation.ledger import Ledger, completion_entry
-from bot.conversation.ports import ChatModel
+from bot.conversation.ports import CallBudget, ChatModel
 from bot.conversation.service import TurnOutcome
 from bot.llm.errors import LLMError
 from bot.llm.types import ChatMessage, CompletionResult
@@ -67,14 +68,21 @@ class Summarizer:
         observer: SummaryObserver | None = None,
     ) -> None:
         self._model, self._ledger, self._max_tokens = model, ledger, max_tokens
+        self._estimator = TokenEstimator()
         self._observer = observer
 
-    async def summarize(self, request: SummaryRequest) -> Summary:
+    async def summarize(self, request: SummaryRequest, budget: CallBudget | None = None) -> Summary:
+        """`budget`: the credits held for the request; admission could not know the transcript's
+        size, so the hold is sized from it here, and a limit reached meanwhile stops the call."""
         request_id = f"slackbot-summary-{uuid.uuid4().hex}"
         messages = [
             ChatMessage("system", SUMMARY_PROMPT),
             ChatMessage("user", f"Summarise {request.what}.\n\n{request.transcript}"),
         ]
+        if budget is not None:
+            refused = await budget.extend(self._estimator.estimate(messages), self._max_tokens)
+            if refused is not None:
+                return Summary(refused, False, None)
         stream = self._model.stream_chat(messages, max_tokens=self._max_tokens, request_id=request_id)
         label, note = "complete", None
         try:

@@ -3,8 +3,10 @@
 Platform-free. Each round streams into the same reply sink (text the model writes before a call is
 shown as it comes); the calls of a round run concurrently, each bounded by its own timeout and all
 by the turn's. Past the rounds or the turn's time the model is asked once more, tools off, to
-answer with what it has. A call the model got wrong (unknown tool, arguments that are not a JSON
-object) is answered with an error it can read and correct, never raised.
+answer with what it has. Before each round after the first, the turn's credit hold is moved to
+the next call (a hard limit reached ends the answer with a line saying so). A call the model got
+wrong (unknown tool, arguments that are not a JSON object) is answered with an error it can read
+and correct, never raised.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation.budget import TokenEstimator, trim_tool_results
 from bot.conversation.ledger import Ledger
-from bot.conversation.ports import ReplySink, StepStatus, ToolStep
+from bot.conversation.ports import CallBudget, ReplySink, StepStatus, ToolStep
 from bot.conversation.stop import StopHandle, Stopped, StopRequest, unless_stopped
 from bot.conversation.tool_history import to_exchange
 from bot.conversation.tools import Approver, Tool, ToolContext, ToolResult, ToolSpec
@@ -87,6 +89,8 @@ class LoopTurn:
     prompt_budget: int
     usage_for: Callable[[CompletionResult, str], UsageEntry]
     stop: StopHandle | None = None  # a person may stop the turn, also while its tools run
+    budget: CallBudget | None = None  # credits held for the turn: asked before each further round
+    max_output_tokens: int = 0  # of each round, for the budget's estimate
 
 
 @dataclass(frozen=True)
@@ -149,8 +153,18 @@ class ToolLoop:
         used: dict[str, None] = {}
         total = Usage()
         round_no = 0
+        end: StreamEnd | None = None
         while True:
             round_no += 1
+            if end is not None and turn.budget is not None:
+                # A further upstream call: the last one's cost is in the ledger; hold the next one's.
+                refused = await turn.budget.extend(self._estimator.estimate(sent), turn.max_output_tokens)
+                if refused is not None:
+                    # No call: the turn ends on the last round's result, whose ledger row (keyed by
+                    # its request id) the service writes again unchanged; the answer gets the line.
+                    await _append_note(sink, refused, shown)
+                    whole = replace(end.result, content="".join(shown))
+                    return LoopEnd(replace(end, result=whole), round_no - 1, tuple(used), total)
             over = round_no > self._limits.max_rounds or loop.time() >= deadline
             request = RoundRequest(
                 request_id=turn.request_id if round_no == 1 else f"{turn.request_id}-{round_no}",
@@ -321,6 +335,13 @@ def _bounded(result: ToolResult) -> str:
     if len(content) <= MAX_RESULT_CHARS:
         return content
     return content[:MAX_RESULT_CHARS] + f"\n[cut: {len(content) - MAX_RESULT_CHARS:,} more characters]"
+
+
+async def _append_note(sink: ReplySink, note: str, shown: list[str]) -> None:
+    """End the answer with `note` on a line of its own (the turn then finishes as usual)."""
+    text = ("\n\n" if "".join(shown).strip() else "") + note
+    await sink.append(text)
+    shown.append(text)
 
 
 async def _show(sink: ReplySink, steps: Mapping[str, ToolStep]) -> None:

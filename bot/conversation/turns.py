@@ -229,6 +229,7 @@ class Turns:
             candidate.channel,
             context,
             candidate.person,
+            admitted.reservation,
         )
         return await self._service.reply(turn, reply, stop)
 

@@ -24,7 +24,7 @@ from bot.storage import digest_runs
 from bot.storage.db import UNAVAILABLE
 from bot.storage.digest_runs import Claim
 from bot.usage.budgets import budget_report
-from bot.usage.chart import chart_png
+from bot.usage.chart import CHART_ALT, CHART_TITLE, chart_png
 from bot.usage.limits import DefaultLimits, Scope
 from bot.usage.report import DigestReport, build_report
 
@@ -216,9 +216,6 @@ def _named_users(report: DigestReport) -> list[str]:
     return [user for user in dict.fromkeys(users) if user != TERMINAL_ID]
 
 
-CHART_TITLE = "Credits per day, last 14 days"
-
-
 async def upload_chart(
     client: AsyncWebClient,
     channel: str,
@@ -237,7 +234,7 @@ async def upload_chart(
             file=png,
             filename=f"usage-{day.isoformat()}.png",
             title=CHART_TITLE,
-            alt_txt="Bar chart of credits spent per day over the last 14 days, stacked by channel",
+            alt_txt=CHART_ALT,
         )
     except Exception as exc:  # a chart is an extra: any failure is logged and the digest stands
         log.warning("usage chart not uploaded for %s: %s", day, _reason(exc), extra={"channel_id": channel})

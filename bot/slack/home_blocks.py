@@ -10,6 +10,7 @@ from slack_sdk.models.blocks import (
     ContextBlock,
     DividerBlock,
     HeaderBlock,
+    ImageBlock,
     MarkdownTextObject,
     SectionBlock,
 )
@@ -34,6 +35,14 @@ class AdminPage:
     budget: Sequence[Allowance] | None  # None: no quotas module wired
     alerts: Sequence[OpenAlert] | None  # None: no alerts module wired
     channels: Sequence[tuple[str, ChannelSettings]]  # channels with their own settings
+    chart: ChartImage | None = None  # the usage chart the app uploaded; None: text only
+
+
+@dataclass(frozen=True)
+class ChartImage:
+    file_id: str  # a file the app uploaded (bot.slack.home_chart)
+    title: str
+    alt_text: str
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,11 @@ def _admin(page: AdminPage) -> list[Block]:
     ]
     if page.budget is not None:
         blocks += _allowances("Budget", page.budget, "No workspace budget is set.")
+    if page.chart is not None:
+        chart = page.chart
+        blocks.append(
+            ImageBlock(slack_file={"id": chart.file_id}, alt_text=chart.alt_text, title=chart.title)
+        )
     by_channel = [_share_line(s, _channel_ref(s.key)) for s in month.by_channel[:SECTION_LINES]]
     by_person = [_share_line(s, _user_ref(s.key)) for s in month.by_person[:SECTION_LINES]]
     blocks.append(_section("*Spend by channel this month*\n" + ("\n".join(by_channel) or "Nothing yet.")))

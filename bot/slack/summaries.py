@@ -88,7 +88,8 @@ class Summaries:
         try:
             key = candidate.arrival.key
             summary = await self.summarizer.summarize(
-                SummaryRequest(key.team_id, key.channel_id, candidate.arrival.user_id, what, transcript.text)
+                SummaryRequest(key.team_id, key.channel_id, candidate.arrival.user_id, what, transcript.text),
+                reservation,
             )
         finally:
             if reservation is not None:

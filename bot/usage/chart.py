@@ -23,6 +23,8 @@ from bot.storage.models import UsageRecord
 from bot.usage.report import day_bounds
 
 DAYS = 14
+CHART_TITLE = "Credits per day, last 14 days"  # the uploaded file's title, in the digest and the Home tab
+CHART_ALT = "Bar chart of credits spent per day over the last 14 days, stacked by channel"
 TOP_CHANNELS = 5
 OTHER = "other"
 

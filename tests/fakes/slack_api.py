@@ -43,6 +43,7 @@ from tests.fakes.slack_rules import (
     SeededLatency,
     check_recipients,
     message_content,
+    slack_file_ids,
     stream_text,
     validate_blocks,
     validate_view,
@@ -77,6 +78,7 @@ class FakeUpload:
     channel: str | None = None  # set by files.completeUploadExternal
     thread_ts: str | None = None
     initial_comment: str | None = None
+    completed_at: float | None = None  # time.monotonic() of files.completeUploadExternal
 
 
 @dataclass
@@ -246,6 +248,9 @@ class FakeSlackApi:
         self.calls: list[Call] = []
         self.ephemerals: list[FakeEphemeral] = []
         self.uploads: dict[str, FakeUpload] = {}  # the bot's files_upload_v2 uploads, by file id
+        # Seconds Slack takes to process an upload before blocks may show it (slackapi/python-slack-sdk
+        # #1521): a view showing it earlier, like one showing a file the app never uploaded, is refused.
+        self.file_processing = 0.0
         self.statuses: list[
             tuple[str, str, str]
         ] = []  # assistant.threads.setStatus (channel, thread, status)
@@ -876,6 +881,7 @@ class FakeSlackApi:
             file.title = item.get("title") or file.filename
             file.channel, file.thread_ts = channel, params.get("thread_ts") or None
             file.initial_comment = params.get("initial_comment") or None
+            file.completed_at = time.monotonic()
             done.append({"id": file.id, "name": file.filename, "title": file.title, "size": file.length})
         return {"files": done}
 
@@ -936,6 +942,19 @@ class FakeSlackApi:
             info |= {"name": name, "creator": self.channel_creators.get(channel, "U0CREATOR")}
         return {"channel": info}
 
+    def _showable(self, view: Any, kinds: frozenset[str]) -> JsonDict:
+        """The view as `validate_view` checks it, whose images are files the app uploaded and Slack
+        has processed (Block Kit: the poster must have access to a `slack_file`)."""
+        checked = validate_view(view, kinds=kinds)
+        now = time.monotonic()
+        for file_id in slack_file_ids(checked["blocks"]):
+            upload = self.uploads.get(file_id)
+            if upload is None or upload.completed_at is None:
+                raise _Reject("invalid_arguments")
+            if now - upload.completed_at < self.file_processing:
+                raise _Reject("invalid_arguments")
+        return checked
+
     def _remember_view(self, view: JsonDict, team: str) -> JsonDict:
         stored = dict(view) | {"id": f"V{self._next_view:08d}", "team_id": team}
         self._next_view += 1
@@ -948,7 +967,7 @@ class FakeSlackApi:
             raise _Reject("invalid_arguments")
         if trigger in self.expired_triggers:
             raise _Reject("expired_trigger_id")
-        view = self._remember_view(validate_view(params.get("view"), kinds=frozenset({"modal"})), team)
+        view = self._remember_view(self._showable(params.get("view"), frozenset({"modal"})), team)
         self.opened_views.append(view)
         return {"view": view}
 
@@ -958,7 +977,7 @@ class FakeSlackApi:
             raise _Reject("invalid_arguments")
         if not str(user).startswith(("U", "W")):
             raise _Reject("user_not_found")
-        view = self._remember_view(validate_view(params.get("view"), kinds=frozenset({"home"})), team)
+        view = self._remember_view(self._showable(params.get("view"), frozenset({"home"})), team)
         self.home_views[str(user)] = view
         return {"view": view}
 
@@ -971,7 +990,7 @@ class FakeSlackApi:
         )
         if found is None:
             raise _Reject("not_found")
-        view = validate_view(params.get("view"), kinds=frozenset({found["type"]}))
+        view = self._showable(params.get("view"), frozenset({found["type"]}))
         updated = dict(view) | {"id": found["id"], "team_id": team}
         self._views[found["id"]] = updated
         if found["type"] == "modal":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -41,6 +42,8 @@ CONTEXT_ACTIONS_TYPES = frozenset({"feedback_buttons", "icon_button"})
 FEEDBACK_BUTTON_TEXT_LIMIT = 75
 TEXT_TYPES = frozenset({"mrkdwn", "plain_text"})
 ACTIONS_ELEMENTS = 25
+IMAGE_ALT_LIMIT = 2_000  # image block: alt_text and title
+SLACK_FILE_ID = re.compile(r"^F[A-Z0-9]{8,}$")  # the pattern Slack checks a slack_file id against
 BUTTON_TEXT_LIMIT = 75
 BUTTON_VALUE_LIMIT = 2_000
 ACTION_ID_LIMIT = 255
@@ -316,6 +319,8 @@ def validate_blocks(blocks: Any, *, limit: int = MAX_BLOCKS) -> None:
                 raise Refusal("invalid_blocks")
         elif kind == "actions":
             _check_actions(block)
+        elif kind == "image":
+            _check_image(block)
     if markdown_total > MARKDOWN_BLOCK_LIMIT:
         raise Refusal("invalid_blocks")
 
@@ -344,6 +349,36 @@ def _check_context_actions(block: JsonDict) -> None:
                 if not isinstance(button, dict) or not isinstance(button.get("value"), str):
                     raise Refusal("invalid_blocks")
                 _check_text(button.get("text"), FEEDBACK_BUTTON_TEXT_LIMIT, types=frozenset({"plain_text"}))
+
+
+def _check_image(block: JsonDict) -> None:
+    """An image block: alt text, an optional plain-text title, and exactly one of `image_url` and
+    `slack_file`; a Slack file object names exactly one of `id` and `url` (docs.slack.dev's
+    reference: "If both are provided then the payload will be rejected")."""
+    alt = block.get("alt_text")
+    if not isinstance(alt, str) or not 1 <= len(alt) <= IMAGE_ALT_LIMIT:
+        raise Refusal("invalid_blocks")
+    if block.get("title") is not None:
+        _check_text(block["title"], IMAGE_ALT_LIMIT, types=frozenset({"plain_text"}))
+    url, file = block.get("image_url"), block.get("slack_file")
+    if (url is None) == (file is None):
+        raise Refusal("invalid_blocks")
+    if file is not None:
+        if not isinstance(file, dict) or ("id" in file) == ("url" in file):
+            raise Refusal("invalid_blocks")
+        if "id" in file and not SLACK_FILE_ID.match(str(file["id"])):
+            raise Refusal("invalid_blocks")
+
+
+def slack_file_ids(blocks: Any) -> list[str]:
+    """The file ids image blocks show through `slack_file` (the caller checks it may show them)."""
+    if not isinstance(blocks, list):
+        return []
+    return [
+        str(b["slack_file"]["id"])
+        for b in blocks
+        if isinstance(b, dict) and isinstance(b.get("slack_file"), dict) and "id" in b["slack_file"]
+    ]
 
 
 def _check_section(block: JsonDict) -> None:
