@@ -28,6 +28,8 @@ RECONNECT_SECONDS = 1.0
 # A connection can die without the socket saying so (a dropped route): a ping this often notices.
 PING_SECONDS = 10.0
 CONNECT_TIMEOUT = 5.0
+# How the listening connection shows in pg_stat_activity (operators, and tests that kill it).
+APPLICATION_NAME = "slackbot-signals"
 
 # What a subscriber is called with: the payload, or None when signals may have been missed.
 Subscriber = Callable[[str | None], None]
@@ -102,7 +104,9 @@ class SignalHub:
 
     async def _connect(self) -> None:
         self._lost = asyncio.Event()
-        conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT)
+        conn = await asyncpg.connect(
+            self._dsn, timeout=CONNECT_TIMEOUT, server_settings={"application_name": APPLICATION_NAME}
+        )
         self._conn = conn
         conn.add_termination_listener(self._terminated)
         for channel in self._subscribers:
