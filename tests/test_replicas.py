@@ -6,6 +6,7 @@ PostgreSQL kills it."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable
@@ -83,7 +84,7 @@ async def test_a_threads_messages_sent_to_alternate_replicas_are_answered_one_at
         ts = f"1700000001.00000{i}"
         event = mention(question, ROOT) if i == 0 else message(question, ts, thread_ts=ROOT)
         await bot.send(event)
-        await until(lambda n=i + 1: _claimed(database, n))  # admitted before the next one is sent
+        await until(functools.partial(_claimed, database, i + 1))  # admitted before the next one is sent
     await idle(a, b)
 
     requests = aiml.chat_requests
