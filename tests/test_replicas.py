@@ -261,3 +261,32 @@ async def test_the_signal_hub_listens_again_after_postgresql_kills_its_connectio
     # On reconnecting every subscriber was told that signals may have been missed.
     assert received.count(None) == 2  # the first connect, and the reconnect
     assert not hub.connected
+
+
+async def test_a_draining_replica_sends_new_events_to_another_and_still_obeys_a_stop_press(
+    replicas: tuple[Bot, Bot], aiml: FakeAimlApi
+) -> None:
+    a, b = replicas
+    other_thread = "1700000009.000000"
+    aiml.enqueue(STALLING, Reply(content="Answered by the other replica."))
+    await b.send(mention("count to six", ROOT, user=ASKER))
+    shown = await streaming_reply(b, "one two thre", thread=ROOT)
+
+    stopping = asyncio.create_task(b.runtime.stop())
+    try:
+        await until(lambda: _not_ready(b))
+        refused = await b.send(mention("a new question", other_thread), event_id="EvDraining")
+        retried = await a.send(mention("a new question", other_thread), event_id="EvDraining", retry_num=1)
+        pressed = await b.interact(press_stop(shown, ASKER))  # Slack does not retry interactions
+    finally:
+        await stopping
+
+    assert (refused.status_code, retried.status_code, pressed.status_code) == (503, 200, 200)
+    await a.idle(timeout=30)
+    [stopped] = b.replies("C1", ROOT)
+    assert "Stopped by ada" in stopped.context
+    assert a.answer("C1", other_thread) == "Answered by the other replica."
+
+
+async def _not_ready(bot: Bot) -> bool:
+    return (await bot.http.get("/readyz")).status_code == 503
