@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.storage.db import create_engine, session_factory
 from bot.storage.models import Conversation, ProcessedEvent, TurnPlace, utcnow
 from bot.storage.signals import APPLICATION_NAME, SignalHub, asyncpg_dsn, notify
-from tests.fakes.aimlapi import FakeAimlApi, Reply
+from tests.fakes.aimlapi import ErrorReply, FakeAimlApi, Reply
 from tests.fakes.slack_api import FakeSlackApi, FakeUser
 from tests.harness import Bot, agent_session_stopped, eventually, make_settings, mention, message, running_bot
 from tests.test_stop import STALLING, closed_promptly, press_stop, stop_buttons, streaming_reply
@@ -290,3 +290,26 @@ async def test_a_draining_replica_sends_new_events_to_another_and_still_obeys_a_
 
 async def _not_ready(bot: Bot) -> bool:
     return (await bot.http.get("/readyz")).status_code == 503
+
+
+async def test_refused_and_failed_turns_give_their_places_up_and_the_thread_goes_on(
+    db_url: str, slack: FakeSlackApi, aiml: FakeAimlApi, database: async_sessionmaker[AsyncSession]
+) -> None:
+    settings = make_settings(db_url, slack, aiml, blocked_users="U9")
+    aiml.enqueue(Reply(content="First."), ErrorReply(status=401, message="bad key"), Reply(content="Last."))
+    async with running_bot(settings, slack, aiml) as a, running_bot(settings, slack, aiml) as b:
+        await a.send(mention("first question", ROOT))
+        await a.idle()
+        await b.send(message("let me in", "1700000002.000000", thread_ts=ROOT, user="U9"))  # refused
+        await a.send(message("this one fails", "1700000003.000000", thread_ts=ROOT))
+        await idle(a, b)
+        assert await count(database, TurnPlace) == 0
+        started = time.monotonic()
+        await b.send(message("and this one?", "1700000004.000000", thread_ts=ROOT))
+        await eventually(lambda: len(aiml.chat_requests) == 3, timeout=5)
+        waited = time.monotonic() - started
+        await idle(a, b)
+
+    assert waited < 2.0  # no place left behind that it had to wait out
+    assert b.replies("C1", ROOT)[-1].markdown == "Last."
+    assert await count(database, TurnPlace) == 0
