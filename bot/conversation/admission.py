@@ -15,7 +15,9 @@ A stage after the claim that refuses gives the claim back, so a redelivery that 
 a refusal told in the thread (a quota reached) keeps its claim, so that line is posted once.
 
 The place in line is taken at the claim, with no await in between, so turns are ordered by
-when they were admitted, not by how fast any later call (to Slack, to the database) returns.
+when they were admitted, not by how fast any later call (to Slack, to the database) returns. With
+replicas (bot.conversation.shared_order) the place is also a row written in the claim's transaction
+while the conversation's row is locked, so claims of one thread on any replica are ordered too.
 """
 
 from __future__ import annotations

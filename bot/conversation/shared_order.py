@@ -7,8 +7,8 @@ stays live while its replica renews its lease (every replica renews all its plac
 every `renew_every` seconds); a replica that died stops renewing, and its places block nobody once
 their lease has run out.
 
-Leaving deletes the place and, when later turns wait in that line, signals it (LISTEN/NOTIFY through
-the process's SignalHub); the waiters look again at once. A slow poll is the safety net, and while
+Leaving deletes the place and signals it (NOTIFY, in the same statement); the replicas' SignalHubs
+wake the turns waiting in that line, which look again at once (this replica's without the round trip). A slow poll is the safety net, and while
 the hub is disconnected the waiters poll every `offline_poll` seconds instead.
 """
 

@@ -12,15 +12,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.storage.models import Conversation, TurnPlace
 
-# Signalled (payload: the conversation id) when a turn leaves a line that others still wait in.
+# Signalled (payload: the conversation id) when a turn leaves its line.
 TURN_ENDED = "bot_turn_ended"
 
 _LEAVE = text(
-    # One statement: the place goes, and only a line with a later place wakes the replicas.
+    # One statement. Signalled whether or not a later place is visible to this statement: a claim
+    # committing at the same moment may have seen this place still live and wait for the signal.
     "WITH gone AS (DELETE FROM turn_places WHERE id = :id RETURNING conversation_id) "
-    "SELECT pg_notify(:channel, CAST(gone.conversation_id AS text)) FROM gone "
-    "WHERE EXISTS (SELECT 1 FROM turn_places AS t "
-    "WHERE t.conversation_id = gone.conversation_id AND t.id > :id)"
+    "SELECT pg_notify(:channel, CAST(gone.conversation_id AS text)) FROM gone"
 ).bindparams(bindparam("id"), bindparam("channel", TURN_ENDED))
 
 
@@ -61,7 +60,7 @@ async def blocked_for(session: AsyncSession, conversation_id: int, place_id: int
 
 
 async def leave_place(session: AsyncSession, place_id: int) -> None:
-    """Delete the place and, when later turns wait in its line, signal TURN_ENDED on commit."""
+    """Delete the place and signal TURN_ENDED on commit (nothing when it was gone already)."""
     await session.execute(_LEAVE, {"id": place_id})
 
 
