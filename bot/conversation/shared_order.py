@@ -8,7 +8,8 @@ every `renew_every` seconds); a replica that died stops renewing, and its places
 their lease has run out.
 
 Leaving deletes the place and signals it (NOTIFY, in the same statement); the replicas' SignalHubs
-wake the turns waiting in that line, which look again at once (this replica's without the round trip). A slow poll is the safety net, and while
+wake the turns waiting in that line, which look again at once (this replica's without the round
+trip). A slow poll is the safety net, and while
 the hub is disconnected the waiters poll every `offline_poll` seconds instead.
 """
 
