@@ -9,8 +9,8 @@ their lease has run out.
 
 Leaving deletes the place and signals it (NOTIFY, in the same statement); the replicas' SignalHubs
 wake the turns waiting in that line, which look again at once (this replica's without the round
-trip). A slow poll is the safety net, and while
-the hub is disconnected the waiters poll every `offline_poll` seconds instead.
+trip). A slow poll is the safety net, and while the hub is disconnected the waiters poll every
+`offline_poll` seconds instead.
 """
 
 from __future__ import annotations
