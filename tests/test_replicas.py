@@ -313,3 +313,30 @@ async def test_refused_and_failed_turns_give_their_places_up_and_the_thread_goes
     assert waited < 2.0  # no place left behind that it had to wait out
     assert b.replies("C1", ROOT)[-1].markdown == "Last."
     assert await count(database, TurnPlace) == 0
+
+
+async def test_follow_ups_sent_at_once_to_both_replicas_are_answered_in_the_order_they_were_admitted(
+    replicas: tuple[Bot, Bot], aiml: FakeAimlApi, database: async_sessionmaker[AsyncSession]
+) -> None:
+    a, b = replicas
+    aiml.default = Reply(content="An answer that takes a moment.", chunk_size=6, chunk_interval=0.02)
+    await a.send(mention("first question", ROOT))
+    await eventually(lambda: len(aiml.chat_requests) == 1)
+    questions = {f"1700000002.00000{i}": f"follow-up {i}" for i in range(6)}
+    sends = [
+        (a if i % 2 else b).send(message(question, ts, thread_ts=ROOT))
+        for i, (ts, question) in enumerate(questions.items())
+    ]
+    await asyncio.gather(*sends)  # all at once: which replica admits which first is up to them
+    await idle(a, b)
+
+    async with database() as session:
+        claimed = (await session.execute(select(ProcessedEvent.message_ts).order_by(ProcessedEvent.id))).all()
+    admitted = [questions[ts] for (ts,) in claimed if ts in questions]
+    asked = [history(aiml, i)[-1] for i in range(1, 7)]
+    assert asked == admitted  # answered in admission order, whichever replica ran each
+    requests = aiml.chat_requests
+    for i in range(1, 7):  # each saw every earlier question and final answer
+        assert history(aiml, i) == history(aiml, i - 1) + ["An answer that takes a moment.", asked[i - 1]]
+    for before, after in itertools.pairwise(requests):
+        assert after.received_at > before.content_sent_at[-1]
