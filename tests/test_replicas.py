@@ -337,6 +337,6 @@ async def test_follow_ups_sent_at_once_to_both_replicas_are_answered_in_the_orde
     assert asked == admitted  # answered in admission order, whichever replica ran each
     requests = aiml.chat_requests
     for i in range(1, 7):  # each saw every earlier question and final answer
-        assert history(aiml, i) == history(aiml, i - 1) + ["An answer that takes a moment.", asked[i - 1]]
+        assert history(aiml, i) == [*history(aiml, i - 1), "An answer that takes a moment.", asked[i - 1]]
     for before, after in itertools.pairwise(requests):
         assert after.received_at > before.content_sent_at[-1]
