@@ -40,9 +40,14 @@ async def notify(session: AsyncSession, channel: str, payload: str) -> None:
     await session.execute(select(func.pg_notify(channel, payload)))
 
 
+# Query options SQLAlchemy's asyncpg dialect consumes itself; asyncpg would send them to the server.
+_DIALECT_OPTIONS = ("prepared_statement_cache_size", "prepared_statement_name_func", "async_fallback")
+
+
 def asyncpg_dsn(database_url: str) -> str:
     """The SQLAlchemy URL (postgresql+asyncpg://...) as asyncpg's own connect() reads it."""
-    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    url = make_url(database_url).set(drivername="postgresql").difference_update_query(_DIALECT_OPTIONS)
+    return url.render_as_string(hide_password=False)
 
 
 class SignalHub:
