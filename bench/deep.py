@@ -193,8 +193,9 @@ def _turn_spans(
     return spans
 
 
-# Tasks of the bot's own housekeeping (bot/app.py, bot/conversation/ledger.py): not part of a turn.
-BACKGROUND_TASKS = frozenset({"maintenance", "ledger-spool"})
+# Tasks of the bot's own housekeeping (bot/app.py, bot/conversation/ledger.py, shared_order.py):
+# not part of a turn.
+BACKGROUND_TASKS = frozenset({"maintenance", "ledger-spool", "turn-places"})
 
 
 class StatementCounter:

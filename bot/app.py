@@ -25,7 +25,7 @@ from bot.conversation.approvals import ApprovalBook
 from bot.conversation.channel_settings import ChannelSettingsSource
 from bot.conversation.ledger import Ledger
 from bot.conversation.notices import NoticeLog
-from bot.conversation.ordering import TurnOrder
+from bot.conversation.ordering import Line, TurnOrder
 from bot.conversation.quota import QuotaGate, Quotas
 from bot.conversation.quota_home import QuotaAllowances, SentAlerts
 from bot.conversation.service import ConversationService, ServiceConfig
@@ -43,6 +43,7 @@ from bot.jobs.scheduler import build_scheduler
 from bot.llm.client import AimlClient
 from bot.mcp.toolbox import McpToolBox, start_mcp
 from bot.metrics import Metrics, Samples
+from bot.replicas import Replicas, replicas
 from bot.settings import Settings, SettingsError
 from bot.slack.admin_access import AdminAccess
 from bot.slack.agent_sessions import AgentSessions
@@ -112,14 +113,16 @@ def admission_pipeline(
     channels: ChannelSettingsSource | None = None,
     quota: QuotaStage | None = None,
     running: RunningReplies | None = None,
+    order: Line | None = None,
 ) -> Turns:
     """The domain's path from an arrival to a reply, the same for Slack and the terminal.
 
     `contact` is who a refused person should ask, as the surface writes it; `channels` is where the
     channels' own settings come from (the defaults everywhere when None); `quota` reserves credits;
-    `running` learns which replies stream now (what the stop controls can stop).
+    `running` learns which replies stream now (what the stop controls can stop); `order` is the
+    lines of turns (this process's own when None; replicas share theirs through PostgreSQL).
     """
-    order = TurnOrder()
+    order = order or TurnOrder()
     admission = Admission(
         core.sessions,
         order,
@@ -291,6 +294,7 @@ class BotRuntime:
         self.reader: SlackReader | None = None  # Slack reading for a person: tools and summaries
         self.mcp: McpToolBox | None = None  # the MCP servers' tools (a ToolBox for the tool loop)
         self.approver: SlackApprover | None = None  # asks in the thread before a tool needing approval
+        self.replicas: Replicas | None = None  # PostgreSQL: turn order and stop presses across replicas
 
     async def start(self) -> int:
         settings = self.settings
@@ -326,6 +330,9 @@ class BotRuntime:
         contact = admin_contact(settings.admin_user_ids)
         # What the stop controls can stop (bot.slack.stop); sessions go `processing` while answering.
         self.running = RunningTurns(self.client, AgentSessions())
+        self.replicas = replicas(core.engine, core.sessions, settings.database_url)
+        if self.replicas is not None:
+            self._stack.push_async_callback(self.replicas.aclose)  # before the database closes
         self.turns = admission_pipeline(
             settings,
             core,
@@ -334,6 +341,7 @@ class BotRuntime:
             channels=self._channel_source or channel_settings,
             quota=quota_gate(settings, core),
             running=self.running,
+            order=self.replicas.order if self.replicas is not None else None,
         )
         agent_view = AgentView(core.sessions, self.prompts, self.metrics)
         edge = SlackEdge(
@@ -381,7 +389,15 @@ class BotRuntime:
         # Before register_listeners: Bolt runs the first listener that matches, and its catch-all
         # would take app_home_opened and agent_session_stopped otherwise.
         register_app_home(bolt, self.home)
-        register_stop_controls(bolt, StopControl(self.running, people, settings.admin_user_ids))
+        register_stop_controls(
+            bolt,
+            StopControl(
+                self.running,
+                people,
+                settings.admin_user_ids,
+                self.replicas.relay if self.replicas is not None else None,
+            ),
+        )
         register_agent_view(bolt, agent_view)
         register_feedback(bolt, core.sessions, self.metrics)
         register_approval(bolt, self.approver)

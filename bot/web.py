@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 class WebServer:
-    """aiohttp app; `accepting` turns False at shutdown so new events go to another replica."""
+    """aiohttp app; `accepting` turns False at shutdown (draining) so new events go to another replica."""
 
     def __init__(self, engine: AsyncEngine, metrics: Metrics, bolt: AsyncApp | None) -> None:
         self._metrics = metrics
@@ -37,8 +37,11 @@ class WebServer:
 
     async def slack_events(self, request: web.Request) -> web.Response:
         assert self._bolt is not None
-        if not self.accepting:
-            # Slack retries a 503; with several replicas another one answers.
+        if not self.accepting and request.content_type == "application/json":
+            # Draining: an Events API delivery (JSON) is refused, Slack retries it and the balancer
+            # (readiness says 503 too) sends the retry to another replica, which takes the turn.
+            # Commands and interactions (form data) are not retried by Slack: they are still served,
+            # so a Stop pressed on an answer that finishes here during the grace period works.
             return web.json_response({"error": "shutting down"}, status=503)
         # aiohttp answers 413 itself past client_max_size (1 MiB; Slack's events are far smaller).
         raw = await request.read()

@@ -18,6 +18,7 @@ import pytest
         "bot.conversation.summaries",
         "bot.files.extract",
         "bot.conversation.approvals",
+        "bot.conversation.shared_order",
         "bot.usage.report",
         "bot.usage.personal",
         "bot.usage.home",

@@ -15,7 +15,9 @@ A stage after the claim that refuses gives the claim back, so a redelivery that 
 a refusal told in the thread (a quota reached) keeps its claim, so that line is posted once.
 
 The place in line is taken at the claim, with no await in between, so turns are ordered by
-when they were admitted, not by how fast any later call (to Slack, to the database) returns.
+when they were admitted, not by how fast any later call (to Slack, to the database) returns. With
+replicas (bot.conversation.shared_order) the place is also a row written in the claim's transaction
+while the conversation's row is locked, so claims of one thread on any replica are ordered too.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from bot.conversation.channel_settings import (
     ChannelSettingsSource,
 )
 from bot.conversation.keys import ConversationKey, ConversationKind
-from bot.conversation.ordering import TurnOrder, TurnTicket
+from bot.conversation.ordering import Line, Place
 from bot.conversation.person import Person
 from bot.conversation.ports import CallBudget
 from bot.files.extract import Attachment
@@ -130,7 +132,7 @@ class DefaultChannelSettings:
 class Admitted:
     candidate: Candidate
     new_thread: bool  # the bot had no conversation for this thread before
-    ticket: TurnTicket  # the turn's place in its thread's line; left when the turn ends
+    ticket: Place  # the turn's place in its thread's line; left when the turn ends
     reservation: Reservation | None = None
 
     @property
@@ -142,7 +144,7 @@ class Admission:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        order: TurnOrder,
+        order: Line,
         *,
         thread_followups: bool,
         channels: ChannelSettingsSource | None = None,
@@ -182,15 +184,17 @@ class Admission:
             raise
         return Admitted(candidate, new_thread, ticket, reservation)
 
-    async def _claim(self, arrival: Arrival, channel: ChannelSettings) -> tuple[bool, TurnTicket] | Refused:
+    async def _claim(self, arrival: Arrival, channel: ChannelSettings) -> tuple[bool, Place] | Refused:
         """The thread check and the dedupe claim, in one transaction; the place in line with the claim."""
         key = arrival.key
         if channel.mode is ChannelMode.OFF and not arrival.addressed:
             return Refused("channel_off")  # the access stage tells those who address the bot
-        ticket: TurnTicket | None = None
+        ticket: Place | None = None
         try:
             async with self._sessions.begin() as session:
-                existing = await repo.find_conversation(session, key)
+                # Locked (PostgreSQL) till commit: claims of one thread, on any replica, take their
+                # places one after the other.
+                existing = await repo.find_conversation(session, key, lock=True)
                 if not arrival.addressed:
                     followups = self._thread_followups and channel.followups
                     if not followups or channel.mode is ChannelMode.MENTIONS:
@@ -200,9 +204,10 @@ class Admission:
                 if not await claim_event(session, arrival.event_id, key.channel_id, arrival.message_ts):
                     return Refused("duplicate")
                 ticket = self._order.enter(key)  # no await since the claim: admission order
-                if existing is None:
-                    # From here on follow-ups sent while this first reply is set up are admitted too.
-                    await repo.get_or_create_conversation(session, key, arrival.kind)
+                # A new thread's row: from here on follow-ups sent while this first reply is set up
+                # are admitted too.
+                conversation = existing or await repo.get_or_create_conversation(session, key, arrival.kind)
+                await ticket.take(session, conversation.id)  # the place across replicas, if shared
         except BaseException:
             if ticket is not None:
                 ticket.leave()  # the claim was rolled back with the transaction
@@ -210,7 +215,7 @@ class Admission:
         return existing is None, ticket
 
     async def _give_back(
-        self, arrival: Arrival, new_thread: bool, ticket: TurnTicket, refused: Refused
+        self, arrival: Arrival, new_thread: bool, ticket: Place, refused: Refused
     ) -> Refused:
         ticket.leave()
         # A note in the thread is the message's one visible response: its claim stays, so the

@@ -4,6 +4,9 @@ A turn takes its place when its event is admitted (`TurnOrder.enter`, a plain ca
 the place is decided at that moment) and runs once every earlier turn of the thread has left. Holding
 the place from admission to the end of the reply is what keeps a thread's answers in order and each
 answer's messages together, however long Slack takes to accept any one call.
+
+`TurnOrder` is the line of one process (SQLite: one process); replicas sharing PostgreSQL use
+bot.conversation.shared_order, which has the same shape (`Line`, `Place`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,38 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Hashable
+from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+class Place(Protocol):
+    """One turn's place in its thread's line; `leave()` it on every path (it is idempotent)."""
+
+    running: bool
+
+    @property
+    def is_next(self) -> bool: ...
+
+    async def take(self, session: AsyncSession, conversation_id: int) -> None:
+        """Record the place in the claim's transaction (the conversation's row exists by then)."""
+        ...
+
+    async def wait(self) -> None: ...
+
+    def leave(self) -> None: ...
+
+
+class Line(Protocol):
+    """The lines of turns of every conversation: `enter` with no await, in the claim's transaction."""
+
+    def enter(self, key: Hashable) -> Place: ...
+
+    @property
+    def running(self) -> int: ...
+
+    @property
+    def waiting(self) -> int: ...
 
 
 class TurnTicket:
@@ -26,6 +61,9 @@ class TurnTicket:
     def is_next(self) -> bool:
         """True when no earlier turn of the thread is still waiting or running."""
         return self._granted.done()
+
+    async def take(self, session: AsyncSession, conversation_id: int) -> None:
+        """Nothing to record: this process's line is the whole line."""
 
     async def wait(self) -> None:
         """Wait until every earlier turn of the thread has left; cancelling gives up the place."""

@@ -4,7 +4,9 @@ session's own stop control (`agent_session_stopped`).
 `RunningTurns` knows which running turn shows which Slack messages (every message of a reply,
 continuations and native streams included) and which thread it answers in. `StopControl` decides
 whether the person pressing may stop it (the asker, a bot admin, a workspace admin or owner) and
-then trips the turn's `StopHandle`; the conversation service does the rest.
+then trips the turn's `StopHandle`; the conversation service does the rest. With replicas, a press
+for an answer streaming elsewhere goes through the `StopRelay` (bot.slack.stop_relay) to the replica
+that streams it, which applies it here as if pressed there.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from bot.slack.agent_sessions import AgentSessions
 from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
 from bot.slack.people import UserDirectory
 from bot.slack.renderer import STOP_ACTION
+from bot.slack.stop_relay import StopAsked, StopRelay
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +62,7 @@ class RunningTurns:
     """
 
     def __init__(self, client: AsyncWebClient, sessions: AgentSessions | None = None) -> None:
-        self._client = client
+        self.client = client
         self.sessions = sessions
         self._by_channel: dict[str, list[RunningTurn]] = defaultdict(list)
         self._by_handle: dict[StopHandle, RunningTurn] = {}
@@ -105,20 +108,29 @@ class RunningTurns:
 
     async def _session(self, sessions: AgentSessions, turn: RunningTurn) -> None:
         where = (turn.team_id, turn.channel, turn.thread_ts)
-        opened = await sessions.open(self._client, *where)
+        opened = await sessions.open(self.client, *where)
         await turn.ended.wait()
         if opened:  # a session this turn did not open is not this turn's to move
-            await sessions.close(self._client, *where)
+            await sessions.close(self.client, *where)
 
 
 class StopControl:
     """Bolt listeners for the two stop controls; register with `register_stop_controls`."""
 
-    def __init__(self, turns: RunningTurns, people: UserDirectory, admins: frozenset[str]) -> None:
+    def __init__(
+        self,
+        turns: RunningTurns,
+        people: UserDirectory,
+        admins: frozenset[str],
+        relay: StopRelay | None = None,
+    ) -> None:
         self._turns = turns
         self._people = people
         self._admins = admins
         self._sessions = turns.sessions or AgentSessions()  # one Retry-After memory per process
+        self._relay = relay
+        if relay is not None:
+            relay.on_forwarded(self.on_forwarded)
 
     async def on_button(self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
         """A press of the Stop button (`block_actions`): ack at once, then stop if allowed."""
@@ -128,17 +140,23 @@ class StopControl:
         team_id = _text(body.get("team"), "id") or _text(body.get("user"), "team_id")
         if not channel or not user_id:
             return
-        message_ts = _text(body.get("container"), "message_ts")
-        turn = self._turns.showing(channel, message_ts) if message_ts else None
-        if turn is None:
-            actions = body.get("actions")
-            value = _text(actions[0], "value") if isinstance(actions, list) and actions else ""
-            turn = self._turns.answering(channel, value) if value else None
-        if turn is None:
+        actions = body.get("actions")
+        asked = StopAsked(
+            team_id,
+            channel,
+            user_id,
+            message_ts=_text(body.get("container"), "message_ts"),
+            reply_id=_text(actions[0], "value") if isinstance(actions, list) and actions else "",
+        )
+        turns = self._pressed(asked)
+        if not turns and self._relay is not None:
+            await self._relay.forward(asked)  # streaming on another replica, maybe
+            return
+        if not turns:
             # The answer ended meanwhile (its final edit removes the button): nothing to stop.
             log.info("stop pressed on an answer that is no longer streaming")
             return
-        await self._stop(turn, user_id, team_id or turn.team_id, client)
+        await self._stop(turns[0], user_id, team_id or turns[0].team_id, client)
 
     async def on_session_stopped(self, body: dict[str, Any], client: AsyncWebClient) -> None:
         """`agent_session_stopped`: stop the streams Slack names, else the thread's running turn, then
@@ -150,19 +168,40 @@ class StopControl:
         if not channel or not user_id:
             return
         streams = event.get("streaming_message_ts") or []
-        stopped_ts = [str(ts) for ts in streams] if isinstance(streams, list) else []
-        turns = list(
-            dict.fromkeys(t for ts in stopped_ts if (t := self._turns.showing(channel, ts)) is not None)
-        )
-        if not turns and thread_ts:
-            turns = self._turns.in_thread(channel, thread_ts)
+        stopped_ts = tuple(str(ts) for ts in streams) if isinstance(streams, list) else ()
+        asked = StopAsked(team_id, channel, user_id, thread_ts=thread_ts, streams=stopped_ts)
+        turns = self._pressed(asked)
         for turn in turns:
             # A turn moves its own session to `active` when it ends (`RunningTurns`); a refused stop
             # leaves the answer, and the session's `processing`, going on.
             await self._stop(turn, user_id, team_id or turn.team_id, client)
-        if not turns and thread_ts:
-            # Nothing runs here (any more): Slack leaves moving the session out of `processing` to us.
-            await self._sessions.close(client, team_id, channel, thread_ts)
+        if turns or not thread_ts:
+            return
+        if self._relay is not None:
+            await self._relay.forward(asked)
+            if await self._relay.thread_busy(team_id, channel, thread_ts):
+                return  # the replica answering there moves the session when its turn ends
+        # Nothing runs (any more): Slack leaves moving the session out of `processing` to us.
+        await self._sessions.close(client, team_id, channel, thread_ts)
+
+    async def on_forwarded(self, asked: StopAsked) -> None:
+        """A press another replica received: applied here when the answer streams here."""
+        for turn in self._pressed(asked):
+            await self._stop(turn, asked.user_id, asked.team_id or turn.team_id, self._turns.client)
+
+    def _pressed(self, asked: StopAsked) -> list[RunningTurn]:
+        """The turns of this process a press means: by the message pressed (any of the reply's), by
+        the button's value, by the streams Slack names, else by the thread (the agent session)."""
+        found = self._turns.showing(asked.channel, asked.message_ts) if asked.message_ts else None
+        if found is None and asked.reply_id:
+            found = self._turns.answering(asked.channel, asked.reply_id)
+        if found is not None:
+            return [found]
+        by_stream = (self._turns.showing(asked.channel, ts) for ts in asked.streams)
+        turns = list(dict.fromkeys(t for t in by_stream if t is not None))
+        if not turns and asked.thread_ts and not asked.message_ts:
+            turns = self._turns.in_thread(asked.channel, asked.thread_ts)
+        return turns
 
     async def _stop(self, turn: RunningTurn, user_id: str, team_id: str, client: AsyncWebClient) -> bool:
         """Stop `turn` for `user_id` if they may; otherwise tell them, privately, who may."""

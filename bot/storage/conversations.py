@@ -33,12 +33,17 @@ class ConversationKey:
     thread_ts: str
 
 
-async def find_conversation(session: AsyncSession, key: ConversationKey) -> Conversation | None:
+async def find_conversation(
+    session: AsyncSession, key: ConversationKey, *, lock: bool = False
+) -> Conversation | None:
+    """`lock`: hold the row until the transaction ends (PostgreSQL; SQLite has one writer anyway)."""
     stmt = select(Conversation).where(
         Conversation.team_id == key.team_id,
         Conversation.channel_id == key.channel_id,
         Conversation.thread_ts == key.thread_ts,
     )
+    if lock:
+        stmt = stmt.with_for_update()
     return (await session.execute(stmt)).scalar_one_or_none()
 
 

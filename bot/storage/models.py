@@ -1,6 +1,6 @@
 """SQLAlchemy 2 typed models: conversations, messages, the usage ledger, dedupe and digest locks,
 per-channel settings and the admin audit log, agent context, feedback votes, refusal notices, tool calls
-and tool-call approvals."""
+tool-call approvals and the places of turns waiting or running in each thread."""
 
 from __future__ import annotations
 
@@ -396,3 +396,18 @@ class ToolApprovalRow(Base):
     decided_by: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(_TS, default=utcnow)
     decided_at: Mapped[datetime | None] = mapped_column(_TS)
+
+
+class TurnPlace(Base):
+    """A turn's place in its thread's line across replicas (bot.conversation.shared_order): taken in
+    the claim's transaction under the conversation's lock, so ids of one conversation follow
+    admission order; deleted when the turn ends. The holder's replica renews `expires_at` while the
+    turn waits or runs: a place whose lease ran out belongs to a dead replica and blocks nobody."""
+
+    __tablename__ = "turn_places"
+    __table_args__ = (Index("ix_turn_places_line", "conversation_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    holder: Mapped[str] = mapped_column(String(64), index=True)  # the replica (one id per process)
+    expires_at: Mapped[datetime] = mapped_column(_TS)
