@@ -19,7 +19,9 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 _NOW = "extract(epoch FROM statement_timestamp())::float8"
-_NUMBERS = re.compile(r":(max_rate|min_rate|burst|increase|cooldown|rewards|decrease|retry_after|live)\b")
+_NUMBERS = re.compile(
+    r":(max_rate|min_rate|burst|increase|cooldown|rewards|decrease|retry_after|live|calls)\b"
+)
 
 
 def _sql(statement: str) -> TextClause:
@@ -43,7 +45,7 @@ class Limits:
 class Slot:
     """The row after a reservation or a pause, as seconds from the statement's now."""
 
-    wait: float  # until the reserved call may go (0: at once); a pause has no reservation: 0
+    wait: float  # until the (first) reserved call may go (0: at once); a pause reserves none: 0
     blocked_for: float  # until the shared 429 pause ends
     full_in: float  # until the bucket is full again (tat - now)
     rate_per_minute: float
@@ -60,12 +62,14 @@ _RATE = (
 _RESERVE = _sql(
     f"""
     INSERT INTO slack_budgets AS b (team_id, method, tat, blocked_until, rate_per_minute, last_penalty)
-    VALUES (:team, :method, {_NOW} + 60.0 / :max_rate, 0, :max_rate, 0)
+    VALUES (:team, :method, {_NOW} + :calls * 60.0 / :max_rate, 0, :max_rate, 0)
     ON CONFLICT (team_id, method) DO UPDATE SET
         rate_per_minute = {_RATE},
-        tat = greatest(b.tat, {_NOW}, b.blocked_until) + 60.0 / {_RATE}
+        tat = greatest(b.tat, {_NOW}, b.blocked_until) + :calls * 60.0 / {_RATE}
     RETURNING
-        greatest(0, b.tat - :burst * 60.0 / b.rate_per_minute - {_NOW}, b.blocked_until - {_NOW}),
+        greatest(
+            0, b.tat - (:burst + :calls - 1) * 60.0 / b.rate_per_minute - {_NOW}, b.blocked_until - {_NOW}
+        ),
         greatest(0, b.blocked_until - {_NOW}),
         b.tat - {_NOW},
         b.rate_per_minute
@@ -120,9 +124,14 @@ def _limits(limits: Limits) -> dict[str, float]:
     }
 
 
-async def reserve(conn: AsyncConnection, team: str, method: str, limits: Limits, rewards: int) -> Slot:
-    """Take the next call of (team, method) for this replica, crediting `rewards` accepted calls."""
-    params = {"team": team, "method": method, "rewards": rewards, **_limits(limits)}
+async def reserve(
+    conn: AsyncConnection, team: str, method: str, limits: Limits, rewards: int, calls: int = 1
+) -> Slot:
+    """Take the next call of (team, method) for this replica, crediting `rewards` accepted calls.
+
+    `calls` > 1 books that many consecutive slots at once, one interval apart (the lease design
+    that bench/budget_cost.py measures against one call per statement)."""
+    params = {"team": team, "method": method, "rewards": rewards, "calls": calls, **_limits(limits)}
     row = (await conn.execute(_RESERVE, params)).one()
     return Slot(float(row[0]), float(row[1]), float(row[2]), float(row[3]))
 
