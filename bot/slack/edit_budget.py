@@ -1,4 +1,5 @@
-"""Per-workspace, per-method budgets for Slack's rate-limited calls, shared by every reply of the process.
+"""Per-workspace, per-method budgets for Slack's rate-limited calls, shared by every reply (and, on
+PostgreSQL, by every replica: bot.slack.shared_budget).
 
 One mechanism for every method a reply spends: `chat.update` (Tier 3, about 50 a minute per
 workspace), `chat.startStream` and `chat.stopStream` (Tier 2, about 20), `chat.appendStream` (Tier 4,
@@ -6,6 +7,8 @@ about 100) and `assistant.threads.setStatus` (about 600). Slack publishes no exa
 budget starts from a configured rate and adapts: a 429 cuts the rate and blocks every edit of that
 workspace until `Retry-After` has passed; sustained success slowly raises it back. Waiting streams are
 served fairly (the stream whose last edit is oldest goes first), and final edits go before interim ones.
+The waiting and its order are this process's (`EditBudget`); when the next call may go is a
+`Bucket`'s: `LocalBucket` here, or the replicas' shared row.
 """
 
 from __future__ import annotations
