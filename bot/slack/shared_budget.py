@@ -210,6 +210,7 @@ class SharedBucket:
         self._spare_until = -math.inf
         self._local: tuple[int, LocalBucket] | None = None  # (outage, its share)
         self._last_local = False
+        self._reserving = False
 
     @property
     def rate_per_minute(self) -> float:
@@ -222,7 +223,8 @@ class SharedBucket:
         if now < self._blocked_until:
             return 0.0
         backlog = max(0.0, self._full_at - now) * self._rate / 60.0
-        return max(0.0, self._limits.burst - backlog)
+        taking = 1.0 if self._reserving else 0.0  # a call is being taken: the row will say so
+        return max(0.0, self._limits.burst - backlog - taking)
 
     def blocked_for(self) -> float:
         mine = max(0.0, self._blocked_until - self._clock())
@@ -243,11 +245,14 @@ class SharedBucket:
                 return
             self._last_local = False
             rewards, self._rewards = self._rewards, 0
+            self._reserving = True
             try:
                 slot = await self._store.run(self._reserve(rewards))
             except Unavailable:
                 self._rewards += rewards
                 continue
+            finally:
+                self._reserving = False
             self._learn(slot)
             if slot.wait <= 0:
                 return
