@@ -18,7 +18,9 @@ import pytest
 from bench.budget_cost import drive, instances
 from bot.slack.edit_budget import UPDATE, EditBudgets
 from bot.slack.shared_budget import PROBE_EVERY, TIMEOUT, SharedBudgets, budget_engine, shared_budgets
+from bot.storage import slack_budgets
 from bot.storage.db import create_engine
+from bot.storage.slack_budgets import Limits
 from tests.conftest import sqlite_url
 from tests.fakes.slack_api import FakeSlackApi
 from tests.fakes.slack_rules import RateLimit
@@ -142,3 +144,31 @@ async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "the condition never held"
         await asyncio.sleep(0.05)
+
+
+async def test_replicas_together_get_the_burst_at_once_then_the_rate(db_url: str) -> None:
+    async with replicas(db_url, 3) as stores:
+        budgets = [EditBudgets(120.0, 5, shared=store).for_team("T1") for store in stores]
+        start = time.monotonic()
+        for call in range(8):  # round robin over the replicas: 5 at once, then one each 0.5 s
+            await budgets[call % 3].acquire(f"s{call}")
+        assert time.monotonic() - start == pytest.approx(1.5, abs=0.25)
+
+
+async def test_calls_slack_accepted_on_any_replica_raise_the_shared_rate_after_a_quiet_period(
+    db_url: str,
+) -> None:
+    limits = Limits(max_rate=60.0, min_rate=10.0, burst=5, increase=0.25, decrease=0.7, cooldown=0.0)
+    engine = budget_engine(create_engine(db_url))
+    try:
+        async with engine.connect() as conn:
+            await slack_budgets.reserve(conn, "T1", UPDATE, limits, rewards=0)
+            paused = await slack_budgets.pause(conn, "T1", UPDATE, limits, retry_after=0.0)
+            assert paused is not None and paused.rate_per_minute == pytest.approx(42.0)
+            raised = await slack_budgets.reserve(conn, "T1", UPDATE, limits, rewards=8)
+            assert raised.rate_per_minute == pytest.approx(44.0)
+            capped = await slack_budgets.reserve(conn, "T1", UPDATE, limits, rewards=1000)
+            assert capped.rate_per_minute == pytest.approx(60.0), "never above the configured rate"
+            await conn.commit()
+    finally:
+        await engine.dispose()
