@@ -73,6 +73,8 @@ async def test_replicas_that_start_too_fast_learn_the_limit_together(db_url: str
     _, shared_429 = await _load(db_url, "row", 3, rate)
     _, apart_429 = await _load(db_url, "local", 3, rate)
 
+    # The calls already in flight when the first 429 comes back draw 429s too, in one process as in
+    # three; how many are in flight at that moment varies by one with the fake's latency.
     assert shared_429 <= one_429 + 1, f"3 sharing replicas drew {shared_429} 429s, one process {one_429}"
     assert apart_429 > 2 * shared_429
 
