@@ -131,7 +131,7 @@ class SharedBudgets:
         task = asyncio.create_task(execute(), name="shared-budget-statement")
         try:
             return await asyncio.wait_for(asyncio.shield(task), self._timeout)
-        except TimeoutError:
+        except (TimeoutError, asyncio.CancelledError):
             task.cancel()
             self._keep(task)
             raise
@@ -165,8 +165,8 @@ class SharedBudgets:
             return
         self.down, self.outages = True, self.outages + 1
         log.warning(
-            "Slack budgets: the database did not answer (%s); each of %d replicas now spends 1/%d of "
-            "every budget on its own until it does",
+            "Slack budgets: the database did not answer (%s); this replica spends 1/%d of every "
+            "budget on its own (%d replicas seen lately) until it does",
             error_reason(exc) if not isinstance(exc, TimeoutError) else f"no answer in {self._timeout}s",
             self.replicas,
             self.replicas,
