@@ -62,6 +62,7 @@ from bot.slack.quota_command import QuotaCommands, add_quota_subcommands
 from bot.slack.read_access import ReadAccess
 from bot.slack.read_tools import read_tools_of
 from bot.slack.reading import ReadLimits, SlackReader
+from bot.slack.shared_budget import shared_budgets
 from bot.slack.stop import RunningTurns, StopControl, register_stop_controls
 from bot.slack.summaries import Summaries, register_summaries
 from bot.slack.usage_command import register_usage_command
@@ -324,7 +325,9 @@ class BotRuntime:
         # Answers through the database: a press decides whichever replica it reaches.
         self.approver.book = ApprovalBook(core.sessions, settings.tool_approval_timeout)
         bolt = build_bolt(settings, self.client)
-        budgets = EditBudgets(settings.slack_edits_per_minute, settings.slack_edit_burst)
+        # PostgreSQL: every replica draws on the same rows (bot.slack.shared_budget); SQLite: its own.
+        shared = await self._stack.enter_async_context(shared_budgets(core.engine))
+        budgets = EditBudgets(settings.slack_edits_per_minute, settings.slack_edit_burst, shared=shared)
         export_live_state(self.metrics, budgets, core.engine)
         self.channel_settings = channel_settings = ChannelSettingsStore(core.sessions)
         contact = admin_contact(settings.admin_user_ids)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ class FakeClock:
         await asyncio.sleep(0)
 
 
-def _budget(clock: FakeClock, rate: float = 60.0, burst: int = 5, **kwargs: float) -> EditBudget:
+def _budget(clock: FakeClock, rate: float = 60.0, burst: int = 5, **kwargs: Any) -> EditBudget:
     return EditBudget(rate, burst, clock=clock, sleep=clock.sleep, **kwargs)
 
 

@@ -1,6 +1,7 @@
 """SQLAlchemy 2 typed models: conversations, messages, the usage ledger, dedupe and digest locks,
-per-channel settings and the admin audit log, agent context, feedback votes, refusal notices, tool calls
-tool-call approvals and the places of turns waiting or running in each thread."""
+per-channel settings and the admin audit log, agent context, feedback votes, refusal notices, tool calls,
+tool-call approvals, the places of turns waiting or running in each thread and the Slack budgets shared
+by replicas."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     Date,
     DateTime,
+    Double,
     Enum,
     ForeignKey,
     Index,
@@ -411,3 +413,29 @@ class TurnPlace(Base):
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
     holder: Mapped[str] = mapped_column(String(64), index=True)  # the replica (one id per process)
     expires_at: Mapped[datetime] = mapped_column(_TS)
+
+
+class SlackBudgetRow(Base):
+    """One workspace's budget for one Slack method, shared by every replica (bot.slack.shared_budget).
+
+    Times are seconds since the epoch on the database's clock, so replicas' clocks never disagree.
+    """
+
+    __tablename__ = "slack_budgets"
+
+    team_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    method: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tat: Mapped[float] = mapped_column(Double)  # GCRA's theoretical arrival time of the next call
+    blocked_until: Mapped[float] = mapped_column(Double)  # a 429's Retry-After, for every replica
+    rate_per_minute: Mapped[float] = mapped_column(Double)  # the adapted rate, shared
+    last_penalty: Mapped[float] = mapped_column(Double)
+
+
+class SlackBudgetReplica(Base):
+    """A process drawing on the shared Slack budgets, and when it last did: N for the local share
+    each takes while the database is unreachable."""
+
+    __tablename__ = "slack_budget_replicas"
+
+    replica_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seen_at: Mapped[float] = mapped_column(Double)  # epoch seconds, the database's clock
