@@ -257,3 +257,23 @@ async def test_no_placeholder_is_left_behind_when_the_status_fails_after_the_fir
     [reply] = bot.replies("C1", "100.000001")
     assert reply.markdown == "Four."
     assert not any("Thinking" in shown for shown in reply.history)
+
+
+async def test_the_first_streamed_message_is_stored_at_once_for_recovery(db_url, sessions, slack, aiml):
+    # No placeholder in native mode: until the row holds the stream's ts, a replica killed now would
+    # leave a message in streaming state that recovery cannot find.
+    aiml.enqueue(Reply(content="one two three four five six", chunk_size=4, stall_after=3))
+    async with running_bot(settings(db_url, slack, aiml, "native"), slack, aiml) as bot:
+        await bot.send(mention("Count", "100.000001"))
+        await eventually(lambda: bool(streaming(bot.replies("C1", "100.000001"))))
+        started = time.monotonic()
+        shown = streaming(bot.replies("C1", "100.000001"))
+
+        async def stored_ts() -> list[str] | None:
+            async with sessions() as session:
+                query = select(Message).where(Message.role == Role.ASSISTANT)
+                return (await session.execute(query)).scalar_one().slack_ts_all
+
+        while await stored_ts() != shown:
+            assert time.monotonic() - started < 2.0, "the stream's ts was not stored within 2 s"
+            await asyncio.sleep(0.05)

@@ -298,11 +298,15 @@ class ConversationService:
         """Move the model's deltas into the sink until the stream ends."""
         answered = thought = False
         checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
+        shown_in = len(sink.refs)  # the messages whose ts the stored row holds
         async for delta in stream:
             if delta.content:
                 answered = True
                 await sink.append(delta.content)
-                if time.monotonic() >= checkpoint_at:
+                # A new message (the first text without a placeholder, a continuation) is saved at
+                # once: a replica killed before the next checkpoint would leave it without its note.
+                if len(sink.refs) != shown_in or time.monotonic() >= checkpoint_at:
+                    shown_in = len(sink.refs)
                     checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
                     # Earlier tool rounds' text is part of the answer shown: saved with it.
                     await self._checkpoint(assistant_id, shown_before + stream.result().content, sink)
