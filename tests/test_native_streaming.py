@@ -272,7 +272,8 @@ async def test_the_first_streamed_message_is_stored_at_once_for_recovery(db_url,
         async def stored_ts() -> list[str] | None:
             async with sessions() as session:
                 query = select(Message).where(Message.role == Role.ASSISTANT)
-                return (await session.execute(query)).scalar_one().slack_ts_all
+                row: Message = (await session.execute(query)).scalar_one()
+                return row.slack_ts_all
 
         while await stored_ts() != shown:
             assert time.monotonic() - started < 2.0, "the stream's ts was not stored within 2 s"
