@@ -17,6 +17,7 @@ to the next replica in turn, and to the one after when a replica refuses the con
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -115,21 +116,23 @@ class Balancer:
         return web.Response(status=502, text="no replica answered")
 
 
-def socket_owner(local_port: int, pids: Sequence[int]) -> int | None:
-    """The pid among `pids` holding a TCP socket bound to loopback `local_port` (from /proc)."""
+def socket_owners(pids: Sequence[int]) -> dict[int, int]:
+    """Local TCP port -> the pid among `pids` holding that socket (from /proc: the network
+    namespace's socket table, and each process's open file descriptors)."""
+    by_inode: dict[str, int] = {}
     for pid in pids:
-        try:
-            inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
-            tables = [Path(f"/proc/{pid}/net/{name}").read_text() for name in ("tcp", "tcp6")]
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-        for table in tables:
-            for line in table.splitlines()[1:]:
-                fields = line.split()
-                port = int(fields[1].rsplit(":", 1)[1], 16)
-                if port == local_port and f"socket:[{fields[9]}]" in inodes:
-                    return pid
-    return None
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, PermissionError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(FileNotFoundError):
+                    by_inode[os.readlink(f"/proc/{pid}/fd/{fd}")] = pid
+    owners: dict[int, int] = {}
+    for name in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]:
+            fields = line.split()
+            owner = by_inode.get(f"socket:[{fields[9]}]")
+            if owner is not None:
+                owners[int(fields[1].rsplit(":", 1)[1], 16)] = owner
+    return owners
 
 
 @dataclass
@@ -152,7 +155,7 @@ class ReplicaSet:
         """The index of the replica whose connection made `request` to the fake AI/ML API."""
         if request.client_port is None:
             return None
-        return self.index_of(socket_owner(request.client_port, self.pids))
+        return self.index_of(socket_owners(self.pids).get(request.client_port))
 
     def kill(self, index: int) -> None:
         """kill -9: no drain, no final edit, no lease released."""
@@ -211,40 +214,52 @@ async def migrate(env: Mapping[str, str], workdir: Path) -> None:
 
 
 @asynccontextmanager
+async def running_replicas(
+    count: int,
+    env: Mapping[str, str],
+    workdir: Path,
+    *,
+    stop_grace: float = 5.0,
+    show_logs: bool = True,
+) -> AsyncIterator[list[BotProcess]]:
+    """`count` bot processes on `env`'s database (migrated here first), each in a directory of its
+    own; all stopped at once on exit (SIGTERM, SIGKILL after `stop_grace`)."""
+    await migrate(env, workdir)
+    dirs = [workdir / f"replica-{i}" for i in range(count)]
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    async with AsyncExitStack() as stack:
+        # Side by side; every start is awaited before a failure is raised, so none is left running.
+        entered = await asyncio.gather(
+            *(stack.enter_async_context(running_bot(d, env)) for d in dirs), return_exceptions=True
+        )
+        bots = [b for b in entered if isinstance(b, BotProcess)]
+        try:
+            failed = [e for e in entered if isinstance(e, BaseException)]
+            if failed:
+                raise failed[0]
+            yield bots
+        finally:
+            await asyncio.gather(*(b.stop(stop_grace) for b in bots))  # at once, not one by one
+            if show_logs:  # pytest shows the captured warnings of a failed test only
+                log.warning("replica logs:\n%s", log_tails(bots))
+
+
+@asynccontextmanager
 async def replica_set(
     count: int,
     slack: FakeSlackApi,
     aiml: FakeAimlApi,
     workdir: Path,
     extra_env: Mapping[str, str] | None = None,
-    *,
-    stop_grace: float = 5.0,
-    show_logs: bool = True,
 ) -> AsyncIterator[ReplicaSet]:
     """`count` replicas of the bot on a fresh PostgreSQL database, behind a new Balancer."""
     started = time.monotonic()
-    async with fresh_database("postgres", workdir) as db_url, AsyncExitStack() as stack:
+    async with fresh_database("postgres", workdir) as db_url:
         env = bot_environment(db_url, slack.api_url, aiml.base_url, dict(extra_env or {}))
-        await migrate(env, workdir)
-        dirs = [workdir / f"replica-{i}" for i in range(count)]
-        for d in dirs:
-            d.mkdir(parents=True, exist_ok=True)
-        # Side by side; every start is awaited before a failure is raised, so none is left running.
-        entered = await asyncio.gather(
-            *(stack.enter_async_context(running_bot(d, env)) for d in dirs), return_exceptions=True
-        )
-        failed = [e for e in entered if isinstance(e, BaseException)]
-        bots = [b for b in entered if isinstance(b, BotProcess)]
-        try:
-            if failed:
-                raise failed[0]
+        async with running_replicas(count, env, workdir) as bots, AsyncExitStack() as stack:
             balancer = Balancer([b.port for b in bots])
             await balancer.start()
             stack.push_async_callback(balancer.stop)
             http = await stack.enter_async_context(httpx.AsyncClient(base_url=balancer.url, timeout=30.0))
-            replicas = ReplicaSet(bots, balancer, db_url, env, time.monotonic() - started, http)
-            yield replicas
-        finally:
-            await asyncio.gather(*(b.stop(stop_grace) for b in bots))  # at once, not one by one
-            if show_logs:  # pytest shows captured warnings of a failed test only
-                log.warning("replica logs:\n%s", log_tails(bots))
+            yield ReplicaSet(bots, balancer, db_url, env, time.monotonic() - started, http)
