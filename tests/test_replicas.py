@@ -154,36 +154,55 @@ async def test_the_digest_and_each_budget_alert_are_posted_once_across_replicas(
         assert await scalar(bots, "SELECT count(*) FROM quota_alerts") == 3  # 80, 95 (folded), 100
 
 
-async def test_a_reply_whose_replica_is_killed_mid_stream_is_finished_by_another_within_a_minute(
-    slack: BenchSlack, aiml: FakeAimlApi, tmp_path: Path
+async def _kill_mid_stream(
+    slack: BenchSlack, aiml: FakeAimlApi, workdir: Path, *, after_words: int, streaming: str
 ) -> None:
+    """Kill -9 the replica streaming a reply once `after_words` words left the model; another replica
+    must finish it within RECOVERY_WITHIN: the text so far, the interrupted note, a usage row."""
     words = [f"word{i} " for i in range(400)]
     aiml.default = Reply(content=words, chunk_interval=0.25, credits_used=1000)  # 100 s of answer
-    async with replica_set(3, slack, aiml, tmp_path, BASE_ENV) as bots:
+    async with replica_set(3, slack, aiml, workdir, {**BASE_ENV, "SLACK_STREAMING": streaming}) as bots:
         event = mention("a long answer please", "1800000200.000001", channel="CKILL")
         assert await bots.send(event) == 200
         await until(lambda: len(aiml.chat_requests) == 1, 10.0, "the model call", bots)
         call: RecordedRequest = aiml.chat_requests[0]
-        # Past the first checkpoint (every 5 s), so the database holds some of the text.
-        await until(lambda: len(call.content_sent_at) >= 40, 30.0, "40 words streamed", bots)
+        await until(lambda: len(call.content_sent_at) >= after_words, 30.0, f"{after_words} words", bots)
+        await until(lambda: bool(bot_messages(slack, "CKILL", event["ts"])), 5.0, "a message in Slack", bots)
         victim = bots.owner_of(call)
         assert victim is not None, "no replica holds the model call's connection"
         bots.kill(victim)
-        killed_at = time.monotonic()
         await bots.bots[victim].process.wait()
 
         def interrupted() -> bool:
             mine = bot_messages(slack, "CKILL", event["ts"])
             return bool(mine) and NOTE_RESTARTED in mine[-1].context
 
-        took = await until(interrupted, RECOVERY_WITHIN + 30.0, "the interrupted note", bots)
+        took = await until(interrupted, RECOVERY_WITHIN + 10.0, "the interrupted note", bots)
         log.info("finished by another replica %.1f s after the kill", took)
         answer = bot_messages(slack, "CKILL", event["ts"])[-1].markdown
-        assert len(answer) > 0 and "".join(words).startswith(answer.rstrip())
+        assert len(answer) > 0 and "".join(words).startswith(answer.rstrip()), answer
         rows = await scalar(bots, "SELECT count(*) FROM usage_records WHERE status = 'interrupted'")
         assert rows == 1
         assert took <= RECOVERY_WITHIN, f"recovered after {took:.1f} s (lease 45 s + maintenance 15 s)"
-        assert time.monotonic() - killed_at >= took
+
+
+async def test_a_reply_whose_replica_is_killed_mid_stream_is_finished_by_another_within_a_minute(
+    slack: BenchSlack, aiml: FakeAimlApi, tmp_path: Path
+) -> None:
+    # 40 words at 4 a second: past the first checkpoint (5 s), which stores the text and the ts.
+    await _kill_mid_stream(slack, aiml, tmp_path, after_words=40, streaming="edits")
+
+
+@pytest.mark.xfail(
+    reason="bot: a reply's Slack message is stored at its first checkpoint, 5 s into the stream;"
+    " recovery cannot find a message killed before it (see the report of wip2/replicas)",
+    strict=True,
+)
+async def test_a_reply_killed_in_its_first_seconds_is_finished_by_another_replica_too(
+    slack: BenchSlack, aiml: FakeAimlApi, tmp_path: Path
+) -> None:
+    # 4 words in: about a second of streaming, in the bot's default mode.
+    await _kill_mid_stream(slack, aiml, tmp_path, after_words=4, streaming="auto")
 
 
 @NEEDS_ORDER
