@@ -255,7 +255,7 @@ async def replica_set(
 ) -> AsyncIterator[ReplicaSet]:
     """`count` replicas of the bot on a fresh PostgreSQL database, behind a new Balancer."""
     started = time.monotonic()
-    workdir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     async with fresh_database("postgres", workdir) as db_url:
         env = bot_environment(db_url, slack.api_url, aiml.base_url, dict(extra_env or {}))
         async with running_replicas(count, env, workdir) as bots, AsyncExitStack() as stack:
