@@ -85,11 +85,8 @@ class Balancer:
         app.router.add_route("*", "/{tail:.*}", self._forward)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None and server.sockets  # type: ignore[attr-defined]
-        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.port = int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -111,6 +108,11 @@ class Balancer:
             except aiohttp.ClientConnectorError:
                 self.refused.append(index)  # down (killed, or not started): the next one takes it
                 continue
+            except aiohttp.ClientError:
+                # The replica died with the request in hand: a gateway error, as a real balancer
+                # answers (Slack retries the event, and another replica takes the retry).
+                self.served.append(Served(index, request.path, 502, body))
+                return web.Response(status=502, text="the replica went away")
             self.served.append(Served(index, request.path, answer.status, body))
             return web.Response(status=answer.status, headers=out, body=payload)
         return web.Response(status=502, text="no replica answered")
