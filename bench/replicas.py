@@ -26,7 +26,7 @@ from bench.observe import MessageView, threads, upstream_by_tag
 from bench.scenarios import WARM_CHANNEL, ReplicaScenario, question
 from bench.stats import Span, spans_ms, summary_ms
 from bot.slack.recovery import NOTE_RESTARTED
-from tests.fakes.aimlapi import FakeAimlApi, Reply
+from tests.fakes.aimlapi import FakeAimlApi, RecordedRequest, Reply
 from tests.replicas import Balancer, running_replicas, socket_owners
 
 NAN = float("nan")
@@ -68,8 +68,13 @@ async def send_all(s: ReplicaScenario, replies: list[Conversation], sender: Even
     firsts = [c for c in replies if c.extra["turn"] == 0]
     later = [c for c in replies if c.extra["turn"] > 0]
 
+    first_of = {c.root_ts: c for c in firsts}
+
     async def in_a_while(c: Conversation) -> None:
-        await asyncio.sleep(s.turn_gap_seconds * int(c.extra["turn"]))
+        first = first_of[c.root_ts]
+        while math.isnan(first.sent_at):  # its thread's first turn goes out at its place in the ramp
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(first.sent_at + s.turn_gap_seconds * int(c.extra["turn"]) - time.monotonic())
         await sender.send(c, _event(c))
 
     await asyncio.gather(
@@ -268,7 +273,7 @@ def _order(replies: list[Conversation], aiml: FakeAimlApi) -> dict[str, Any]:
     for c in replies:
         threads_.setdefault(c.root_ts, []).append(c)
     ordered = {root: turns for root, turns in threads_.items() if len(turns) > 1}
-    kept, broken = 0, []
+    kept, broken = 0, {}
     for root, turns in ordered.items():
         calls = [ups.get(c.tag) for c in sorted(turns, key=lambda c: int(c.extra["turn"]))]
         ok = all(call is not None for call in calls)
@@ -277,12 +282,28 @@ def _order(replies: list[Conversation], aiml: FakeAimlApi) -> dict[str, Any]:
             if prev is None or call is None:
                 break
             after = not prev.content_sent_at or call.received_at >= prev.content_sent_at[-1]
-            history = sum(1 for m in call.json.get("messages", []) if m.get("role") == "assistant")
-            ok = ok and prev.received_at < call.received_at and after and history >= n
+            ok = ok and prev.received_at < call.received_at and after and _answers_in(call) >= n
         kept += ok
         if not ok:
-            broken.append(root)
-    return {"threads": len(ordered), "kept": kept, "broken": broken[:10]}
+            # Per turn: when its model call came (s after the thread's first), when its last chunk
+            # left, and how many earlier answers its history held; None: no call.
+            first = min((c.received_at for c in calls if c is not None), default=0.0)
+            broken[root] = [
+                None
+                if c is None
+                else (
+                    round(c.received_at - first, 2),
+                    round(c.content_sent_at[-1] - first, 2) if c.content_sent_at else None,
+                    _answers_in(c),
+                )
+                for c in calls
+            ]
+    return {"threads": len(ordered), "kept": kept, "broken": dict(list(broken.items())[:5])}
+
+
+def _answers_in(call: RecordedRequest) -> int:
+    body = call.json if isinstance(call.json, dict) else {}
+    return sum(1 for m in body.get("messages", []) if m.get("role") == "assistant")
 
 
 def _processes(
