@@ -68,13 +68,14 @@ async def send_all(s: ReplicaScenario, replies: list[Conversation], sender: Even
     firsts = [c for c in replies if c.extra["turn"] == 0]
     later = [c for c in replies if c.extra["turn"] > 0]
 
-    first_of = {c.root_ts: c for c in firsts}
+    # `ramp` sends the n-th first turn at n * step; a later turn follows its own thread's first.
+    started = time.monotonic()
+    step = s.ramp_seconds / len(firsts) if firsts else 0.0
+    place = {c.root_ts: n for n, c in enumerate(firsts)}
 
     async def in_a_while(c: Conversation) -> None:
-        first = first_of[c.root_ts]
-        while math.isnan(first.sent_at):  # its thread's first turn goes out at its place in the ramp
-            await asyncio.sleep(0.005)
-        await asyncio.sleep(first.sent_at + s.turn_gap_seconds * int(c.extra["turn"]) - time.monotonic())
+        due = started + place[c.root_ts] * step + s.turn_gap_seconds * int(c.extra["turn"])
+        await asyncio.sleep(due - time.monotonic())
         await sender.send(c, _event(c))
 
     await asyncio.gather(
