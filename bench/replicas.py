@@ -169,6 +169,10 @@ async def run_replicas(s: ReplicaScenario, model: SlackModel, logs: Path | None 
                     "served_by_replica": dict(Counter(x.replica for x in balancer.served)),
                     "refused": len(balancer.refused),
                 }
+                # Which replica took the event of each reply that is not done.
+                for tag, shown in result["not_done"].items():
+                    took = [x.replica for x in balancer.served if tag.encode() in x.body]
+                    result["not_done"][tag] = {"event_to_replica": took, "thread_shows": shown}
                 result.update(_processes(s, bots, cpu, rss, logs, result["complete_replies"]))
                 return result
 
