@@ -36,7 +36,8 @@ NAN = float("nan")
 class Kill:
     replica: int
     at: float  # time.monotonic()
-    in_flight: frozenset[str]  # tags of the replies the killed replica was streaming
+    in_flight: frozenset[str]  # tags of the replies whose model call the killed replica held
+    left: frozenset[str]  # those, and the replies not final whose event the killed replica took
 
 
 def plan(s: ReplicaScenario, slack: BenchSlack) -> list[Conversation]:
@@ -147,7 +148,9 @@ async def run_replicas(s: ReplicaScenario, model: SlackModel, logs: Path | None 
                             await wait_until(halfway, s.timeout(model), period=0.02)
                             cpu = {s.victim: meters[s.victim].stop()}
                             rss = {s.victim: bots[s.victim].peak_rss_mb()}
-                            kill = _kill(s.victim, bots, aiml, requests_from)
+                            took = {c.tag for c in replies if _took(balancer, s.victim, c)}
+                            unfinished = {c.tag for c in replies if outcome(slack, c, expected) != "complete"}
+                            kill = _kill(s.victim, bots, aiml, requests_from, took & unfinished)
                             await sending
 
                             def all_done() -> bool:
@@ -171,20 +174,28 @@ async def run_replicas(s: ReplicaScenario, model: SlackModel, logs: Path | None 
                 }
                 # Which replica took the event of each reply that is not done.
                 for tag, shown in result["not_done"].items():
-                    took = [x.replica for x in balancer.served if tag.encode() in x.body]
-                    result["not_done"][tag] = {"event_to_replica": took, "thread_shows": shown}
+                    to = [x.replica for x in balancer.served if tag.encode() in x.body]
+                    result["not_done"][tag] = {"event_to_replica": to, "thread_shows": shown}
                 result.update(_processes(s, bots, cpu, rss, logs, result["complete_replies"]))
                 return result
 
 
-def _kill(victim: int, bots: list[BotProcess], aiml: FakeAimlApi, requests_from: int) -> Kill:
-    """SIGKILL `victim`, after noting which open model calls were its (by their client socket)."""
+def _took(balancer: Balancer, replica: int, c: Conversation) -> bool:
+    """The balancer gave the event of reply `c` to `replica`."""
+    return any(x.replica == replica and c.tag.encode() in x.body for x in list(balancer.served))
+
+
+def _kill(
+    victim: int, bots: list[BotProcess], aiml: FakeAimlApi, requests_from: int, pending: set[str]
+) -> Kill:
+    """SIGKILL `victim`, after noting which open model calls were its (by their client socket);
+    `pending`: the replies not final whose events it took (streaming, queued, or waiting for Slack)."""
     owners = socket_owners([b.pid for b in bots])
     open_calls = [r for r in aiml.chat_requests[requests_from:] if not r.done.is_set()]
     mine = [r for r in open_calls if owners.get(r.client_port or 0) == bots[victim].pid]
     tags = frozenset(tag for tag, r in upstream_by_tag(aiml).items() if any(r is m for m in mine))
     bots[victim].process.kill()
-    return Kill(victim, time.monotonic(), tags)
+    return Kill(victim, time.monotonic(), tags, tags | pending)
 
 
 def _result(
@@ -249,15 +260,16 @@ def _result(
         "killed": {
             "replica": kill.replica,
             "streaming_at_kill": len(kill.in_flight),
+            "left_with_killed": len(kill.left),
             "interrupted_replies": outcomes["interrupted"] + outcomes["interrupted, text lost"],
             "interrupted_not_on_killed": sum(
                 1
                 for c in replies
-                if outcome(slack, c, expected).startswith("interrupted") and c.tag not in kill.in_flight
+                if outcome(slack, c, expected).startswith("interrupted") and c.tag not in kill.left
             ),
             "kill_to_note_s": summary_ms(recovered) if recovered else None,
         },
-        "not_done": dict(list(not_done.items())[:10]),
+        "not_done": dict(list(not_done.items())[:40]),
         "order": _order(replies, aiml),
         "ack_ms": spans_ms(ack),
         "ack_non_200": sum(1 for c in replies if c.ack_status != 200),

@@ -208,10 +208,10 @@ def replica_targets(key: str, f: dict[str, Any] | None) -> list[dict[str, Any]]:
     slowest = None if note is None else round(note["max"] / 1000.0, 1)
     in_time = (
         killed["interrupted_not_on_killed"] == 0
-        and killed["interrupted_replies"] == killed["streaming_at_kill"]
+        and killed["interrupted_replies"] == killed["left_with_killed"]
         and (slowest is None or slowest <= RECOVERY_SECONDS)
     )
-    value = f"{killed['interrupted_replies']}/{killed['streaming_at_kill']}, slowest {slowest} s"
+    value = f"{killed['interrupted_replies']}/{killed['left_with_killed']}, slowest {slowest} s"
     return [
         _target(f"({key}) killed replica's replies finished within 60 s", value, "all, <= 60 s", in_time),
         _target(

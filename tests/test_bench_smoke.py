@@ -108,7 +108,7 @@ async def test_the_replica_scenario_kills_one_replica_and_reports_every_reply_an
     assert all(p["cpu_seconds"] > 0 and p["peak_rss_mb"] > 0 for p in result["per_replica"])
     assert result["balancer"]["served_by_replica"] == {"0": 3, "1": 3, "2": 3}  # warm-ups and replies
     killed = result["killed"]
-    assert killed["streaming_at_kill"] == 2 and killed["interrupted_replies"] == 2
+    assert killed["streaming_at_kill"] == killed["left_with_killed"] == killed["interrupted_replies"] == 2
     assert killed["interrupted_not_on_killed"] == 0 and killed["kill_to_note_s"]["max"] <= 60_000
     assert result["outcomes"] == {"complete": 4, "interrupted": 2} and result["complete_pct"] == 100.0
     for metric in ("ack_ms", "placeholder_or_status_ms", "first_text_ms", "event_to_final_ms"):
