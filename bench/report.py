@@ -127,7 +127,53 @@ def format_tables(scenarios: dict[str, dict[str, Any]], mode: str) -> str:
         if "per_turn" in v:
             out.append("")
             out.append(_deep_table(k, v))
+    replicas = {k: v for k, v in scenarios.items() if "per_replica" in v}
+    if replicas:
+        out.append("")
+        out.append(_replicas_table(replicas))
     return "\n".join(out)
+
+
+def _replicas_table(runs: dict[str, dict[str, Any]]) -> str:
+    """(f): replicas behind a balancer, one killed; ms from the event (p50 / p99 over every reply)."""
+    head = (
+        "Replicas on one PostgreSQL, one killed halfway: ms from the event, p50 / p99 over every reply"
+        ' ("done": final, or finished by another replica with the interrupted note)'
+    )
+    rows = []
+    for k, v in runs.items():
+        killed, order = v["killed"], v["order"]
+        note = killed["kill_to_note_s"]
+        rows.append(
+            [
+                f"({k}) {v['title']}",
+                _pair(v["placeholder_or_status_ms"]),
+                _pair(v["first_text_ms"]),
+                _pair(v["event_to_final_ms"]),
+                f"{v['complete_pct']:.0f} %",
+                f"{killed['interrupted_replies']}/{killed['left_with_killed']}",
+                "-" if note is None else f"{note['p50'] / 1000:.0f} / {note['max'] / 1000:.0f}",
+                f"{order['kept']}/{order['threads']}",
+                str(v["slack_429s"]),
+                "  ".join(
+                    f"{p['cpu_seconds']:.1f}s/{p['peak_rss_mb']:.0f}MB" + ("†" if p["killed"] else "")
+                    for p in v["per_replica"]
+                ),
+            ]
+        )
+    header = [
+        "run",
+        "placeholder/status",
+        "first text",
+        "final",
+        "done",
+        "noted/left with the killed",
+        "kill->note s p50/max",
+        "order kept",
+        "429s",
+        "CPU/peak RSS per replica (†: killed)",
+    ]
+    return "\n".join([head, _table(header, rows)])
 
 
 def _modes_table(runs: dict[str, dict[str, Any]]) -> str:
@@ -223,6 +269,17 @@ def format_summary(scenarios: dict[str, dict[str, Any]], mode: str, total_second
         if "failed" in v:
             lines.append(f"| ({k}) {v['title']} | FAILED | " + " | " * 9)
             continue
+        if "per_replica" in v:  # (f): its own table (format_tables) has the figures
+            cells = [f"({k}) {v['title']}", _pair(v["ack_ms"]).replace(" / ", "/")]
+            cells += [_pair(v["placeholder_or_status_ms"]).replace(" / ", "/"), "-", "-", "-", "-"]
+            cells += [
+                str(v["slack_429s"]),
+                f"{v['complete_pct']:.0f} %",
+                _num(v["bot_peak_rss_mb"], "{:.0f}"),
+            ]
+            cells.append(_num(v["bot_cpu_seconds_per_reply"], "{:.2f}"))
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
         deep = "per_turn" in v
         dash = "-"
         cells = [
@@ -239,7 +296,7 @@ def format_summary(scenarios: dict[str, dict[str, Any]], mode: str, total_second
             _num(v["bot_cpu_seconds_per_reply"], "{:.2f}"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    modes = [(k, v) for k, v in scenarios.items() if "first_text_ms" in v]
+    modes = [(k, v) for k, v in scenarios.items() if "first_text_ms" in v and "per_replica" not in v]
     if modes:
         lines += [
             "",

@@ -15,10 +15,12 @@ from typing import Any
 
 from bench.deep import run_deep, sql_statements_per_turn
 from bench.fakes import SlackModel
+from bench.replicas import run_replicas
 from bench.report import format_summary, format_tables, format_targets, write_json
 from bench.scenarios import (
     SCENARIOS,
     DeepScenario,
+    ReplicaScenario,
     Scenario,
     StreamScenario,
     in_modes,
@@ -118,7 +120,9 @@ async def _run_all(
     async def one(scenario: Scenario, streamed: asyncio.Event | None = None) -> None:
         t0 = time.monotonic()
         try:
-            if isinstance(scenario, DeepScenario):
+            if isinstance(scenario, ReplicaScenario):  # PostgreSQL, whatever `db` says
+                result = await run_replicas(scenario, model, logs)
+            elif isinstance(scenario, DeepScenario):
                 result = await run_deep(scenario, db, model, logs)
                 if sql_count:
                     result["sql_per_turn"] = await sql_statements_per_turn(scenario.turns, db)

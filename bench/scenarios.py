@@ -108,7 +108,48 @@ class DeepScenario:
         return {**model.bot_env(), **self.bot_env, **mode}
 
 
-Scenario = StreamScenario | DeepScenario
+@dataclass(frozen=True)
+class ReplicaScenario:
+    """`replicas` bot processes on one PostgreSQL database behind a round-robin balancer (bench/replicas.py):
+    `conversations` replies at once over `teams` workspaces, `ordered_threads` of them threads of
+    `turns_per_thread` turns (each turn lands on the next replica); replica `victim` is killed (SIGKILL)
+    once the model has sent `kill_at` of every chunk. Its replies are finished by another replica."""
+
+    key: str
+    title: str
+    conversations: int = 150
+    replicas: int = 3
+    teams: int = 3
+    ordered_threads: int = 5
+    turns_per_thread: int = 3
+    words: int = 400
+    words_per_piece: int = 1
+    ttft: float = 0.3
+    chunk_interval: float = 0.02
+    ramp_seconds: float = 2.0
+    kill_at: float = 0.5
+    victim: int = 1
+    turn_gap_seconds: float = 0.3  # between the turns of an ordered thread
+    bot_env: Mapping[str, str] = field(default_factory=dict)
+    streaming: str | None = None
+
+    @property
+    def run_key(self) -> str:
+        return f"{self.key}/{self.streaming}" if self.streaming else self.key
+
+    def environment(self, model: SlackModel) -> dict[str, str]:
+        mode = {"SLACK_STREAMING": self.streaming} if self.streaming else {}
+        return {**model.bot_env(), **self.bot_env, **mode}
+
+    def timeout(self, model: SlackModel) -> float:
+        """Streaming, the killed replica's leases running out (45 s, maintenance every 15 s), and
+        1.5x the time every workspace's edit budget needs for the final edits, plus slack."""
+        stream = self.ttft + self.words / self.words_per_piece * self.chunk_interval
+        finals = self.conversations / self.teams / (0.9 * model.updates_per_minute) * 60.0
+        return self.ramp_seconds + self.turns_per_thread * stream + 60.0 + 1.5 * finals + 15.0
+
+
+Scenario = StreamScenario | DeepScenario | ReplicaScenario
 
 SINGLE_REPLIES = 20  # (a): at least 20 (issue 9), so p99 is not the figure of one of a handful
 QUICK_SINGLE_REPLIES = 5
@@ -133,6 +174,7 @@ SCENARIOS: dict[str, Scenario] = {
         ramp_seconds=10.0,
     ),
     "e": DeepScenario("e", "one thread, 40 turns deep"),
+    "f": ReplicaScenario("f", "150 concurrent, 3 workspaces, 3 replicas, one killed"),
 }
 
 
@@ -158,7 +200,17 @@ def quick(scenario: Scenario) -> Scenario:
     if isinstance(scenario, StreamScenario) and scenario.sequential:
         title = f"{QUICK_SINGLE_REPLIES} single streams"
         return dataclasses.replace(scenario, conversations=QUICK_SINGLE_REPLIES, title=title)
+    if isinstance(scenario, ReplicaScenario):
+        return quick_replicas(scenario)
     return scenario
+
+
+def quick_replicas(s: ReplicaScenario) -> ReplicaScenario:
+    """(f) small: 30 replies of 100 words (the kill still waits for the 45 s leases)."""
+    title = "30 concurrent, 3 workspaces, 3 replicas, one killed"
+    return dataclasses.replace(
+        s, conversations=30, ordered_threads=3, words=100, ramp_seconds=0.5, title=title
+    )
 
 
 WARM_CHANNEL = "CWARMUP"

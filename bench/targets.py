@@ -101,6 +101,7 @@ def evaluate(
     rss = c["bot_peak_rss_mb"] if c else None
     targets.append(_target(f"({c_key}) peak RSS", rss, "< 250 MB", None if rss is None else rss < 250))
     targets.append(_deep_target(*primary(scenarios, "e")))
+    targets += replica_targets(*primary(scenarios, "f"))
     total_limit = TOTAL_SECONDS_TARGET[mode]
     total_ok = None if total_seconds is None else total_seconds < total_limit
     targets.append(
@@ -190,3 +191,33 @@ def _deep_target(key: str, e: dict[str, Any] | None) -> dict[str, Any]:
         f"slope <= {FLAT_SLOPE_MS_PER_TURN} ms/turn, constant SQL count",
         flat_time and flat_sql,
     )
+
+
+RECOVERY_SECONDS = 60.0  # issue 12: a killed replica's replies are finished by another within a minute
+
+
+def replica_targets(key: str, f: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """(f): the killed replica's replies noted in time, and every ordered thread kept its order."""
+    if not f:
+        return [
+            _target(f"({key}) killed replica's replies finished within 60 s", None, "", None),
+            _target(f"({key}) order kept in every thread", None, "", None),
+        ]
+    killed, order = f["killed"], f["order"]
+    note = killed["kill_to_note_s"]
+    slowest = None if note is None else round(note["max"] / 1000.0, 1)
+    in_time = (
+        killed["interrupted_not_on_killed"] == 0
+        and killed["interrupted_replies"] == killed["left_with_killed"]
+        and (slowest is None or slowest <= RECOVERY_SECONDS)
+    )
+    value = f"{killed['interrupted_replies']}/{killed['left_with_killed']}, slowest {slowest} s"
+    return [
+        _target(f"({key}) killed replica's replies finished within 60 s", value, "all, <= 60 s", in_time),
+        _target(
+            f"({key}) order kept in every thread",
+            f"{order['kept']}/{order['threads']}",
+            "all",
+            order["kept"] == order["threads"],
+        ),
+    ]

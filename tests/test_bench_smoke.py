@@ -7,9 +7,11 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pytest
+
 from bench.fakes import SlackModel
 from bench.runner import SETTLE_SECONDS, run_bench
-from bench.scenarios import SCENARIOS, StreamScenario, in_modes
+from bench.scenarios import SCENARIOS, ReplicaScenario, StreamScenario, in_modes, quick
 
 
 async def test_a_short_single_stream_benchmark_writes_complete_results(tmp_path: Path) -> None:
@@ -79,3 +81,39 @@ async def test_the_single_streams_of_every_mode_run_side_by_side_once_c_has_stre
     assert c["complete_pct"] == 100.0 and "ran_alongside" not in c
     verdicts = {t["target"]: t["pass"] for t in data["targets"]}
     assert verdicts["(a/auto) streaming overhead p50"] is not None
+
+
+@pytest.mark.postgres
+@pytest.mark.usefixtures("_postgres_server")
+async def test_the_replica_scenario_kills_one_replica_and_reports_every_reply_and_each_replica(
+    tmp_path: Path,
+) -> None:
+    f = SCENARIOS["f"]
+    assert isinstance(f, ReplicaScenario) and f.conversations == 150 and f.replicas == 3
+    small_f = quick(f)
+    assert isinstance(small_f, ReplicaScenario) and small_f.conversations < f.conversations
+    # Six replies of 8 s; the kill comes 6 s in, past each reply's first checkpoint (5 s), which
+    # stores its Slack message for the replica that finishes it.
+    small = dataclasses.replace(f, conversations=6, ordered_threads=0, ramp_seconds=0.0, kill_at=0.75)
+    output = tmp_path / "latest.json"
+
+    await run_bench(
+        [small], model=SlackModel(update_speedup=12.0, latency_p50_ms=5.0), output=output, log=False
+    )
+
+    data = json.loads(output.read_text())
+    result = data["scenarios"]["f"]
+    assert [p["killed"] for p in result["per_replica"]] == [False, True, False]
+    assert result["per_replica"][1]["exit_code"] == -9
+    assert all(p["cpu_seconds"] > 0 and p["peak_rss_mb"] > 0 for p in result["per_replica"])
+    assert result["balancer"]["served_by_replica"] == {"0": 3, "1": 3, "2": 3}  # warm-ups and replies
+    killed = result["killed"]
+    assert killed["streaming_at_kill"] == killed["left_with_killed"] == killed["interrupted_replies"] == 2
+    assert killed["interrupted_not_on_killed"] == 0 and killed["kill_to_note_s"]["max"] <= 60_000
+    assert result["outcomes"] == {"complete": 4, "interrupted": 2} and result["complete_pct"] == 100.0
+    for metric in ("ack_ms", "placeholder_or_status_ms", "first_text_ms", "event_to_final_ms"):
+        assert result[metric]["n"] == 6 and result[metric]["never"] == 0, metric
+    assert result["errors"]["count"] == 0 and result["bot_exit_code"] == 0
+    verdicts = {t["target"]: t["pass"] for t in data["targets"]}
+    assert verdicts["(f) killed replica's replies finished within 60 s"] is True
+    assert verdicts["(f) complete, no errors"] is True
