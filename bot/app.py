@@ -332,7 +332,7 @@ class BotRuntime:
         self.channel_settings = channel_settings = ChannelSettingsStore(core.sessions)
         contact = admin_contact(settings.admin_user_ids)
         # What the stop controls can stop (bot.slack.stop); sessions go `processing` while answering.
-        self.running = RunningTurns(self.client, AgentSessions())
+        self.running = RunningTurns(self.client, AgentSessions(budgets))
         self.replicas = replicas(core.engine, core.sessions, settings.database_url)
         if self.replicas is not None:
             self._stack.push_async_callback(self.replicas.aclose)  # before the database closes

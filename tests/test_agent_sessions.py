@@ -7,6 +7,7 @@ import asyncio
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.slack.agent_sessions import AgentSessions
+from bot.slack.edit_budget import SESSION_STATUS, EditBudgets, MethodRate
 from tests.fakes.slack_api import FakeSlackApi, RateLimit
 
 # Ten times Slack's Tier 3, so the test waits tenths of seconds for tokens rather than seconds.
@@ -17,7 +18,8 @@ async def test_many_answers_at_once_open_only_the_sessions_the_budget_allows_and
     async with FakeSlackApi() as slack:
         slack.limits["agents.sessions.setStatus"] = FAST
         client = AsyncWebClient(base_url=slack.api_url, token="xoxb-test")
-        sessions = AgentSessions(per_minute=FAST.per_minute * 0.9, burst=FAST.burst)  # as PER_MINUTE
+        rate = MethodRate(FAST.per_minute * 0.9, FAST.burst)  # a tenth under Slack's, as the default
+        sessions = AgentSessions(EditBudgets(methods={SESSION_STATUS: rate}))
         threads = [f"{100 + i}.000001" for i in range(20)]
 
         opened = await asyncio.gather(*(sessions.open(client, "T1", "C1", t) for t in threads))
@@ -41,7 +43,7 @@ async def test_many_answers_at_once_open_only_the_sessions_the_budget_allows_and
 async def test_a_closing_call_waits_out_a_retry_after_and_lands():
     async with FakeSlackApi() as slack:
         client = AsyncWebClient(base_url=slack.api_url, token="xoxb-test")
-        sessions = AgentSessions()
+        sessions = AgentSessions(EditBudgets())
         assert await sessions.open(client, "T1", "C1", "100.000001")
         slack.fail_next("agents.sessions.setStatus", error="ratelimited", status=429, retry_after=1)
 

@@ -37,9 +37,6 @@ FAST_SLACK = SlackModel(update_speedup=12.0, latency_p50_ms=5.0)
 BASE_ENV = {**FAST_SLACK.bot_env(), "SLACK_STREAMING": "edits", "STREAM_UPDATE_INTERVAL": "0.3"}
 # The reply leases (45 s) and the maintenance period (15 s) are production's: recovery within 60 s.
 RECOVERY_WITHIN = 60.0
-# The branches tests (d) and (e) need; strict: once merged, the marker must go.
-NEEDS_ORDER = pytest.mark.xfail(reason="turn order across replicas: branch wip2/order", strict=True)
-NEEDS_BUDGETS = pytest.mark.xfail(reason="shared Slack budgets: branch wip2/budgets", strict=True)
 
 
 @pytest.fixture
@@ -195,11 +192,6 @@ async def test_a_reply_whose_replica_is_killed_mid_stream_is_finished_by_another
     await _kill_mid_stream(slack, aiml, tmp_path, after_words=40, streaming="edits")
 
 
-@pytest.mark.xfail(
-    reason="bot: a reply's Slack message is stored at its first checkpoint, 5 s into the stream;"
-    " recovery cannot find a message killed before it (see the report of wip2/replicas)",
-    strict=True,
-)
 async def test_a_reply_killed_in_its_first_seconds_is_finished_by_another_replica_too(
     slack: BenchSlack, aiml: FakeAimlApi, tmp_path: Path
 ) -> None:
@@ -207,7 +199,6 @@ async def test_a_reply_killed_in_its_first_seconds_is_finished_by_another_replic
     await _kill_mid_stream(slack, aiml, tmp_path, after_words=4, streaming="auto")
 
 
-@NEEDS_ORDER
 async def test_turns_of_one_thread_landing_on_different_replicas_are_answered_strictly_in_order(
     slack: BenchSlack, aiml: FakeAimlApi, tmp_path: Path
 ) -> None:
@@ -268,7 +259,6 @@ async def _slack_429s(replicas: int, slack: BenchSlack, aiml: FakeAimlApi, workd
         return Counter(c.method for c in slack.calls[calls_from:] if c.status == 429)
 
 
-@NEEDS_BUDGETS
 async def test_three_replicas_draw_no_more_slack_429s_than_one_on_the_same_load(
     aiml: FakeAimlApi, tmp_path: Path
 ) -> None:

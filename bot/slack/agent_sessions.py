@@ -2,12 +2,13 @@
 control, which sends `agent_session_stopped`), `active` once it ended.
 
 slack_sdk has no methods for `agents.sessions.*` yet, so the calls go through `api_call` with a JSON
-body (docs.slack.dev/reference/methods/agents.sessions.setStatus). Opening a session is a courtesy,
-never worth delaying an answer or a 429 for: it is skipped when the workspace's budget for the method
-(Tier 3, about 50 a minute, kept here per process) is spent, while Slack asked to wait, and for a
-while after Slack refused it (the app is not declared an agent, a missing scope). Closing a session
-this process opened is not optional (a session left `processing` keeps its spinner), so that call
-waits for the budget and out a Retry-After, and opening leaves the tokens to waiting closes.
+body (docs.slack.dev/reference/methods/agents.sessions.setStatus). The calls draw on the workspace's
+budget for the method (bot.slack.edit_budget, Tier 3; shared by every replica on PostgreSQL), so N
+replicas open no more sessions a minute than one. Opening a session is a courtesy, never worth
+delaying an answer or a 429 for: it is skipped when the budget has no call free now, while Slack asked
+to wait, and for a while after Slack refused it (the app is not declared an agent, a missing scope).
+Closing a session this process opened is not optional (a session left `processing` keeps its
+spinner), so that call waits, as a final call that goes before any other, for up to a minute.
 """
 
 from __future__ import annotations
@@ -16,86 +17,74 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Literal
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.slack.call_errors import SLACK_CALL_ERRORS, call_error_reason
+from bot.slack.edit_budget import SESSION_STATUS, EditBudget, EditBudgets
 
 log = logging.getLogger(__name__)
 
 SessionStatus = Literal["active", "processing", "suspended", "closed"]
-# Slack's Tier 3 is 50 a minute; a tenth less, since Slack counts a call when it arrives and this
-# budget when it leaves, a latency apart.
-PER_MINUTE = 45.0
-BURST = 5
 REFUSED_PAUSE = 600.0  # seconds a workspace that refused the method is left alone
 MAX_WAIT = 60.0  # the longest a closing call waits for the budget or a Retry-After
 
 
-@dataclass
-class _Budget:
-    tokens: float
-    updated: float
-    quiet_until: float = 0.0  # Slack said to wait (429), or refused the method
-    closing: int = 0  # closing calls waiting: opening ones leave them the tokens
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one closing call at a time
-
-
 class AgentSessions:
-    """`agents.sessions.setStatus` per workspace, within a local budget and Slack's Retry-After."""
+    """`agents.sessions.setStatus` per workspace, within its Slack budget and Slack's Retry-After."""
 
-    def __init__(
-        self, clock: Callable[[], float] = time.monotonic, per_minute: float = PER_MINUTE, burst: int = BURST
-    ) -> None:
+    def __init__(self, budgets: EditBudgets, clock: Callable[[], float] = time.monotonic) -> None:
+        self._budgets = budgets
         self._clock = clock
-        self._rate = per_minute / 60.0
-        self._burst = float(burst)
-        self._budgets: dict[str, _Budget] = {}
+        self._refused_until: dict[str, float] = {}  # per workspace: Slack refused the method
 
     async def open(self, client: AsyncWebClient, team: str, channel: str, thread_ts: str) -> bool:
-        """Mark the thread's session `processing` if the budget allows; True when Slack took it."""
-        budget = self._budget(team)
-        if budget.quiet_until > self._clock() or budget.tokens < 1.0 + budget.closing:
+        """Mark the thread's session `processing` if a call is free now; True when Slack took it."""
+        budget = self._budgets.for_team(team, SESSION_STATUS)
+        if self._refused(team) or budget.expected_wait() > 0:
             return False
-        budget.tokens -= 1.0
-        return await self._call(client, budget, channel, thread_ts, "processing") == "ok"
+        key = ("open", channel, thread_ts)
+        try:
+            await budget.acquire(key)
+            return await self._call(client, budget, team, channel, thread_ts, "processing") == "ok"
+        finally:
+            budget.forget(key)
 
     async def close(self, client: AsyncWebClient, team: str, channel: str, thread_ts: str) -> bool:
         """Move the thread's session out of `processing` (`active`), waiting for the budget and out
-        a Retry-After for up to a minute; one call at a time, so a 429 is not met by a herd."""
-        budget = self._budget(team)
-        budget.closing += 1
+        a Retry-After for up to a minute."""
+        budget = self._budgets.for_team(team, SESSION_STATUS)
+        key = ("close", channel, thread_ts)
+        deadline = self._clock() + MAX_WAIT
         try:
-            async with budget.lock:
-                deadline = self._clock() + MAX_WAIT
-                while True:
-                    budget = self._budget(team)
-                    now = self._clock()
-                    wait = max(budget.quiet_until - now, (1.0 - budget.tokens) / self._rate, 0.0)
-                    if now + wait > deadline:
-                        return False  # refused, or Slack is very busy: it clears the status itself
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                        continue
-                    budget.tokens -= 1.0
-                    outcome = await self._call(client, budget, channel, thread_ts, "active")
-                    if outcome != "wait":
-                        return outcome == "ok"
+            while not self._refused(team):
+                left = deadline - self._clock()
+                if budget.expected_wait() > left:
+                    return False  # Slack is very busy or asked to wait long: it clears the status itself
+                try:
+                    await asyncio.wait_for(budget.acquire(key, final=True), left)
+                except TimeoutError:
+                    return False
+                outcome = await self._call(client, budget, team, channel, thread_ts, "active")
+                if outcome != "wait":
+                    return outcome == "ok"
+            return False
         finally:
-            budget.closing -= 1
+            budget.forget(key)
 
-    def _budget(self, team: str) -> _Budget:
-        now = self._clock()
-        budget = self._budgets.setdefault(team, _Budget(self._burst, now))
-        budget.tokens = min(self._burst, budget.tokens + (now - budget.updated) * self._rate)
-        budget.updated = now
-        return budget
+    def _refused(self, team: str) -> bool:
+        return self._refused_until.get(team, 0.0) > self._clock()
 
     async def _call(
-        self, client: AsyncWebClient, budget: _Budget, channel: str, thread_ts: str, status: SessionStatus
+        self,
+        client: AsyncWebClient,
+        budget: EditBudget,
+        team: str,
+        channel: str,
+        thread_ts: str,
+        status: SessionStatus,
     ) -> Literal["ok", "wait", "failed"]:
         try:
             await client.api_call(
@@ -103,22 +92,22 @@ class AgentSessions:
                 json={"channel_id": channel, "thread_ts": thread_ts, "status": status},
             )
         except SlackApiError as exc:
-            pause = _pause(exc)
-            budget.quiet_until = max(budget.quiet_until, self._clock() + pause)
             log.info("agents.sessions.setStatus refused (%s)", call_error_reason(exc))
-            return "wait" if exc.response.status_code == 429 else "failed"
+            if exc.response.status_code == 429:
+                budget.penalize(_retry_after(exc))
+                return "wait"
+            if exc.response.status_code < 500:
+                self._refused_until[team] = self._clock() + REFUSED_PAUSE
+            return "failed"
         except SLACK_CALL_ERRORS as exc:  # Slack unreachable this once: the next call tries again
             log.info("agents.sessions.setStatus failed (%s)", call_error_reason(exc))
             return "failed"
+        budget.reward()
         return "ok"
 
 
-def _pause(exc: SlackApiError) -> float:
-    if exc.response.status_code == 429:
-        try:
-            return max(1.0, float(exc.response.headers.get("Retry-After", 1)))
-        except ValueError:
-            return 1.0
-    if exc.response.status_code >= 500:
-        return 0.0
-    return REFUSED_PAUSE
+def _retry_after(exc: SlackApiError) -> float:
+    try:
+        return max(1.0, float(exc.response.headers.get("Retry-After", 1)))
+    except (TypeError, ValueError):
+        return 1.0

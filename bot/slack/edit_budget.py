@@ -37,6 +37,7 @@ START_STREAM = "chat.startStream"
 APPEND_STREAM = "chat.appendStream"
 STOP_STREAM = "chat.stopStream"
 SET_STATUS = "assistant.threads.setStatus"
+SESSION_STATUS = "agents.sessions.setStatus"
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ DEFAULT_METHOD_RATES: dict[str, MethodRate] = {
     # A status is skipped, never waited for, and a 429 costs only that status: start with a burst
     # as big as a busy minute's first second (50 people asking at once), the adaptation cuts it back.
     SET_STATUS: MethodRate(540.0, 60),
+    # Tier 3 (about 50 a minute); a tenth less, since Slack counts a call when it arrives.
+    SESSION_STATUS: MethodRate(45.0, 5),
 }
 
 

@@ -127,7 +127,7 @@ class StopControl:
         self._turns = turns
         self._people = people
         self._admins = admins
-        self._sessions = turns.sessions or AgentSessions()  # one Retry-After memory per process
+        self._sessions = turns.sessions
         self._relay = relay
         if relay is not None:
             relay.on_forwarded(self.on_forwarded)
@@ -182,7 +182,8 @@ class StopControl:
             if await self._relay.thread_busy(team_id, channel, thread_ts):
                 return  # the replica answering there moves the session when its turn ends
         # Nothing runs (any more): Slack leaves moving the session out of `processing` to us.
-        await self._sessions.close(client, team_id, channel, thread_ts)
+        if self._sessions is not None:
+            await self._sessions.close(client, team_id, channel, thread_ts)
 
     async def on_forwarded(self, asked: StopAsked) -> None:
         """A press another replica received: applied here when the answer streams here."""
