@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     llm_max_retries: int = Field(3, ge=0, le=10)
 
     database_url: str = "sqlite+aiosqlite:///data/bot.db"
-    database_pool_size: int = Field(20, ge=1, le=500)
+    database_pool_size: int = Field(10, ge=1, le=500)
     # `run` applies migrations first. Fleets set false and run `python -m bot migrate` once per release:
     # then a replica whose code is newer than the database refuses to start (README: Rolling upgrades).
     migrate_on_start: bool = True

@@ -334,7 +334,7 @@ def budget_engine(engine: AsyncEngine) -> AsyncEngine:
     database that stops answering costs a reply at most `TIMEOUT` before the local shares."""
     connect_args = {"timeout": TIMEOUT, "command_timeout": TIMEOUT}
     return create_async_engine(
-        engine.url, pool_size=4, max_overflow=16, pool_timeout=TIMEOUT, connect_args=connect_args
+        engine.url, pool_size=4, max_overflow=4, pool_timeout=TIMEOUT, connect_args=connect_args
     )
 
 

@@ -70,7 +70,7 @@ def create_engine(
     database_url: str,
     *,
     echo: bool = False,
-    pool_size: int = 20,
+    pool_size: int = 10,
     command_timeout: float | None = COMMAND_TIMEOUT,
 ) -> AsyncEngine:
     """Build the engine without connecting; SQLite's parent folder is created if missing."""
@@ -82,7 +82,9 @@ def create_engine(
         kwargs["connect_args"] = {"timeout": 30}
     else:
         # Bursts of turns wait for a connection rather than fail: each transaction is short.
-        kwargs.update(pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size * 2, pool_timeout=30)
+        # At most 2x pool_size per process (plus the budget pool's 8 and the signal connection), so
+        # 3 replicas at the default stay within PostgreSQL's default max_connections (100).
+        kwargs.update(pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size, pool_timeout=30)
         # command_timeout: a database that stops answering (not refusing) fails a query instead of
         # hanging the turn, the probe and the maintenance loop until TCP gives up (minutes).
         kwargs["connect_args"] = {"timeout": 5, "command_timeout": command_timeout}
