@@ -15,8 +15,12 @@ import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.middleware.authorization.async_single_team_authorization import (
+    AsyncSingleTeamAuthorization,
+)
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.conversation.access import Access, AccessRules
@@ -226,7 +230,7 @@ def slack_client(settings: Settings) -> AsyncWebClient:
     return AsyncWebClient(token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url)
 
 
-async def check_slack(client: AsyncWebClient) -> str:
+async def check_slack(client: AsyncWebClient) -> AsyncSlackResponse:
     """auth.test at start-up: a bad token or unreachable Slack is one clear line, not a traceback."""
     try:
         auth = await client.auth_test()
@@ -236,7 +240,7 @@ async def check_slack(client: AsyncWebClient) -> str:
         ) from None
     except (OSError, TimeoutError) as exc:
         raise SettingsError(f"SLACK_API_URL: cannot reach Slack at {client.base_url}: {exc}") from None
-    return str(auth.get("team_id", ""))
+    return auth
 
 
 async def open_socket_url(client: AsyncWebClient, app_token: str) -> str:
@@ -253,9 +257,9 @@ async def open_socket_url(client: AsyncWebClient, app_token: str) -> str:
     return str(response["url"])
 
 
-def build_bolt(settings: Settings, client: AsyncWebClient) -> AsyncApp:
+def build_bolt(settings: Settings, client: AsyncWebClient, auth: AsyncSlackResponse) -> AsyncApp:
     secret = settings.slack_signing_secret
-    return AsyncApp(
+    bolt = AsyncApp(
         client=client,
         signing_secret=secret.get_secret_value() if secret else "",
         # Signature checks are Bolt's; in Socket Mode there is no signature to check.
@@ -263,6 +267,14 @@ def build_bolt(settings: Settings, client: AsyncWebClient) -> AsyncApp:
         # Unmatched requests are answered 404 by Bolt; our catch-all listener acks unknown events.
         raise_error_for_unhandled_request=False,
     )
+    # Bolt's single-workspace authorization calls auth.test on the first events until one answer is
+    # cached: a cold replica's burst called it once per event, Slack answered some with 429, and Bolt
+    # dropped those events with a 200 (never retried). It gets the start-up auth.test's answer; Bolt
+    # has no public seam for it.
+    for middleware in bolt._async_middleware_list:
+        if isinstance(middleware, AsyncSingleTeamAuthorization):
+            middleware.auth_test_result = auth
+    return bolt
 
 
 class BotRuntime:
@@ -302,7 +314,8 @@ class BotRuntime:
         # One connection pool for every Web API call (slack_sdk opens a session per call otherwise).
         session = self.client.session = aiohttp.ClientSession()
         self._stack.push_async_callback(session.close)
-        team = await check_slack(self.client)
+        auth = await check_slack(self.client)
+        team = str(auth.get("team_id", ""))
         # MCP servers connect in the background (start-up never waits for one); a mistake in their
         # file stops start-up here with one line.
         self.mcp = await start_mcp(settings, self.metrics)
@@ -324,7 +337,7 @@ class BotRuntime:
         log.info("database ready at %s", describe(core.engine.url))
         # Answers through the database: a press decides whichever replica it reaches.
         self.approver.book = ApprovalBook(core.sessions, settings.tool_approval_timeout)
-        bolt = build_bolt(settings, self.client)
+        bolt = build_bolt(settings, self.client, auth)
         # PostgreSQL: every replica draws on the same rows (bot.slack.shared_budget); SQLite: its own.
         shared = await self._stack.enter_async_context(shared_budgets(core.engine))
         budgets = EditBudgets(settings.slack_edits_per_minute, settings.slack_edit_burst, shared=shared)

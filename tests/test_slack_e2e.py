@@ -3,6 +3,7 @@ the fake Slack Web API and the fake AI/ML API on loopback, and a real database."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -65,6 +66,21 @@ async def test_messages_in_threads_the_bot_never_joined_are_ignored(bot, slack, 
     await bot.idle()
     assert aiml.requests == []
     assert visible_calls(slack.calls) == []
+
+
+async def test_a_burst_of_events_on_a_fresh_process_asks_slack_who_it_is_only_once(db_url, slack, aiml):
+    # Bolt's authorization would call auth.test per event until one answer is cached; under Slack's
+    # limit some would be 429s, and Bolt drops such an event with a 200 that Slack never retries.
+    async with running_bot(make_settings(db_url, slack, aiml), slack, aiml) as bot:
+        for n in range(8):
+            aiml.enqueue(Reply(content=f"Answer {n}."))
+        responses = await asyncio.gather(
+            *(bot.send(mention(f"Question {n}", f"{100 + n}.000001")) for n in range(8))
+        )
+        await bot.idle()
+    assert [r.status_code for r in responses] == [200] * 8
+    assert len(aiml.requests) == 8
+    assert len(slack.calls_to("auth.test")) == 1  # the start-up check's
 
 
 async def test_thread_followups_can_be_turned_off(db_url, slack, aiml):
