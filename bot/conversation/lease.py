@@ -17,9 +17,9 @@ from bot.storage.models import utcnow
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 45.0
+LEASE_SECONDS = 30.0
 # Three renewals per lease: one lost write (a blip) does not let another replica take the reply.
-RENEW_SECONDS = 15.0
+RENEW_SECONDS = 10.0
 # After a failed renewal (the database away): retry soon, so that when it returns this process
 # renews before any maintenance run (here or in another replica) sees the lease expired.
 RETRY_SECONDS = 1.5
