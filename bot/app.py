@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -492,16 +493,21 @@ class BotRuntime:
             self._maintenance.cancel()
             # A recovery cut short may leave rows `interrupted` without their Slack note: let it end.
             await asyncio.wait([self._maintenance], timeout=5)
-        if self.turns is not None:
-            await _drain(self.turns, self.settings.shutdown_grace_seconds)
-        if self.alerts is not None:
-            # Checks started by the last replies use the database, which closes next.
-            await asyncio.wait_for(self.alerts.idle(), timeout=INTERRUPT_WAIT)
-        if self.running is not None:
-            await self.running.aclose()
-        if self._web is not None:
-            await self._web.stop()
-        await self._stack.aclose()
+        try:
+            if self.turns is not None:
+                await _drain(self.turns, self.settings.shutdown_grace_seconds)
+            if self.alerts is not None:
+                # Checks started by the last replies use the database, which closes next.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.alerts.idle(), timeout=INTERRUPT_WAIT)
+            if self.running is not None:
+                await self.running.aclose()
+            if self._web is not None:
+                await self._web.stop()
+        finally:
+            # Whatever went wrong above, the replicas' places, the budgets' pool and the database
+            # are closed: a place left behind would hold its thread for a lease.
+            await self._stack.aclose()
 
 
 def file_limits(settings: Settings) -> FileLimits:

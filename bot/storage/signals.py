@@ -93,6 +93,7 @@ class SignalHub:
             try:
                 await self._connect()
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                await self._close()  # connected but not listening: no connection left behind
                 if first:
                     log.warning("signals: cannot listen yet, polling meanwhile (%s)", type(exc).__name__)
                 first = False
@@ -138,7 +139,9 @@ class SignalHub:
         if conn is not None and not conn.is_closed():
             conn.terminate()  # no goodbye: the server may be gone
 
-    def _terminated(self, _conn: Any) -> None:
+    def _terminated(self, conn: Any) -> None:
+        if conn is not self._conn:
+            return  # a connection given up earlier: the current one is fine
         self.connected = False
         self._lost.set()
 
