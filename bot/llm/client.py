@@ -46,6 +46,10 @@ logger = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _AFTER_FINISH_GRACE = 10.0  # seconds to wait for the usage chunk once the answer itself is finished
 _DRAIN_GRACE = 0.5  # seconds to read a finished body to its end, so its connection can be reused
+# Seconds between two reads of a stream once its text flows. Chunks come 20-50 a second; reading each
+# as it lands wakes the event loop (and the reply's renderer) per chunk, which is most of a reply's
+# CPU and, with many streams, saturates the loop. Slack shows new text about once a second anyway.
+READ_PACE = 0.1
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class _Policy:
     total_timeout: float
     read_timeout: float
     secret: str
+    read_pace: float
 
 
 class AimlClient:
@@ -74,6 +79,7 @@ class AimlClient:
         transport: httpx.AsyncBaseTransport | None = None,
         backoff_base: float = 0.5,
         backoff_max: float = 20.0,
+        read_pace: float = READ_PACE,
     ) -> None:
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
@@ -85,7 +91,9 @@ class AimlClient:
         self.model = model
         self._chat_url = base_url.rstrip("/") + "/chat/completions"
         self._billing_url = url.copy_with(raw_path=b"/v2/billing")
-        self._policy = _Policy(max_retries, backoff_base, backoff_max, total_timeout, read_timeout, api_key)
+        self._policy = _Policy(
+            max_retries, backoff_base, backoff_max, total_timeout, read_timeout, api_key, read_pace
+        )
         self._http = httpx.AsyncClient(
             transport=transport or aiohttp_transport(),
             # read is per chunk: a silent stream fails after read_timeout even while the deadline is far
@@ -192,6 +200,7 @@ class ChatStream:
         self._lines: AsyncIterator[list[str]] | None = None  # the lines of each read of the body
         self._decoder = SseDecoder()
         self._pending: deque[SseEvent] = deque()  # events of the last read not yet taken
+        self._read_at = 0.0  # loop time of the last read of the body
         self._answer = StreamAccumulator()
         self._inference_id: str | None = None
         self._started: float | None = None
@@ -353,6 +362,11 @@ class ChatStream:
         loop = asyncio.get_running_loop()
         while True:
             finished = self._answer.finish_reason is not None
+            if self._first_token is not None and not finished:
+                # What arrives meanwhile waits in the socket's buffer and comes in the next read.
+                pause = min(self._read_at + self._policy.read_pace, deadline) - loop.time()
+                if pause > 0:
+                    await asyncio.sleep(pause)
             limit = min(deadline, loop.time() + _AFTER_FINISH_GRACE) if finished else deadline
             try:
                 if finished or limit - loop.time() <= self._policy.read_timeout:
@@ -371,6 +385,7 @@ class ChatStream:
                 if isinstance(exc, TimeoutError):
                     raise self._deadline_error() from None
                 raise error_for_read(exc, after_first_token=self._first_token is not None) from exc
+            self._read_at = loop.time()
             for line in lines:
                 event = self._decoder.feed(line)
                 if event is not None:
