@@ -55,6 +55,14 @@ def main() -> int:
         help="median latency of the fake Slack per call, lognormal with a tail; 0 for none (default 60)",
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the latency draws (default 1)")
+    parser.add_argument(
+        "--bot-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a bot setting for every run, over the scenario's own (repeat; e.g. the access and quota"
+        " settings, to measure what governance costs a turn)",
+    )
     parser.add_argument("--no-sql-count", action="store_true", help="skip the in-process SQL count of (e)")
     parser.add_argument(
         "--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON file (default {DEFAULT_OUTPUT})"
@@ -72,10 +80,14 @@ def main() -> int:
         parser.error(f"unknown mode(s): {', '.join(sorted(unknown))}")
     if not 0 <= args.slack_latency <= 10_000:
         parser.error(f"--slack-latency must be between 0 and 10000 ms, not {args.slack_latency:g}")
+    bad = [item for item in args.bot_env if "=" not in item]
+    if bad:
+        parser.error(f"--bot-env takes NAME=VALUE, not {bad[0]!r}")
+    extra = dict(item.split("=", 1) for item in args.bot_env)
     quiet_library_logs()
     data = asyncio.run(
         run_bench(
-            select(args.only, args.quick, args.mode),
+            select(args.only, args.quick, args.mode, extra),
             model=slack_model(args.quick, args.slack_latency, args.seed),
             db="postgres" if args.postgres else "sqlite",
             output=args.output,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -170,10 +171,14 @@ def _say(enabled: bool, text: str) -> None:
         print(text, flush=True)
 
 
-def select(keys: str | None, quick_mode: bool, modes: str | None = None) -> list[Scenario]:
+def select(
+    keys: str | None, quick_mode: bool, modes: str | None = None, bot_env: Mapping[str, str] | None = None
+) -> list[Scenario]:
     """The runs: scenarios `keys` (all by default), (a) and (b) in every streaming mode unless
-    `modes` names some (then every chosen scenario runs in those)."""
+    `modes` names some (then every chosen scenario runs in those); `bot_env` over each one's settings."""
     chosen = [SCENARIOS[k] for k in (keys.split(",") if keys else SCENARIOS)]
+    if bot_env:
+        chosen = [dataclasses.replace(s, bot_env={**s.bot_env, **bot_env}) for s in chosen]
     chosen = [quick(s) for s in chosen] if quick_mode else chosen
     return in_modes(chosen, modes.split(",") if modes else None)
 

@@ -40,6 +40,7 @@ from bot.conversation.summaries import Summarizer
 from bot.conversation.tool_loop import ToolLimits
 from bot.conversation.tools import Approver, ToolBox
 from bot.conversation.turns import RunningReplies, Turns
+from bot.event_loop import loop_name
 from bot.files.extract import TextCaps
 from bot.jobs.alerts import AlertJob
 from bot.jobs.digest import DigestJob
@@ -478,7 +479,10 @@ class BotRuntime:
         # out of the collector's full passes, whose pauses otherwise grow with them and stall every
         # request on the loop (measured in the benchmark's ack p99).
         gc.freeze()
-        log.info("bot running", extra={"team": team, "port": self.port, "socket_mode": settings.socket_mode})
+        log.info(
+            "bot running",
+            extra={"team": team, "port": self.port, "socket_mode": settings.socket_mode, "loop": loop_name()},
+        )
         return self.port
 
     async def stop(self) -> None:

@@ -27,7 +27,7 @@ from bot.llm import (
     UnavailableError,
     Usage,
 )
-from bot.llm.client import AimlClient
+from bot.llm.client import READ_PACE, AimlClient
 from tests.fakes.aimlapi import ErrorReply, FakeAimlApi, Reply
 
 KEY = "test-key-0123456789"
@@ -108,9 +108,9 @@ async def test_reasoning_then_content_arrive_in_order_and_the_result_has_usage_c
     assert result.finish_reason == "stop"
     assert result.usage == Usage(
         prompt_tokens=14,
-        completion_tokens=len(deltas),
+        completion_tokens=7,  # the fake's token a piece: 4 pieces of 4 characters of thinking, 3 of answer
         cached_tokens=3,
-        reasoning_tokens=len(reasoning_deltas),
+        reasoning_tokens=4,
         credits_used=11136,
         usd_spent=0.005568,
     )
@@ -131,6 +131,43 @@ async def test_reasoning_then_content_arrive_in_order_and_the_result_has_usage_c
         "max_tokens": 256,
     }
     assert request.headers["Authorization"] == f"Bearer {KEY}"
+
+
+async def test_chunks_that_arrived_together_come_as_one_delta_with_thinking_still_before_the_answer(
+    fake: FakeAimlApi, client: AimlClient
+) -> None:
+    fake.enqueue(Reply(reasoning="r" * 20, content="c" * 30, chunk_size=1))
+
+    deltas: list[Delta] = []
+    async with client.stream_chat(MESSAGES) as stream:
+        async for delta in stream:
+            if not deltas:
+                await asyncio.sleep(0.3)  # a busy consumer: the rest of the stream waits in the socket
+            deltas.append(delta)
+
+    assert len(deltas) <= 5  # 50 pieces, read in a few reads
+    kinds = [("r" if d.reasoning else "") + ("c" if d.content else "") for d in deltas]
+    assert kinds == sorted(kinds, key=lambda k: k == "c") and "rc" not in kinds
+    assert "".join(d.reasoning for d in deltas) == stream.result().reasoning == "r" * 20
+    assert "".join(d.content for d in deltas) == stream.result().content == "c" * 30
+
+
+async def test_a_fast_stream_is_read_a_few_times_a_second_not_per_chunk(
+    fake: FakeAimlApi, client: AimlClient
+) -> None:
+    fake.enqueue(Reply(content="c" * 40, chunk_size=1, ttft=0.05, chunk_interval=0.01))
+
+    began = time.monotonic()
+    firsts: list[float] = []
+    deltas: list[Delta] = []
+    async with client.stream_chat(MESSAGES) as stream:
+        async for delta in stream:
+            firsts.append(time.monotonic() - began)
+            deltas.append(delta)
+
+    assert "".join(d.content for d in deltas) == "c" * 40
+    assert len(deltas) <= 10  # 40 chunks over 0.4 s, read every READ_PACE (0.1 s)
+    assert firsts[0] < 0.05 + READ_PACE  # the first text is passed on as it comes
 
 
 async def test_keepalives_blank_lines_and_empty_choices_chunks_do_not_disturb_the_answer(
@@ -207,9 +244,9 @@ async def test_events_split_across_tcp_writes_are_put_back_together(
 
     deltas, result = await complete(client)
 
-    assert "".join(d.content for d in deltas) == result.content == WIRE_ANSWER
-    assert len(deltas) == len(range(0, len(WIRE_ANSWER), 7))  # one delta per event, none lost or split
-    assert (result.finish_reason, result.usage.completion_tokens) == ("stop", len(deltas))
+    assert "".join(d.content for d in deltas) == result.content == WIRE_ANSWER  # none lost or split
+    events = len(range(0, len(WIRE_ANSWER), 7))
+    assert (result.finish_reason, result.usage.completion_tokens) == ("stop", events)
 
 
 async def test_a_chunk_spread_over_several_data_lines_is_one_event(

@@ -60,5 +60,6 @@ def _dispatch(command: str, args: argparse.Namespace, settings: Settings) -> int
 
         return asyncio.run(digest_command(settings, args.date, args.dry_run))
     from bot.app import run_bot
+    from bot.event_loop import run
 
-    return asyncio.run(run_bot(settings))
+    return run(run_bot(settings))

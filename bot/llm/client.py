@@ -1,7 +1,8 @@
 """Streaming chat completions from the AI/ML API (OpenAI-compatible), with retries and deadlines.
 
-Policy lives here; I/O goes through an injectable httpx transport. Connection errors, 429 and 5xx
-are retried with jittered backoff only before the first token: after it a retry would bill twice.
+Policy lives here; I/O goes through an injectable httpx transport (aiohttp's by default,
+bot.llm.transport). Connection errors, 429 and 5xx are retried with jittered backoff only before
+the first token: after it a retry would bill twice.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import re
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -26,7 +28,16 @@ from bot.llm.errors import (
     error_for_stream_event,
     retry_delay,
 )
-from bot.llm.sse import ChunkEvent, DoneEvent, ErrorEvent, SseDecoder, SseEvent, StreamAccumulator
+from bot.llm.sse import (
+    ChunkEvent,
+    DoneEvent,
+    ErrorEvent,
+    LineSplitter,
+    SseDecoder,
+    SseEvent,
+    StreamAccumulator,
+)
+from bot.llm.transport import aiohttp_transport
 from bot.llm.transport_errors import error_for_read, error_for_transport
 from bot.llm.types import ChatMessage, CompletionResult, Delta
 
@@ -35,6 +46,10 @@ logger = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _AFTER_FINISH_GRACE = 10.0  # seconds to wait for the usage chunk once the answer itself is finished
 _DRAIN_GRACE = 0.5  # seconds to read a finished body to its end, so its connection can be reused
+# Seconds between two reads of a stream once its text flows. Chunks come 20-50 a second; reading each
+# as it lands wakes the event loop (and the reply's renderer) per chunk, which is most of a reply's
+# CPU and, with many streams, saturates the loop. Slack shows new text about once a second anyway.
+READ_PACE = 0.1
 
 
 @dataclass(frozen=True)
@@ -45,6 +60,7 @@ class _Policy:
     total_timeout: float
     read_timeout: float
     secret: str
+    read_pace: float
 
 
 class AimlClient:
@@ -63,6 +79,7 @@ class AimlClient:
         transport: httpx.AsyncBaseTransport | None = None,
         backoff_base: float = 0.5,
         backoff_max: float = 20.0,
+        read_pace: float = READ_PACE,
     ) -> None:
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
@@ -74,9 +91,11 @@ class AimlClient:
         self.model = model
         self._chat_url = base_url.rstrip("/") + "/chat/completions"
         self._billing_url = url.copy_with(raw_path=b"/v2/billing")
-        self._policy = _Policy(max_retries, backoff_base, backoff_max, total_timeout, read_timeout, api_key)
+        self._policy = _Policy(
+            max_retries, backoff_base, backoff_max, total_timeout, read_timeout, api_key, read_pace
+        )
         self._http = httpx.AsyncClient(
-            transport=transport,
+            transport=transport or aiohttp_transport(),
             # read is per chunk: a silent stream fails after read_timeout even while the deadline is far
             timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=None),
             # hundreds of concurrent streams are the normal load; the overall deadline bounds waits
@@ -178,8 +197,10 @@ class ChatStream:
         self._policy = policy
         self._iterator: AsyncGenerator[Delta, None] | None = None
         self._response: httpx.Response | None = None
-        self._lines: AsyncIterator[str] | None = None
+        self._lines: AsyncIterator[list[str]] | None = None  # the lines of each read of the body
         self._decoder = SseDecoder()
+        self._pending: deque[SseEvent] = deque()  # events of the last read not yet taken
+        self._read_at = 0.0  # loop time of the last read of the body
         self._answer = StreamAccumulator()
         self._inference_id: str | None = None
         self._started: float | None = None
@@ -264,9 +285,10 @@ class ChatStream:
             raise error_for_transport(exc) from exc
         self._response = response
         self._decoder = SseDecoder()
+        self._pending.clear()
         self._inference_id = response.headers.get("x-inference-id") or self._inference_id
         if response.is_success and "json" not in response.headers.get("content-type", ""):
-            self._lines = response.aiter_lines()
+            self._lines = _line_batches(response)
             return
         try:
             async with asyncio.timeout_at(deadline):
@@ -287,14 +309,9 @@ class ChatStream:
         while True:
             event = await self._next_event(deadline)
             if isinstance(event, ChunkEvent):
-                delta = self._answer.apply(event)
-                if event.tool_calls and self._first_token is None:
-                    # A call is output like text: billed, so never retried once it has begun.
-                    self._first_token = time.monotonic()
+                delta = self._take(event)
                 if delta is not None:
-                    if self._first_token is None:
-                        self._first_token = time.monotonic()
-                    return delta
+                    return self._with_arrived(delta)
                 continue
             finished = self._answer.finish_reason is not None
             if isinstance(event, DoneEvent):
@@ -311,21 +328,54 @@ class ChatStream:
                 raise error_for_early_end(after_first_token=self._first_token is not None)
             return None
 
+    def _take(self, event: ChunkEvent) -> Delta | None:
+        delta = self._answer.apply(event)
+        if self._first_token is None and (delta is not None or event.tool_calls):
+            # A call is output like text: billed, so never retried once it has begun.
+            self._first_token = time.monotonic()
+        return delta
+
+    def _with_arrived(self, delta: Delta) -> Delta:
+        """`delta` joined by the text of the chunks of the same kind that arrived with it: under load
+        many chunks wait in one read, and the consumer (the reply's renderer) then wakes once for all.
+        Text of another kind (content after reasoning) stays for the next delta, so order holds."""
+        content, reasoning = [delta.content], [delta.reasoning]
+        while self._pending and isinstance(event := self._pending[0], ChunkEvent):
+            if (event.content or event.reasoning) and (
+                bool(event.content) != bool(delta.content) or bool(event.reasoning) != bool(delta.reasoning)
+            ):
+                break
+            self._pending.popleft()
+            more = self._take(event)
+            if more is not None:
+                content.append(more.content)
+                reasoning.append(more.reasoning)
+        if len(content) == 1:
+            return delta
+        return Delta(content="".join(content), reasoning="".join(reasoning))
+
     async def _next_event(self, deadline: float) -> SseEvent | None:
         """The next event of the body, or None at its end; read failures become `LLMError`s."""
+        if self._pending:
+            return self._pending.popleft()
         assert self._lines is not None
         loop = asyncio.get_running_loop()
         while True:
             finished = self._answer.finish_reason is not None
+            if self._first_token is not None and not finished:
+                # What arrives meanwhile waits in the socket's buffer and comes in the next read.
+                pause = min(self._read_at + self._policy.read_pace, deadline) - loop.time()
+                if pause > 0:
+                    await asyncio.sleep(pause)
             limit = min(deadline, loop.time() + _AFTER_FINISH_GRACE) if finished else deadline
             try:
                 if finished or limit - loop.time() <= self._policy.read_timeout:
                     async with asyncio.timeout_at(limit):
-                        line = await anext(self._lines)
+                        lines = await anext(self._lines)
                 else:
                     # httpx's read timeout already ends this wait before the deadline; a timeout
-                    # scope per chunk costs about a tenth of the loop's time under load.
-                    line = await anext(self._lines)
+                    # scope per read costs about a tenth of the loop's time under load.
+                    lines = await anext(self._lines)
             except StopAsyncIteration:
                 return self._decoder.end()
             except (TimeoutError, httpx.HTTPError) as exc:
@@ -335,9 +385,13 @@ class ChatStream:
                 if isinstance(exc, TimeoutError):
                     raise self._deadline_error() from None
                 raise error_for_read(exc, after_first_token=self._first_token is not None) from exc
-            event = self._decoder.feed(line)
-            if event is not None:
-                return event
+            self._read_at = loop.time()
+            for line in lines:
+                event = self._decoder.feed(line)
+                if event is not None:
+                    self._pending.append(event)
+            if self._pending:
+                return self._pending.popleft()
 
     def _deadline_error(self) -> LLMTimeoutError:
         return LLMTimeoutError(f"no complete answer within the overall {self._policy.total_timeout:g}s")
@@ -373,9 +427,19 @@ class ChatStream:
             self._ended = time.monotonic()
 
 
-async def _lines_of(lines: Sequence[str]) -> AsyncIterator[str]:
-    for line in lines:
-        yield line
+async def _lines_of(lines: list[str]) -> AsyncIterator[list[str]]:
+    yield lines
+
+
+async def _line_batches(response: httpx.Response) -> AsyncIterator[list[str]]:
+    """The body's whole lines, a list per read from the connection (reads that end no line are
+    not passed on)."""
+    splitter = LineSplitter()
+    async for data in response.aiter_bytes():
+        if lines := splitter.feed(data):
+            yield lines
+    if rest := splitter.end():
+        yield rest
 
 
 def wire_message(message: ChatMessage) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Server-sent events of a streamed chat completion, parsed line by line into typed events.
 
-No I/O: the client feeds an `SseDecoder` the lines of `httpx.Response.aiter_lines()`.
+No I/O: the client cuts the body into lines with a `LineSplitter` and feeds an `SseDecoder` those lines.
 OpenAI-compatible APIs send each chunk as one `data:` line, passed on at once; the SSE spec also lets
 an event's data span several `data:` lines up to a blank line, and those are joined as the spec says.
 Comments (`: keep-alive`), blank lines, other SSE fields and data that is not a JSON object are
@@ -9,9 +9,11 @@ skipped (logged at DEBUG), so a noisy proxy cannot break a stream.
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import math
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +62,34 @@ class ErrorEvent:
 
 
 SseEvent = ChunkEvent | DoneEvent | ErrorEvent
+
+_LINE_END = re.compile(r"\r\n|\r|\n")  # SSE's three line ends; not str.splitlines' other breaks
+
+
+class LineSplitter:
+    """Bytes of the body in, whole lines out: every line one read from the connection completed.
+
+    The client takes each read's lines together (rather than line by line, as `aiter_lines` gives
+    them) so that chunks that arrived together wake the consumer once. A line ends at CRLF, LF or
+    CR (the SSE spec); a CR at the end of a read may be half of a CRLF, so it waits for the next.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._rest = ""
+
+    def feed(self, data: bytes) -> list[str]:
+        text = self._rest + self._decoder.decode(data)
+        held = "\r" if text.endswith("\r") else ""
+        lines = _LINE_END.split(text[: len(text) - len(held)])
+        self._rest = lines.pop() + held
+        return lines
+
+    def end(self) -> list[str]:
+        """The last line, when the body ended without a line end."""
+        rest, self._rest = self._rest + self._decoder.decode(b"", final=True), ""
+        rest = rest.removesuffix("\r")
+        return [rest] if rest else []
 
 
 class StreamAccumulator:

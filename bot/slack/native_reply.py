@@ -155,8 +155,13 @@ class NativeReply:
         stream this reply (or, unless `patient`, is rate limited): then nothing was shown."""
         self._tail.append(text)
         body = self._body()
+        if len(body) > self._limit:  # more than a message's worth at once: never past its clean end
+            end = min(_stable_end(body, 0), find_split(body, self._limit).cut)
+        else:
+            end = self._sendable(body, 0) or _stable_end(body, 0)
+        end = min(end, CHUNK_CHARS)
         try:
-            await self._start_stream(min(_stable_end(body, 0), CHUNK_CHARS), refusable=not patient)
+            await self._start_stream(end, refusable=not patient)
         except SlackDeliveryError as exc:
             raise StreamRefused(str(exc)) from exc
         self._next_at = time.monotonic() + self._interval
@@ -258,17 +263,31 @@ class NativeReply:
             await self._stop(blocks, *await self._send(body, len(body)))
             self._done = True
         elif self._stream is None:
-            end = min(_stable_end(body, 0), CHUNK_CHARS)
+            end = min(self._sendable(body, 0), CHUNK_CHARS)
             if body[:end].strip():  # a continuation begins with text, never empty
                 await self._start_stream(end, refusable=False)
         else:
             if self._tasks:
                 await self._send_tasks()
-            end = _stable_end(body, self._sent)
+            end = self._sendable(body, self._sent)
             if end > self._sent:
                 await self._append(body, min(end, self._sent + CHUNK_CHARS))
-            if _stable_end(self._body(), self._sent) > self._sent:
+            if self._sendable(self._body(), self._sent) > self._sent:
                 self._changed.set()  # more than one call's worth was waiting
+
+    def _sendable(self, body: str, start: int) -> int:
+        """How far the text can go out now. Sent text cannot be taken back, so past half a message's
+        length, where the message may have to end, only up to a clean boundary (a paragraph, line
+        or word break): the split can then still fall on one, however much text arrived at once."""
+        end = _stable_end(body, start)
+        half = self._limit // 2
+        if end <= half:
+            return end
+        for boundary in ("\n\n", "\n", " "):
+            at = body.rfind(boundary, max(start, half), end)
+            if at >= 0:
+                return at + len(boundary)
+        return start
 
     def _advance(self, point: SplitPoint) -> None:
         """The current message ended at `point`: the rest of the body, with whatever was appended

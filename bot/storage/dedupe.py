@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.storage.models import ProcessedEvent, utcnow
@@ -14,26 +15,19 @@ from bot.storage.models import ProcessedEvent, utcnow
 async def claim_event(session: AsyncSession, event_id: str, channel_id: str, message_ts: str) -> bool:
     """Record the event; False when it (or its app_mention/message twin) was already claimed.
 
-    Uses a savepoint so a lost race leaves the caller's transaction usable.
+    One statement, the admission's hot path: the row goes in unless either unique key (the event id,
+    or the channel and message) is taken, and a lost race is the same "already claimed" as an earlier
+    claim, with the caller's transaction still usable.
     """
-    duplicate = await session.execute(
-        select(ProcessedEvent.id).where(
-            (ProcessedEvent.event_id == event_id)
-            | ((ProcessedEvent.channel_id == channel_id) & (ProcessedEvent.message_ts == message_ts))
-        )
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = (
+        insert(ProcessedEvent)
+        .values(event_id=event_id, channel_id=channel_id, message_ts=message_ts, received_at=utcnow())
+        .on_conflict_do_nothing()
+        .returning(ProcessedEvent.id)
     )
-    if duplicate.first() is not None:
-        return False
-    try:
-        async with session.begin_nested():
-            session.add(
-                ProcessedEvent(
-                    event_id=event_id, channel_id=channel_id, message_ts=message_ts, received_at=utcnow()
-                )
-            )
-    except IntegrityError:
-        return False
-    return True
+    return (await session.execute(stmt)).first() is not None
 
 
 async def release_event(session: AsyncSession, event_id: str) -> None:
