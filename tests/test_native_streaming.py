@@ -113,6 +113,20 @@ async def test_without_the_status_a_placeholder_still_shows_activity(db_url, sla
     assert bot.answer("C1", "100.000001") == "Four."
 
 
+async def test_without_the_status_text_that_comes_at_once_is_the_first_message_not_a_placeholder(
+    db_url, slack, aiml
+):
+    # A placeholder would spend a scarce chat.update on showing the first text.
+    slack.fail_next("assistant.threads.setStatus", error="missing_scope")
+    aiml.enqueue(Reply(content="Four.", ttft=0.1))
+    async with running_bot(settings(db_url, slack, aiml, "auto"), slack, aiml) as bot:
+        await bot.send(mention("2+2?", "100.000001"))
+        await bot.idle()
+    posted = [c.params.get("text") or "" for c in slack.calls_to("chat.postMessage")]
+    assert not any("Thinking" in text for text in posted)
+    assert bot.answer("C1", "100.000001") == "Four."
+
+
 async def test_a_refused_stream_falls_back_to_edits_with_no_text_lost_or_repeated(db_url, slack, aiml):
     slack.refuse_streams_in_channels = True
     content = paragraphs(20)  # about 6,000 characters: two edited messages
