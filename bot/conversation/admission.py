@@ -206,7 +206,12 @@ class Admission:
                 ticket = self._order.enter(key)  # no await since the claim: admission order
                 # A new thread's row: from here on follow-ups sent while this first reply is set up
                 # are admitted too.
-                conversation = existing or await repo.get_or_create_conversation(session, key, arrival.kind)
+                conversation = existing
+                if conversation is None:
+                    created = await repo.get_or_create_conversation(session, key, arrival.kind)
+                    # Another claim may have created it meanwhile (we then waited on its unique key,
+                    # not its row): lock it now, or a third claim could take a place beside ours.
+                    conversation = await repo.find_conversation(session, key, lock=True) or created
                 await ticket.take(session, conversation.id)  # the place across replicas, if shared
         except BaseException:
             if ticket is not None:

@@ -25,7 +25,7 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.conversation.lease import LEASE_SECONDS, RENEW_SECONDS
+from bot.conversation.lease import LEASE_SECONDS, RENEW_SECONDS, RETRY_SECONDS
 from bot.storage import turn_places as repo
 from bot.storage.db import UNAVAILABLE, error_reason
 
@@ -195,8 +195,10 @@ class SharedTurnOrder:
     async def _renew_forever(self) -> None:
         purged_at = 0.0
         loop = asyncio.get_running_loop()
+        pause = self._renew_every
         while True:
-            await asyncio.sleep(self._renew_every)
+            await asyncio.sleep(pause)
+            pause = min(RETRY_SECONDS, self._renew_every)  # after a failure: soon, within the lease
             try:
                 async with self._sessions.begin() as session:
                     await repo.renew_places(session, self.holder, list(self._held), self.lease)
@@ -209,3 +211,7 @@ class SharedTurnOrder:
                 self._undeleted -= retried
             except UNAVAILABLE as exc:
                 log.warning("could not renew the turns' places: %s", error_reason(exc))
+            except Exception:  # a bug here must not end the renewals: every place would expire
+                log.exception("renewing the turns' places failed")
+            else:
+                pause = self._renew_every
