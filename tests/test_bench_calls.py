@@ -190,6 +190,7 @@ def test_a_and_b_run_in_every_mode_and_the_rest_in_the_bots_default() -> None:
         "c",
         "d",
         "e",
+        "f",
     ]
     assert runs[0].environment(SlackModel())["SLACK_STREAMING"] == "edits"
     assert "SLACK_STREAMING" not in runs[6].environment(SlackModel())
