@@ -191,3 +191,28 @@ async def test_an_orphan_is_adopted_by_one_replica_and_a_started_place_by_none(
     async with database.begin() as session:
         check = await repo.check_line(session, conversation.id, waiting.id, "dead", LEASE)
     assert check.lost and not check.started
+
+
+async def test_a_dead_replicas_lone_waiting_turn_is_adopted_when_another_replica_looks_for_orphans(
+    replicas: tuple[Bot, Bot], aiml: FakeAimlApi, database: async_sessionmaker[AsyncSession]
+) -> None:
+    a, b = replicas
+    slow = " ".join(["slow"] * 8)
+    aiml.enqueue(Reply(content=slow, chunk_size=5, chunk_interval=0.1), Reply(content="Second."))
+    await a.send(mention("first question", ROOT))
+    await eventually(lambda: len(aiml.chat_requests) == 1)
+    await b.send(message("second", "1700000002.000000", thread_ts=ROOT))
+    await until(lambda: _count_is(database, 2))
+    await kill(b.runtime, database)
+    # The look every replica takes every 10 s, asked for now (the signal a draining replica sends).
+    async with database.begin() as session:
+        await notify(session, repo.TURNS_HANDED_OFF, "")
+
+    await eventually(lambda: len(aiml.chat_requests) == 2, timeout=10)
+    await a.idle(timeout=30)
+    await b.idle(timeout=30)
+
+    assert len(aiml.chat_requests) == 2
+    assert history(aiml, 1) == ["first question", slow, "second"]
+    assert [m.markdown for m in a.replies("C1", ROOT)] == [slow, "Second."]
+    assert not interrupted(a)
