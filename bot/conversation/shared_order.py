@@ -224,6 +224,10 @@ class SharedTurnOrder:
                     )
             except UNAVAILABLE as exc:
                 log.warning("could not check a turn's place in line: %s", error_reason(exc))
+                if ticket.is_next:
+                    # Nothing was before it at its claim, and nobody adopts while the database is
+                    # away: it runs as it always did, unmarked (the outage's note, or its answer).
+                    return
             else:
                 if check.started:
                     return
@@ -269,6 +273,10 @@ class SharedTurnOrder:
 
     def _run_adopted(self, place: repo.AdoptedPlace) -> None:
         assert self._adopter is not None
+        if place.id in self._held:
+            # This replica's own turn, its renewal late (a stall, the database away): the adoption
+            # renewed it, and its ticket runs it here. A ticket that gave up its place is not held.
+            return
         log.info("adopted a waiting turn of a replica that died or drained", extra={"place": place.id})
         ticket = SharedTicket(self, place.conversation_id)
         ticket.place_id, ticket.conversation_id = place.id, place.conversation_id
