@@ -155,7 +155,8 @@ class Turns:
                 admitted = await self.admission.readmit(arrival, new_thread, ticket, surface)
             except UNAVAILABLE as exc:
                 log.warning("database unavailable while resuming a handed-off turn: %s", error_reason(exc))
-                await surface.tell(arrival, NOTE_DATABASE, in_thread=True)
+                if arrival.addressed:
+                    await surface.tell(arrival, NOTE_DATABASE, in_thread=True)
                 return None
             return await self._run(arrival, admitted, surface, started)
         finally:

@@ -187,7 +187,10 @@ class SlackEdge:
         async def resume() -> None:
             key = handoff.arrival.key
             bind_context(team=key.team_id, channel=key.channel_id, thread=key.thread_ts)
-            await self.turns.resume(handoff.arrival, handoff.new_thread, ticket, surface)
+            try:
+                await self.turns.resume(handoff.arrival, handoff.new_thread, ticket, surface)
+            except Exception:  # no listener above this task to log it (Bolt's, for events)
+                log.exception("an adopted turn failed")
 
         task = asyncio.create_task(resume(), name="adopted-turn")
         self.turns.active.add(task)  # shutdown waits for it from now on
