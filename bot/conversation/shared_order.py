@@ -19,7 +19,9 @@ waiting places and signals TURNS_HANDED_OFF). Any replica adopts orphans (every 
 seconds, on that signal, or when one of its turns waits behind one), keeping their ids so each
 thread's order holds, and runs their turns through its `Turns` (the adopter). Orphans hold up the
 turns after them until adopted. A mark and an adoption of one place exclude each other under its
-row lock: a turn runs once; the started places of a dead replica block nobody (their replies are
+row lock: a turn runs once (a replica that adopts its own late place leaves it to its waiting
+ticket). Cost per turn: the record rides on the place's insert; the mark is one more statement for
+a turn first in line and none for one that waited (its last look marks it); the started places of a dead replica block nobody (their replies are
 recovered with the interruption note, bot.slack.recovery).
 """
 
