@@ -21,8 +21,9 @@ thread's order holds, and runs their turns through its `Turns` (the adopter). Or
 turns after them until adopted. A mark and an adoption of one place exclude each other under its
 row lock: a turn runs once (a replica that adopts its own late place leaves it to its waiting
 ticket). Cost per turn: the record rides on the place's insert; the mark is one more statement for
-a turn first in line and none for one that waited (its last look marks it); the started places of a dead replica block nobody (their replies are
-recovered with the interruption note, bot.slack.recovery).
+a turn first in line and none for one that waited (its last look marks it). The started places of
+a dead replica block nobody (their replies are recovered with the interruption note,
+bot.slack.recovery).
 """
 
 from __future__ import annotations
