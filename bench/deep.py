@@ -195,7 +195,7 @@ def _turn_spans(
 
 # Tasks of the bot's own housekeeping (bot/app.py, bot/conversation/ledger.py, shared_order.py):
 # not part of a turn.
-BACKGROUND_TASKS = frozenset({"maintenance", "ledger-spool", "turn-places"})
+BACKGROUND_TASKS = frozenset({"maintenance", "ledger-spool", "turn-places", "turn-adoption"})
 
 
 class StatementCounter:

@@ -377,6 +377,10 @@ class BotRuntime:
             agent_view=agent_view,
             files=SlackFiles(self.client, file_limits(settings), metrics=self.metrics),
         )
+        if self.replicas is not None:
+            # Waiting turns of replicas that died or drain are answered here (bot.conversation.handoff).
+            bot_user_id = str(auth.get("user_id") or "") or None
+            self.replicas.order.adopt_with(lambda t, r: edge.adopt(t, r, self.client, bot_user_id))
         maintenance = Maintenance(
             core.sessions,
             self.client,
@@ -497,6 +501,8 @@ class BotRuntime:
             self._maintenance.cancel()
             # A recovery cut short may leave rows `interrupted` without their Slack note: let it end.
             await asyncio.wait([self._maintenance], timeout=5)
+        if self.replicas is not None:
+            await self.replicas.order.hand_off_waiting()  # answered by the other replicas at once
         try:
             if self.turns is not None:
                 await _drain(self.turns, self.settings.shutdown_grace_seconds)

@@ -19,6 +19,7 @@ import pytest
         "bot.files.extract",
         "bot.conversation.approvals",
         "bot.conversation.shared_order",
+        "bot.conversation.handoff",
         "bot.usage.report",
         "bot.usage.personal",
         "bot.usage.home",

@@ -234,6 +234,43 @@ async def test_turns_of_one_thread_landing_on_different_replicas_are_answered_st
         assert texts == [f"Answer {n} takes a while." for n in range(turns)]
 
 
+async def test_a_turn_waiting_on_a_replica_killed_before_it_started_is_answered_by_another_in_order(
+    slack: BenchSlack, aiml: FakeAimlApi, tmp_path: Path
+) -> None:
+    first = [f"w{i} " for i in range(40)]  # 10 s of answer: the follow-up waits behind it
+    aiml.enqueue(Reply(content=first, chunk_interval=0.25), Reply(content="The follow-up's answer."))
+    root = "1800000500.000001"
+    async with replica_set(3, slack, aiml, tmp_path, BASE_ENV) as bots:
+        assert await bots.send(mention("[t0] a long answer", root, channel="CHAND")) == 200
+        await until(lambda: len(aiml.chat_requests) == 1, 10.0, "the first model call", bots)
+        followup = mention("[t1] and then?", "1800000500.000002", channel="CHAND", thread_ts=root)
+        assert await bots.send(followup) == 200
+        holder = bots.balancer.served[-1].replica  # round robin: not the replica streaming
+        assert holder != bots.owner_of(aiml.chat_requests[0])
+        waiting = lambda: asyncio.ensure_future(scalar(bots, "SELECT count(*) FROM turn_places"))  # noqa: E731
+        deadline = time.monotonic() + 10
+        while await waiting() != 2:
+            assert time.monotonic() < deadline, "the follow-up never took its place"
+            await asyncio.sleep(0.05)
+        bots.kill(holder)
+        await bots.bots[holder].process.wait()
+
+        def answered() -> bool:
+            mine = bot_messages(slack, "CHAND", root)
+            return len(mine) == 2 and all(m.context for m in mine)  # final: footers posted
+
+        took = await until(answered, RECOVERY_WITHIN, "the follow-up answered by another replica", bots)
+        log.info("the killed replica's waiting turn was answered %.1f s after the kill", took)
+        await asyncio.sleep(1.0)
+        assert len(aiml.chat_requests) == 2  # once
+        second = aiml.chat_requests[1]
+        assert "[t1]" in str(second.json["messages"][-1]["content"])
+        assert "".join(first).strip() in " ".join(str(m.get("content")) for m in second.json["messages"])
+        assert second.received_at >= aiml.chat_requests[0].content_sent_at[-1]  # in order
+        texts = [m.markdown.strip() for m in bot_messages(slack, "CHAND", root)]
+        assert texts == ["".join(first).strip(), "The follow-up's answer."], texts
+
+
 async def warm_up(bots: ReplicaSet, slack: BenchSlack) -> None:
     """One reply per replica (round robin), as a bot in service has had: a cold replica's first
     burst of events each asks auth.test (Bolt's authorization), which a load test should not count."""

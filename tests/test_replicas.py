@@ -179,31 +179,6 @@ async def test_a_place_whose_replica_stopped_renewing_it_blocks_the_thread_only_
     assert a.replies("C1", ROOT)[-1].markdown == "Second."
 
 
-async def test_a_turn_waiting_when_its_replica_shuts_down_gives_its_place_up(
-    db_url: str,
-    slack: FakeSlackApi,
-    aiml: FakeAimlApi,
-    database: async_sessionmaker[AsyncSession],
-) -> None:
-    settings = make_settings(db_url, slack, aiml)
-    aiml.enqueue(Reply(content="slow " * 30, chunk_size=5, chunk_interval=0.2), Reply(content="Third."))
-    async with running_bot(settings, slack, aiml) as a:
-        async with running_bot(settings, slack, aiml) as b:
-            await a.send(mention("first question", ROOT))
-            await eventually(lambda: len(aiml.chat_requests) == 1)
-            await b.send(message("second", "1700000002.000000", thread_ts=ROOT))
-            await until(lambda: _places(database, 2))
-        # b shut down with its turn still waiting: the place went with it.
-        assert await count(database, TurnPlace) == 1
-        await a.idle(timeout=30)
-        await a.send(message("third", "1700000003.000000", thread_ts=ROOT))
-        await a.idle(timeout=30)
-
-    assert len(aiml.chat_requests) == 2
-    assert history(aiml, 1)[-1] == "third"
-    assert await count(database, TurnPlace) == 0
-
-
 async def _places(database: async_sessionmaker[AsyncSession], n: int) -> bool:
     return await count(database, TurnPlace) == n
 

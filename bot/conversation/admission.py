@@ -35,6 +35,7 @@ from bot.conversation.channel_settings import (
     ChannelSettings,
     ChannelSettingsSource,
 )
+from bot.conversation.handoff import to_record
 from bot.conversation.keys import ConversationKey, ConversationKind
 from bot.conversation.ordering import Line, Place
 from bot.conversation.person import Person
@@ -165,24 +166,52 @@ class Admission:
             return claimed
         new_thread, ticket = claimed
         try:
-            # Only a policy needs to know who asks: without one, no look-up (users.info) is made.
-            asks = any(stage.needs_person for stage in self._stages)
-            candidate = Candidate(arrival, await people.person(arrival) if asks else None, channel)
-            for stage in self._stages:
-                refused = await stage.check(candidate)
-                if refused is not None:
-                    return await self._give_back(arrival, new_thread, ticket, refused)
-            reservation: Reservation | None = None
-            if self._quota is not None:
-                reserved = await self._quota.reserve(candidate)
-                if isinstance(reserved, Refused):
-                    return await self._give_back(arrival, new_thread, ticket, reserved)
-                reservation = reserved
+            vetted = await self._vet(arrival, channel, people)
+            if isinstance(vetted, Refused):
+                return await self._give_back(arrival, new_thread, ticket, vetted)
         except BaseException:
             ticket.leave()
             await self.release(arrival, forget_thread=new_thread)
             raise
+        candidate, reservation = vetted
         return Admitted(candidate, new_thread, ticket, reservation)
+
+    async def readmit(
+        self, arrival: Arrival, new_thread: bool, ticket: Place, people: People
+    ) -> Admitted | Refused:
+        """A turn adopted from another replica (bot.conversation.handoff): its claim and place exist
+        already; the stages after the claim run again here (the person's access may have changed, and
+        the other replica's reservation went with it). Refused: the place is left, the claim kept
+        (the event was acked: nothing is redelivered)."""
+        try:
+            channel = await self._channels.for_channel(arrival.key.team_id, arrival.key.channel_id)
+            vetted = await self._vet(arrival, channel, people)
+        except BaseException:
+            ticket.leave()
+            raise
+        if isinstance(vetted, Refused):
+            ticket.leave()
+            return vetted
+        candidate, reservation = vetted
+        return Admitted(candidate, new_thread, ticket, reservation)
+
+    async def _vet(
+        self, arrival: Arrival, channel: ChannelSettings, people: People
+    ) -> tuple[Candidate, Reservation | None] | Refused:
+        """The stages after the claim: the policies, then the credit reservation."""
+        # Only a policy needs to know who asks: without one, no look-up (users.info) is made.
+        asks = any(stage.needs_person for stage in self._stages)
+        candidate = Candidate(arrival, await people.person(arrival) if asks else None, channel)
+        for stage in self._stages:
+            refused = await stage.check(candidate)
+            if refused is not None:
+                return refused
+        if self._quota is None:
+            return candidate, None
+        reserved = await self._quota.reserve(candidate)
+        if isinstance(reserved, Refused):
+            return reserved
+        return candidate, reserved
 
     async def _claim(self, arrival: Arrival, channel: ChannelSettings) -> tuple[bool, Place] | Refused:
         """The thread check and the dedupe claim, in one transaction; the place in line with the claim."""
@@ -212,7 +241,8 @@ class Admission:
                     # Another claim may have created it meanwhile (we then waited on its unique key,
                     # not its row): lock it now, or a third claim could take a place beside ours.
                     conversation = await repo.find_conversation(session, key, lock=True) or created
-                await ticket.take(session, conversation.id)  # the place across replicas, if shared
+                # The place across replicas, if shared, with what another replica needs to answer.
+                await ticket.take(session, conversation.id, to_record(arrival, new_thread=existing is None))
         except BaseException:
             if ticket is not None:
                 ticket.leave()  # the claim was rolled back with the transaction

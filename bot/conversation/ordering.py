@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
+
+
+class HandedOff(Exception):
+    """Raised by `Place.wait`: the turn's place went to another replica (this one drains, or was
+    taken for dead), which answers the turn; this one must not."""
 
 
 class Place(Protocol):
@@ -27,11 +32,16 @@ class Place(Protocol):
     @property
     def is_next(self) -> bool: ...
 
-    async def take(self, session: AsyncSession, conversation_id: int) -> None:
-        """Record the place in the claim's transaction (the conversation's row exists by then)."""
+    async def take(
+        self, session: AsyncSession, conversation_id: int, record: Mapping[str, object] | None = None
+    ) -> None:
+        """Record the place in the claim's transaction (the conversation's row exists by then), with
+        what another replica needs to run the turn (bot.conversation.handoff)."""
         ...
 
-    async def wait(self) -> None: ...
+    async def wait(self) -> None:
+        """Until the turn may run; raises HandedOff when another replica runs it instead."""
+        ...
 
     def leave(self) -> None: ...
 
@@ -62,7 +72,9 @@ class TurnTicket:
         """True when no earlier turn of the thread is still waiting or running."""
         return self._granted.done()
 
-    async def take(self, session: AsyncSession, conversation_id: int) -> None:
+    async def take(
+        self, session: AsyncSession, conversation_id: int, record: Mapping[str, object] | None = None
+    ) -> None:
         """Nothing to record: this process's line is the whole line."""
 
     async def wait(self) -> None:

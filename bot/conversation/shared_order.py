@@ -5,12 +5,25 @@ conversation's row is locked: claims of one thread serialize, so the places' ids
 order whichever replica admitted them. A turn runs once no live place before it is left. A place
 stays live while its replica renews its lease (every replica renews all its places in one statement
 every `renew_every` seconds); a replica that died stops renewing, and its places block nobody once
-their lease has run out.
+their lease has run out (but see hand-off below).
 
 Leaving deletes the place and signals it (NOTIFY, in the same statement); the replicas' SignalHubs
 wake the turns waiting in that line, which look again at once (this replica's without the round
 trip). A slow poll is the safety net, and while the hub is disconnected the waiters poll every
 `offline_poll` seconds instead.
+
+Hand-off: a place carries what its turn needs (bot.conversation.handoff) until the turn starts its
+reply, which marks it started in the same statement as its last look at the line. A place whose
+lease ran out before that is an orphan: its replica died (kill -9) or drained (it expires its
+waiting places and signals TURNS_HANDED_OFF). Any replica adopts orphans (every `renew_every`
+seconds, on that signal, or when one of its turns waits behind one), keeping their ids so each
+thread's order holds, and runs their turns through its `Turns` (the adopter). Orphans hold up the
+turns after them until adopted. A mark and an adoption of one place exclude each other under its
+row lock: a turn runs once (a replica that adopts its own late place leaves it to its waiting
+ticket). Cost per turn: the record rides on the place's insert; the mark is one more statement for
+a turn first in line and none for one that waited (its last look marks it). The started places of
+a dead replica block nobody (their replies are recovered with the interruption note,
+bot.slack.recovery).
 """
 
 from __future__ import annotations
@@ -19,13 +32,14 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from datetime import timedelta
 from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation.lease import LEASE_SECONDS, RENEW_SECONDS, RETRY_SECONDS
+from bot.conversation.ordering import HandedOff
 from bot.storage import turn_places as repo
 from bot.storage.db import UNAVAILABLE, error_reason
 
@@ -35,6 +49,8 @@ POLL_SECONDS = 5.0  # a signal lost in flight costs at most this much waiting
 OFFLINE_POLL_SECONDS = 1.0  # while the listener is away
 # Places of dead replicas stop blocking when their lease ends; their rows go once this old.
 PURGE_AFTER = timedelta(minutes=10)
+ORPHAN_POLL_SECONDS = 0.25  # a turn behind an orphan looks again this soon: someone adopts it
+ADOPT_AT_ONCE = 50  # orphans one replica adopts per look
 
 
 class Signals(Protocol):
@@ -57,25 +73,30 @@ class SharedTicket:
         self._wake = asyncio.Event()
         self.running = False
         self.left = False
+        self.handed_off = False  # the place is another replica's (or an orphan's) now
 
     @property
     def is_next(self) -> bool:
         """No live place was before this one when it was taken."""
         return self._first
 
-    async def take(self, session: AsyncSession, conversation_id: int) -> None:
+    async def take(
+        self, session: AsyncSession, conversation_id: int, record: Mapping[str, object] | None = None
+    ) -> None:
         line = self._line
-        self.place_id, self._first = await repo.take_place(session, conversation_id, line.holder, line.lease)
+        self.place_id, self._first = await repo.take_place(
+            session, conversation_id, line.holder, line.lease, record
+        )
         self.conversation_id = conversation_id
         line._held[self.place_id] = self
 
     async def wait(self) -> None:
-        """Wait until every earlier live place of the thread has gone; cancelling gives up the place."""
+        """Wait until every earlier live place of the thread has gone, and mark the place started;
+        cancelling gives up the place; HandedOff when another replica runs the turn."""
         if self.left:
             raise RuntimeError("this turn already left its thread's line")
         try:
-            if not self._first:
-                await self._line._wait_turn(self)
+            await self._line._wait_turn(self)
         except asyncio.CancelledError:
             self.leave()
             raise
@@ -88,6 +109,11 @@ class SharedTicket:
 
     def _signal(self) -> None:
         self._wake.set()
+
+
+Adopter = Callable[[SharedTicket, object], None]
+"""Runs an adopted turn (in a task of its own): its ticket, bound to the adopted place, and the
+place's record (bot.conversation.handoff). Unreadable record: `ticket.leave()`."""
 
 
 class SharedTurnOrder:
@@ -114,11 +140,24 @@ class SharedTurnOrder:
         self._undeleted: set[int] = set()  # left while the database was away: deleted later
         self._leaving: set[asyncio.Task[None]] = set()
         self._renewer: asyncio.Task[None] | None = None
+        self._adopter: Adopter | None = None
+        self._sweep: asyncio.Task[None] | None = None
+        self._sweep_again = False
+        self.draining = False
         signals.subscribe(repo.TURN_ENDED, self._turn_ended)
+        signals.subscribe(repo.TURNS_HANDED_OFF, self._handed_off)
 
-    def enter(self, key: Hashable) -> SharedTicket:
+    def adopt_with(self, adopter: Adopter) -> None:
+        """From now on this replica adopts orphaned turns and runs them with `adopter`."""
+        self._adopter = adopter
+        self._start_renewing()
+
+    def _start_renewing(self) -> None:
         if self._renewer is None:
             self._renewer = asyncio.create_task(self._renew_forever(), name="turn-places")
+
+    def enter(self, key: Hashable) -> SharedTicket:
+        self._start_renewing()
         ticket = SharedTicket(self, key)
         self._tickets.add(ticket)
         return ticket
@@ -133,36 +172,126 @@ class SharedTurnOrder:
 
     async def aclose(self) -> None:
         """At shutdown, after the turns ended: let the last places go, stop renewing."""
+        self.draining = True
         if self._leaving:
             await asyncio.wait(set(self._leaving), timeout=5)
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
+        for task in (self._renewer, self._sweep):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def hand_off_waiting(self) -> int:
+        """Draining: give every turn not started yet to the other replicas at once (one statement),
+        and adopt none from now on; turns that reach their line later hand themselves off."""
+        self.draining = True
+        waiting = [t for t in self._tickets if not t.running and t.place_id is not None]
+        return len(await self._hand_off(waiting))
+
+    async def _hand_off(self, tickets: list[SharedTicket]) -> list[SharedTicket]:
+        by_place = {t.place_id: t for t in tickets if t.place_id is not None and not t.handed_off}
+        try:
+            async with self._sessions.begin() as session:
+                given = await repo.hand_off(session, self.holder, list(by_place))
+        except UNAVAILABLE as exc:
+            # They wait on here; the drain's grace period ends them as before.
+            log.warning("could not hand the waiting turns off: %s", error_reason(exc))
+            return []
+        handed = [by_place[place_id] for place_id in given]
+        for ticket in handed:
+            self._lost(ticket)
+            ticket._signal()
+        if handed:
+            log.info("handed %d waiting turns to the other replicas", len(handed))
+        return handed
+
+    def _lost(self, ticket: SharedTicket) -> None:
+        ticket.handed_off = True
+        if ticket.place_id is not None:
+            self._held.pop(ticket.place_id, None)  # not renewed: another replica's, or an orphan
 
     async def _wait_turn(self, ticket: SharedTicket) -> None:
         assert ticket.conversation_id is not None
         assert ticket.place_id is not None
         while True:
             ticket._wake.clear()
+            if not ticket.handed_off and self.draining:
+                await self._hand_off([ticket])  # a turn admitted as the drain began
+            if ticket.handed_off:
+                raise HandedOff
+            wait = self._offline_poll
             try:
                 async with self._sessions.begin() as session:
-                    blocked = await repo.blocked_for(session, ticket.conversation_id, ticket.place_id)
+                    check = await repo.check_line(
+                        session, ticket.conversation_id, ticket.place_id, self.holder, self.lease
+                    )
             except UNAVAILABLE as exc:
                 log.warning("could not check a turn's place in line: %s", error_reason(exc))
-                blocked = self._offline_poll
-            if blocked is None:
-                return
-            # Wake when signalled, when the last earlier place's lease could run out (its holder may
-            # be dead), or at the next poll.
+                if ticket.is_next:
+                    # Nothing was before it at its claim, and nobody adopts while the database is
+                    # away: it runs as it always did, unmarked (the outage's note, or its answer).
+                    return
+            else:
+                if check.started:
+                    return
+                if check.lost:
+                    self._lost(ticket)  # adopted: this replica was taken for dead
+                    raise HandedOff
+                # Wake when the last earlier place's lease could run out (its holder may be dead).
+                wait = check.wait + 0.05
+                if check.orphans:
+                    self._request_sweep()
+                    wait = ORPHAN_POLL_SECONDS
+            # ... or when signalled, or at the next poll.
             poll = self._poll if self._signals.connected else self._offline_poll
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ticket._wake.wait(), min(poll, blocked + 0.05))
+                await asyncio.wait_for(ticket._wake.wait(), min(poll, wait))
+
+    def _handed_off(self, payload: str | None) -> None:  # noqa: ARG002
+        """A draining replica gave its waiting turns up (None: signals may have been missed)."""
+        self._request_sweep()
+
+    def _request_sweep(self) -> None:
+        if self._adopter is None or self.draining:
+            return
+        if self._sweep is not None and not self._sweep.done():
+            self._sweep_again = True
+            return
+        self._sweep = asyncio.create_task(self._adopt_orphans(), name="turn-adoption")
+
+    async def _adopt_orphans(self) -> None:
+        self._sweep_again = True
+        while self._sweep_again and not self.draining:
+            self._sweep_again = False
+            try:
+                async with self._sessions.begin() as session:
+                    adopted = await repo.adopt_places(session, self.holder, self.lease, ADOPT_AT_ONCE)
+            except UNAVAILABLE as exc:
+                log.warning("could not look for orphaned turns: %s", error_reason(exc))
+                return
+            if len(adopted) == ADOPT_AT_ONCE:
+                self._sweep_again = True
+            for place in adopted:
+                self._run_adopted(place)
+
+    def _run_adopted(self, place: repo.AdoptedPlace) -> None:
+        assert self._adopter is not None
+        if place.id in self._held:
+            # This replica's own turn, its renewal late (a stall, the database away): the adoption
+            # renewed it, and its ticket runs it here. A ticket that gave up its place is not held.
+            return
+        log.info("adopted a waiting turn of a replica that died or drained", extra={"place": place.id})
+        ticket = SharedTicket(self, place.conversation_id)
+        ticket.place_id, ticket.conversation_id = place.id, place.conversation_id
+        self._tickets.add(ticket)
+        self._held[place.id] = ticket
+        self._adopter(ticket, place.arrival)
+        self._wake_line(place.conversation_id)  # turns behind it: it is live again
 
     def _leave(self, ticket: SharedTicket) -> None:
         self._tickets.discard(ticket)
-        if ticket.place_id is None:
-            return  # the claim never took a place (its transaction failed first)
+        if ticket.place_id is None or ticket.handed_off:
+            return  # never took a place (its claim failed first), or it is not this replica's
         self._held.pop(ticket.place_id, None)
         task = asyncio.create_task(self._delete(ticket.place_id, ticket.conversation_id), name="turn-leave")
         self._leaving.add(task)
@@ -171,7 +300,7 @@ class SharedTurnOrder:
     async def _delete(self, place_id: int, conversation_id: int | None) -> None:
         try:
             async with self._sessions.begin() as session:
-                await repo.leave_place(session, place_id)
+                await repo.leave_place(session, place_id, self.holder)
         except UNAVAILABLE as exc:
             # Not renewed any more: it stops blocking when its lease runs out, or goes on a retry.
             log.warning("could not leave a turn's place: %s", error_reason(exc))
@@ -204,7 +333,7 @@ class SharedTurnOrder:
                     await repo.renew_places(session, self.holder, list(self._held), self.lease)
                     retried = set(self._undeleted)
                     for place_id in retried:
-                        await repo.leave_place(session, place_id)
+                        await repo.leave_place(session, place_id, self.holder)
                     if loop.time() - purged_at > PURGE_AFTER.total_seconds():
                         await repo.purge_dead_places(session, PURGE_AFTER)
                         purged_at = loop.time()
@@ -215,3 +344,4 @@ class SharedTurnOrder:
                 log.exception("renewing the turns' places failed")
             else:
                 pause = self._renew_every
+            self._request_sweep()  # orphans of replicas that died

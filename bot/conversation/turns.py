@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from bot.conversation.admission import Admission, Admitted, Arrival, People, Refused
+from bot.conversation.ordering import HandedOff, Place
 from bot.conversation.ports import ReplyNotShown, ReplySink
 from bot.conversation.service import (
     NOTE_DATABASE,
@@ -140,6 +141,28 @@ class Turns:
             if task is not None:
                 self.active.discard(task)
 
+    async def resume(
+        self, arrival: Arrival, new_thread: bool, ticket: Place, surface: Surface
+    ) -> TurnOutcome | None:
+        """Answer a turn another replica admitted and handed off (bot.conversation.handoff): `ticket`
+        is its place, adopted by this replica; the claim is not taken again."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.active.add(task)
+        try:
+            started = time.monotonic()
+            try:
+                admitted = await self.admission.readmit(arrival, new_thread, ticket, surface)
+            except UNAVAILABLE as exc:
+                log.warning("database unavailable while resuming a handed-off turn: %s", error_reason(exc))
+                if arrival.addressed:
+                    await surface.tell(arrival, NOTE_DATABASE, in_thread=True)
+                return None
+            return await self._run(arrival, admitted, surface, started)
+        finally:
+            if task is not None:
+                self.active.discard(task)
+
     async def _handle(self, arrival: Arrival, surface: Surface) -> TurnOutcome | None:
         started = time.monotonic()
         try:
@@ -149,6 +172,11 @@ class Turns:
             if arrival.addressed:
                 await surface.tell(arrival, NOTE_DATABASE, in_thread=True)
             return None
+        return await self._run(arrival, admitted, surface, started)
+
+    async def _run(
+        self, arrival: Arrival, admitted: Admitted | Refused, surface: Surface, started: float
+    ) -> TurnOutcome | None:
         if isinstance(admitted, Refused):
             self._observer.event_ignored(admitted.reason)
             await self._explain(arrival, admitted, surface)
@@ -183,6 +211,10 @@ class Turns:
             if not admitted.ticket.is_next:
                 await surface.show_waiting(arrival)
             await admitted.ticket.wait()
+        except HandedOff:
+            # Another replica answers it (this one drains, or was taken for dead): no note here.
+            log.info("a waiting turn was handed to another replica")
+            return None
         except asyncio.CancelledError:
             # Shutdown while queued: the person learns that this message will not be answered.
             await reply.fail(NOTE_INTERRUPTED)

@@ -9,6 +9,7 @@ messages, the reply's messages, the waiting status line and notes to the person.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from typing import Any
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.conversation.admission import Arrival
+from bot.conversation.handoff import from_record
+from bot.conversation.ordering import Place
 from bot.conversation.person import Person
 from bot.conversation.turns import Turns
 from bot.files.extract import FileText, with_attachments
@@ -151,6 +154,7 @@ class SlackEdge:
         self._files = files
         mode, chars = config.streaming, config.stream_message_chars
         self.streaming = Streaming(budgets, StreamingConfig(mode, config.update_interval, chars), metrics)
+        self._adopted: set[asyncio.Task[Any]] = set()  # strong references till they run
 
     @property
     def active(self) -> set[Any]:
@@ -168,7 +172,33 @@ class SlackEdge:
             return
         key = arrival.key
         bind_context(team=key.team_id, channel=key.channel_id, thread=key.thread_ts)
-        surface = SlackSurface(
+        await self.turns.handle(arrival, self._surface(client, bot_user_id))
+
+    def adopt(self, ticket: Place, record: object, client: AsyncWebClient, bot_user_id: str | None) -> None:
+        """Answer a turn another replica admitted and could not run (bot.conversation.handoff), in a
+        task of its own; `ticket` holds its adopted place."""
+        handoff = from_record(record)
+        if handoff is None:
+            log.error("an orphaned turn's record is unreadable here: its place is let go")
+            ticket.leave()
+            return
+        surface = self._surface(client, bot_user_id)
+
+        async def resume() -> None:
+            key = handoff.arrival.key
+            bind_context(team=key.team_id, channel=key.channel_id, thread=key.thread_ts)
+            try:
+                await self.turns.resume(handoff.arrival, handoff.new_thread, ticket, surface)
+            except Exception:  # no listener above this task to log it (Bolt's, for events)
+                log.exception("an adopted turn failed")
+
+        task = asyncio.create_task(resume(), name="adopted-turn")
+        self.turns.active.add(task)  # shutdown waits for it from now on
+        self._adopted.add(task)
+        task.add_done_callback(self._adopted.discard)
+
+    def _surface(self, client: AsyncWebClient, bot_user_id: str | None) -> SlackSurface:
+        return SlackSurface(
             client,
             bot_user_id,
             self._people,
@@ -179,4 +209,3 @@ class SlackEdge:
             self._agent_view,
             self._files,
         )
-        await self.turns.handle(arrival, surface)

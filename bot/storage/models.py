@@ -413,6 +413,10 @@ class TurnPlace(Base):
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
     holder: Mapped[str] = mapped_column(String(64), index=True)  # the replica (one id per process)
     expires_at: Mapped[datetime] = mapped_column(_TS)
+    # What another replica needs to run the turn if this one dies or drains before it starts
+    # (bot.conversation.handoff); NULL from code older than 0012: never adopted.
+    arrival: Mapped[dict[str, object] | None] = mapped_column(JSON(none_as_null=True))
+    started_at: Mapped[datetime | None] = mapped_column(_TS)  # the reply began: never adopted
 
 
 class SlackBudgetRow(Base):

@@ -3,65 +3,170 @@ each conversation across replicas. Functions take a session and never commit."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, text, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.storage.models import Conversation, TurnPlace
 
 # Signalled (payload: the conversation id) when a turn leaves its line.
 TURN_ENDED = "bot_turn_ended"
+# Signalled when a draining replica handed its waiting turns off: the others adopt them at once.
+TURNS_HANDED_OFF = "bot_turns_handed_off"
 
 _LEAVE = text(
     # One statement. Signalled whether or not a later place is visible to this statement: a claim
     # committing at the same moment may have seen this place still live and wait for the signal.
-    "WITH gone AS (DELETE FROM turn_places WHERE id = :id RETURNING conversation_id) "
+    # Only the holder's: a place adopted by another replica is that replica's to leave.
+    "WITH gone AS (DELETE FROM turn_places WHERE id = :id AND holder = :holder RETURNING conversation_id) "
     "SELECT pg_notify(:channel, CAST(gone.conversation_id AS text)) FROM gone"
-).bindparams(bindparam("id"), bindparam("channel", TURN_ENDED))
+).bindparams(bindparam("id"), bindparam("holder"), bindparam("channel", TURN_ENDED))
+
+# Its lease ran out before its turn started, and it says what the turn was: another replica adopts it.
+_ORPHAN = and_(
+    TurnPlace.expires_at <= func.now(), TurnPlace.started_at.is_(None), TurnPlace.arrival.is_not(None)
+)
+# A place that holds up the turns after it: live, or an orphan about to be adopted (so that turns of
+# a dead replica keep their order when they are adopted one by one).
+_IN_LINE = or_(TurnPlace.expires_at > func.now(), _ORPHAN)
+
+_CHECK = text(
+    # One statement per look at the line, and the start mark rides on the last one: the place is
+    # marked started (never to be adopted) only while this replica still holds it unexpired, so a
+    # turn runs on one replica whichever of the mark and an adoption comes first.
+    "WITH ahead AS ("
+    " SELECT max(expires_at) FILTER (WHERE expires_at > now()) AS latest,"
+    " count(*) FILTER (WHERE expires_at <= now()) AS orphans"
+    " FROM turn_places WHERE conversation_id = :conversation_id AND id < :id"
+    " AND (expires_at > now() OR (started_at IS NULL AND arrival IS NOT NULL))"
+    "), mark AS ("
+    " UPDATE turn_places SET started_at = now(), expires_at = now() + CAST(:lease AS interval)"
+    " WHERE id = :id AND holder = :holder AND expires_at > now()"
+    " AND (SELECT latest IS NULL AND orphans = 0 FROM ahead) RETURNING id"
+    ") SELECT ahead.latest, ahead.orphans, now(), (SELECT count(*) FROM mark) FROM ahead"
+)
+
+
+@dataclass(frozen=True)
+class LineCheck:
+    """One look at a turn's line: `started` (the turn may run), else what holds it up; `lost` when
+    nothing does but the place is not this replica's any more (adopted, or handed off)."""
+
+    started: bool
+    wait: float = 0.0  # seconds until the last live place before it expires at the latest
+    orphans: int = 0  # places before it waiting to be adopted
+    lost: bool = False
+
+
+@dataclass(frozen=True)
+class AdoptedPlace:
+    id: int
+    conversation_id: int
+    arrival: Any  # the JSON record (bot.conversation.handoff)
 
 
 async def take_place(
-    session: AsyncSession, conversation_id: int, holder: str, lease: timedelta
+    session: AsyncSession,
+    conversation_id: int,
+    holder: str,
+    lease: timedelta,
+    arrival: Mapping[str, object] | None = None,
 ) -> tuple[int, bool]:
-    """Append a place to the conversation's line; returns its id and whether it is first (no live
-    place before it). The caller holds the conversation's row lock, so every earlier place of the
-    line is committed and visible, and ids follow admission order."""
+    """Append a place to the conversation's line, with what another replica needs to run its turn;
+    returns its id and whether it is first (nothing in line before it). The caller holds the
+    conversation's row lock, so every earlier place of the line is committed and visible, and ids
+    follow admission order."""
     ahead = (
         select(func.count())
         .select_from(TurnPlace)
-        .where(TurnPlace.conversation_id == conversation_id, TurnPlace.expires_at > func.now())
+        .where(TurnPlace.conversation_id == conversation_id, _IN_LINE)
         .scalar_subquery()
     )
     stmt = (
         insert(TurnPlace)
-        .values(conversation_id=conversation_id, holder=holder, expires_at=func.now() + lease)
+        .values(
+            conversation_id=conversation_id,
+            holder=holder,
+            expires_at=func.now() + lease,
+            arrival=dict(arrival) if arrival is not None else None,
+        )
         .returning(TurnPlace.id, ahead)
     )
     row = (await session.execute(stmt)).one()
     return int(row[0]), int(row[1]) == 0
 
 
-async def blocked_for(session: AsyncSession, conversation_id: int, place_id: int) -> float | None:
-    """Seconds until every live place before `place_id` has expired at the latest, by the database's
-    clock (replicas' clocks may differ); None when there is none: the turn is next."""
-    stmt = select(func.max(TurnPlace.expires_at), func.now()).where(
-        TurnPlace.conversation_id == conversation_id,
-        TurnPlace.id < place_id,
-        TurnPlace.expires_at > func.now(),
+async def check_line(
+    session: AsyncSession, conversation_id: int, place_id: int, holder: str, lease: timedelta
+) -> LineCheck:
+    """Whether the turn at `place_id` may run now, marking it started if so. Times are the database's
+    clock (replicas' clocks may differ)."""
+    params = {"conversation_id": conversation_id, "id": place_id, "holder": holder, "lease": lease}
+    row: Any = (await session.execute(_CHECK, params)).one()
+    latest, orphans, now, marked = row[0], int(row[1]), row[2], int(row[3])
+    if marked:
+        return LineCheck(started=True)
+    if latest is None and orphans == 0:
+        return LineCheck(started=False, lost=True)
+    wait = 0.0 if latest is None else max(0.0, float((latest - now).total_seconds()))
+    return LineCheck(started=False, wait=wait, orphans=orphans)
+
+
+async def leave_place(session: AsyncSession, place_id: int, holder: str) -> None:
+    """Delete the place and signal TURN_ENDED on commit (nothing when it was gone already, or is
+    another replica's now)."""
+    await session.execute(_LEAVE, {"id": place_id, "holder": holder})
+
+
+async def adopt_places(
+    session: AsyncSession, holder: str, lease: timedelta, limit: int
+) -> list[AdoptedPlace]:
+    """Take over orphans (their holder died or drained before their turn started), oldest first,
+    keeping their ids so their threads' order holds. Rows another replica is adopting at the same
+    moment are skipped, and the conditions are checked again under the row lock: each orphan goes
+    to one replica."""
+    pick = (
+        select(TurnPlace.id)
+        .where(_ORPHAN)
+        .order_by(TurnPlace.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
     )
-    row: Any = (await session.execute(stmt)).one()
-    latest, now = row[0], row[1]
-    if latest is None:
-        return None
-    return max(0.0, float((latest - now).total_seconds()))
+    stmt = (
+        update(TurnPlace)
+        .where(TurnPlace.id.in_(pick), _ORPHAN)
+        .values(holder=holder, expires_at=func.now() + lease)
+        .returning(TurnPlace.id, TurnPlace.conversation_id, TurnPlace.arrival)
+    )
+    rows = (await session.execute(stmt)).all()
+    return sorted((AdoptedPlace(int(r[0]), int(r[1]), r[2]) for r in rows), key=lambda p: p.id)
 
 
-async def leave_place(session: AsyncSession, place_id: int) -> None:
-    """Delete the place and signal TURN_ENDED on commit (nothing when it was gone already)."""
-    await session.execute(_LEAVE, {"id": place_id})
+async def hand_off(session: AsyncSession, holder: str, place_ids: Collection[int]) -> list[int]:
+    """Give up places whose turns have not started (a draining replica): they become orphans now,
+    and TURNS_HANDED_OFF tells the other replicas on commit. Returns the places given up."""
+    if not place_ids:
+        return []
+    stmt = (
+        update(TurnPlace)
+        .where(
+            TurnPlace.holder == holder,
+            TurnPlace.id.in_(list(place_ids)),
+            TurnPlace.started_at.is_(None),
+            TurnPlace.arrival.is_not(None),
+        )
+        .values(holder="", expires_at=func.now() - timedelta(seconds=1))
+        .returning(TurnPlace.id)
+    )
+    given = [int(i) for i in (await session.execute(stmt)).scalars()]
+    if given:
+        await session.execute(select(func.pg_notify(TURNS_HANDED_OFF, "")))
+    return given
 
 
 async def renew_places(

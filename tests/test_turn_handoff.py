@@ -1,0 +1,218 @@
+"""Turns handed from one replica to another on one PostgreSQL database: a turn admitted and waiting
+on a replica that dies (kill -9: it stops renewing its places) or drains (SIGTERM) is answered by
+another replica, in its thread's order, once; a turn whose reply had started is never run again."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.app import BotRuntime
+from bot.conversation.admission import Arrival
+from bot.conversation.handoff import from_record, to_record
+from bot.conversation.keys import ConversationKey, ConversationKind
+from bot.conversation.service import NOTE_INTERRUPTED
+from bot.storage import turn_places as repo
+from bot.storage.db import create_engine, session_factory
+from bot.storage.models import Conversation, TurnPlace, utcnow
+from bot.storage.signals import notify
+from tests.fakes.aimlapi import FakeAimlApi, Reply
+from tests.fakes.slack_api import FakeSlackApi
+from tests.harness import Bot, eventually, make_settings, mention, message, running_bot
+
+pytestmark = [pytest.mark.postgres, pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)]
+
+ROOT = "1700000001.000000"
+LEASE = timedelta(seconds=30)
+
+
+@pytest.fixture
+async def database(db_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(db_url)
+    yield session_factory(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+async def replicas(db_url: str, slack: FakeSlackApi, aiml: FakeAimlApi) -> AsyncIterator[tuple[Bot, Bot]]:
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(running_bot(make_settings(db_url, slack, aiml), slack, aiml))
+        b = await stack.enter_async_context(running_bot(make_settings(db_url, slack, aiml), slack, aiml))
+        yield a, b
+
+
+async def places(database: async_sessionmaker[AsyncSession]) -> int:
+    async with database() as session:
+        return int((await session.execute(select(func.count()).select_from(TurnPlace))).scalar_one())
+
+
+async def until(condition: Callable[[], Any], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def history(aiml: FakeAimlApi, index: int) -> list[str]:
+    return [m["content"] for m in aiml.chat_requests[index].json["messages"][1:]]
+
+
+async def kill(runtime: BotRuntime, database: async_sessionmaker[AsyncSession]) -> None:
+    """What kill -9 leaves behind, as the others see it: the replica's places are not renewed, and
+    their leases have run out."""
+    assert runtime.replicas is not None
+    order = runtime.replicas.order
+    renewer = order._renewer
+    assert renewer is not None
+    renewer.cancel()
+    async with database.begin() as session:
+        await session.execute(
+            update(TurnPlace).where(TurnPlace.holder == order.holder).values(expires_at=func.now())
+        )
+
+
+def interrupted(bot: Bot) -> bool:
+    return any(NOTE_INTERRUPTED in m.context for m in bot.replies("C1", ROOT))
+
+
+async def test_a_turn_waiting_on_a_replica_that_died_is_answered_by_another_in_order_once(
+    replicas: tuple[Bot, Bot], aiml: FakeAimlApi, database: async_sessionmaker[AsyncSession]
+) -> None:
+    a, b = replicas
+    slow = " ".join(["slow"] * 12)
+    aiml.enqueue(Reply(content=slow, chunk_size=5, chunk_interval=0.1), Reply(content="Second."))
+    aiml.enqueue(Reply(content="Third."))
+    await a.send(mention("first question", ROOT))
+    await eventually(lambda: len(aiml.chat_requests) == 1)
+    await b.send(message("second", "1700000002.000000", thread_ts=ROOT))
+    await until(lambda: _count_is(database, 2))
+    await kill(b.runtime, database)
+
+    # A turn behind the dead replica's waits for it to be adopted, not past it.
+    await a.send(message("third", "1700000003.000000", thread_ts=ROOT))
+    await eventually(lambda: len(aiml.chat_requests) == 3, timeout=15)
+    await a.idle(timeout=30)
+    await b.idle(timeout=30)
+
+    assert len(aiml.chat_requests) == 3  # the second once, by a
+    assert history(aiml, 1) == ["first question", slow, "second"]
+    assert history(aiml, 2) == ["first question", slow, "second", "Second.", "third"]
+    assert [m.markdown.strip() for m in a.replies("C1", ROOT)] == [slow, "Second.", "Third."]
+    assert not interrupted(a)
+    assert await places(database) == 0
+
+
+async def _count_is(database: async_sessionmaker[AsyncSession], n: int) -> bool:
+    return await places(database) == n
+
+
+async def test_a_draining_replicas_waiting_turn_is_answered_by_the_other_replica_not_noted_interrupted(
+    db_url: str, slack: FakeSlackApi, aiml: FakeAimlApi, database: async_sessionmaker[AsyncSession]
+) -> None:
+    settings = make_settings(db_url, slack, aiml)  # a 2 s grace period
+    slow = " ".join(["slow"] * 30)
+    aiml.enqueue(Reply(content=slow, chunk_size=5, chunk_interval=0.15), Reply(content="Second."))
+    async with running_bot(settings, slack, aiml) as a:
+        async with running_bot(settings, slack, aiml) as b:
+            await a.send(mention("first question", ROOT))
+            await eventually(lambda: len(aiml.chat_requests) == 1)
+            await b.send(message("second", "1700000002.000000", thread_ts=ROOT))
+            await until(lambda: _count_is(database, 2))
+            stopping = time.monotonic()
+        stopped_in = time.monotonic() - stopping
+        assert len(aiml.chat_requests) == 1  # the first answer still streams on a
+        await a.idle(timeout=30)
+
+    assert stopped_in < 2.0  # handed off at once, not held for the grace period
+    assert len(aiml.chat_requests) == 2
+    assert history(aiml, 1) == ["first question", slow, "second"]
+    assert [m.markdown.strip() for m in a.replies("C1", ROOT)] == [slow, "Second."]
+    assert not interrupted(a)
+    assert await places(database) == 0
+
+
+async def test_a_turn_whose_reply_started_on_a_replica_taken_for_dead_is_not_run_again(
+    replicas: tuple[Bot, Bot], aiml: FakeAimlApi, database: async_sessionmaker[AsyncSession]
+) -> None:
+    a, b = replicas
+    aiml.enqueue(Reply(content="slow " * 10, chunk_size=5, chunk_interval=0.1), Reply(content="Again?"))
+    await b.send(mention("first question", ROOT))
+    await eventually(lambda: len(aiml.chat_requests) == 1)
+    await kill(b.runtime, database)
+    async with database.begin() as session:
+        await notify(session, repo.TURNS_HANDED_OFF, "")  # a looks for orphans at once
+
+    await asyncio.sleep(1.0)
+    await a.idle(timeout=30)
+    await b.idle(timeout=30)
+
+    assert len(aiml.chat_requests) == 1
+
+
+async def test_an_orphan_is_adopted_by_one_replica_and_a_started_place_by_none(
+    database: async_sessionmaker[AsyncSession],
+) -> None:
+    arrival = Arrival(
+        "Ev1", ConversationKey("T1", "C1", ROOT), ConversationKind.CHANNEL, "U1", ROOT, "hi", addressed=True
+    )
+    record = to_record(arrival, new_thread=True)
+    past = utcnow() - timedelta(seconds=1)
+    async with database.begin() as session:
+        conversation = Conversation(
+            team_id="T1", channel_id="C1", thread_ts=ROOT, kind=ConversationKind.CHANNEL
+        )
+        session.add(conversation)
+        await session.flush()
+        started = TurnPlace(
+            conversation_id=conversation.id, holder="dead", expires_at=past, arrival=record, started_at=past
+        )
+        waiting = TurnPlace(conversation_id=conversation.id, holder="dead", expires_at=past, arrival=record)
+        session.add_all([started, waiting])
+
+    async with database.begin() as session:
+        first = await repo.adopt_places(session, "me", LEASE, 10)
+    async with database.begin() as session:
+        second = await repo.adopt_places(session, "other", LEASE, 10)
+
+    assert [p.id for p in first] == [waiting.id]
+    assert second == []
+    handoff = from_record(first[0].arrival)
+    assert handoff is not None
+    assert (handoff.arrival, handoff.new_thread) == (arrival, True)
+    # The dead holder, were it alive after all, may not start the adopted turn.
+    async with database.begin() as session:
+        check = await repo.check_line(session, conversation.id, waiting.id, "dead", LEASE)
+    assert check.lost and not check.started
+
+
+async def test_a_dead_replicas_lone_waiting_turn_is_adopted_when_another_replica_looks_for_orphans(
+    replicas: tuple[Bot, Bot], aiml: FakeAimlApi, database: async_sessionmaker[AsyncSession]
+) -> None:
+    a, b = replicas
+    slow = " ".join(["slow"] * 8)
+    aiml.enqueue(Reply(content=slow, chunk_size=5, chunk_interval=0.1), Reply(content="Second."))
+    await a.send(mention("first question", ROOT))
+    await eventually(lambda: len(aiml.chat_requests) == 1)
+    await b.send(message("second", "1700000002.000000", thread_ts=ROOT))
+    await until(lambda: _count_is(database, 2))
+    await kill(b.runtime, database)
+    # The look every replica takes every 10 s, asked for now (the signal a draining replica sends).
+    async with database.begin() as session:
+        await notify(session, repo.TURNS_HANDED_OFF, "")
+
+    await eventually(lambda: len(aiml.chat_requests) == 2, timeout=10)
+    await a.idle(timeout=30)
+    await b.idle(timeout=30)
+
+    assert len(aiml.chat_requests) == 2
+    assert history(aiml, 1) == ["first question", slow, "second"]
+    assert [m.markdown for m in a.replies("C1", ROOT)] == [slow, "Second."]
+    assert not interrupted(a)
