@@ -262,6 +262,10 @@ def _result(
             "streaming_at_kill": len(kill.in_flight),
             "left_with_killed": len(kill.left),
             "interrupted_replies": outcomes["interrupted"] + outcomes["interrupted, text lost"],
+            # Turns still waiting in the killed replica's line: another replica answers them whole.
+            "handed_off_complete": sum(
+                1 for c in replies if c.tag in kill.left and outcome(slack, c, expected) == "complete"
+            ),
             "interrupted_not_on_killed": sum(
                 1
                 for c in replies

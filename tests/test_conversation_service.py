@@ -105,6 +105,21 @@ async def test_each_reply_sends_the_threads_history(sessions, llm, aiml):
     assert aiml.requests[1].json["stream_options"] == {"include_usage": True}
 
 
+async def test_an_answer_its_dead_replica_left_streaming_is_history_with_its_text_so_far(sessions, llm, aiml):
+    # The next turn of the thread may start before recovery adds the note: the person saw this text.
+    service = make_service(sessions, llm)
+    aiml.enqueue(Reply(content="Paris is the capital"))
+    aiml.enqueue(Reply(content="About 2.1 million."))
+    await service.reply(turn("Capital of France?"), RecordingSink())
+    async with sessions.begin() as session:
+        answer = (await session.execute(select(Message).where(Message.role == Role.ASSISTANT))).scalar_one()
+        answer.status = MessageStatus.STREAMING  # as a checkpoint left it when its replica was killed
+    await service.reply(turn("How many people live there?"), RecordingSink())
+
+    sent = aiml.requests[1].json["messages"]
+    assert {"role": "assistant", "content": "Paris is the capital"} in sent
+
+
 async def test_other_threads_do_not_leak_into_the_history(sessions, llm, aiml):
     service = make_service(sessions, llm)
     aiml.enqueue(Reply(content="one"))

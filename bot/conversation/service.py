@@ -433,7 +433,10 @@ def usage_entry(
 
 def _usable(message: Message) -> bool:
     """History sent upstream: person messages and answers that have text or tool rounds (partial
-    ones included)."""
-    if message.status == MessageStatus.STREAMING:
-        return False
+    ones included).
+
+    An answer still `streaming` here belongs to a turn that can no longer be running: a thread's turns
+    run one at a time, so its replica died (or lost the database) before ending it. Its text so far is
+    what people see, with the interruption note recovery adds, possibly only after this turn starts:
+    it is history as an interrupted answer would be."""
     return bool(message.content) or (message.role == Role.ASSISTANT and bool(message.tool_exchange))
