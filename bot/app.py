@@ -387,6 +387,7 @@ class BotRuntime:
             model=settings.aimlapi_model,
             single_process=core.engine.dialect.name == "sqlite",
             ledger=core.ledger,
+            budgets=budgets,
             metrics=self.metrics,
             legacy_after=timedelta(seconds=settings.llm_total_timeout + 120),
         )

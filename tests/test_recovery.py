@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 
 from bot.conversation.lease import ReplyLease, kept_here
 from bot.jobs.maintenance import Maintenance
+from bot.slack.edit_budget import DEFAULT_RATE_PER_MINUTE, EditBudgets
 from bot.slack.recovery import NOTE_RESTARTED, last_part
 from bot.slack.text import find_split
 from bot.storage.db import create_engine, session_factory
@@ -153,6 +154,25 @@ async def test_recovery_leaves_a_reply_with_a_live_lease_alone_however_old(sessi
     assert await statuses(sessions) == {live: MessageStatus.STREAMING, dead: MessageStatus.INTERRUPTED}
     assert NOTE_RESTARTED not in slack.message("C1", live_ts).context
     assert live_ts not in [c.params["ts"] for c in slack.calls_to("chat.update")]
+
+
+async def test_a_note_slack_rate_limits_is_posted_after_retry_after_within_the_budget(
+    sessions, fakes, slack_client
+):
+    # A dead replica leaves dozens of replies: notes meet Slack's chat.update limit beside live
+    # streams, and the row is `interrupted` already, so a note given up would never show.
+    slack, _ = fakes
+    _, ts = await seed_stale_reply(
+        sessions, slack, "Half of it", timedelta(minutes=2), lease=-timedelta(seconds=5)
+    )
+    slack.fail_next("chat.update", error="ratelimited", status=429, retry_after=1)
+    budgets = EditBudgets()
+
+    await maintenance(sessions, slack_client, budgets=budgets).run_once()
+
+    assert NOTE_RESTARTED in slack.message("C1", ts).context
+    assert [c.status for c in slack.calls_to("chat.update")][-1] == 200
+    assert budgets.for_team("T1").rate_per_minute < DEFAULT_RATE_PER_MINUTE  # the 429 was counted
 
 
 async def test_recovery_records_the_interrupted_call_with_unknown_cost(sessions, fakes, slack_client):

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation.lease import kept_here
 from bot.conversation.ledger import Ledger
+from bot.slack.edit_budget import EditBudgets
 from bot.slack.recovery import recover_interrupted_replies
 from bot.storage.conversations import LEGACY_STALE_AFTER
 from bot.storage.db import UNAVAILABLE, error_reason
@@ -44,6 +45,7 @@ class Maintenance:
         model: str,
         single_process: bool,
         ledger: Ledger | None = None,
+        budgets: EditBudgets | None = None,
         metrics: MaintenanceMetrics | None = None,
         every: float = EVERY_SECONDS,
         legacy_after: timedelta = LEGACY_STALE_AFTER,
@@ -53,6 +55,7 @@ class Maintenance:
         self._model = model
         self._single_process = single_process
         self._ledger = ledger
+        self._budgets = budgets
         self._metrics = metrics
         self._every = every
         self._legacy_after = legacy_after
@@ -71,6 +74,7 @@ class Maintenance:
                 self._sessions,
                 self._client,
                 model=self._model,
+                budgets=self._budgets,
                 ignore_leases=ignore_leases,
                 kept=kept_here(),
                 legacy_after=self._legacy_after,

@@ -3,16 +3,19 @@ and the ledger a row for the call whose cost is unknown (unless the call's own r
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Collection
 from datetime import timedelta
 from typing import Any
 
-import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.slack.call_errors import SLACK_CALL_ERRORS
+from bot.slack.edit_budget import UPDATE, EditBudget, EditBudgets
+from bot.slack.renderer import classify_error
 from bot.slack.text import MAX_MESSAGE_CHARS, defuse, find_split, mrkdwn_escape
 from bot.storage import conversations as repo
 from bot.storage.models import Conversation, ConversationKind, Message, utcnow
@@ -21,6 +24,7 @@ from bot.storage.usage import RECOVERED_STATUS, UsageEntry, record_if_absent
 log = logging.getLogger(__name__)
 
 NOTE_RESTARTED = "This answer was interrupted because the bot restarted. Please ask again."
+NOTE_TRIES = 8  # chat.update attempts through 429s before a note is given up
 
 
 def last_part(content: str, messages: int, limit: int = MAX_MESSAGE_CHARS) -> str:
@@ -60,6 +64,7 @@ async def recover_interrupted_replies(
     client: AsyncWebClient,
     *,
     model: str,
+    budgets: EditBudgets | None = None,
     ignore_leases: bool = False,
     kept: Collection[int] = (),
     legacy_after: timedelta = repo.LEGACY_STALE_AFTER,
@@ -85,7 +90,8 @@ async def recover_interrupted_replies(
     for message, conversation in claimed:
         shown = last_message(message)
         if shown is not None and conversation.kind is not ConversationKind.TERMINAL:
-            await _show_interrupted(client, conversation.channel_id, *shown)
+            budget = None if budgets is None else budgets.for_team(conversation.team_id, UPDATE)
+            await _show_interrupted(client, budget, conversation.channel_id, *shown)
     if claimed:
         log.info("recovered %d interrupted replies", len(claimed))
     return len(claimed)
@@ -117,19 +123,44 @@ def _interrupted_usage(
     )
 
 
-async def _show_interrupted(client: AsyncWebClient, channel: str, ts: str, body: str) -> None:
+async def _show_interrupted(
+    client: AsyncWebClient, budget: EditBudget | None, channel: str, ts: str, body: str
+) -> None:
+    """The note, as a final edit within the workspace's chat.update budget (a dead replica's replies
+    come in dozens, beside live streams), through Slack's 429s: the row is already `interrupted`, so
+    a note given up here is never shown."""
     body = defuse(body)  # the model's text: it must not notify anyone (see bot.slack.text.defuse)
     warning = f":warning: _{mrkdwn_escape(NOTE_RESTARTED)}_"
     note: dict[str, Any] = {"type": "context", "elements": [{"type": "mrkdwn", "text": warning}]}
     blocks: list[dict[str, Any]] = [{"type": "markdown", "text": body}, note] if body.strip() else [note]
+    # `text` is only the notification's fallback: a natively streamed part is longer than the
+    # 4,000 characters chat.update takes there, and shows in full in the markdown block.
+    text = body[:MAX_MESSAGE_CHARS] or NOTE_RESTARTED
+    key = ("recovery", channel, ts)
     try:
-        # `text` is only the notification's fallback: a natively streamed part is longer than the
-        # 4,000 characters chat.update takes there, and shows in full in the markdown block.
-        text = body[:MAX_MESSAGE_CHARS] or NOTE_RESTARTED
-        await client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
-    except SlackApiError as exc:
-        log.warning(
-            "could not mark reply %s in %s as interrupted: %s", ts, channel, exc.response.get("error")
-        )
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        log.warning("could not mark reply %s in %s as interrupted: %r", ts, channel, exc)
+        for _ in range(NOTE_TRIES):
+            if budget is not None:
+                await budget.acquire(key, final=True)
+            try:
+                await client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
+            except SLACK_CALL_ERRORS as exc:
+                kind, retry_after = classify_error(exc)
+                if kind != "ratelimited":
+                    log.warning("could not mark reply %s in %s as interrupted: %s", ts, channel, _why(exc))
+                    return
+                if budget is not None:
+                    budget.penalize(retry_after)
+                else:
+                    await asyncio.sleep(retry_after)
+                continue
+            if budget is not None:
+                budget.reward()
+            return
+        log.warning("could not mark reply %s in %s as interrupted: still rate limited", ts, channel)
+    finally:
+        if budget is not None:
+            budget.forget(key)
+
+
+def _why(exc: Exception) -> str:
+    return str(exc.response.get("error")) if isinstance(exc, SlackApiError) else repr(exc)
