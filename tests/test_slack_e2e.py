@@ -370,15 +370,25 @@ async def test_backfill_takes_the_root_and_the_newest_messages_before_the_mentio
 
 
 async def test_shutdown_ends_a_turn_queued_behind_another_with_a_note(db_url, slack, aiml):
-    # The queued turn has posted nothing yet (its turn has not come): at shutdown it says it was cut.
+    # The queued turn has posted nothing yet (its turn has not come). SQLite: at shutdown it says it
+    # was cut. PostgreSQL: it is handed off, and the next process (another replica) answers it.
     aiml.enqueue(Reply(content="word " * 200, chunk_size=5, chunk_interval=0.05))
-    aiml.enqueue(Reply(content="never sent"))
+    aiml.enqueue(Reply(content="answered after the restart"))
     settings = make_settings(db_url, slack, aiml, shutdown_grace_seconds=0.5)
     async with running_bot(settings, slack, aiml) as bot:
         await bot.send(mention("long story", "1900.000001"))
         await eventually(lambda: "word" in bot.answer("C1", "1900.000001"), 10)
         await bot.send(message("and another thing", "1900.000002", thread_ts="1900.000001"))
         await eventually(lambda: len(slack.statuses) == 1, 10)  # it waits for the first answer
+    if db_url.startswith("postgresql"):
+        [first] = bot.replies("C1", "1900.000001")
+        assert "interrupted" in first.context.lower()
+        async with running_bot(settings, slack, aiml) as bot:
+            await eventually(lambda: len(bot.replies("C1", "1900.000001")) == 2, 25)
+            await bot.idle()
+        assert "answered after the restart" in bot.replies("C1", "1900.000001")[1].text
+        assert len(aiml.requests) == 2
+        return
     first, queued = bot.replies("C1", "1900.000001")
     for reply in (first, queued):
         assert "Thinking" not in reply.text
