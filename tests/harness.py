@@ -220,6 +220,19 @@ async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> No
         await asyncio.sleep(0.02)
 
 
+async def until(condition: Callable[[], Any], timeout: float = 10.0) -> None:
+    """`eventually` for an async condition (a database count)."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def history(aiml: FakeAimlApi, index: int) -> list[str]:
+    """What the model was sent in its `index`-th chat call, after the system prompt."""
+    return [m["content"] for m in aiml.chat_requests[index].json["messages"][1:]]
+
+
 @asynccontextmanager
 async def running_bot(
     settings: Settings,

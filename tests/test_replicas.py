@@ -9,7 +9,7 @@ import asyncio
 import functools
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import timedelta
 from typing import Any
@@ -23,7 +23,17 @@ from bot.storage.models import Conversation, ProcessedEvent, TurnPlace, utcnow
 from bot.storage.signals import APPLICATION_NAME, SignalHub, asyncpg_dsn, notify
 from tests.fakes.aimlapi import ErrorReply, FakeAimlApi, Reply
 from tests.fakes.slack_api import FakeSlackApi, FakeUser
-from tests.harness import Bot, agent_session_stopped, eventually, make_settings, mention, message, running_bot
+from tests.harness import (
+    Bot,
+    agent_session_stopped,
+    eventually,
+    history,
+    make_settings,
+    mention,
+    message,
+    running_bot,
+    until,
+)
 from tests.test_stop import STALLING, closed_promptly, press_stop, stop_buttons, streaming_reply
 
 # Replicas share PostgreSQL; SQLite runs one process (its ordering: tests/test_thread_turns.py).
@@ -53,18 +63,6 @@ async def replicas(db_url: str, slack: FakeSlackApi, aiml: FakeAimlApi) -> Async
 async def count(sessions: async_sessionmaker[AsyncSession], model: type[Any]) -> int:
     async with sessions() as session:
         return int((await session.execute(select(func.count()).select_from(model))).scalar_one())
-
-
-async def until(condition: Callable[[], Any], timeout: float = 10.0) -> None:
-    """`eventually` for an async condition (a database count)."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-def history(aiml: FakeAimlApi, index: int) -> list[str]:
-    return [m["content"] for m in aiml.chat_requests[index].json["messages"][1:]]
 
 
 async def idle(*bots: Bot) -> None:

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
@@ -26,7 +25,7 @@ from bot.storage.models import Conversation, TurnPlace, utcnow
 from bot.storage.signals import notify
 from tests.fakes.aimlapi import FakeAimlApi, Reply
 from tests.fakes.slack_api import FakeSlackApi
-from tests.harness import Bot, eventually, make_settings, mention, message, running_bot
+from tests.harness import Bot, eventually, history, make_settings, mention, message, running_bot, until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)]
 
@@ -52,17 +51,6 @@ async def replicas(db_url: str, slack: FakeSlackApi, aiml: FakeAimlApi) -> Async
 async def places(database: async_sessionmaker[AsyncSession]) -> int:
     async with database() as session:
         return int((await session.execute(select(func.count()).select_from(TurnPlace))).scalar_one())
-
-
-async def until(condition: Callable[[], Any], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-def history(aiml: FakeAimlApi, index: int) -> list[str]:
-    return [m["content"] for m in aiml.chat_requests[index].json["messages"][1:]]
 
 
 async def kill(runtime: BotRuntime, database: async_sessionmaker[AsyncSession]) -> None:
