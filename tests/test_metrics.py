@@ -55,7 +55,8 @@ async def test_each_workspaces_edit_budget_shows_its_tokens_and_waiting_replies(
         deadline = time.monotonic() + 30
         while during.get(waiters, 0) < 1 and time.monotonic() < deadline:
             during = await scrape(bot.http)
-        assert during[waiters] == 1 and during[budget] < 1
+        # On PostgreSQL the first reply may still be waiting on its shared row's statement too.
+        assert during[waiters] >= 1 and during[budget] < 1
 
         await bot.idle(timeout=30)
         after = await scrape(bot.http)
