@@ -55,6 +55,37 @@ async def test_each_threshold_is_posted_once_as_it_is_crossed(sessions, slack):
     assert "8,000 of 10,000 credits" in texts[0]
 
 
+async def test_settled_calls_of_one_subject_share_a_check_and_none_is_missed(sessions, slack):
+    stage = Quotas(sessions, DefaultLimits(user_day=10_000), ZoneInfo("UTC"))
+    client = AsyncWebClient(token="xoxb-test", base_url=slack.api_url)
+    job = AlertJob(sessions, client, ALERTS, stage, spike_minimum=10**12, check_every=0.3)
+    checks: list[Subject] = []
+    check = job.check
+
+    async def counted(subject: Subject, now: datetime | None = None) -> int:
+        checks.append(subject)
+        return await check(subject, now)
+
+    job.check = counted  # type: ignore[method-assign]
+    await spend(sessions, 1_000)
+    job.check_soon(U1)  # checked at once
+    await asyncio.sleep(0.1)
+    for _ in range(5):  # settled while the last check is recent: one check for all of them
+        await spend(sessions, 1_600)
+        job.check_soon(U1)
+    job.check_soon(Subject("T1", "C2", "U2"))  # another subject is not held back
+    await asyncio.sleep(0.1)
+    assert len(checks) == 2 and not posted(slack)
+    await asyncio.sleep(0.4)  # the deferred check reads all five rows: 9,000 of 10,000
+    assert len(checks) == 3
+    assert ["80% used" in text for text in posted(slack)] == [True]
+
+    await spend(sessions, 1_000)
+    job.check_soon(U1)
+    await job.idle()  # shutdown and tests do not wait out the pause
+    assert len(checks) == 4 and "used up" in posted(slack)[-1]
+
+
 async def test_a_jump_past_several_thresholds_is_one_message_and_they_are_not_sent_later(sessions, slack):
     job = alert_job(sessions, slack, workspace_month=10_000)
     await spend(sessions, 12_000)

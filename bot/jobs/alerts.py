@@ -6,14 +6,18 @@ its claim goes stale after bot.storage.quotas.ALERT_STALE_AFTER; the periodic sw
 over and retries, for as long as the period lasts. An alert is never lost to one failed post; the
 price is a rare second copy when the post landed but recording it failed.
 
-Checks run after a call is settled (in the background, off the reply's path) and every few minutes
-from the scheduler, which also catches what a crashed process left.
+Checks run after a call is settled (in the background, off the reply's path), at most once per
+CHECK_EVERY per subject, and every few minutes from the scheduler, which also catches what a crashed
+process left.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
+import time
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -34,6 +38,11 @@ log = logging.getLogger(__name__)
 
 SWEEP_JOB_ID = "budget-alerts"
 SWEEP_EVERY = timedelta(minutes=5)
+# A subject's checks after its calls settle are at least this far apart: a busy person's or
+# channel's replies share one check (each is two ledger sums) and an alert comes at most this late.
+# Governance on vs off in bench (c) and (e) (one person asking): a check per reply cost +16 % and
+# +20 % CPU per turn.
+CHECK_EVERY = 15.0
 
 
 class AlertJob:
@@ -46,6 +55,7 @@ class AlertJob:
         *,
         spike_minimum: int,
         people: UserDirectory | None = None,
+        check_every: float = CHECK_EVERY,
     ) -> None:
         self._sessions = sessions
         self._client = with_rate_limit_retries(client)
@@ -53,20 +63,52 @@ class AlertJob:
         self._stage = stage
         self._spike_minimum = spike_minimum
         self._people = people or UserDirectory(client)
-        self._pending: dict[Subject, asyncio.Task[int]] = {}  # one check per subject at a time
+        self._check_every = check_every
+        self._pending: dict[Subject, asyncio.Task[None]] = {}  # one checker per subject at a time
+        self._due: set[Subject] = set()  # settled since their last check started
+        self._checked_at: dict[Subject, float] = {}
+        self._hurry = asyncio.Event()  # idle(): the checks due run now, not after their pause
 
     def check_soon(self, subject: Subject) -> None:
-        """After a call is settled: check its subject in the background (the reply does not wait)."""
-        if subject in self._pending:
-            return  # the running check reads the ledger after this call's row was written
-        task = asyncio.create_task(self._guarded(subject), name="budget-alert-check")
+        """After a call is settled: check its subject in the background (the reply does not wait),
+        now or, when it was checked less than `check_every` ago, once that has passed."""
+        self._due.add(subject)
+        running = self._pending.get(subject)
+        if running is not None and not running.done():
+            return  # its checker runs again after the check in progress (which may have read before)
+        task = asyncio.create_task(self._checks(subject), name="budget-alert-check")
         self._pending[subject] = task
-        task.add_done_callback(lambda _: self._pending.pop(subject, None))
+        task.add_done_callback(lambda ended: self._ended(subject, ended))
 
     async def idle(self) -> None:
-        """Wait for the background checks (tests, shutdown)."""
-        while self._pending:
-            await asyncio.wait(list(self._pending.values()))
+        """Run the checks due without their pause, and wait for them (tests, shutdown)."""
+        self._hurry.set()
+        try:
+            while self._pending:
+                await asyncio.wait(list(self._pending.values()))
+        finally:
+            self._hurry.clear()
+
+    async def _checks(self, subject: Subject) -> None:
+        while subject in self._due:
+            pause = self._checked_at.get(subject, -math.inf) + self._check_every - time.monotonic()
+            if pause > 0 and not self._hurry.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), pause)
+            self._due.discard(subject)
+            self._checked_at[subject] = time.monotonic()
+            await self._guarded(subject)
+        self._forget_quiet()
+
+    def _ended(self, subject: Subject, task: asyncio.Task[None]) -> None:
+        if self._pending.get(subject) is task:
+            del self._pending[subject]
+
+    def _forget_quiet(self) -> None:
+        """Drop the check times that no longer defer anything (the dict holds busy subjects only)."""
+        if len(self._checked_at) > 1000:
+            since = time.monotonic() - self._check_every
+            self._checked_at = {s: at for s, at in self._checked_at.items() if at > since}
 
     async def check(self, subject: Subject, now: datetime | None = None) -> int:
         """Post what `subject`'s limits and spend call for; returns how many alerts were posted."""
