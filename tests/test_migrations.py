@@ -212,7 +212,7 @@ def test_alembic_config_finds_the_scripts_without_alembic_ini(
 
     assert (Path(config.get_main_option("script_location") or "") / "env.py").is_file()
     assert config.get_main_option("sqlalchemy.url") == url
-    assert head_revision() == "0012_turn_handoff"  # the newest revision (re-chained at merge)
+    assert head_revision() == "0013_usage_team_index"  # the newest revision (re-chained at merge)
 
 
 async def test_drafted_migrations_use_plain_sqlalchemy_types_not_app_imports(tmp_path: Path) -> None:

@@ -202,3 +202,31 @@ async def test_a_direct_message_counts_against_the_persons_limits_not_a_channel_
         await bot.idle()
     assert bot.answer("D1", "300.000001") == "In private."
     assert len(aiml.chat_requests) == 1  # the channel's zero limit refused the mention
+
+
+async def test_the_workspace_budgets_sum_reads_the_ledger_through_its_index(sessions):
+    """Every turn sums the workspace's month when a budget is set: it must not scan the ledger."""
+    from sqlalchemy import text
+
+    from bot.storage.quotas import Window, spend
+
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    window = Window("team_id", "T1", start, start + timedelta(days=31))
+    plans: list[str] = []
+
+    def explain(conn, cursor, statement, parameters, context, executemany):  # noqa: ARG001
+        if "usage_records" in statement and not statement.startswith("EXPLAIN"):
+            prefix = "EXPLAIN QUERY PLAN " if conn.dialect.name == "sqlite" else "EXPLAIN "
+            cursor.execute(prefix + statement, parameters)
+            plans.extend(" ".join(str(v) for v in row) for row in cursor.fetchall())
+
+    async with sessions() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            await session.execute(text("SET enable_seqscan = off"))  # a tiny table: ask for the index
+        engine = session.get_bind()
+        event.listen(engine, "before_cursor_execute", explain)
+        try:
+            assert await spend(session, [window], [], start) == ([0], [])
+        finally:
+            event.remove(engine, "before_cursor_execute", explain)
+    assert any("ix_usage_records_team_created" in plan for plan in plans), plans

@@ -146,11 +146,13 @@ class UsageRecord(Base):
 
     __tablename__ = "usage_records"
     # One row per completion: the spool replays and recovery insert by this id without doubling.
-    # The quota check sums one person's or one channel's spend in a day or month on every turn.
+    # The quota check sums one person's, one channel's or the workspace's spend in a day or month on
+    # every turn: without the workspace's index that sum read the month's whole ledger.
     __table_args__ = (
         UniqueConstraint("client_request_id"),
         Index("ix_usage_records_user_created", "user_id", "created_at"),
         Index("ix_usage_records_channel_created", "channel_id", "created_at"),
+        Index("ix_usage_records_team_created", "team_id", "created_at", "credits_used"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
