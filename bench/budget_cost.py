@@ -29,7 +29,7 @@ from sqlalchemy import event, make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from bot.slack.edit_budget import Bucket, BucketSource, EditBudgets
+from bot.slack.edit_budget import Bucket, BucketSource, EditBudgets, Urgent, always_urgent
 from bot.slack.shared_budget import SharedBucket, SharedBudgets, Unavailable, budget_engine
 from bot.storage import slack_budgets
 from bot.storage.db import create_engine
@@ -104,7 +104,7 @@ class LeaseBucket(SharedBucket):
         self._k = k
         self._slots: collections.deque[float] = collections.deque()
 
-    async def take(self) -> None:
+    async def take(self, urgent: Urgent = always_urgent) -> None:  # noqa: ARG002 - the lease design has no priority
         while True:
             now = time.monotonic()
             if now < self._blocked_until:

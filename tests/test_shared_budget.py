@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.budget_cost import drive, instances
-from bot.slack.edit_budget import UPDATE, EditBudgets
+from bot.slack.edit_budget import UPDATE, EditBudget, EditBudgets
 from bot.slack.shared_budget import PROBE_EVERY, TIMEOUT, SharedBudgets, budget_engine, shared_budgets
 from bot.storage import slack_budgets
 from bot.storage.db import create_engine
@@ -104,6 +104,28 @@ async def test_a_replica_waiting_for_its_slot_holds_back_when_another_sees_a_429
         a.penalize(2.0)
         await waiting
         assert time.monotonic() - start >= 2.0, "the slot b had booked was void once a saw a 429"
+
+
+async def test_final_calls_on_one_replica_go_before_interim_calls_on_another(db_url: str) -> None:
+    """A dead replica's notes (finals) on one survivor are not slowed by the other's interim edits."""
+    async with replicas(db_url, 2) as (first, second):
+        notes = EditBudgets(120.0, 1, shared=first).for_team("T1")  # a slot every 0.5 s
+        edits = EditBudgets(120.0, 1, shared=second).for_team("T1")
+        granted: list[tuple[str, float]] = []
+
+        async def call(budget: EditBudget, stream: str, *, final: bool) -> None:
+            await budget.acquire(stream, final=final)
+            granted.append((stream, time.monotonic()))
+
+        finals = [asyncio.create_task(call(notes, f"note{n}", final=True)) for n in range(4)]
+        await asyncio.sleep(0.1)  # the notes queue first; then a stream of interim edits asks
+        interim = asyncio.create_task(call(edits, "edit", final=False))
+        await asyncio.gather(*finals, interim)
+
+    order = [stream for stream, _ in granted]
+    assert order[-1] == "edit", f"the interim edit took a slot the queued notes needed: {order}"
+    times = [at for _, at in granted]
+    assert times[-1] - times[0] == pytest.approx(2.0, abs=0.4), "and the rate still holds"
 
 
 async def test_without_the_database_each_replica_spends_its_share_and_replies_are_not_blocked(

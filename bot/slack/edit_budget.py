@@ -28,6 +28,12 @@ logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+Urgent = Callable[[], bool]  # whether a final call is among those waiting now
+
+
+def always_urgent() -> bool:
+    return True
+
 
 DEFAULT_RATE_PER_MINUTE = 45.0
 DEFAULT_BURST = 5
@@ -97,8 +103,9 @@ class Bucket(Protocol):
         """Seconds until calls are allowed again after a 429 (0 when not paused)."""
         ...
 
-    async def take(self) -> None:
-        """Return when one call may go now, having spent it."""
+    async def take(self, urgent: Urgent = always_urgent) -> None:
+        """Return when one call may go now, having spent it. While `urgent()` is false (only
+        interim calls wait), a shared bucket lets other replicas' final calls go first."""
         ...
 
     def give_back(self) -> None:
@@ -144,7 +151,7 @@ class LocalBucket:
     def blocked_for(self) -> float:
         return max(0.0, self._blocked_until - self._clock())
 
-    async def take(self) -> None:
+    async def take(self, urgent: Urgent = always_urgent) -> None:  # noqa: ARG002 - one process: its own order
         while (delay := self._wait_time()) > 0:
             await self._sleep(delay)
         self._tokens -= 1.0
@@ -289,6 +296,9 @@ class EditBudget:
 
     # ---- internals -----------------------------------------------------------------------------
 
+    def _final_waiting(self) -> bool:
+        return any(waiter.final for waiter in self._waiters.values())
+
     def _next_stream(self) -> Hashable:
         def order(stream: Hashable) -> tuple[bool, float, int]:
             waiter = self._waiters[stream]
@@ -299,7 +309,7 @@ class EditBudget:
     async def _serve(self) -> None:
         try:
             while self._waiters:
-                await self._bucket.take()
+                await self._bucket.take(self._final_waiting)
                 if not self._waiters:
                     self._bucket.give_back()  # everyone left while we waited
                     break

@@ -33,7 +33,11 @@ hands out the next slot; nobody polls).
   checks the row again before its call, and every later reservation starts after the pause.
 - The adaptive rate lives in the row: a pause cuts it once for everyone; each replica credits the
   calls Slack accepted with its next reservation, so success raises it as one process's would.
-- Which stream goes next stays this process's choice (EditBudget: finals first, oldest first).
+- Which stream goes next stays this process's choice (EditBudget: finals first, oldest first), and
+  finals go first across replicas too: a replica with only interim calls waiting takes a slot only
+  when one is free now, so the slots another replica's finals queued for are not shared with them.
+  In bench (f) a survivor's interim edits took half of each workspace's chat.update slots while the
+  other survivor's queue of a dead replica's interrupted notes waited.
 - Database unreachable (or slower than `TIMEOUT`): each budget falls back to a local bucket of 1/N
   of the rate and burst, N the replicas seen alive recently (a heartbeat row each), with one log
   line, and a background probe returns to the shared rows when the database answers.
@@ -54,7 +58,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from bot.slack.edit_budget import Clock, LocalBucket, Sleep
+from bot.slack.edit_budget import Clock, LocalBucket, Sleep, Urgent, always_urgent
 from bot.storage import slack_budgets
 from bot.storage.db import UNAVAILABLE, error_reason
 from bot.storage.slack_budgets import Limits, Slot
@@ -68,6 +72,7 @@ PROBE_EVERY = 5.0  # seconds between tries of the database while it is unreachab
 HEARTBEAT_EVERY = 15.0
 LIVE_WITHIN = 60.0  # a replica that drew on a budget this recently counts towards N
 SPARE_FOR = 1.0  # seconds a slot taken but not used may still serve the next call
+RETRY_INTERIM = 1.0  # seconds at most between an interim call's tries while no slot is free
 
 
 class Unavailable(Exception):
@@ -230,7 +235,7 @@ class SharedBucket:
         mine = max(0.0, self._blocked_until - self._clock())
         return max(mine, self._share().blocked_for()) if self._store.down else mine
 
-    async def take(self) -> None:
+    async def take(self, urgent: Urgent = always_urgent) -> None:
         while True:
             now = self._clock()
             if now < self._spare_until:
@@ -241,12 +246,23 @@ class SharedBucket:
                 continue
             if self._store.down:
                 self._last_local = True
-                await self._share().take()
+                await self._share().take(urgent)
                 return
             self._last_local = False
             rewards, self._rewards = self._rewards, 0
             self._reserving = True
             try:
+                if not urgent():
+                    taken = await self._store.run(self._take_if_free(rewards))
+                    if taken is not None:
+                        granted, slot = taken
+                        self._learn(slot)
+                        if granted:
+                            return
+                        self._rewards += rewards  # not credited: the row was left as it was
+                        # Then again, at least every RETRY_INTERIM: a final may be waiting here by then.
+                        await self._sleep(min(slot.wait, RETRY_INTERIM))
+                        continue
                 slot = await self._store.run(self._reserve(rewards))
             except Unavailable:
                 self._rewards += rewards
@@ -289,6 +305,9 @@ class SharedBucket:
             self._share().reward()
 
     # ---- internals -----------------------------------------------------------------------------
+
+    def _take_if_free(self, rewards: int) -> Callable[[AsyncConnection], Awaitable[tuple[bool, Slot] | None]]:
+        return lambda conn: slack_budgets.take_if_free(conn, self._team, self._method, self._limits, rewards)
 
     def _reserve(self, rewards: int) -> Callable[[AsyncConnection], Awaitable[Slot]]:
         return lambda conn: slack_budgets.reserve(conn, self._team, self._method, self._limits, rewards)

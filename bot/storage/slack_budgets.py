@@ -76,6 +76,33 @@ _RESERVE = _sql(
     """
 )
 
+# An interim call (nothing final waits in this replica) takes a slot only when one is free now, and
+# leaves the row untouched otherwise: while another replica's final calls (a reply's last edit, a
+# dead replica's interrupted note) queue for slots, interim calls wait, on every replica, as they do
+# behind finals within one process. Answers (taken, wait, blocked_for, full_in, rate); a missing row
+# answers nothing (the caller reserves, which creates it).
+_TAKE_IF_FREE = _sql(
+    f"""
+    WITH taken AS (
+        UPDATE slack_budgets AS b SET
+            rate_per_minute = {_RATE},
+            tat = greatest(b.tat, {_NOW}) + 60.0 / {_RATE}
+        WHERE b.team_id = :team AND b.method = :method AND b.blocked_until <= {_NOW}
+            AND b.tat - (:burst - 1) * 60.0 / b.rate_per_minute <= {_NOW}
+        RETURNING b.tat - {_NOW} AS full_in, b.rate_per_minute
+    )
+    SELECT true, 0.0, 0.0, full_in, rate_per_minute FROM taken
+    UNION ALL
+    SELECT false,
+        greatest(0.001, b.tat - (:burst - 1) * 60.0 / b.rate_per_minute - {_NOW}, b.blocked_until - {_NOW}),
+        greatest(0, b.blocked_until - {_NOW}),
+        b.tat - {_NOW},
+        b.rate_per_minute
+    FROM slack_budgets AS b
+    WHERE b.team_id = :team AND b.method = :method AND NOT EXISTS (SELECT 1 FROM taken)
+    """
+)
+
 # A 429: every replica pauses the method until Retry-After has passed; the rate is cut once per
 # pause (the 429s of calls in flight together are one signal); one call may go when the pause ends.
 _PAUSE = _sql(
@@ -134,6 +161,18 @@ async def reserve(
     params = {"team": team, "method": method, "rewards": rewards, "calls": calls, **_limits(limits)}
     row = (await conn.execute(_RESERVE, params)).one()
     return Slot(float(row[0]), float(row[1]), float(row[2]), float(row[3]))
+
+
+async def take_if_free(
+    conn: AsyncConnection, team: str, method: str, limits: Limits, rewards: int
+) -> tuple[bool, Slot] | None:
+    """An interim call: take a slot of (team, method) only if one is free now (crediting `rewards`
+    then); else (False, the wait until one may be). None: the row does not exist yet."""
+    params = {"team": team, "method": method, "rewards": rewards, **_limits(limits)}
+    row = (await conn.execute(_TAKE_IF_FREE, params)).one_or_none()
+    if row is None:
+        return None
+    return bool(row[0]), Slot(float(row[1]), float(row[2]), float(row[3]), float(row[4]))
 
 
 async def pause(
