@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 
 # Slack retries an event for about 5 minutes; a day of dedupe rows is plenty and stays small.
 DEDUPE_KEEP = timedelta(hours=24)
-# With 30 s leases, a crashed reply is finished within about 40 s (lease, one period, one call).
-EVERY_SECONDS = 10.0
+# With 18 s leases, a crashed reply is finished within about 25 s (lease, one period, one call).
+EVERY_SECONDS = 5.0
 
 
 class MaintenanceMetrics(Protocol):
