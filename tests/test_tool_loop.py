@@ -172,6 +172,34 @@ async def test_a_person_stopping_while_a_tool_runs_ends_the_turn_with_what_was_s
     assert [u.status for u in await all_rows(sessions, UsageRecord)] == ["stopped"]
 
 
+class LateAnswer(Answer):
+    """Approves, but only after `delay` seconds, as a person who clicks late."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(True)
+        self.delay = delay
+
+    async def approve(self, spec: ToolSpec, arguments: Mapping[str, Any], context: ToolContext) -> bool:
+        await asyncio.sleep(self.delay)
+        return await super().approve(spec, arguments, context)
+
+
+async def test_a_call_approved_after_the_turn_timeout_still_runs_with_its_own_time(sessions, llm, aiml):
+    risky = Recorder("risky", approval=True, delay=0.2)
+    aiml.enqueue(calling(ToolCallScript("risky", '{"x": 1}')), Reply(content="Done."))
+    limits = ToolLimits(max_rounds=8, call_timeout=5, turn_timeout=0.5)
+    approver = LateAnswer(delay=1.0)  # the person answers after the turn's whole time
+    outcome = await service(sessions, llm, risky, approver=approver, tool_limits=limits).reply(
+        turn(), RecordingSink()
+    )
+    assert outcome.content == "Done."
+    [answer] = [m for m in aiml.chat_requests[1].json["messages"] if m["role"] == "tool"]
+    assert answer["content"] == 'echo {"x": 1}'
+    assert [r.outcome for r in await all_rows(sessions, ToolCallRecord)] == ["ok"]
+    # The wait was the person's: the model may still use tools after the result.
+    assert [r.json["tool_choice"] for r in aiml.chat_requests] == ["auto", "auto"]
+
+
 async def test_the_turn_timeout_sends_the_model_one_last_call_without_tools(sessions, llm, aiml):
     slow = Recorder(delay=0.6)
     aiml.enqueue(calling(ToolCallScript("echo", "{}")), Reply(content="Ok."))

@@ -2,21 +2,22 @@
 
 Platform-free. Each round streams into the same reply sink (text the model writes before a call is
 shown as it comes); the calls of a round run concurrently, each bounded by its own timeout and all
-by the turn's. Past the rounds or the turn's time the model is asked once more, tools off, to
-answer with what it has. Before each round after the first, the turn's credit hold is moved to
-the next call (a hard limit reached ends the answer with a line saying so). A call the model got
-wrong (unknown tool, arguments that are not a JSON object) is answered with an error it can read
-and correct, never raised.
+by the turn's, whose clock stops while a person is asked to approve a call. Past the rounds or the
+turn's time the model is asked once more, tools off, to answer with what it has. Before each round
+after the first, the turn's credit hold is moved to the next call (a hard limit reached ends the
+answer with a line saying so). A call the model got wrong (unknown tool, arguments that are not a
+JSON object) is answered with an error it can read and correct, never raised.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -115,6 +116,33 @@ class _Outcome:
     duration_ms: int
 
 
+class _TurnClock:
+    """The turn's time left, stopped while a person is asked to approve a call: that wait (up to
+    TOOL_APPROVAL_TIMEOUT) is theirs, not the turn's, or a call approved late would get no time."""
+
+    def __init__(self, seconds: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._deadline = self._loop.time() + seconds
+        self._asking = 0  # approvals being waited for now (the calls of a round ask concurrently)
+        self._stopped_at = 0.0
+
+    def remaining(self) -> float:
+        now = self._stopped_at if self._asking else self._loop.time()
+        return self._deadline - now
+
+    @contextlib.contextmanager
+    def asking(self) -> Iterator[None]:
+        if not self._asking:
+            self._stopped_at = self._loop.time()
+        self._asking += 1
+        try:
+            yield
+        finally:
+            self._asking -= 1
+            if not self._asking:
+                self._deadline += self._loop.time() - self._stopped_at
+
+
 class ToolLoop:
     """Runs the rounds of a turn; one instance serves every turn of the process."""
 
@@ -142,8 +170,7 @@ class ToolLoop:
         sink: ReplySink,
         stream_round: StreamRound,
     ) -> LoopEnd:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._limits.turn_timeout
+        clock = _TurnClock(self._limits.turn_timeout)
         by_name = {t.spec.name: t for t in tools}
         specs = tuple(_wire_spec(t.spec) for t in tools)
         sent = list(messages)
@@ -165,7 +192,7 @@ class ToolLoop:
                     await _append_note(sink, refused, shown)
                     whole = replace(end.result, content="".join(shown))
                     return LoopEnd(replace(end, result=whole), round_no - 1, tuple(used), total)
-            over = round_no > self._limits.max_rounds or loop.time() >= deadline
+            over = round_no > self._limits.max_rounds or clock.remaining() <= 0
             request = RoundRequest(
                 request_id=turn.request_id if round_no == 1 else f"{turn.request_id}-{round_no}",
                 tools=specs,
@@ -188,7 +215,7 @@ class ToolLoop:
             for call in calls:
                 used.setdefault(call.name or "?", None)
             assistant = ChatMessage("assistant", result.content, tool_calls=calls)
-            running = self._run_round(turn, calls, by_name, sink, steps, deadline)
+            running = self._run_round(turn, calls, by_name, sink, steps, clock)
             try:
                 outcomes = await (running if turn.stop is None else unless_stopped(running, turn.stop))
             except Stopped as stopped:
@@ -213,14 +240,14 @@ class ToolLoop:
         by_name: Mapping[str, Tool],
         sink: ReplySink,
         steps: dict[str, ToolStep],
-        deadline: float,
+        clock: _TurnClock,
     ) -> list[_Outcome]:
         for call in calls:
             steps[call.id] = ToolStep(call.id, call.name or "?", "in_progress")
         await _show(sink, steps)
 
         async def one(call: ToolCall) -> _Outcome:
-            outcome = await self._run_call(turn.context, call, by_name, deadline)
+            outcome = await self._run_call(turn.context, call, by_name, clock)
             status: StepStatus = "complete" if outcome.outcome == "ok" else "error"
             detail = outcome.result.detail if outcome.outcome in ("ok", "error") else outcome.outcome
             steps[call.id] = ToolStep(call.id, call.name or "?", status, detail)
@@ -230,7 +257,7 @@ class ToolLoop:
         return list(await asyncio.gather(*(one(c) for c in calls)))
 
     async def _run_call(
-        self, context: ToolContext, call: ToolCall, by_name: Mapping[str, Tool], deadline: float
+        self, context: ToolContext, call: ToolCall, by_name: Mapping[str, Tool], clock: _TurnClock
     ) -> _Outcome:
         began = time.monotonic()
 
@@ -252,14 +279,14 @@ class ToolLoop:
         if arguments is None:
             return done(_error(f"the arguments are not a JSON object ({problem}); call it again"), "error")
         if tool.spec.needs_approval:
-            # Waiting for a person is not the tool's time: the approver bounds its own wait.
-            approved = self._approver is not None and await self._approver.approve(
-                tool.spec, arguments, context
-            )
+            # Waiting for a person is neither the tool's time nor the turn's: the approver bounds it.
+            with clock.asking():
+                approved = self._approver is not None and await self._approver.approve(
+                    tool.spec, arguments, context
+                )
             if not approved:
                 return done(_error("the person did not approve this call, so it did not run"), "denied")
-        remaining = deadline - asyncio.get_running_loop().time()
-        timeout = max(0.0, min(self._limits.call_timeout, remaining))
+        timeout = max(0.0, min(self._limits.call_timeout, clock.remaining()))
         try:
             async with asyncio.timeout(timeout):
                 result = await tool.run(arguments, context)
