@@ -32,7 +32,7 @@ from bot.slack.edit_budget import (
 )
 from bot.slack.native_reply import NativeReply, OpenStreams, Recipient, StreamBudgets, StreamRefused
 from bot.slack.renderer import RendererMetrics, SlackDeliveryError, SlackReply
-from bot.slack.status import ThinkingStatus
+from bot.slack.status import ThinkingStatus, tools_status
 
 log = logging.getLogger(__name__)
 
@@ -219,11 +219,13 @@ class ChosenReply:
             await self._status.keep()
 
     async def tool_progress(self, steps: Sequence[ToolStep]) -> None:
-        """Tools at work: shown by the sink once there is one; before that the status stays up."""
+        """Tools at work: shown by the sink once there is one; before that (the model called a tool
+        before writing) the status names the tools that run, and the sink shows them from its start."""
         self._steps = tuple(steps)
         if self._inner is not None:
             await self._inner.tool_progress(steps)
         else:
+            self._status.say(tools_status(steps))
             await self._status.keep()
 
     async def append(self, text: str) -> None:
@@ -267,6 +269,7 @@ class ChosenReply:
         """Let the status (or placeholder) call end first, so the final message comes after it."""
         if self._announcing is not None:
             await asyncio.wait({self._announcing})
+        await self._status.settled()
 
     def _sink(self) -> SlackReply | NativeReply:
         if self._inner is None:  # no text at all: the final message is posted as edits post it
