@@ -36,6 +36,7 @@ class Recorder:
         self._spec = ToolSpec(name, "Echoes its arguments.", needs_approval=approval)
         self.delay = delay
         self.runs: list[Mapping[str, Any]] = []
+        self.spans: list[tuple[float, float]] = []  # (began, ended) of each run, loop time
 
     @property
     def spec(self) -> ToolSpec:
@@ -43,7 +44,9 @@ class Recorder:
 
     async def run(self, arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:  # noqa: ARG002
         self.runs.append(arguments)
+        began = asyncio.get_running_loop().time()
         await asyncio.sleep(self.delay)
+        self.spans.append((began, asyncio.get_running_loop().time()))
         return ToolResult(f"echo {json.dumps(dict(arguments), sort_keys=True)}", detail="echoed")
 
 
@@ -198,6 +201,19 @@ async def test_a_call_approved_after_the_turn_timeout_still_runs_with_its_own_ti
     assert [r.outcome for r in await all_rows(sessions, ToolCallRecord)] == ["ok"]
     # The wait was the person's: the model may still use tools after the result.
     assert [r.json["tool_choice"] for r in aiml.chat_requests] == ["auto", "auto"]
+
+
+async def test_the_calls_of_one_round_run_at_the_same_time(sessions, llm, aiml):
+    slow = Recorder(delay=0.5)
+    both = calling(ToolCallScript("echo", '{"n": 1}', id="c1"), ToolCallScript("echo", '{"n": 2}', id="c2"))
+    aiml.enqueue(both, Reply(content="Both."))
+    await service(sessions, llm, slow).reply(turn(), RecordingSink())
+    (began_a, ended_a), (began_b, ended_b) = slow.spans
+    # Each began before the other ended: they overlapped, whatever the machine's speed.
+    assert max(began_a, began_b) < min(ended_a, ended_b)
+    # The round took about one call's time, well under the two calls' sum.
+    assert max(ended_a, ended_b) - min(began_a, began_b) < (ended_a - began_a) + (ended_b - began_b) - 0.3
+    assert [r.outcome for r in await all_rows(sessions, ToolCallRecord)] == ["ok", "ok"]
 
 
 async def test_the_turn_timeout_sends_the_model_one_last_call_without_tools(sessions, llm, aiml):
