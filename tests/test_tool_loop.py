@@ -216,6 +216,39 @@ async def test_the_calls_of_one_round_run_at_the_same_time(sessions, llm, aiml):
     assert [r.outcome for r in await all_rows(sessions, ToolCallRecord)] == ["ok", "ok"]
 
 
+async def test_a_round_cut_by_a_stop_records_the_calls_that_ended_and_the_others_as_cancelled(
+    sessions, llm, aiml
+):
+    fast, slow = Recorder("fast"), Recorder("slow", delay=10)
+    aiml.enqueue(calling(ToolCallScript("fast", "{}"), ToolCallScript("slow", "{}")))
+    stop = StopHandle()
+    asyncio.get_running_loop().call_later(0.5, stop.stop, StopRequest("Ada"))
+    outcome = await asyncio.wait_for(
+        service(sessions, llm, fast, slow).reply(turn(), RecordingSink(), stop), 5
+    )
+    assert outcome.label == "stopped"
+    records = await all_rows(sessions, ToolCallRecord)
+    assert [(r.tool, r.outcome, r.round) for r in records] == [("fast", "ok", 1), ("slow", "cancelled", 1)]
+    assert records[1].duration_ms >= 400
+
+
+async def test_a_round_cut_by_a_shutdown_records_its_calls_and_keeps_no_half_exchange(sessions, llm, aiml):
+    from bot.storage.models import Message
+
+    slow = Recorder("slow", delay=10)
+    aiml.enqueue(calling(ToolCallScript("slow", "{}")))
+    replying = asyncio.create_task(service(sessions, llm, slow).reply(turn(), RecordingSink()))
+    await asyncio.sleep(0.5)
+    replying.cancel()
+    with pytest.raises(asyncio.CancelledError):  # the reply is stored as interrupted, then it goes on
+        await asyncio.wait_for(replying, 5)
+    assert [(r.tool, r.outcome) for r in await all_rows(sessions, ToolCallRecord)] == [("slow", "cancelled")]
+    # A call without its result must not be sent back in a later turn.
+    assert [m.tool_exchange for m in await all_rows(sessions, Message) if m.role.value == "assistant"] == [
+        None
+    ]
+
+
 async def test_the_turn_timeout_sends_the_model_one_last_call_without_tools(sessions, llm, aiml):
     slow = Recorder(delay=0.6)
     aiml.enqueue(calling(ToolCallScript("echo", "{}")), Reply(content="Ok."))

@@ -112,7 +112,7 @@ class LoopEnd:
 class _Outcome:
     call: ToolCall
     result: ToolResult
-    outcome: str  # ok | error | timeout | denied
+    outcome: str  # ok | error | timeout | denied (| cancelled, only as a stored row)
     duration_ms: int
 
 
@@ -215,16 +215,20 @@ class ToolLoop:
             for call in calls:
                 used.setdefault(call.name or "?", None)
             assistant = ChatMessage("assistant", result.content, tool_calls=calls)
-            running = self._run_round(turn, calls, by_name, sink, steps, clock)
+            finished: list[_Outcome] = []
+            running = self._run_round(turn, calls, by_name, sink, steps, clock, finished)
+            round_began = time.monotonic()
             try:
                 outcomes = await (running if turn.stop is None else unless_stopped(running, turn.stop))
             except Stopped as stopped:
                 # Stopped while tools ran: the answer is what was shown; the calls are cancelled.
+                await self._store_round(turn, round_no, None, _cut(calls, finished, round_began))
                 whole = replace(result, content="".join(shown))
                 end = StreamEnd(whole, MessageStatus.COMPLETE, STOPPED, None, stopped.request)
                 return LoopEnd(end, round_no, tuple(used), total)
             except asyncio.CancelledError:
                 # Cancelled (shutdown) while tools ran: end the reply as interrupted, like a cut stream.
+                await self._store_round(turn, round_no, None, _cut(calls, finished, round_began))
                 whole = replace(result, content="".join(shown))
                 cut = StreamEnd(whole, MessageStatus.INTERRUPTED, "cancelled", NOTE_INTERRUPTED)
                 return LoopEnd(cut, round_no, tuple(used), total)
@@ -241,7 +245,10 @@ class ToolLoop:
         sink: ReplySink,
         steps: dict[str, ToolStep],
         clock: _TurnClock,
+        finished: list[_Outcome],
     ) -> list[_Outcome]:
+        """The round's outcomes in call order; each is also added to `finished` as it ends, for
+        the record of a round cut short."""
         for call in calls:
             steps[call.id] = ToolStep(call.id, call.name or "?", "in_progress")
         await _show(sink, steps)
@@ -251,6 +258,7 @@ class ToolLoop:
             status: StepStatus = "complete" if outcome.outcome == "ok" else "error"
             detail = outcome.result.detail if outcome.outcome in ("ok", "error") else outcome.outcome
             steps[call.id] = ToolStep(call.id, call.name or "?", status, detail)
+            finished.append(outcome)
             await _show(sink, steps)
             return outcome
 
@@ -299,8 +307,13 @@ class ToolLoop:
         return done(result, "ok" if result.ok else "error")
 
     async def _store_round(
-        self, turn: LoopTurn, round_no: int, exchange: Sequence[ChatMessage], outcomes: Sequence[_Outcome]
+        self,
+        turn: LoopTurn,
+        round_no: int,
+        exchange: Sequence[ChatMessage] | None,
+        outcomes: Sequence[_Outcome],
     ) -> None:
+        """This round's call rows, and the reply's exchange so far (None: a cut round adds none)."""
         rows = [
             ToolCallRow(
                 message_id=turn.assistant_id,
@@ -315,10 +328,19 @@ class ToolLoop:
         ]
         try:
             async with self._sessions.begin() as session:
-                await store_tool_round(session, turn.assistant_id, to_exchange(exchange), rows)
+                stored = None if exchange is None else to_exchange(exchange)
+                await store_tool_round(session, turn.assistant_id, stored, rows)
         except UNAVAILABLE as exc:
             # Not spooled: the answer itself still lands; only this round's record is lost.
             log.warning("could not store a tool round: %s", error_reason(exc))
+
+
+def _cut(calls: Sequence[ToolCall], finished: Sequence[_Outcome], began: float) -> list[_Outcome]:
+    """A round cut short (stop, shutdown): the calls that ended, and the others as cancelled."""
+    ms = round((time.monotonic() - began) * 1000)
+    cancelled = ToolResult("cancelled", ok=False)
+    ended = [next((o for o in finished if o.call is c), None) for c in calls]  # ids may repeat
+    return [o or _Outcome(c, cancelled, "cancelled", ms) for c, o in zip(calls, ended, strict=True)]
 
 
 def _added(total: Usage, more: Usage) -> Usage:
