@@ -299,6 +299,16 @@ async def test_a_channel_that_limits_its_tools_offers_the_model_only_those(sessi
     assert [t["function"]["name"] for t in aiml.chat_requests[0].json["tools"]] == ["b"]
 
 
+def test_tools_enabled_takes_tool_names_and_mcp_server_names():
+    from bot.tools.box import EnabledTools
+
+    offered = [
+        Recorder(n) for n in ("current_time", "fetch_url", "github__search", "github__read", "jira__find")
+    ]
+    box = EnabledTools(StaticToolBox(offered), enabled=frozenset({"current_time", "github", "jira__find"}))
+    assert box.names() == ("current_time", "github__search", "github__read", "jira__find")
+
+
 async def test_the_terminal_prints_one_line_per_finished_tool_call():
     import io
 
