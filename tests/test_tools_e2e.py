@@ -370,3 +370,22 @@ async def test_a_tool_called_before_any_text_is_named_in_the_status_while_it_run
     assert named and named[0].params["status"] == "is running fetch_url…"
     # The stale status does not outlive the answer.
     assert slack.status("C1", "100.000001") == ""
+
+
+async def test_without_the_status_the_placeholder_shows_a_tool_that_began_before_it(db_url, fakes, pages):
+    slack, aiml = fakes
+    slack.fail_next("assistant.threads.setStatus", error="missing_scope")
+    answer = await ask(
+        db_url,
+        slack,
+        aiml,
+        Reply(content="", tool_calls=[call("fetch_url", {"url": pages.url("/slow")})], ttft=0.05),
+        Reply(content="It is slow."),
+        slack_streaming="auto",
+        tools_call_timeout=1.5,
+        fetch_allow_private=True,
+    )
+    assert answer == "It is slow."
+    placeholder = slack.calls_to("chat.postMessage")[0]
+    shown = json.dumps(placeholder.params.get("blocks"))
+    assert "Thinking" in shown and "fetch_url" in shown and "hourglass" in shown

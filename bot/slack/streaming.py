@@ -212,6 +212,8 @@ class ChosenReply:
         self._began = True
         edits = self._inner = self._streaming._edits(self._client, self._place)
         self.way = Way.MESSAGE
+        if self._steps:  # tools began while the status was being tried: the placeholder shows them
+            await edits.tool_progress(self._steps)
         await edits.start()
 
     async def thinking(self) -> None:
