@@ -2,9 +2,9 @@
 
 Shown within a second of an admitted event, so people see at once that the bot is working, kept
 saying that it is thinking while the model only reasons, naming the tools that run before any text
-is out, and cleared on failure. Slack clears it by
-itself when the app posts in the thread (the first text of the answer) or after two minutes. It is
-a courtesy: a call is made only when its budget has room at once, never waited for.
+is out, and cleared on failure. Slack clears it by itself when the app posts in the thread (the
+first text of the answer) or after two minutes. It is a courtesy: a call is made only when its
+budget has room at once, never waited for.
 """
 
 from __future__ import annotations
