@@ -4,7 +4,7 @@ By default the fake Slack has Slack's real rate limits and about 60 ms of latenc
 (b) run in every streaming mode (SLACK_STREAMING edits, native, auto), the others in the bot's default
 (a full run takes under 15 minutes); `--quick` runs chat.update 12x faster and (a) with 5 replies.
 `--scenario b --mode auto` is one run at Slack's real limits, for checking one figure (about 2 minutes).
-`--scenario tools` measures what the tool loop adds to a 3-round turn, on its own (bench/tools.py).
+`--scenario tools` measures what the tool loop adds to each tool round of a turn, on its own (bench/tools.py).
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     # What the Slack-reading tools and summaries read at most: messages, and characters of their text.
     slack_read_max_messages: int = Field(200, ge=1, le=1000)
     slack_read_max_chars: int = Field(40_000, ge=500)
-    # Tools the model may call (comma-separated names); unset: every built-in tool, "" none.
+    # Tools the model may call (comma-separated names or MCP server names); unset: every tool, "" none.
     tools_enabled: Annotated[frozenset[str] | None, NoDecode] = None
     tools_max_rounds: int = Field(8, ge=1, le=50)  # model calls with tools in one turn
     tools_call_timeout: float = Field(30.0, gt=0)  # seconds one tool call may run

@@ -117,3 +117,20 @@ async def test_the_replica_scenario_kills_one_replica_and_reports_every_reply_an
     verdicts = {t["target"]: t["pass"] for t in data["targets"]}
     assert verdicts["(f) killed replica's replies finished within 60 s"] is True
     assert verdicts["(f) complete, no errors"] is True
+
+
+async def test_the_tools_scenario_reports_a_positive_overhead_per_tool_round() -> None:
+    from bench.tools import measure
+
+    result = await measure(turns=5)
+
+    assert result["turns"] == 5
+    assert result["median_ms"] > 0 and result["p95_ms"] >= result["median_ms"]
+    assert result["max_ms"] >= result["p95_ms"] and result["plain_turn_ms"] > 0
+
+
+def test_the_tools_scenario_divides_what_a_tool_turn_adds_by_its_tool_rounds_only() -> None:
+    from bench.tools import per_tool_round
+
+    # A plain turn is the answer's round; a tool turn adds its two tool rounds to it.
+    assert per_tool_round([100.0, 40.0 + 2 * 35.0], 40.0) == [30.0, 35.0]

@@ -58,3 +58,22 @@ async def test_a_failed_reply_takes_its_status_down_and_a_posted_one_needs_no_cl
         ("C1", "1.000001", ""),
     ]
     assert slack.status("C1", "1.000001") == ""
+
+
+async def test_the_status_names_the_running_tools_and_stays_quiet_once_the_answer_is_posted(
+    slack: FakeSlackApi,
+) -> None:
+    from bot.conversation.ports import ToolStep
+    from bot.slack.status import tools_status
+
+    status = _status(slack, EditBudgets())
+    running = [ToolStep("c1", "fetch_url", "in_progress"), ToolStep("c2", "fetch_url", "in_progress")]
+    status.say(tools_status(running))  # the model called tools before the status was up
+    assert await status.show()
+    await status.settled()
+    status.say(tools_status([ToolStep("c1", "fetch_url", "complete", "example.org")]))
+    await status.settled()
+    status.cleared_by_post()
+    status.say(tools_status(running))
+    await status.settled()
+    assert [s[2] for s in slack.statuses] == ["is running fetch_url…", THINKING]

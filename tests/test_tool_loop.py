@@ -36,6 +36,7 @@ class Recorder:
         self._spec = ToolSpec(name, "Echoes its arguments.", needs_approval=approval)
         self.delay = delay
         self.runs: list[Mapping[str, Any]] = []
+        self.spans: list[tuple[float, float]] = []  # (began, ended) of each run, loop time
 
     @property
     def spec(self) -> ToolSpec:
@@ -43,7 +44,9 @@ class Recorder:
 
     async def run(self, arguments: Mapping[str, Any], context: ToolContext) -> ToolResult:  # noqa: ARG002
         self.runs.append(arguments)
+        began = asyncio.get_running_loop().time()
         await asyncio.sleep(self.delay)
+        self.spans.append((began, asyncio.get_running_loop().time()))
         return ToolResult(f"echo {json.dumps(dict(arguments), sort_keys=True)}", detail="echoed")
 
 
@@ -172,6 +175,80 @@ async def test_a_person_stopping_while_a_tool_runs_ends_the_turn_with_what_was_s
     assert [u.status for u in await all_rows(sessions, UsageRecord)] == ["stopped"]
 
 
+class LateAnswer(Answer):
+    """Approves, but only after `delay` seconds, as a person who clicks late."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(True)
+        self.delay = delay
+
+    async def approve(self, spec: ToolSpec, arguments: Mapping[str, Any], context: ToolContext) -> bool:
+        await asyncio.sleep(self.delay)
+        return await super().approve(spec, arguments, context)
+
+
+async def test_a_call_approved_after_the_turn_timeout_still_runs_with_its_own_time(sessions, llm, aiml):
+    risky = Recorder("risky", approval=True, delay=0.2)
+    aiml.enqueue(calling(ToolCallScript("risky", '{"x": 1}')), Reply(content="Done."))
+    limits = ToolLimits(max_rounds=8, call_timeout=5, turn_timeout=0.5)
+    approver = LateAnswer(delay=1.0)  # the person answers after the turn's whole time
+    outcome = await service(sessions, llm, risky, approver=approver, tool_limits=limits).reply(
+        turn(), RecordingSink()
+    )
+    assert outcome.content == "Done."
+    [answer] = [m for m in aiml.chat_requests[1].json["messages"] if m["role"] == "tool"]
+    assert answer["content"] == 'echo {"x": 1}'
+    assert [r.outcome for r in await all_rows(sessions, ToolCallRecord)] == ["ok"]
+    # The wait was the person's: the model may still use tools after the result.
+    assert [r.json["tool_choice"] for r in aiml.chat_requests] == ["auto", "auto"]
+
+
+async def test_the_calls_of_one_round_run_at_the_same_time(sessions, llm, aiml):
+    slow = Recorder(delay=0.5)
+    both = calling(ToolCallScript("echo", '{"n": 1}', id="c1"), ToolCallScript("echo", '{"n": 2}', id="c2"))
+    aiml.enqueue(both, Reply(content="Both."))
+    await service(sessions, llm, slow).reply(turn(), RecordingSink())
+    (began_a, ended_a), (began_b, ended_b) = slow.spans
+    # Each began before the other ended: they overlapped, whatever the machine's speed.
+    assert max(began_a, began_b) < min(ended_a, ended_b)
+    # The round took about one call's time, well under the two calls' sum.
+    assert max(ended_a, ended_b) - min(began_a, began_b) < (ended_a - began_a) + (ended_b - began_b) - 0.3
+    assert [r.outcome for r in await all_rows(sessions, ToolCallRecord)] == ["ok", "ok"]
+
+
+async def test_a_round_cut_by_a_stop_records_the_calls_that_ended_and_the_others_as_cancelled(
+    sessions, llm, aiml
+):
+    fast, slow = Recorder("fast"), Recorder("slow", delay=10)
+    aiml.enqueue(calling(ToolCallScript("fast", "{}"), ToolCallScript("slow", "{}")))
+    stop = StopHandle()
+    asyncio.get_running_loop().call_later(0.5, stop.stop, StopRequest("Ada"))
+    outcome = await asyncio.wait_for(
+        service(sessions, llm, fast, slow).reply(turn(), RecordingSink(), stop), 5
+    )
+    assert outcome.label == "stopped"
+    records = await all_rows(sessions, ToolCallRecord)
+    assert [(r.tool, r.outcome, r.round) for r in records] == [("fast", "ok", 1), ("slow", "cancelled", 1)]
+    assert records[1].duration_ms >= 400
+
+
+async def test_a_round_cut_by_a_shutdown_records_its_calls_and_keeps_no_half_exchange(sessions, llm, aiml):
+    from bot.storage.models import Message
+
+    slow = Recorder("slow", delay=10)
+    aiml.enqueue(calling(ToolCallScript("slow", "{}")))
+    replying = asyncio.create_task(service(sessions, llm, slow).reply(turn(), RecordingSink()))
+    await asyncio.sleep(0.5)
+    replying.cancel()
+    with pytest.raises(asyncio.CancelledError):  # the reply is stored as interrupted, then it goes on
+        await asyncio.wait_for(replying, 5)
+    assert [(r.tool, r.outcome) for r in await all_rows(sessions, ToolCallRecord)] == [("slow", "cancelled")]
+    # A call without its result must not be sent back in a later turn.
+    assert [m.tool_exchange for m in await all_rows(sessions, Message) if m.role.value == "assistant"] == [
+        None
+    ]
+
+
 async def test_the_turn_timeout_sends_the_model_one_last_call_without_tools(sessions, llm, aiml):
     slow = Recorder(delay=0.6)
     aiml.enqueue(calling(ToolCallScript("echo", "{}")), Reply(content="Ok."))
@@ -220,6 +297,16 @@ async def test_a_channel_that_limits_its_tools_offers_the_model_only_those(sessi
     aiml.enqueue(Reply(content="Fine."))
     await ConversationService(sessions, llm, config, tools=box).reply(here, RecordingSink())
     assert [t["function"]["name"] for t in aiml.chat_requests[0].json["tools"]] == ["b"]
+
+
+def test_tools_enabled_takes_tool_names_and_mcp_server_names():
+    from bot.tools.box import EnabledTools
+
+    offered = [
+        Recorder(n) for n in ("current_time", "fetch_url", "github__search", "github__read", "jira__find")
+    ]
+    box = EnabledTools(StaticToolBox(offered), enabled=frozenset({"current_time", "github", "jira__find"}))
+    assert box.names() == ("current_time", "github__search", "github__read", "jira__find")
 
 
 async def test_the_terminal_prints_one_line_per_finished_tool_call():

@@ -345,3 +345,47 @@ async def test_in_native_streaming_tool_progress_is_a_task_timeline_of_the_strea
     assert states[0][:2] == ("fetch_url", "in_progress")
     assert states[-1] == ("fetch_url", "error", "timeout")
     assert "tools: fetch_url" in reply.context
+
+
+@pytest.mark.parametrize("mode", ["auto", "native"])
+async def test_a_tool_called_before_any_text_is_named_in_the_status_while_it_runs(db_url, fakes, pages, mode):
+    slack, aiml = fakes
+    answer = await ask(
+        db_url,
+        slack,
+        aiml,
+        Reply(content="", tool_calls=[call("fetch_url", {"url": pages.url("/slow")})]),
+        Reply(content="It is slow."),
+        slack_streaming=mode,
+        tools_call_timeout=1.0,
+        fetch_allow_private=True,
+    )
+    assert answer == "It is slow."
+    first_text = min(c.time for c in slack.calls if c.method in ("chat.startStream", "chat.postMessage"))
+    named = [
+        c
+        for c in slack.calls_to("assistant.threads.setStatus")
+        if "fetch_url" in c.params["status"] and c.time < first_text
+    ]
+    assert named and named[0].params["status"] == "is running fetch_url…"
+    # The stale status does not outlive the answer.
+    assert slack.status("C1", "100.000001") == ""
+
+
+async def test_without_the_status_the_placeholder_shows_a_tool_that_began_before_it(db_url, fakes, pages):
+    slack, aiml = fakes
+    slack.fail_next("assistant.threads.setStatus", error="missing_scope")
+    answer = await ask(
+        db_url,
+        slack,
+        aiml,
+        Reply(content="", tool_calls=[call("fetch_url", {"url": pages.url("/slow")})], ttft=0.05),
+        Reply(content="It is slow."),
+        slack_streaming="auto",
+        tools_call_timeout=1.5,
+        fetch_allow_private=True,
+    )
+    assert answer == "It is slow."
+    placeholder = slack.calls_to("chat.postMessage")[0]
+    shown = json.dumps(placeholder.params.get("blocks"))
+    assert "Thinking" in shown and "fetch_url" in shown and "hourglass" in shown

@@ -2,21 +2,22 @@
 
 Platform-free. Each round streams into the same reply sink (text the model writes before a call is
 shown as it comes); the calls of a round run concurrently, each bounded by its own timeout and all
-by the turn's. Past the rounds or the turn's time the model is asked once more, tools off, to
-answer with what it has. Before each round after the first, the turn's credit hold is moved to
-the next call (a hard limit reached ends the answer with a line saying so). A call the model got
-wrong (unknown tool, arguments that are not a JSON object) is answered with an error it can read
-and correct, never raised.
+by the turn's, whose clock stops while a person is asked to approve a call. Past the rounds or the
+turn's time the model is asked once more, tools off, to answer with what it has. Before each round
+after the first, the turn's credit hold is moved to the next call (a hard limit reached ends the
+answer with a line saying so). A call the model got wrong (unknown tool, arguments that are not a
+JSON object) is answered with an error it can read and correct, never raised.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -111,8 +112,35 @@ class LoopEnd:
 class _Outcome:
     call: ToolCall
     result: ToolResult
-    outcome: str  # ok | error | timeout | denied
+    outcome: str  # ok | error | timeout | denied (| cancelled, only as a stored row)
     duration_ms: int
+
+
+class _TurnClock:
+    """The turn's time left, stopped while a person is asked to approve a call: that wait (up to
+    TOOL_APPROVAL_TIMEOUT) is theirs, not the turn's, or a call approved late would get no time."""
+
+    def __init__(self, seconds: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._deadline = self._loop.time() + seconds
+        self._asking = 0  # approvals being waited for now (the calls of a round ask concurrently)
+        self._stopped_at = 0.0
+
+    def remaining(self) -> float:
+        now = self._stopped_at if self._asking else self._loop.time()
+        return self._deadline - now
+
+    @contextlib.contextmanager
+    def asking(self) -> Iterator[None]:
+        if not self._asking:
+            self._stopped_at = self._loop.time()
+        self._asking += 1
+        try:
+            yield
+        finally:
+            self._asking -= 1
+            if not self._asking:
+                self._deadline += self._loop.time() - self._stopped_at
 
 
 class ToolLoop:
@@ -142,8 +170,7 @@ class ToolLoop:
         sink: ReplySink,
         stream_round: StreamRound,
     ) -> LoopEnd:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._limits.turn_timeout
+        clock = _TurnClock(self._limits.turn_timeout)
         by_name = {t.spec.name: t for t in tools}
         specs = tuple(_wire_spec(t.spec) for t in tools)
         sent = list(messages)
@@ -165,7 +192,7 @@ class ToolLoop:
                     await _append_note(sink, refused, shown)
                     whole = replace(end.result, content="".join(shown))
                     return LoopEnd(replace(end, result=whole), round_no - 1, tuple(used), total)
-            over = round_no > self._limits.max_rounds or loop.time() >= deadline
+            over = round_no > self._limits.max_rounds or clock.remaining() <= 0
             request = RoundRequest(
                 request_id=turn.request_id if round_no == 1 else f"{turn.request_id}-{round_no}",
                 tools=specs,
@@ -188,16 +215,20 @@ class ToolLoop:
             for call in calls:
                 used.setdefault(call.name or "?", None)
             assistant = ChatMessage("assistant", result.content, tool_calls=calls)
-            running = self._run_round(turn, calls, by_name, sink, steps, deadline)
+            finished: list[_Outcome] = []
+            running = self._run_round(turn, calls, by_name, sink, steps, clock, finished)
+            round_began = time.monotonic()
             try:
                 outcomes = await (running if turn.stop is None else unless_stopped(running, turn.stop))
             except Stopped as stopped:
                 # Stopped while tools ran: the answer is what was shown; the calls are cancelled.
+                await self._store_round(turn, round_no, None, _cut(calls, finished, round_began))
                 whole = replace(result, content="".join(shown))
                 end = StreamEnd(whole, MessageStatus.COMPLETE, STOPPED, None, stopped.request)
                 return LoopEnd(end, round_no, tuple(used), total)
             except asyncio.CancelledError:
                 # Cancelled (shutdown) while tools ran: end the reply as interrupted, like a cut stream.
+                await self._store_round(turn, round_no, None, _cut(calls, finished, round_began))
                 whole = replace(result, content="".join(shown))
                 cut = StreamEnd(whole, MessageStatus.INTERRUPTED, "cancelled", NOTE_INTERRUPTED)
                 return LoopEnd(cut, round_no, tuple(used), total)
@@ -213,24 +244,28 @@ class ToolLoop:
         by_name: Mapping[str, Tool],
         sink: ReplySink,
         steps: dict[str, ToolStep],
-        deadline: float,
+        clock: _TurnClock,
+        finished: list[_Outcome],
     ) -> list[_Outcome]:
+        """The round's outcomes in call order; each is also added to `finished` as it ends, for
+        the record of a round cut short."""
         for call in calls:
             steps[call.id] = ToolStep(call.id, call.name or "?", "in_progress")
         await _show(sink, steps)
 
         async def one(call: ToolCall) -> _Outcome:
-            outcome = await self._run_call(turn.context, call, by_name, deadline)
+            outcome = await self._run_call(turn.context, call, by_name, clock)
             status: StepStatus = "complete" if outcome.outcome == "ok" else "error"
             detail = outcome.result.detail if outcome.outcome in ("ok", "error") else outcome.outcome
             steps[call.id] = ToolStep(call.id, call.name or "?", status, detail)
+            finished.append(outcome)
             await _show(sink, steps)
             return outcome
 
         return list(await asyncio.gather(*(one(c) for c in calls)))
 
     async def _run_call(
-        self, context: ToolContext, call: ToolCall, by_name: Mapping[str, Tool], deadline: float
+        self, context: ToolContext, call: ToolCall, by_name: Mapping[str, Tool], clock: _TurnClock
     ) -> _Outcome:
         began = time.monotonic()
 
@@ -252,14 +287,14 @@ class ToolLoop:
         if arguments is None:
             return done(_error(f"the arguments are not a JSON object ({problem}); call it again"), "error")
         if tool.spec.needs_approval:
-            # Waiting for a person is not the tool's time: the approver bounds its own wait.
-            approved = self._approver is not None and await self._approver.approve(
-                tool.spec, arguments, context
-            )
+            # Waiting for a person is neither the tool's time nor the turn's: the approver bounds it.
+            with clock.asking():
+                approved = self._approver is not None and await self._approver.approve(
+                    tool.spec, arguments, context
+                )
             if not approved:
                 return done(_error("the person did not approve this call, so it did not run"), "denied")
-        remaining = deadline - asyncio.get_running_loop().time()
-        timeout = max(0.0, min(self._limits.call_timeout, remaining))
+        timeout = max(0.0, min(self._limits.call_timeout, clock.remaining()))
         try:
             async with asyncio.timeout(timeout):
                 result = await tool.run(arguments, context)
@@ -272,8 +307,13 @@ class ToolLoop:
         return done(result, "ok" if result.ok else "error")
 
     async def _store_round(
-        self, turn: LoopTurn, round_no: int, exchange: Sequence[ChatMessage], outcomes: Sequence[_Outcome]
+        self,
+        turn: LoopTurn,
+        round_no: int,
+        exchange: Sequence[ChatMessage] | None,
+        outcomes: Sequence[_Outcome],
     ) -> None:
+        """This round's call rows, and the reply's exchange so far (None: a cut round adds none)."""
         rows = [
             ToolCallRow(
                 message_id=turn.assistant_id,
@@ -288,10 +328,19 @@ class ToolLoop:
         ]
         try:
             async with self._sessions.begin() as session:
-                await store_tool_round(session, turn.assistant_id, to_exchange(exchange), rows)
+                stored = None if exchange is None else to_exchange(exchange)
+                await store_tool_round(session, turn.assistant_id, stored, rows)
         except UNAVAILABLE as exc:
             # Not spooled: the answer itself still lands; only this round's record is lost.
             log.warning("could not store a tool round: %s", error_reason(exc))
+
+
+def _cut(calls: Sequence[ToolCall], finished: Sequence[_Outcome], began: float) -> list[_Outcome]:
+    """A round cut short (stop, shutdown): the calls that ended, and the others as cancelled."""
+    ms = round((time.monotonic() - began) * 1000)
+    cancelled = ToolResult("cancelled", ok=False)
+    ended = [next((o for o in finished if o.call is c), None) for c in calls]  # ids may repeat
+    return [o or _Outcome(c, cancelled, "cancelled", ms) for c, o in zip(calls, ended, strict=True)]
 
 
 def _added(total: Usage, more: Usage) -> Usage:

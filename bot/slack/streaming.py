@@ -32,7 +32,7 @@ from bot.slack.edit_budget import (
 )
 from bot.slack.native_reply import NativeReply, OpenStreams, Recipient, StreamBudgets, StreamRefused
 from bot.slack.renderer import RendererMetrics, SlackDeliveryError, SlackReply
-from bot.slack.status import ThinkingStatus
+from bot.slack.status import ThinkingStatus, tools_status
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,8 @@ class ChosenReply:
         self._began = True
         edits = self._inner = self._streaming._edits(self._client, self._place)
         self.way = Way.MESSAGE
+        if self._steps:  # tools began while the status was being tried: the placeholder shows them
+            await edits.tool_progress(self._steps)
         await edits.start()
 
     async def thinking(self) -> None:
@@ -219,11 +221,13 @@ class ChosenReply:
             await self._status.keep()
 
     async def tool_progress(self, steps: Sequence[ToolStep]) -> None:
-        """Tools at work: shown by the sink once there is one; before that the status stays up."""
+        """Tools at work: shown by the sink once there is one; before that (the model called a tool
+        before writing) the status names the tools that run, and the sink shows them from its start."""
         self._steps = tuple(steps)
         if self._inner is not None:
             await self._inner.tool_progress(steps)
         else:
+            self._status.say(tools_status(steps))
             await self._status.keep()
 
     async def append(self, text: str) -> None:
@@ -267,6 +271,7 @@ class ChosenReply:
         """Let the status (or placeholder) call end first, so the final message comes after it."""
         if self._announcing is not None:
             await asyncio.wait({self._announcing})
+        await self._status.settled()
 
     def _sink(self) -> SlackReply | NativeReply:
         if self._inner is None:  # no text at all: the final message is posted as edits post it

@@ -197,7 +197,7 @@ class ToolCallRecord(Base):
     tool: Mapped[str] = mapped_column(String(128))
     arguments_sha256: Mapped[str] = mapped_column(String(64))  # of the arguments text as sent
     duration_ms: Mapped[int] = mapped_column(Integer)
-    outcome: Mapped[str] = mapped_column(String(16))  # ok | error | timeout | denied
+    outcome: Mapped[str] = mapped_column(String(16))  # ok | error | timeout | denied | cancelled
     created_at: Mapped[datetime] = mapped_column(_TS, default=utcnow, index=True)
 
 

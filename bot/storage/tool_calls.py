@@ -23,20 +23,22 @@ class ToolCallRow:
     tool: str
     arguments_sha256: str
     duration_ms: int
-    outcome: str  # ok | error | timeout | denied
+    outcome: str  # ok | error | timeout | denied | cancelled
 
 
 async def store_tool_round(
     session: AsyncSession,
     message_id: int,
-    exchange: Sequence[Mapping[str, object]],
+    exchange: Sequence[Mapping[str, object]] | None,
     rows: Sequence[ToolCallRow],
     created_at: datetime | None = None,
 ) -> None:
-    """The reply's whole exchange so far (rewritten each round) and this round's call rows."""
-    await session.execute(
-        update(Message).where(Message.id == message_id).values(tool_exchange=[dict(e) for e in exchange])
-    )
+    """The reply's whole exchange so far (rewritten each round; None: left as it is, a round cut
+    short has no whole exchange) and this round's call rows."""
+    if exchange is not None:
+        await session.execute(
+            update(Message).where(Message.id == message_id).values(tool_exchange=[dict(e) for e in exchange])
+        )
     now = created_at or utcnow()
     session.add_all(
         ToolCallRecord(

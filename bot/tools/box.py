@@ -25,7 +25,8 @@ class StaticToolBox:
 
 class EnabledTools:
     """Every box's tools for the turn, first box first on a name clash, filtered by `enabled`
-    (None: all) and by the channel's own list (`ChannelSettings.tools`, None: all)."""
+    (None: all; an MCP server's name enables all its `server__tool` tools) and by the channel's
+    own list (`ChannelSettings.tools`, None: all)."""
 
     def __init__(self, *boxes: ToolBox, enabled: frozenset[str] | None = None) -> None:
         self._boxes = boxes
@@ -37,11 +38,15 @@ class EnabledTools:
         for box in self._boxes:
             for tool in box.tools_for(context):
                 name = tool.spec.name
-                if name in chosen or (self._enabled is not None and name not in self._enabled):
+                if name in chosen or not self._is_enabled(name):
                     continue
                 if here is None or name in here:
                     chosen[name] = tool
         return tuple(chosen.values())
+
+    def _is_enabled(self, name: str) -> bool:
+        enabled = self._enabled
+        return enabled is None or name in enabled or any(name.startswith(f"{e}__") for e in enabled)
 
     def names(self) -> tuple[str, ...]:
         """The names of the tools offered now within TOOLS_ENABLED, before any channel's own list
