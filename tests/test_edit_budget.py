@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from typing import Any
 
@@ -169,3 +170,11 @@ def test_each_workspace_has_its_own_budget() -> None:
     assert budgets.for_team("T1") is budgets.for_team("T1")
     assert budgets.for_team("T1") is not budgets.for_team("T2")
     assert budgets.for_team("T2").max_rate == 30.0
+
+
+async def test_booked_calls_are_spent_at_once_and_later_calls_wait_behind_them() -> None:
+    budget = EditBudget(600.0, 2)  # a call every 0.1 s, two at once
+    start = time.monotonic()
+    assert await budget.book(4) == pytest.approx([0.0, 0.0, 0.1, 0.2], abs=0.02)
+    await budget.acquire("next")
+    assert time.monotonic() - start == pytest.approx(0.3, abs=0.06)

@@ -39,11 +39,17 @@ async def seed_stale_reply(
     lease: timedelta | None = None,
     request_id: str | None = None,
     thread_ts: str = "100.000001",
+    shown: bool = True,
 ) -> tuple[int, str]:
     """A reply left `streaming`, begun `age` ago; `lease`: how long its lease still runs (negative:
-    expired that long ago; None: written before leases existed)."""
-    shown_ts = slack.add_message(
-        "C1", content + " ▍", user=slack.bot_user_id, thread_ts=thread_ts, bot_id=slack.bot_id
+    expired that long ago; None: written before leases existed); `shown`: its Slack message exists
+    (else its process died before posting one: its ts is "")."""
+    shown_ts = (
+        slack.add_message(
+            "C1", content + " ▍", user=slack.bot_user_id, thread_ts=thread_ts, bot_id=slack.bot_id
+        )
+        if shown
+        else None
     )
     async with sessions.begin() as session:
         conversation = Conversation(
@@ -67,14 +73,14 @@ async def seed_stale_reply(
             content=content,
             status=MessageStatus.STREAMING,
             slack_ts=shown_ts,
-            slack_ts_all=[shown_ts],
+            slack_ts_all=None if shown_ts is None else [shown_ts],
             created_at=utcnow() - age,
             lease_expires_at=None if lease is None else utcnow() + lease,
             request_id=request_id,
         )
         session.add(message)
         await session.flush()
-        return message.id, shown_ts
+        return message.id, shown_ts or ""
 
 
 async def test_a_reply_left_streaming_by_a_crash_is_finished_at_start_up(db_url, sessions, fakes):
@@ -173,6 +179,50 @@ async def test_a_note_slack_rate_limits_is_posted_after_retry_after_within_the_b
     assert NOTE_RESTARTED in slack.message("C1", ts).context
     assert [c.status for c in slack.calls_to("chat.update")][-1] == 200
     assert budgets.for_team("T1").rate_per_minute < DEFAULT_RATE_PER_MINUTE  # the 429 was counted
+
+
+async def test_a_reply_that_died_before_its_first_message_gets_the_note_in_its_thread(
+    sessions, fakes, slack_client
+):
+    # The status was up (no placeholder: the first text would have been the message), then the
+    # process died: without a note the person would see nothing at all.
+    slack, _ = fakes
+    dead, _ = await seed_stale_reply(
+        sessions, slack, "", timedelta(seconds=30), lease=-timedelta(seconds=1), shown=False
+    )
+
+    assert await maintenance(sessions, slack_client, budgets=EditBudgets()).run_once()
+
+    assert (await statuses(sessions))[dead] is MessageStatus.INTERRUPTED
+    [post] = slack.calls_to("chat.postMessage")
+    assert post.params["thread_ts"] == "100.000001" and post.params["text"] == NOTE_RESTARTED
+    assert not slack.calls_to("chat.update")
+
+
+async def test_a_dead_replicas_notes_are_booked_ahead_of_the_next_edits(sessions, fakes, slack_client):
+    slack, _ = fakes
+    for n in range(4):
+        await seed_stale_reply(
+            sessions,
+            slack,
+            f"Answer {n}",
+            timedelta(seconds=40),
+            lease=-timedelta(seconds=1),
+            thread_ts=f"30{n}.1",
+        )
+    budgets = EditBudgets(600.0, 1)  # a call every 0.1 s
+    budget = budgets.for_team("T1")
+    recovering = asyncio.create_task(maintenance(sessions, slack_client, budgets=budgets).run_once())
+    while len(slack.calls_to("chat.update")) < 1:
+        await asyncio.sleep(0.01)
+    await budget.acquire("a live stream", final=True)  # asked once the notes were booked
+    notes_before = len(slack.calls_to("chat.update"))
+    await recovering
+
+    assert notes_before >= 3, "the live stream's edit came after the booked notes"
+    assert all(
+        NOTE_RESTARTED in slack.message("C1", c.params["ts"]).context for c in slack.calls_to("chat.update")
+    )
 
 
 async def test_recovery_records_the_interrupted_call_with_unknown_cost(sessions, fakes, slack_client):

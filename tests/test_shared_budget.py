@@ -128,6 +128,18 @@ async def test_final_calls_on_one_replica_go_before_interim_calls_on_another(db_
     assert times[-1] - times[0] == pytest.approx(2.0, abs=0.4), "and the rate still holds"
 
 
+async def test_calls_booked_at_once_go_before_any_replicas_later_call(db_url: str) -> None:
+    """Recovery books a dead replica's notes in one statement: consecutive slots, ahead of all."""
+    async with replicas(db_url, 2) as (first, second):
+        notes = EditBudgets(120.0, 1, shared=first).for_team("T1")  # a slot every 0.5 s
+        edits = EditBudgets(120.0, 1, shared=second).for_team("T1")
+        start = time.monotonic()
+        waits = await notes.book(4)
+        assert waits == pytest.approx([0.0, 0.5, 1.0, 1.5], abs=0.1)
+        await edits.acquire("a final edit", final=True)
+        assert time.monotonic() - start == pytest.approx(2.0, abs=0.3), "it came after the four"
+
+
 async def test_without_the_database_each_replica_spends_its_share_and_replies_are_not_blocked(
     db_url: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture
 ) -> None:

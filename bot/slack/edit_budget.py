@@ -112,6 +112,11 @@ class Bucket(Protocol):
         """The call just taken was not made (its waiter left): the next `take` may use it."""
         ...
 
+    async def book(self, calls: int) -> list[float]:
+        """Spend `calls` at once, ahead of every call not yet taken (here and, shared, on every
+        replica): the seconds from now at which each may go."""
+        ...
+
     def penalize(self, retry_after: float) -> None: ...
 
     def reward(self) -> None: ...
@@ -158,6 +163,15 @@ class LocalBucket:
 
     def give_back(self) -> None:
         self._tokens = min(float(self._limits.burst), self._tokens + 1.0)
+
+    async def book(self, calls: int) -> list[float]:
+        now = self._clock()
+        self._refill(now)
+        origin = max(now, self._updated, self._blocked_until)
+        interval = 60.0 / self._rate
+        waits = [origin - now + max(0.0, 1.0 - (self._tokens - n)) * interval for n in range(calls)]
+        self._tokens -= calls  # in debt: the calls after these wait until it is paid off
+        return waits
 
     def penalize(self, retry_after: float) -> None:
         now = self._clock()
@@ -266,6 +280,11 @@ class EditBudget:
             elif future.done() and not future.cancelled():
                 self._bucket.give_back()  # granted but unused
             raise
+
+    async def book(self, calls: int) -> list[float]:
+        """Spend `calls` at once, ahead of every waiting stream (a dead replica's notes, whose people
+        waited longest): the seconds from now at which each may go. `reward`/`penalize` as usual."""
+        return await self._bucket.book(calls) if calls > 0 else []
 
     def promote(self, stream: Hashable) -> None:
         """Turn this stream's pending request into a final one (the reply just ended)."""

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.slack.call_errors import SLACK_CALL_ERRORS
 from bot.slack.edit_budget import UPDATE, EditBudget, EditBudgets
 from bot.slack.renderer import classify_error
+from bot.slack.retries import with_rate_limit_retries
 from bot.slack.text import MAX_MESSAGE_CHARS, defuse, find_split, mrkdwn_escape
 from bot.storage import conversations as repo
 from bot.storage.models import Conversation, ConversationKind, Message, utcnow
@@ -87,15 +88,21 @@ async def recover_interrupted_replies(
             user = await repo.requester(session, message)
             await record_if_absent(session, _interrupted_usage(message, conversation, user, model))
             claimed.append((message, conversation))
-    notes = []
+    edits: dict[str, list[tuple[str, str, str]]] = {}  # per workspace: (channel, ts, text so far)
+    posts = []
     for message, conversation in claimed:
+        if conversation.kind is ConversationKind.TERMINAL:
+            continue
         shown = last_message(message)
-        if shown is not None and conversation.kind is not ConversationKind.TERMINAL:
-            budget = None if budgets is None else budgets.for_team(conversation.team_id, UPDATE)
-            notes.append(_show_interrupted(client, budget, conversation.channel_id, *shown))
+        if shown is None:  # it died before its first message: the person has only seen a status
+            posts.append(_post_interrupted(client, conversation.channel_id, conversation.thread_ts))
+        else:
+            edits.setdefault(conversation.team_id, []).append((conversation.channel_id, *shown))
     # All at once: each workspace's budget paces its own (a dead replica's dozens of replies over
-    # several workspaces, one after another, took 90 s in bench (f)).
-    await asyncio.gather(*notes)
+    # several workspaces, one after another, took 90 s in bench (f)); the notes' slots are booked
+    # in one go, ahead of every replica's next edit: these people have waited longest.
+    notes = [_edit_workspace(client, budgets, team, found) for team, found in edits.items()]
+    await asyncio.gather(*notes, *posts)
     if claimed:
         log.info("recovered %d interrupted replies", len(claimed))
     return len(claimed)
@@ -127,23 +134,61 @@ def _interrupted_usage(
     )
 
 
+async def _edit_workspace(
+    client: AsyncWebClient, budgets: EditBudgets | None, team: str, found: list[tuple[str, str, str]]
+) -> None:
+    budget = None if budgets is None else budgets.for_team(team, UPDATE)
+    waits = [0.0] * len(found) if budget is None else await budget.book(len(found))
+    await asyncio.gather(
+        *(
+            _show_interrupted(client, budget, *note, after=wait)
+            for note, wait in zip(found, waits, strict=True)
+        )
+    )
+
+
+async def _post_interrupted(client: AsyncWebClient, channel: str, thread_ts: str) -> None:
+    """The note as a reply in the thread (a message of its own, outside the edit budget)."""
+    warning = f":warning: _{mrkdwn_escape(NOTE_RESTARTED)}_"
+    try:
+        await with_rate_limit_retries(client).chat_postMessage(
+            channel=channel, thread_ts=thread_ts, text=NOTE_RESTARTED, blocks=[_context(warning)]
+        )
+    except SLACK_CALL_ERRORS as exc:
+        log.warning("could not post an interrupted note in %s: %s", channel, _why(exc))
+
+
+def _context(text: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}
+
+
 async def _show_interrupted(
-    client: AsyncWebClient, budget: EditBudget | None, channel: str, ts: str, body: str
+    client: AsyncWebClient,
+    budget: EditBudget | None,
+    channel: str,
+    ts: str,
+    body: str,
+    *,
+    after: float | None = None,
 ) -> None:
     """The note, as a final edit within the workspace's chat.update budget (a dead replica's replies
     come in dozens, beside live streams), through Slack's 429s: the row is already `interrupted`, so
     a note given up here is never shown."""
     body = defuse(body)  # the model's text: it must not notify anyone (see bot.slack.text.defuse)
     warning = f":warning: _{mrkdwn_escape(NOTE_RESTARTED)}_"
-    note: dict[str, Any] = {"type": "context", "elements": [{"type": "mrkdwn", "text": warning}]}
+    note = _context(warning)
     blocks: list[dict[str, Any]] = [{"type": "markdown", "text": body}, note] if body.strip() else [note]
     # `text` is only the notification's fallback: a natively streamed part is longer than the
     # 4,000 characters chat.update takes there, and shows in full in the markdown block.
     text = body[:MAX_MESSAGE_CHARS] or NOTE_RESTARTED
     key = ("recovery", channel, ts)
+    booked = after  # the first try's slot, booked with the workspace's other notes
     try:
         for _ in range(NOTE_TRIES):
-            if budget is not None:
+            if booked is not None:
+                await asyncio.sleep(booked)
+                booked = None
+            elif budget is not None:
                 await budget.acquire(key, final=True)
             try:
                 await client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)

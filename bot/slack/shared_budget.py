@@ -281,6 +281,22 @@ class SharedBucket:
                 return
             self._blocked_until = max(self._blocked_until, self._clock() + paused)
 
+    async def book(self, calls: int) -> list[float]:
+        if self._store.down:
+            return await self._share().book(calls)
+        rewards, self._rewards = self._rewards, 0
+        try:
+            slot = await self._store.run(self._reserve(rewards, calls))
+        except Unavailable:
+            self._rewards += rewards
+            return await self._share().book(calls)
+        self._learn(slot)
+        # The row's slots are consecutive: the first after `full_in - calls` intervals, less the burst.
+        interval = 60.0 / slot.rate_per_minute
+        start = slot.full_in - (calls + self._limits.burst - 1) * interval
+        paused = max(slot.blocked_for, self._blocked_until - self._clock())  # a 429 not in the row yet
+        return [max(paused, start + n * interval, 0.0) for n in range(calls)]
+
     def give_back(self) -> None:
         if self._last_local and self._local is not None:
             self._local[1].give_back()
@@ -309,8 +325,10 @@ class SharedBucket:
     def _take_if_free(self, rewards: int) -> Callable[[AsyncConnection], Awaitable[tuple[bool, Slot] | None]]:
         return lambda conn: slack_budgets.take_if_free(conn, self._team, self._method, self._limits, rewards)
 
-    def _reserve(self, rewards: int) -> Callable[[AsyncConnection], Awaitable[Slot]]:
-        return lambda conn: slack_budgets.reserve(conn, self._team, self._method, self._limits, rewards)
+    def _reserve(self, rewards: int, calls: int = 1) -> Callable[[AsyncConnection], Awaitable[Slot]]:
+        return lambda conn: slack_budgets.reserve(
+            conn, self._team, self._method, self._limits, rewards, calls=calls
+        )
 
     async def _paused_for(self, conn: AsyncConnection) -> float:
         return await slack_budgets.paused_for(conn, self._team, self._method)
