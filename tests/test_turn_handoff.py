@@ -145,7 +145,38 @@ async def test_a_turn_whose_reply_started_on_a_replica_taken_for_dead_is_not_run
     assert len(aiml.chat_requests) == 1
 
 
-async def test_an_orphan_is_adopted_by_one_replica_and_a_started_place_by_none(
+async def test_a_turn_whose_replica_died_before_storing_its_reply_is_answered_by_another(
+    replicas: tuple[Bot, Bot], aiml: FakeAimlApi, database: async_sessionmaker[AsyncSession]
+) -> None:
+    a, b = replicas
+    aiml.enqueue(Reply(content="Answered elsewhere."))
+    assert b.runtime.turns is not None
+    service = b.runtime.turns._service  # b freezes where a kill would leave nothing
+    frozen = asyncio.Event()
+
+    async def dies_before_storing(*_args: object) -> None:
+        frozen.set()
+        await asyncio.Event().wait()
+
+    service._begin = dies_before_storing  # type: ignore[method-assign,assignment]
+    await b.send(mention("a question", ROOT))
+    await asyncio.wait_for(frozen.wait(), 10)  # started: its status is up, nothing is stored
+    await kill(b.runtime, database)
+    assert b.runtime.replicas is not None
+    b.runtime.replicas.order._adopter = None  # dead: it adopts nothing (not its own turn)
+    async with database.begin() as session:
+        await notify(session, repo.TURNS_HANDED_OFF, "")  # a looks for orphans at once
+
+    # (b's frozen task never ends, so neither bot is ever idle: watch the thread instead. b had
+    # posted its placeholder before it froze; that message stays as b left it.)
+    await eventually(
+        lambda: "Answered elsewhere." in [m.markdown.strip() for m in a.replies("C1", ROOT)], timeout=20
+    )
+    assert len(aiml.chat_requests) == 1
+    assert history(aiml, 0) == ["a question"]
+
+
+async def test_an_orphan_is_adopted_by_one_replica_and_a_place_whose_reply_was_stored_by_none(
     database: async_sessionmaker[AsyncSession],
 ) -> None:
     arrival = Arrival(
@@ -159,25 +190,30 @@ async def test_an_orphan_is_adopted_by_one_replica_and_a_started_place_by_none(
         )
         session.add(conversation)
         await session.flush()
+        # Its reply was stored (the record cleared): recovery notes it, nobody runs it again.
+        stored = TurnPlace(
+            conversation_id=conversation.id, holder="dead", expires_at=past, arrival=None, started_at=past
+        )
+        # Started, but its replica died before storing the reply: nothing of it would remain.
         started = TurnPlace(
             conversation_id=conversation.id, holder="dead", expires_at=past, arrival=record, started_at=past
         )
         waiting = TurnPlace(conversation_id=conversation.id, holder="dead", expires_at=past, arrival=record)
-        session.add_all([started, waiting])
+        session.add_all([stored, started, waiting])
 
     async with database.begin() as session:
         first = await repo.adopt_places(session, "me", LEASE, 10)
     async with database.begin() as session:
         second = await repo.adopt_places(session, "other", LEASE, 10)
 
-    assert [p.id for p in first] == [waiting.id]
+    assert [p.id for p in first] == [started.id, waiting.id]
     assert second == []
     handoff = from_record(first[0].arrival)
     assert handoff is not None
     assert (handoff.arrival, handoff.new_thread) == (arrival, True)
     # The dead holder, were it alive after all, may not start the adopted turn.
     async with database.begin() as session:
-        check = await repo.check_line(session, conversation.id, waiting.id, "dead", LEASE)
+        check = await repo.check_line(session, conversation.id, started.id, "dead", LEASE)
     assert check.lost and not check.started
 
 

@@ -43,6 +43,12 @@ class Place(Protocol):
         """Until the turn may run; raises HandedOff when another replica runs it instead."""
         ...
 
+    async def begin_reply(self, session: AsyncSession) -> None:
+        """In the transaction that stores the turn's reply: from then on a dead replica's turn is
+        finished with a note, not run again elsewhere. Raises HandedOff when another replica took
+        the place meanwhile (this one was taken for dead): nothing is stored here."""
+        ...
+
     def leave(self) -> None: ...
 
 
@@ -87,6 +93,9 @@ class TurnTicket:
             self.leave()
             raise
         self.running = True
+
+    async def begin_reply(self, session: AsyncSession) -> None:
+        """Nothing to record: no other process adopts this line's turns."""
 
     def leave(self) -> None:
         if not self.left:

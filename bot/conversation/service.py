@@ -15,6 +15,7 @@ from bot.conversation.budget import MessageTooLong, TokenEstimator, fit_to_budge
 from bot.conversation.channel_settings import DEFAULT_CHANNEL_SETTINGS, ChannelSettings
 from bot.conversation.lease import ReplyLease
 from bot.conversation.ledger import Ledger, completion_entry
+from bot.conversation.ordering import HandedOff, Place
 from bot.conversation.person import Person
 from bot.conversation.ports import CallBudget, ChatModel, ChatStreamLike, ReplySink, ReplySummary
 from bot.conversation.settings_rules import SettingsBounds, plan_turn
@@ -38,6 +39,7 @@ NOTE_DATABASE = "I can't reach my database right now, so I can't answer. Please 
 NOTE_TOO_LONG = "Your message is too long for the model's context window. Please shorten it or split it up."
 NOTE_INTERRUPTED = "The answer was interrupted."
 NOTE_CUT_OFF = "The answer was cut off at the length limit."
+NOTE_TAKEN_OVER = "Another instance of the bot is answering this message."
 NOTE_EMPTY = "The model returned no answer text. Please try rephrasing."
 NOTE_ONLY_REASONING = "The model spent its whole output budget thinking and gave no answer."
 NOTE_STOPPED_BY = "Stopped by"  # then the person's name
@@ -65,6 +67,8 @@ class Turn:
     person: Person | None = None
     # The credits admission held for the turn: asked again before each further upstream call.
     budget: CallBudget | None = None
+    # Its place in the thread's line, told when the reply is stored (bot.conversation.ordering).
+    place: Place | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,13 @@ class ConversationService:
             await sink.fail(NOTE_DATABASE)
             _log_end("database", None, began)
             return TurnOutcome(MessageStatus.ERROR, "", None, None, "database")
+        except HandedOff:
+            # This replica stalled past its lease before storing the reply, and another one adopted
+            # the turn: that one answers it.
+            log.warning("a turn was taken over by another replica before its reply was stored")
+            await sink.fail(NOTE_TAKEN_OVER)
+            _log_end("handed off", None, began)
+            return TurnOutcome(MessageStatus.ERROR, "", None, None, "handed off")
 
         ended = asyncio.Event()
         heartbeat = self._lease.keep(assistant_id, ended)
@@ -349,6 +360,8 @@ class ConversationService:
     ) -> tuple[int, int, list[ChatMessage]]:
         """Store the user message and a `streaming` assistant row under lease; return the prior history."""
         async with self._sessions.begin() as session:
+            if turn.place is not None:
+                await turn.place.begin_reply(session)  # first: a turn taken over stores nothing
             conversation = await repo.get_or_create_conversation(session, turn.key, turn.kind)
             stored = await repo.load_history(session, conversation.id)
             if not stored and turn.backfill:

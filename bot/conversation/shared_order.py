@@ -102,6 +102,13 @@ class SharedTicket:
             raise
         self.running = True
 
+    async def begin_reply(self, session: AsyncSession) -> None:
+        if self.place_id is not None and not await repo.begin_reply(
+            session, self.place_id, self._line.holder
+        ):
+            self.handed_off = True
+            raise HandedOff
+
     def leave(self) -> None:
         if not self.left:
             self.left = True

@@ -262,6 +262,7 @@ class Turns:
             context,
             candidate.person,
             admitted.reservation,
+            admitted.ticket,
         )
         return await self._service.reply(turn, reply, stop)
 

@@ -26,10 +26,11 @@ _LEAVE = text(
     "SELECT pg_notify(:channel, CAST(gone.conversation_id AS text)) FROM gone"
 ).bindparams(bindparam("id"), bindparam("holder"), bindparam("channel", TURN_ENDED))
 
-# Its lease ran out before its turn started, and it says what the turn was: another replica adopts it.
-_ORPHAN = and_(
-    TurnPlace.expires_at <= func.now(), TurnPlace.started_at.is_(None), TurnPlace.arrival.is_not(None)
-)
+# Its lease ran out before its turn stored its reply (the record is cleared then: from there recovery
+# finishes the reply with a note), and it says what the turn was: another replica adopts it and runs
+# the turn again. A turn that started but died before storing its reply was lost otherwise: in bench
+# (f) one of a killed replica's 50 turns showed nothing at all (its status, then silence).
+_ORPHAN = and_(TurnPlace.expires_at <= func.now(), TurnPlace.arrival.is_not(None))
 # A place that holds up the turns after it: live, or an orphan about to be adopted (so that turns of
 # a dead replica keep their order when they are adopted one by one).
 _IN_LINE = or_(TurnPlace.expires_at > func.now(), _ORPHAN)
@@ -42,7 +43,7 @@ _CHECK = text(
     " SELECT max(expires_at) FILTER (WHERE expires_at > now()) AS latest,"
     " count(*) FILTER (WHERE expires_at <= now()) AS orphans"
     " FROM turn_places WHERE conversation_id = :conversation_id AND id < :id"
-    " AND (expires_at > now() OR (started_at IS NULL AND arrival IS NOT NULL))"
+    " AND (expires_at > now() OR arrival IS NOT NULL)"
     "), mark AS ("
     " UPDATE turn_places SET started_at = now(), expires_at = now() + CAST(:lease AS interval)"
     " WHERE id = :id AND holder = :holder AND expires_at > now()"
@@ -114,6 +115,18 @@ async def check_line(
         return LineCheck(started=False, lost=True)
     wait = 0.0 if latest is None else max(0.0, float((latest - now).total_seconds()))
     return LineCheck(started=False, wait=wait, orphans=orphans)
+
+
+async def begin_reply(session: AsyncSession, place_id: int, holder: str) -> bool:
+    """In the transaction storing the turn's reply: clear the record (not to be adopted from now on);
+    False when the place is not `holder`'s any more (adopted: this replica was taken for dead)."""
+    found = await session.execute(
+        update(TurnPlace)
+        .where(TurnPlace.id == place_id, TurnPlace.holder == holder)
+        .values(arrival=None)
+        .returning(TurnPlace.id)
+    )
+    return found.first() is not None
 
 
 async def leave_place(session: AsyncSession, place_id: int, holder: str) -> None:
