@@ -3,13 +3,14 @@ each thread's turns and stop presses, both woken by LISTEN/NOTIFY. SQLite runs o
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.conversation.shared_order import SharedTurnOrder
 from bot.slack.stop_relay import StopRelay
-from bot.storage.signals import SignalHub, asyncpg_dsn
+from bot.storage.signals import SignalHub, asyncpg_dsn, presence_name
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,9 @@ def replicas(
     """Started (listening in the background) on PostgreSQL; None on SQLite."""
     if engine.dialect.name != "postgresql":
         return None
-    signals = SignalHub(asyncpg_dsn(database_url))
-    shared = Replicas(signals, SharedTurnOrder(sessions, signals), StopRelay(sessions, signals))
+    holder = uuid.uuid4().hex  # this replica: its places, and its listener's name
+    signals = SignalHub(asyncpg_dsn(database_url), name=presence_name(holder))
+    order = SharedTurnOrder(sessions, signals, holder=holder)
+    shared = Replicas(signals, order, StopRelay(sessions, signals))
     signals.start()  # after the subscriptions above
     return shared

@@ -11,7 +11,7 @@ from aiohttp import web
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import select, update
 
-from bot.conversation.lease import ReplyLease, kept_here
+from bot.conversation.lease import LEASE_SECONDS, ReplyLease, kept_here
 from bot.jobs.maintenance import Maintenance
 from bot.slack.edit_budget import DEFAULT_RATE_PER_MINUTE, EditBudgets
 from bot.slack.recovery import NOTE_RESTARTED, last_part
@@ -23,6 +23,7 @@ from bot.storage.models import (
     Message,
     MessageStatus,
     Role,
+    TurnPlace,
     UsageRecord,
     utcnow,
 )
@@ -428,3 +429,53 @@ async def test_a_reply_without_a_lease_is_recovered_only_once_older_than_the_old
     assert await maintenance(sessions, slack_client, legacy_after=timedelta(seconds=420)).run_once()
 
     assert await statuses(sessions) == {fresh: MessageStatus.STREAMING, old: MessageStatus.INTERRUPTED}
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_a_gone_replicas_replies_are_recovered_before_their_leases_run_out(db_url, sessions, fakes):
+    """kill -9 ends the replica's listening connection at once: its replies need not wait 18 s."""
+    import asyncpg
+
+    from bot.storage.signals import asyncpg_dsn, presence_name
+
+    slack, _ = fakes
+    client = AsyncWebClient(token="xoxb-test", base_url=slack.api_url)
+    replies = {}
+    for holder, renewed_ago in [("gone", 10), ("alive", 10), ("blip", 2)]:
+        # Each reply's own lease still runs for a while; its turn's place was renewed `renewed_ago`.
+        message_id, _ = await seed_stale_reply(
+            sessions,
+            slack,
+            f"From {holder}",
+            timedelta(seconds=30),
+            lease=timedelta(seconds=10),
+            thread_ts=f"{holder}.1",
+        )
+        async with sessions.begin() as session:
+            found = await session.get(Message, message_id)
+            assert found is not None
+            conversation_id = found.conversation_id
+            session.add(
+                TurnPlace(
+                    conversation_id=conversation_id,
+                    holder=holder,
+                    expires_at=utcnow() + timedelta(seconds=LEASE_SECONDS - renewed_ago),
+                    started_at=utcnow() - timedelta(seconds=20),
+                )
+            )
+        replies[holder] = message_id
+    alive = await asyncpg.connect(
+        asyncpg_dsn(db_url), server_settings={"application_name": presence_name("alive")}
+    )
+    try:
+        assert await maintenance(sessions, client).run_once()
+    finally:
+        await alive.close()
+
+    # Gone and quiet for 10 s: recovered. Its listener alive: not. Gone for a moment (its places
+    # renewed 2 s ago, as a replica whose listener reconnects keeps doing): not yet.
+    assert await statuses(sessions) == {
+        replies["gone"]: MessageStatus.INTERRUPTED,
+        replies["alive"]: MessageStatus.STREAMING,
+        replies["blip"]: MessageStatus.STREAMING,
+    }

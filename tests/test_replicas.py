@@ -208,9 +208,9 @@ async def _kill_listeners(database: async_sessionmaker[AsyncSession]) -> int:
         killed = await session.execute(
             text(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND application_name = :name"
+                "WHERE datname = current_database() AND application_name LIKE :name"
             ),
-            {"name": APPLICATION_NAME},
+            {"name": f"{APPLICATION_NAME}%"},
         )
         return len(killed.all())
 

@@ -135,10 +135,11 @@ class SharedTurnOrder:
         renew_every: float = RENEW_SECONDS,
         poll: float = POLL_SECONDS,
         offline_poll: float = OFFLINE_POLL_SECONDS,
+        holder: str | None = None,
     ) -> None:
         self._sessions = sessions
         self._signals = signals
-        self.holder = uuid.uuid4().hex
+        self.holder = holder or uuid.uuid4().hex
         self.lease = timedelta(seconds=lease)
         self._renew_every = renew_every
         self._poll, self._offline_poll = poll, offline_poll

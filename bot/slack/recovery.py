@@ -13,6 +13,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.conversation.lease import LEASE_SECONDS
 from bot.slack.call_errors import SLACK_CALL_ERRORS
 from bot.slack.edit_budget import UPDATE, EditBudget, EditBudgets
 from bot.slack.renderer import classify_error
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 NOTE_RESTARTED = "This answer was interrupted because the bot restarted. Please ask again."
 NOTE_TRIES = 8  # chat.update attempts through 429s before a note is given up
+PLACE_LEASE = timedelta(seconds=LEASE_SECONDS)  # the turn places' (PostgreSQL: a gone replica's replies)
 
 
 def last_part(content: str, messages: int, limit: int = MAX_MESSAGE_CHARS) -> str:
@@ -78,11 +80,21 @@ async def recover_interrupted_replies(
     claimed: list[tuple[Message, Conversation]] = []
     async with sessions.begin() as session:
         candidates = await repo.expired_streaming_messages(
-            session, now, ignore_leases=ignore_leases, kept=kept, legacy_after=legacy_after
+            session,
+            now,
+            ignore_leases=ignore_leases,
+            kept=kept,
+            legacy_after=legacy_after,
+            place_lease=PLACE_LEASE,
         )
         for message, conversation in candidates:
             if not await repo.claim_for_recovery(
-                session, message.id, now, ignore_leases=ignore_leases, legacy_after=legacy_after
+                session,
+                message.id,
+                now,
+                ignore_leases=ignore_leases,
+                legacy_after=legacy_after,
+                place_lease=PLACE_LEASE,
             ):
                 continue  # another replica took it, or its process renewed the lease meanwhile
             user = await repo.requester(session, message)
@@ -139,6 +151,10 @@ async def _edit_workspace(
 ) -> None:
     budget = None if budgets is None else budgets.for_team(team, UPDATE)
     waits = [0.0] * len(found) if budget is None else await budget.book(len(found))
+    log.info(
+        "interrupted notes booked",
+        extra={"team": team, "notes": len(found), "last_in_s": round(max(waits), 1)},
+    )
     await asyncio.gather(
         *(
             _show_interrupted(client, budget, *note, after=wait)

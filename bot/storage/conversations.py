@@ -6,12 +6,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, delete, exists, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, exists, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.storage.models import Conversation, ConversationKind, Message, MessageStatus, Role, utcnow
+from bot.storage.signals import presence_name
 
 # Replies written before leases existed (by pre-0002 code during a rolling upgrade) have none: such
 # a reply counts as dead only once no call could still run for it (the old rule, with the default
@@ -168,9 +169,30 @@ async def renew_lease(session: AsyncSession, message_id: int, lease_until: datet
     )
 
 
-def _lease_expired(now: datetime, legacy_after: timedelta) -> ColumnElement[bool]:
+# A reply's replica is taken for dead before the reply's lease runs out when its listening connection
+# is gone from pg_stat_activity (a killed process's connections end at once) and the turn's place
+# was not renewed for this long (a replica whose listener only reconnects keeps renewing its places
+# every few seconds). Bench (f): a dead replica's 35 notes in one workspace need 40 s of Slack's
+# chat.update budget; found 20-23 s after the kill by their leases, the last came after 61 s.
+HOLDER_GONE_AFTER = timedelta(seconds=8)
+
+
+def _lease_expired(
+    now: datetime, legacy_after: timedelta, place_lease: timedelta | None = None
+) -> ColumnElement[bool]:
+    """The reply's process is dead: its lease expired, or (PostgreSQL, `place_lease` given: the
+    turn places' lease) its turn's place says its replica is gone."""
     legacy_dead = and_(Message.lease_expires_at.is_(None), Message.created_at < now - legacy_after)
-    return or_(Message.lease_expires_at < now, legacy_dead)
+    dead = or_(Message.lease_expires_at < now, legacy_dead)
+    if place_lease is None:
+        return dead
+    gone = text(
+        "EXISTS (SELECT 1 FROM turn_places tp WHERE tp.conversation_id = messages.conversation_id"
+        " AND tp.started_at IS NOT NULL AND tp.expires_at < :gone_before"
+        " AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a"
+        " WHERE a.application_name = :presence || tp.holder))"
+    ).bindparams(gone_before=now + place_lease - HOLDER_GONE_AFTER, presence=presence_name(""))
+    return or_(dead, gone)
 
 
 async def expired_streaming_messages(
@@ -181,6 +203,7 @@ async def expired_streaming_messages(
     kept: Collection[int] = (),
     legacy_after: timedelta = LEGACY_STALE_AFTER,
     limit: int = 100,
+    place_lease: timedelta | None = None,
 ) -> Sequence[tuple[Message, Conversation]]:
     """Replies still `streaming` whose lease expired (or all of them), with their conversation,
     except those in `kept`: this process is streaming them and renewing their lease, whatever the
@@ -196,7 +219,7 @@ async def expired_streaming_messages(
         .limit(limit)
     )
     if not ignore_leases:
-        stmt = stmt.where(_lease_expired(now, legacy_after))
+        stmt = stmt.where(_lease_expired(now, legacy_after, _on_postgresql(session, place_lease)))
     if kept:
         stmt = stmt.where(Message.id.not_in(list(kept)))
     if _dialect(session) == "postgresql":
@@ -211,6 +234,7 @@ async def claim_for_recovery(
     *,
     ignore_leases: bool = False,
     legacy_after: timedelta = LEGACY_STALE_AFTER,
+    place_lease: timedelta | None = None,
 ) -> bool:
     """Mark an expired reply `interrupted`; True for the one caller that changed it.
 
@@ -218,7 +242,7 @@ async def claim_for_recovery(
     """
     stmt = update(Message).where(Message.id == message_id, Message.status == MessageStatus.STREAMING)
     if not ignore_leases:
-        stmt = stmt.where(_lease_expired(now, legacy_after))
+        stmt = stmt.where(_lease_expired(now, legacy_after, _on_postgresql(session, place_lease)))
     result = await session.execute(stmt.values(status=MessageStatus.INTERRUPTED, lease_expires_at=None))
     return _rowcount(result) == 1
 
@@ -253,6 +277,11 @@ def _rowcount(result: object) -> int:
 
 def _dialect(session: AsyncSession) -> str:
     return session.bind.dialect.name if session.bind is not None else "sqlite"
+
+
+def _on_postgresql(session: AsyncSession, place_lease: timedelta | None) -> timedelta | None:
+    """Turn places and pg_stat_activity exist on PostgreSQL only."""
+    return place_lease if _dialect(session) == "postgresql" else None
 
 
 async def delete_empty_conversation(session: AsyncSession, key: ConversationKey) -> None:

@@ -31,6 +31,14 @@ CONNECT_TIMEOUT = 5.0
 # How the listening connection shows in pg_stat_activity (operators, and tests that kill it).
 APPLICATION_NAME = "slackbot-signals"
 
+
+def presence_name(holder: str) -> str:
+    """The listening connection's `application_name`: while the replica `holder` lives, it is in
+    pg_stat_activity; a killed process's connection ends at once (bot.storage.conversations reads it
+    to find a dead replica's replies sooner than their leases)."""
+    return f"{APPLICATION_NAME}:{holder}"
+
+
 # What a subscriber is called with: the payload, or None when signals may have been missed.
 Subscriber = Callable[[str | None], None]
 
@@ -59,8 +67,10 @@ class SignalHub:
         *,
         reconnect_every: float = RECONNECT_SECONDS,
         ping_every: float = PING_SECONDS,
+        name: str = APPLICATION_NAME,
     ) -> None:
         self._dsn = dsn
+        self.name = name
         self._reconnect_every = reconnect_every
         self._ping_every = ping_every
         self._subscribers: dict[str, list[Subscriber]] = {}
@@ -111,7 +121,7 @@ class SignalHub:
     async def _connect(self) -> None:
         self._lost = asyncio.Event()
         conn = await asyncpg.connect(
-            self._dsn, timeout=CONNECT_TIMEOUT, server_settings={"application_name": APPLICATION_NAME}
+            self._dsn, timeout=CONNECT_TIMEOUT, server_settings={"application_name": self.name}
         )
         self._conn = conn
         conn.add_termination_listener(self._terminated)
