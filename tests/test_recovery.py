@@ -441,7 +441,7 @@ async def test_a_gone_replicas_replies_are_recovered_before_their_leases_run_out
     slack, _ = fakes
     client = AsyncWebClient(token="xoxb-test", base_url=slack.api_url)
     replies = {}
-    for holder, renewed_ago in [("gone", 10), ("alive", 10), ("blip", 2)]:
+    for holder, renewed_ago in [("gone", 10), ("alive", 10), ("blip", 2), ("gone before", 10)]:
         # Each reply's own lease still runs for a while; its turn's place was renewed `renewed_ago`.
         message_id, _ = await seed_stale_reply(
             sessions,
@@ -464,6 +464,18 @@ async def test_a_gone_replicas_replies_are_recovered_before_their_leases_run_out
                 )
             )
         replies[holder] = message_id
+    # The next turn of "gone before"'s conversation runs on a live replica now: its reply is that one's.
+    async with sessions.begin() as session:
+        found = await session.get(Message, replies["gone before"])
+        assert found is not None
+        session.add(
+            TurnPlace(
+                conversation_id=found.conversation_id,
+                holder="next",
+                expires_at=utcnow() + timedelta(seconds=LEASE_SECONDS),
+                started_at=utcnow(),
+            )
+        )
     alive = await asyncpg.connect(
         asyncpg_dsn(db_url), server_settings={"application_name": presence_name("alive")}
     )
@@ -478,4 +490,5 @@ async def test_a_gone_replicas_replies_are_recovered_before_their_leases_run_out
         replies["gone"]: MessageStatus.INTERRUPTED,
         replies["alive"]: MessageStatus.STREAMING,
         replies["blip"]: MessageStatus.STREAMING,
+        replies["gone before"]: MessageStatus.STREAMING,
     }

@@ -186,11 +186,15 @@ def _lease_expired(
     dead = or_(Message.lease_expires_at < now, legacy_dead)
     if place_lease is None:
         return dead
+    # The gone replica's started place, and no later turn of the conversation running elsewhere (a
+    # dead replica's place outlives its turn until purged: the next turn may be streaming now).
     gone = text(
         "EXISTS (SELECT 1 FROM turn_places tp WHERE tp.conversation_id = messages.conversation_id"
         " AND tp.started_at IS NOT NULL AND tp.expires_at < :gone_before"
         " AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a"
-        " WHERE a.application_name = :presence || tp.holder))"
+        " WHERE a.application_name = :presence || tp.holder)"
+        " AND NOT EXISTS (SELECT 1 FROM turn_places other WHERE other.conversation_id = tp.conversation_id"
+        " AND other.started_at IS NOT NULL AND other.holder <> tp.holder AND other.expires_at > now()))"
     ).bindparams(gone_before=now + place_lease - HOLDER_GONE_AFTER, presence=presence_name(""))
     return or_(dead, gone)
 
