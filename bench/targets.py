@@ -202,7 +202,9 @@ def replica_targets(key: str, f: dict[str, Any] | None) -> list[dict[str, Any]]:
     if not f:
         return [
             _target(f"({key}) killed replica's replies finished within 60 s", None, "", None),
-            _target(f"({key}) order kept in every thread (admission order)", None, "", None),
+            _target(
+                f"({key}) turns of every thread one at a time, each with all earlier answers", None, "", None
+            ),
         ]
     killed, order = f["killed"], f["order"]
     note = killed["kill_to_note_s"]
@@ -220,7 +222,7 @@ def replica_targets(key: str, f: dict[str, Any] | None) -> list[dict[str, Any]]:
     return [
         _target(f"({key}) killed replica's replies finished within 60 s", value, "all, <= 60 s", in_time),
         _target(
-            f"({key}) order kept in every thread (admission order)",
+            f"({key}) turns of every thread one at a time, each with all earlier answers",
             f"{order['kept']}/{order['threads']} (in the order sent: {order.get('sent_order_kept', '-')})",
             "all",
             order["kept"] == order["threads"],

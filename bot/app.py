@@ -74,6 +74,7 @@ from bot.slack.summaries import Summaries, register_summaries
 from bot.slack.usage_command import register_usage_command
 from bot.storage.db import check_database, create_engine, describe, session_factory
 from bot.storage.migrate import prepare_schema
+from bot.storage.signals import SignalHub
 from bot.storage.spool import Spool
 from bot.tools.box import EnabledTools, StaticToolBox
 from bot.tools.clock import CurrentTime
@@ -390,6 +391,7 @@ class BotRuntime:
             budgets=budgets,
             metrics=self.metrics,
             legacy_after=timedelta(seconds=settings.llm_total_timeout + 120),
+            presence=None if self.replicas is None else _listener_steady(self.replicas.signals),
         )
         await maintenance.at_start_up()  # logs and counts its own failures: start-up goes on
         self._maintenance = asyncio.create_task(maintenance.run_forever(), name="maintenance")
@@ -590,6 +592,15 @@ async def _wait_for_signal() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+# After an outage every replica's listener was away: another's absence means it died only once this
+# one has been back this long (each reconnects within about a second).
+PRESENCE_STEADY_SECONDS = 10.0
+
+
+def _listener_steady(signals: SignalHub) -> Callable[[], bool]:
+    return lambda: signals.steady(PRESENCE_STEADY_SECONDS)
 
 
 async def _drain(turns: Turns, grace: float) -> None:

@@ -198,8 +198,16 @@ async def test_an_orphan_is_adopted_by_one_replica_and_a_place_whose_reply_was_s
         started = TurnPlace(
             conversation_id=conversation.id, holder="dead", expires_at=past, arrival=record, started_at=past
         )
+        # Started by older code, which never cleared the record: it may have stored its reply.
+        older = TurnPlace(
+            conversation_id=conversation.id,
+            holder="dead",
+            expires_at=past,
+            arrival={k: v for k, v in record.items() if k != repo.BEGINS_KEY},
+            started_at=past,
+        )
         waiting = TurnPlace(conversation_id=conversation.id, holder="dead", expires_at=past, arrival=record)
-        session.add_all([stored, started, waiting])
+        session.add_all([stored, started, older, waiting])
 
     async with database.begin() as session:
         first = await repo.adopt_places(session, "me", LEASE, 10)

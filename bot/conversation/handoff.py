@@ -1,9 +1,9 @@
 """A waiting turn written down with its place in line, so another replica can answer it.
 
 A turn is admitted (its event acked: Slack never sends it again) before it runs. With replicas its
-place row carries this record (bot.storage.turn_places): when the replica holding the place dies or
-drains before the turn starts its reply, another replica adopts the place and runs the turn from the
-record, as if it had admitted it (bot.conversation.turns.Turns.resume). Attachments are kept as
+place row carries this record (bot.storage.turn_places) until the turn stores its reply: when the
+replica holding the place dies or drains before then, another replica adopts the place and runs the
+turn from the record, as if it had admitted it (bot.conversation.turns.Turns.resume). Attachments are kept as
 their metadata: the adopting replica downloads them again.
 """
 
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.conversation.keys import ConversationKey, ConversationKind
 from bot.files.extract import Attachment
+from bot.storage.turn_places import BEGINS_KEY
 
 if TYPE_CHECKING:  # admission writes these records: it imports this module
     from bot.conversation.admission import Arrival
@@ -46,6 +47,10 @@ def to_record(arrival: Arrival, *, new_thread: bool) -> dict[str, object]:
         "mid_thread": arrival.mid_thread,
         "attachments": [asdict(a) for a in arrival.attachments],
         "new_thread": new_thread,
+        # This code clears the record once the turn stored its reply (Place.begin_reply), so a started
+        # place still holding it died before storing anything: it may be adopted. Older code never
+        # cleared it; their started places are never adopted (bot.storage.turn_places._ORPHAN).
+        BEGINS_KEY: True,
     }
 
 

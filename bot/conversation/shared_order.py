@@ -12,18 +12,19 @@ wake the turns waiting in that line, which look again at once (this replica's wi
 trip). A slow poll is the safety net, and while the hub is disconnected the waiters poll every
 `offline_poll` seconds instead.
 
-Hand-off: a place carries what its turn needs (bot.conversation.handoff) until the turn starts its
-reply, which marks it started in the same statement as its last look at the line. A place whose
-lease ran out before that is an orphan: its replica died (kill -9) or drained (it expires its
-waiting places and signals TURNS_HANDED_OFF). Any replica adopts orphans (every `renew_every`
+Hand-off: a place carries what its turn needs (bot.conversation.handoff) until the turn has stored
+its reply (cleared in that transaction); the turn's start is marked in the same statement as its last
+look at the line. A place whose lease ran out while it still carries the record is an orphan: its
+replica died (kill -9) before the turn stored anything, or drained (it expires its waiting places
+and signals TURNS_HANDED_OFF). Any replica adopts orphans (every `renew_every`
 seconds, on that signal, or when one of its turns waits behind one), keeping their ids so each
 thread's order holds, and runs their turns through its `Turns` (the adopter). Orphans hold up the
 turns after them until adopted. A mark and an adoption of one place exclude each other under its
 row lock: a turn runs once (a replica that adopts its own late place leaves it to its waiting
 ticket). Cost per turn: the record rides on the place's insert; the mark is one more statement for
-a turn first in line and none for one that waited (its last look marks it). The started places of
-a dead replica block nobody (their replies are recovered with the interruption note,
-bot.slack.recovery).
+a turn first in line and none for one that waited (its last look marks it); clearing the record
+rides in the reply's first transaction. The places of a dead replica whose turns stored their
+replies block nobody (the replies are recovered with the interruption note, bot.slack.recovery).
 """
 
 from __future__ import annotations

@@ -68,6 +68,7 @@ class AlertJob:
         self._due: set[Subject] = set()  # settled since their last check started
         self._checked_at: dict[Subject, float] = {}
         self._hurry = asyncio.Event()  # idle(): the checks due run now, not after their pause
+        self._idling = 0  # idle() calls under way: the last one to end lets the pauses return
 
     def check_soon(self, subject: Subject) -> None:
         """After a call is settled: check its subject in the background (the reply does not wait),
@@ -83,11 +84,14 @@ class AlertJob:
     async def idle(self) -> None:
         """Run the checks due without their pause, and wait for them (tests, shutdown)."""
         self._hurry.set()
+        self._idling += 1
         try:
             while self._pending:
                 await asyncio.wait(list(self._pending.values()))
         finally:
-            self._hurry.clear()
+            self._idling -= 1
+            if not self._idling:
+                self._hurry.clear()
 
     async def _checks(self, subject: Subject) -> None:
         while subject in self._due:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Protocol
 
@@ -49,6 +50,7 @@ class Maintenance:
         metrics: MaintenanceMetrics | None = None,
         every: float = EVERY_SECONDS,
         legacy_after: timedelta = LEGACY_STALE_AFTER,
+        presence: Callable[[], bool] | None = None,
     ) -> None:
         self._sessions = sessions
         self._client = client
@@ -59,6 +61,7 @@ class Maintenance:
         self._metrics = metrics
         self._every = every
         self._legacy_after = legacy_after
+        self._presence = presence  # may a gone replica's replies be found by its listener's absence
 
     async def at_start_up(self) -> bool:
         """One run before serving; a failure is logged and counted, never stops the start."""
@@ -78,6 +81,7 @@ class Maintenance:
                 ignore_leases=ignore_leases,
                 kept=kept_here(),
                 legacy_after=self._legacy_after,
+                presence=self._presence is not None and self._presence(),
             )
             async with self._sessions.begin() as session:
                 purged = await purge_events(session, DEDUPE_KEEP)

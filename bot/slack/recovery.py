@@ -71,12 +71,16 @@ async def recover_interrupted_replies(
     ignore_leases: bool = False,
     kept: Collection[int] = (),
     legacy_after: timedelta = repo.LEGACY_STALE_AFTER,
+    presence: bool = False,
 ) -> int:
     """Claim each reply whose lease expired (all of them when `ignore_leases`: the only process
     is starting), except those this process is still streaming (`kept`), mark it interrupted with
     a ledger row, then show the note in Slack. A reply without a lease (written before leases
-    existed) counts as expired once older than `legacy_after`."""
+    existed) counts as expired once older than `legacy_after`. `presence` (PostgreSQL, this
+    replica's listener steady): a reply whose replica's listener is gone counts as expired sooner
+    (bot.storage.conversations.HOLDER_GONE_AFTER)."""
     now = utcnow()
+    place_lease = PLACE_LEASE if presence else None
     claimed: list[tuple[Message, Conversation]] = []
     async with sessions.begin() as session:
         candidates = await repo.expired_streaming_messages(
@@ -85,7 +89,7 @@ async def recover_interrupted_replies(
             ignore_leases=ignore_leases,
             kept=kept,
             legacy_after=legacy_after,
-            place_lease=PLACE_LEASE,
+            place_lease=place_lease,
         )
         for message, conversation in candidates:
             if not await repo.claim_for_recovery(
@@ -94,7 +98,7 @@ async def recover_interrupted_replies(
                 now,
                 ignore_leases=ignore_leases,
                 legacy_after=legacy_after,
-                place_lease=PLACE_LEASE,
+                place_lease=place_lease,
             ):
                 continue  # another replica took it, or its process renewed the lease meanwhile
             user = await repo.requester(session, message)

@@ -261,6 +261,7 @@ class SharedBucket:
                             return
                         self._rewards += rewards  # not credited: the row was left as it was
                         # Then again, at least every RETRY_INTERIM: a final may be waiting here by then.
+                        self._reserving = False  # nothing is being taken while it waits
                         await self._sleep(min(slot.wait, RETRY_INTERIM))
                         continue
                 slot = await self._store.run(self._reserve(rewards))

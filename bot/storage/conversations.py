@@ -174,7 +174,7 @@ async def renew_lease(session: AsyncSession, message_id: int, lease_until: datet
 # was not renewed for this long (a replica whose listener only reconnects keeps renewing its places
 # every few seconds). Bench (f): a dead replica's 35 notes in one workspace need 40 s of Slack's
 # chat.update budget; found 20-23 s after the kill by their leases, the last came after 61 s.
-HOLDER_GONE_AFTER = timedelta(seconds=8)
+HOLDER_GONE_AFTER = timedelta(seconds=10)
 
 
 def _lease_expired(
@@ -190,12 +190,12 @@ def _lease_expired(
     # dead replica's place outlives its turn until purged: the next turn may be streaming now).
     gone = text(
         "EXISTS (SELECT 1 FROM turn_places tp WHERE tp.conversation_id = messages.conversation_id"
-        " AND tp.started_at IS NOT NULL AND tp.expires_at < :gone_before"
+        " AND tp.started_at IS NOT NULL AND tp.expires_at < now() + CAST(:renewed_before AS interval)"
         " AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a"
         " WHERE a.application_name = :presence || tp.holder)"
         " AND NOT EXISTS (SELECT 1 FROM turn_places other WHERE other.conversation_id = tp.conversation_id"
         " AND other.started_at IS NOT NULL AND other.holder <> tp.holder AND other.expires_at > now()))"
-    ).bindparams(gone_before=now + place_lease - HOLDER_GONE_AFTER, presence=presence_name(""))
+    ).bindparams(renewed_before=place_lease - HOLDER_GONE_AFTER, presence=presence_name(""))
     return or_(dead, gone)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -79,6 +80,7 @@ class SignalHub:
         self._task: asyncio.Task[None] | None = None
         self.connected = False
         self.connects = 0  # how many times a connection was made (tests watch reconnects)
+        self._connected_at = 0.0
 
     def subscribe(self, channel: str, callback: Subscriber) -> None:
         """Before `start()`: the channels are LISTENed to on every (re)connect."""
@@ -129,6 +131,7 @@ class SignalHub:
             await conn.add_listener(channel, self._received)
         self.connected = True
         self.connects += 1
+        self._connected_at = time.monotonic()
 
     async def _watch(self) -> None:
         """Until the connection is lost: a termination callback, or a ping that fails."""
@@ -154,6 +157,11 @@ class SignalHub:
             return  # a connection given up earlier: the current one is fine
         self.connected = False
         self._lost.set()
+
+    def steady(self, seconds: float) -> bool:
+        """Connected without a break for `seconds`: after an outage every replica's listener was
+        away, and the others' may not be back yet."""
+        return self.connected and time.monotonic() - self._connected_at >= seconds
 
     def _received(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
         for callback in self._subscribers.get(channel, ()):

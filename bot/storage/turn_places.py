@@ -13,6 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.storage.models import Conversation, TurnPlace
 
+# Set in records whose writer clears them once the turn stored its reply (bot.conversation.handoff).
+BEGINS_KEY = "cleared_once_stored"
+
 # Signalled (payload: the conversation id) when a turn leaves its line.
 TURN_ENDED = "bot_turn_ended"
 # Signalled when a draining replica handed its waiting turns off: the others adopt them at once.
@@ -30,7 +33,11 @@ _LEAVE = text(
 # finishes the reply with a note), and it says what the turn was: another replica adopts it and runs
 # the turn again. A turn that started but died before storing its reply was lost otherwise: in bench
 # (f) one of a killed replica's 50 turns showed nothing at all (its status, then silence).
-_ORPHAN = and_(TurnPlace.expires_at <= func.now(), TurnPlace.arrival.is_not(None))
+_ORPHAN = and_(
+    TurnPlace.expires_at <= func.now(),
+    TurnPlace.arrival.is_not(None),
+    or_(TurnPlace.started_at.is_(None), text(f"(turn_places.arrival ->> '{BEGINS_KEY}') = 'true'")),
+)
 # A place that holds up the turns after it: live, or an orphan about to be adopted (so that turns of
 # a dead replica keep their order when they are adopted one by one).
 _IN_LINE = or_(TurnPlace.expires_at > func.now(), _ORPHAN)
@@ -43,7 +50,8 @@ _CHECK = text(
     " SELECT max(expires_at) FILTER (WHERE expires_at > now()) AS latest,"
     " count(*) FILTER (WHERE expires_at <= now()) AS orphans"
     " FROM turn_places WHERE conversation_id = :conversation_id AND id < :id"
-    " AND (expires_at > now() OR arrival IS NOT NULL)"
+    " AND (expires_at > now() OR (arrival IS NOT NULL"
+    f" AND (started_at IS NULL OR (arrival ->> '{BEGINS_KEY}') = 'true')))"
     "), mark AS ("
     " UPDATE turn_places SET started_at = now(), expires_at = now() + CAST(:lease AS interval)"
     " WHERE id = :id AND holder = :holder AND expires_at > now()"
@@ -138,7 +146,7 @@ async def leave_place(session: AsyncSession, place_id: int, holder: str) -> None
 async def adopt_places(
     session: AsyncSession, holder: str, lease: timedelta, limit: int
 ) -> list[AdoptedPlace]:
-    """Take over orphans (their holder died or drained before their turn started), oldest first,
+    """Take over orphans (their holder died or drained before their turn stored its reply), oldest first,
     keeping their ids so their threads' order holds. Rows another replica is adopting at the same
     moment are skipped, and the conditions are checked again under the row lock: each orphan goes
     to one replica."""
