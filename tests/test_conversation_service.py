@@ -10,10 +10,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation.budget import TokenEstimator, prompt_budget
+from bot.conversation.ordering import HandedOff
 from bot.conversation.service import (
     NOTE_DATABASE,
     NOTE_INTERRUPTED,
     NOTE_ONLY_REASONING,
+    NOTE_TAKEN_OVER,
     NOTE_TOO_LONG,
     ConversationService,
     ServiceConfig,
@@ -244,3 +246,23 @@ async def test_a_reply_that_cannot_be_delivered_still_stores_the_answer_and_its_
     assert (assistant.status, assistant.content) == (MessageStatus.ERROR, "Billed answer.")
     [usage] = await usage_rows(sessions)
     assert (usage.status, usage.credits_used) == ("complete", 777)
+
+
+class _TakenOver:
+    """A place another replica adopted while this one stalled: it may store nothing."""
+
+    async def begin_reply(self, session: AsyncSession) -> None:  # noqa: ARG002
+        raise HandedOff
+
+
+async def test_a_turn_whose_place_was_taken_over_stores_nothing_and_calls_no_model(sessions, llm, aiml):
+    from dataclasses import replace
+
+    sink = RecordingSink()
+    taken = replace(turn("Hi"), place=_TakenOver())  # type: ignore[arg-type]
+    outcome = await make_service(sessions, llm).reply(taken, sink)
+
+    assert outcome.status is MessageStatus.ERROR and outcome.label == "handed off"
+    assert sink.failure == NOTE_TAKEN_OVER
+    assert await stored(sessions) == [] and await usage_rows(sessions) == []
+    assert aiml.requests == []

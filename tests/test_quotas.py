@@ -188,7 +188,7 @@ async def test_no_limit_means_no_reservation_and_no_statement_on_the_hot_path(en
     assert statements == []
 
 
-async def test_a_limited_turn_costs_two_statements_to_check_and_reserve(engine, sessions):
+async def test_a_limited_turn_costs_one_statement_to_check_and_reserve(engine, sessions):
     stage = stage_on(sessions, user_day=10**9, user_month=10**9, channel_day=10**9, workspace_month=10**9)
     subject = Subject("T1", "C1", "U1")
     await stage.reserve(subject, prompt_tokens=5, max_output_tokens=5)  # overrides and calibration, cached
@@ -198,9 +198,9 @@ async def test_a_limited_turn_costs_two_statements_to_check_and_reserve(engine, 
     held = await stage.reserve(subject, prompt_tokens=5, max_output_tokens=5)
 
     assert isinstance(held, Reservation)
-    # Far from every limit: one SELECT with every sum, the INSERT; settling is one DELETE afterwards.
-    # (Nearer a limit the workspace's lock comes first: three.)
-    assert len(statements) == 2, statements
+    # Far from every limit: one INSERT ... SELECT with every sum in its condition; settling is one
+    # DELETE afterwards. (Nearer a limit: the workspace's lock, the sums, the INSERT.)
+    assert len(statements) == 1, statements
     async with sessions() as session:
         assert await session.scalar(select(func.count(QuotaReservation.id))) == 2
 

@@ -160,19 +160,23 @@ class Quotas:
         self, subject: Subject, limits: dict[LimitKey, int], estimate: int, now: datetime
     ) -> Reservation | None:
         """Hold `estimate` without the workspace's lock when every limit stays at most UNLOCKED_BELOW
-        full; None: near a limit (the caller checks under the lock)."""
+        full, in one statement that checks and inserts; None: near a limit (the caller checks under
+        the lock)."""
         team = subject.team_id
-        async with self._sessions() as session:
-            uses = await self._uses(session, limits, now)
         mine = self._unlocked.get(team, 0) + estimate
-        if any(use.used + mine > use.limit * UNLOCKED_BELOW for use in uses):
-            return None
+        today = local_today(self.tz, now)
+        ceilings = []
+        for key, limit in limits.items():
+            start, end = period_bounds(key.period, today, self.tz)
+            window = store.Window(SCOPE_COLUMN[key.scope], key.subject_id, start, end)
+            ceilings.append((window, math.floor(limit * UNLOCKED_BELOW) - mine))
         self._unlocked[team] = mine
         _add(self._uncommitted, team, estimate)
         try:
             async with self._sessions.begin() as session:
-                reservation_id = await store.reserve(
+                reservation_id = await store.reserve_below(
                     session,
+                    ceilings,
                     team_id=team,
                     channel_id=subject.channel_id,
                     user_id=subject.user_id,
@@ -185,6 +189,9 @@ class Quotas:
             raise
         finally:
             _add(self._uncommitted, team, -estimate)
+        if reservation_id is None:
+            self._forget_unlocked(team, estimate)
+            return None
         return Reservation(reservation_id, subject, estimate, unlocked=True)
 
     def _forget_unlocked(self, team: str, credits: int) -> None:

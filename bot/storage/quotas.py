@@ -13,7 +13,21 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Insert, and_, delete, func, select, text, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    Insert,
+    String,
+    and_,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -127,29 +141,61 @@ class Window:
     end: datetime
 
 
+def _spent(window: Window) -> ColumnElement[Any]:
+    owner = getattr(UsageRecord, window.column)
+    return (
+        select(func.coalesce(func.sum(UsageRecord.credits_used), 0))
+        .where(
+            owner == window.subject_id,
+            UsageRecord.created_at >= window.start.astimezone(UTC),
+            UsageRecord.created_at < window.end.astimezone(UTC),
+        )
+        .scalar_subquery()
+    )
+
+
+def _held(column: str, subject_id: str, now: datetime) -> ColumnElement[Any]:
+    owner = getattr(QuotaReservation, column)
+    return (
+        select(func.coalesce(func.sum(QuotaReservation.credits), 0))
+        .where(owner == subject_id, QuotaReservation.expires_at >= now.astimezone(UTC))
+        .scalar_subquery()
+    )
+
+
+async def reserve_below(
+    session: AsyncSession,
+    ceilings: list[tuple[Window, int]],
+    *,
+    team_id: str,
+    channel_id: str | None,
+    user_id: str | None,
+    credits: int,
+    now: datetime,
+    ttl: timedelta,
+) -> int | None:
+    """In one statement: hold `credits` only if each window's spend plus its subject's live holds
+    stays within its ceiling; the hold's id, or None (nothing written)."""
+    room = and_(*(_spent(w) + _held(w.column, w.subject_id, now) <= ceiling for w, ceiling in ceilings))
+    row = select(
+        literal(team_id, String()),
+        literal(channel_id, String()),
+        literal(user_id, String()),
+        literal(credits, BigInteger()),
+        literal(now.astimezone(UTC), DateTime(timezone=True)),
+        literal((now + ttl).astimezone(UTC), DateTime(timezone=True)),
+    ).where(room)
+    columns = ["team_id", "channel_id", "user_id", "credits", "created_at", "expires_at"]
+    stmt = insert(QuotaReservation).from_select(columns, row).returning(QuotaReservation.id)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
 async def spend(
     session: AsyncSession, windows: list[Window], reserved_for: list[tuple[str, str]], now: datetime
 ) -> tuple[list[int], list[int]]:
     """In one statement: each window's settled credits, and each (column, id)'s live reservations."""
-    columns: list[ColumnElement[Any]] = []
-    for window in windows:
-        owner = getattr(UsageRecord, window.column)
-        columns.append(
-            select(func.coalesce(func.sum(UsageRecord.credits_used), 0))
-            .where(
-                owner == window.subject_id,
-                UsageRecord.created_at >= window.start.astimezone(UTC),
-                UsageRecord.created_at < window.end.astimezone(UTC),
-            )
-            .scalar_subquery()
-        )
-    for column, subject_id in reserved_for:
-        owner = getattr(QuotaReservation, column)
-        columns.append(
-            select(func.coalesce(func.sum(QuotaReservation.credits), 0))
-            .where(owner == subject_id, QuotaReservation.expires_at >= now.astimezone(UTC))
-            .scalar_subquery()
-        )
+    columns = [_spent(window) for window in windows]
+    columns += [_held(column, subject_id, now) for column, subject_id in reserved_for]
     if not columns:
         return [], []
     row = (await session.execute(select(*columns))).one()
