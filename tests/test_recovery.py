@@ -11,7 +11,7 @@ from aiohttp import web
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import select, update
 
-from bot.conversation.lease import LEASE_SECONDS, ReplyLease, kept_here
+from bot.conversation.lease import PLACE_LEASE_SECONDS, ReplyLease, kept_here
 from bot.jobs.maintenance import Maintenance
 from bot.slack.edit_budget import DEFAULT_RATE_PER_MINUTE, EditBudgets
 from bot.slack.recovery import NOTE_RESTARTED, last_part
@@ -459,7 +459,7 @@ async def test_a_gone_replicas_replies_are_recovered_before_their_leases_run_out
                 TurnPlace(
                     conversation_id=conversation_id,
                     holder=holder,
-                    expires_at=utcnow() + timedelta(seconds=LEASE_SECONDS - renewed_ago),
+                    expires_at=utcnow() + timedelta(seconds=PLACE_LEASE_SECONDS - renewed_ago),
                     started_at=utcnow() - timedelta(seconds=20),
                 )
             )
@@ -472,7 +472,7 @@ async def test_a_gone_replicas_replies_are_recovered_before_their_leases_run_out
             TurnPlace(
                 conversation_id=found.conversation_id,
                 holder="next",
-                expires_at=utcnow() + timedelta(seconds=LEASE_SECONDS),
+                expires_at=utcnow() + timedelta(seconds=PLACE_LEASE_SECONDS),
                 started_at=utcnow(),
             )
         )

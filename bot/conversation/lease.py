@@ -17,14 +17,20 @@ from bot.storage.models import utcnow
 
 log = logging.getLogger(__name__)
 
-# A dead replica's replies are finished about this long after it died (plus one maintenance period):
-# bench (f) needs every one of a killed replica's notes shown within a minute. At 30 s (renewed every
-# 10 s) detection alone took 20-40 s and the last of 47 notes landed after 90 s.
-LEASE_SECONDS = 18.0
-# Three renewals per lease: one lost write (a blip) does not let another replica take the reply. A
-# little over the 5 s checkpoints, which renew it as they save text, so a streaming reply rarely
-# needs a write of its own.
-RENEW_SECONDS = 6.0
+# A reply's lease: a replica's maintenance finishes a reply whose process stopped renewing it for
+# this long (a process killed on PostgreSQL is found sooner, by its turn places and its listener:
+# bot.storage.conversations.HOLDER_GONE_AFTER).
+LEASE_SECONDS = 30.0
+# Three renewals per lease: one lost write (a blip) does not let another replica take the reply.
+# Each streaming reply renews its own (the 5 s checkpoints do it as they save text): at 6 s, the
+# replies of bench (c) waiting minutes for their final edit cost twice the CPU per reply.
+RENEW_SECONDS = 10.0
+
+# Turn places: one statement renews all of a replica's places, so they are renewed often and their
+# leases are short: a dead replica's waiting turns are adopted soon, and its replies found by
+# presence 10 s after its places' last renewal.
+PLACE_LEASE_SECONDS = 18.0
+PLACE_RENEW_SECONDS = 6.0
 # After a failed renewal (the database away): retry soon, so that when it returns this process
 # renews before any maintenance run (here or in another replica) sees the lease expired.
 RETRY_SECONDS = 1.5

@@ -39,7 +39,7 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.conversation.lease import LEASE_SECONDS, RENEW_SECONDS, RETRY_SECONDS
+from bot.conversation.lease import PLACE_LEASE_SECONDS, PLACE_RENEW_SECONDS, RETRY_SECONDS
 from bot.conversation.ordering import HandedOff
 from bot.storage import turn_places as repo
 from bot.storage.db import UNAVAILABLE, error_reason
@@ -132,8 +132,8 @@ class SharedTurnOrder:
         sessions: async_sessionmaker[AsyncSession],
         signals: Signals,
         *,
-        lease: float = LEASE_SECONDS,
-        renew_every: float = RENEW_SECONDS,
+        lease: float = PLACE_LEASE_SECONDS,
+        renew_every: float = PLACE_RENEW_SECONDS,
         poll: float = POLL_SECONDS,
         offline_poll: float = OFFLINE_POLL_SECONDS,
         holder: str | None = None,

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 # Slack retries an event for about 5 minutes; a day of dedupe rows is plenty and stays small.
 DEDUPE_KEEP = timedelta(hours=24)
-# With 18 s leases, a crashed reply is finished within about 25 s (lease, one period, one call).
+# With 30 s leases, a crashed reply is finished within about 35 s (lease, one period, one call); on
+# PostgreSQL a killed replica's within about 15 s (its places and listener say it is gone).
 EVERY_SECONDS = 5.0
 
 

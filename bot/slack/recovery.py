@@ -13,7 +13,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.conversation.lease import LEASE_SECONDS
+from bot.conversation.lease import PLACE_LEASE_SECONDS
 from bot.slack.call_errors import SLACK_CALL_ERRORS
 from bot.slack.edit_budget import UPDATE, EditBudget, EditBudgets
 from bot.slack.renderer import classify_error
@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 NOTE_RESTARTED = "This answer was interrupted because the bot restarted. Please ask again."
 NOTE_TRIES = 8  # chat.update attempts through 429s before a note is given up
-PLACE_LEASE = timedelta(seconds=LEASE_SECONDS)  # the turn places' (PostgreSQL: a gone replica's replies)
+PLACE_LEASE = timedelta(
+    seconds=PLACE_LEASE_SECONDS
+)  # the turn places' (PostgreSQL: a gone replica's replies)
 
 
 def last_part(content: str, messages: int, limit: int = MAX_MESSAGE_CHARS) -> str:
