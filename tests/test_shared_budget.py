@@ -125,7 +125,7 @@ async def test_final_calls_on_one_replica_go_before_interim_calls_on_another(db_
     order = [stream for stream, _ in granted]
     assert order[-1] == "edit", f"the interim edit took a slot the queued notes needed: {order}"
     times = [at for _, at in granted]
-    assert times[-1] - times[0] == pytest.approx(2.0, abs=0.4), "and the rate still holds"
+    assert 1.6 <= times[-1] - times[0] < 3.5, "and the rate still holds"
 
 
 async def test_calls_booked_at_once_go_before_any_replicas_later_call(db_url: str) -> None:
@@ -135,9 +135,9 @@ async def test_calls_booked_at_once_go_before_any_replicas_later_call(db_url: st
         edits = EditBudgets(120.0, 1, shared=second).for_team("T1")
         start = time.monotonic()
         waits = await notes.book(4)
-        assert waits == pytest.approx([0.0, 0.5, 1.0, 1.5], abs=0.1)
+        assert waits == pytest.approx([0.0, 0.5, 1.0, 1.5], abs=0.2)
         await edits.acquire("a final edit", final=True)
-        assert time.monotonic() - start == pytest.approx(2.0, abs=0.3), "it came after the four"
+        assert 1.8 <= time.monotonic() - start < 3.5, "it came after the four"
 
 
 async def test_without_the_database_each_replica_spends_its_share_and_replies_are_not_blocked(
