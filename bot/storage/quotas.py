@@ -26,6 +26,7 @@ from sqlalchemy import (
     literal,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -175,8 +176,10 @@ async def reserve_below(
     ttl: timedelta,
 ) -> int | None:
     """In one statement: hold `credits` only if each window's spend plus its subject's live holds
-    stays within its ceiling; the hold's id, or None (nothing written)."""
-    room = and_(*(_spent(w) + _held(w.column, w.subject_id, now) <= ceiling for w, ceiling in ceilings))
+    stays within its ceiling (no ceilings: always); the hold's id, or None (nothing written)."""
+    room = and_(
+        true(), *(_spent(w) + _held(w.column, w.subject_id, now) <= ceiling for w, ceiling in ceilings)
+    )
     row = select(
         literal(team_id, String()),
         literal(channel_id, String()),
@@ -213,17 +216,19 @@ async def reserve(
     now: datetime,
     ttl: timedelta,
 ) -> int:
-    row = QuotaReservation(
+    """Hold `credits` unconditionally (the caller checked the limits under the workspace's lock)."""
+    held = await reserve_below(
+        session,
+        [],
         team_id=team_id,
         channel_id=channel_id,
         user_id=user_id,
         credits=credits,
-        created_at=now,
-        expires_at=now + ttl,
+        now=now,
+        ttl=ttl,
     )
-    session.add(row)
-    await session.flush()
-    return row.id
+    assert held is not None  # no ceiling: the row is always written
+    return held
 
 
 async def release(session: AsyncSession, reservation_id: int) -> None:
