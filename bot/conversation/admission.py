@@ -223,7 +223,7 @@ class Admission:
             async with self._sessions.begin() as session:
                 # Locked (PostgreSQL) till commit: claims of one thread, on any replica, take their
                 # places one after the other.
-                existing = await repo.find_conversation(session, key, lock=True)
+                existing = await repo.find_conversation_id(session, key, lock=True)
                 if not arrival.addressed:
                     followups = self._thread_followups and channel.followups
                     if not followups or channel.mode is ChannelMode.MENTIONS:
@@ -236,13 +236,15 @@ class Admission:
                 # A new thread's row: from here on follow-ups sent while this first reply is set up
                 # are admitted too.
                 conversation = existing
-                if conversation is None:
-                    created = await repo.get_or_create_conversation(session, key, arrival.kind)
+                while conversation is None:  # one statement when the thread is new
                     # Another claim may have created it meanwhile (we then waited on its unique key,
-                    # not its row): lock it now, or a third claim could take a place beside ours.
-                    conversation = await repo.find_conversation(session, key, lock=True) or created
+                    # not its row): lock it now, or a third claim could take a place beside ours. If
+                    # that claim was refused, its empty row may be gone again: insert once more.
+                    conversation = await repo.create_conversation(
+                        session, key, arrival.kind
+                    ) or await repo.find_conversation_id(session, key, lock=True)
                 # The place across replicas, if shared, with what another replica needs to answer.
-                await ticket.take(session, conversation.id, to_record(arrival, new_thread=existing is None))
+                await ticket.take(session, conversation, to_record(arrival, new_thread=existing is None))
         except BaseException:
             if ticket is not None:
                 ticket.leave()  # the claim was rolled back with the transaction

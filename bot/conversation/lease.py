@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -34,6 +35,9 @@ PLACE_RENEW_SECONDS = 6.0
 # After a failed renewal (the database away): retry soon, so that when it returns this process
 # renews before any maintenance run (here or in another replica) sees the lease expired.
 RETRY_SECONDS = 1.5
+# Renewals falling due this close together go out as one statement: bench (d)'s 500 replies waiting
+# for their final edits renewed one transaction each, 12 % of the process's CPU (py-spy) in the burst.
+BATCH_SECONDS = 1.0
 
 # Replies some ReplyLease of this process is keeping alive: its own maintenance never recovers them,
 # even when an outage let the lease in the row run out.
@@ -60,6 +64,7 @@ class ReplyLease:
         self._renew_every = renew_every
         self._renewed_at: dict[int, float] = {}
         self._retry = min(RETRY_SECONDS, renew_every)
+        self._batch = _Renewals(sessions, self.until, min(BATCH_SECONDS, renew_every / 4))
 
     def until(self) -> datetime:
         """The expiry a write made now sets."""
@@ -84,8 +89,7 @@ class ReplyLease:
                 if ended.is_set() or time.monotonic() < self._renewed_at[message_id] + self._renew_every:
                     continue  # the reply ended, or a checkpoint renewed the lease meanwhile
                 try:
-                    async with self._sessions.begin() as session:
-                        await repo.renew_lease(session, message_id, self.until())
+                    await self._batch.renew(message_id)
                 except UNAVAILABLE as exc:
                     log.warning("could not renew a reply's lease: %s", error_reason(exc))
                     # Due again in RETRY_SECONDS rather than a whole period.
@@ -95,3 +99,29 @@ class ReplyLease:
         finally:
             self._renewed_at.pop(message_id, None)
             _KEPT_HERE.discard(message_id)
+
+
+class _Renewals:
+    """Renewals due within `window` of the first go out together: one UPDATE for all of them."""
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], until: Callable[[], datetime], window: float
+    ) -> None:
+        self._sessions, self._until, self._window = sessions, until, window
+        self._due: set[int] = set()
+        self._write: asyncio.Future[None] | None = None
+
+    async def renew(self, message_id: int) -> None:
+        """Renew the reply's lease (with any others due meanwhile); raises the database's errors."""
+        self._due.add(message_id)
+        if self._write is None:
+            self._write = asyncio.ensure_future(self._soon())
+            # Retrieved even when every waiter was cancelled (shutdown): no "never retrieved" warning.
+            self._write.add_done_callback(lambda done: done.cancelled() or done.exception())
+        await asyncio.shield(self._write)  # one waiter's cancellation leaves the others' write alone
+
+    async def _soon(self) -> None:
+        await asyncio.sleep(self._window)
+        ids, self._due, self._write = self._due, set(), None
+        async with self._sessions.begin() as session:
+            await repo.renew_leases(session, ids, self._until())

@@ -362,22 +362,22 @@ class ConversationService:
         async with self._sessions.begin() as session:
             if turn.place is not None:
                 await turn.place.begin_reply(session)  # first: a turn taken over stores nothing
-            conversation = await repo.get_or_create_conversation(session, turn.key, turn.kind)
-            stored = await repo.load_history(session, conversation.id)
+            conversation = await repo.conversation_id(session, turn.key, turn.kind)
+            stored = await repo.load_history(session, conversation)
             if not stored and turn.backfill:
                 for earlier in turn.backfill:
-                    await repo.add_message(session, conversation.id, Role(earlier.role), earlier.content)
-                stored = await repo.load_history(session, conversation.id)
+                    await repo.add_message(session, conversation, Role(earlier.role), earlier.content)
+                stored = await repo.load_history(session, conversation)
             history = [
                 chat
                 for m in stored
                 if _usable(m)
                 for chat in replay(m.role.value, m.content, m.tool_exchange)
             ]
-            await repo.add_message(session, conversation.id, Role.USER, turn.text, user_id=turn.user_id)
+            await repo.add_message(session, conversation, Role.USER, turn.text, user_id=turn.user_id)
             assistant = await repo.add_message(
                 session,
-                conversation.id,
+                conversation,
                 Role.ASSISTANT,
                 "",
                 status=MessageStatus.STREAMING,
@@ -385,7 +385,7 @@ class ConversationService:
                 request_id=request_id,
                 lease_until=self._lease.until(),
             )
-            return conversation.id, assistant.id, history
+            return conversation, assistant.id, history
 
     async def _checkpoint(self, message_id: int, content: str, sink: ReplySink) -> None:
         """Save the partial answer now and then (recovery finishes it after a crash), renewing the

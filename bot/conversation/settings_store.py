@@ -6,6 +6,7 @@ at once; other replicas see it when their entry expires (`ttl`, a few seconds).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -70,6 +71,7 @@ class ChannelSettingsStore:
         self._entries: OrderedDict[_Key, tuple[float, ChannelSettings]] = OrderedDict()
         # Bumped by every change seen here: a read that began before a save must not cache what it read.
         self._generation = 0
+        self._reading: dict[_Key, asyncio.Future[ChannelSettings]] = {}
 
     async def for_channel(self, team_id: str, channel_id: str) -> ChannelSettings:
         """The channel's settings (the defaults if none were set).
@@ -83,10 +85,22 @@ class ChannelSettingsStore:
         if entry is not None and entry[0] > now:
             self._entries.move_to_end(key)
             return entry[1]
+        # One read per channel at a time: a burst of messages in a channel whose entry ran out waits
+        # for the same query (shielded: one waiter's cancellation does not end the others' read).
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read(key, entry, now))
+            self._reading[key] = reading
+            reading.add_done_callback(lambda _: self._reading.pop(key, None))
+        return await asyncio.shield(reading)
+
+    async def _read(
+        self, key: _Key, entry: tuple[float, ChannelSettings] | None, now: float
+    ) -> ChannelSettings:
         generation = self._generation
         try:
             async with self._sessions() as session:
-                row = await repo.find_channel_settings(session, team_id, channel_id)
+                row = await repo.find_channel_settings(session, *key)
                 settings = DEFAULT_CHANNEL_SETTINGS if row is None else _from_row(row)
         except UNAVAILABLE as exc:
             if entry is None:
@@ -101,6 +115,7 @@ class ChannelSettingsStore:
         """Forget one channel's cached settings (this process saved them, or was told they changed)."""
         self._generation += 1
         self._entries.pop((team_id, channel_id), None)
+        self._reading.pop((team_id, channel_id), None)  # a read begun before reads the old settings
 
     async def save(
         self, team_id: str, channel_id: str, settings: ChannelSettings, *, actor_id: str

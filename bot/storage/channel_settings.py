@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.storage.models import AdminAudit, ChannelSettingsRow, utcnow
@@ -26,17 +26,21 @@ class AuditEntry:
     created_at: datetime
 
 
+_FIND = select(ChannelSettingsRow).where(
+    ChannelSettingsRow.team_id == bindparam("team_id"),
+    ChannelSettingsRow.channel_id == bindparam("channel_id"),
+)  # built once: it runs for every event whose channel's cached settings ran out
+_FIND_FOR_UPDATE = _FIND.with_for_update()
+
+
 async def find_channel_settings(
     session: AsyncSession, team_id: str, channel_id: str, *, for_update: bool = False
 ) -> ChannelSettingsRow | None:
     """The channel's row, or None when nobody set anything; `for_update` locks it (PostgreSQL) so
     two admins saving at once are audited in order, each with the `before` the other left."""
-    query = select(ChannelSettingsRow).where(
-        ChannelSettingsRow.team_id == team_id, ChannelSettingsRow.channel_id == channel_id
-    )
-    if for_update:
-        query = query.with_for_update()
-    return (await session.scalars(query)).one_or_none()
+    query = _FIND_FOR_UPDATE if for_update else _FIND
+    params = {"team_id": team_id, "channel_id": channel_id}
+    return (await session.scalars(query, params)).one_or_none()
 
 
 async def channel_settings_rows(

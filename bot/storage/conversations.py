@@ -6,12 +6,12 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, delete, exists, or_, select, text, update
+from sqlalchemy import ColumnElement, and_, bindparam, delete, exists, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.storage.models import Conversation, ConversationKind, Message, MessageStatus, Role, utcnow
+from bot.storage.models import Base, Conversation, ConversationKind, Message, MessageStatus, Role, utcnow
 from bot.storage.signals import presence_name
 
 # Replies written before leases existed (by pre-0002 code during a rolling upgrade) have none: such
@@ -34,43 +34,55 @@ class ConversationKey:
     thread_ts: str
 
 
-async def find_conversation(
+_TABLE = Base.metadata.tables["conversations"]  # typed as a Table (a model's __table__ is not)
+# Built once: the admission's hot path runs these for every event, and building a statement (its
+# expressions, then its cache key) cost more CPU than executing it (py-spy, bench (d), SQLite).
+_KEY_MATCHES = (
+    Conversation.team_id == bindparam("team_id"),
+    Conversation.channel_id == bindparam("channel_id"),
+    Conversation.thread_ts == bindparam("thread_ts"),
+)
+_FIND_ID = select(Conversation.id).where(*_KEY_MATCHES)
+_FIND_ID_LOCKED = _FIND_ID.with_for_update()
+_CREATE = {
+    name: insert(_TABLE)
+    .on_conflict_do_nothing(index_elements=["team_id", "channel_id", "thread_ts"])
+    .returning(_TABLE.c.id)
+    for name, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
+
+
+def _key_params(key: ConversationKey) -> dict[str, str]:
+    return {"team_id": key.team_id, "channel_id": key.channel_id, "thread_ts": key.thread_ts}
+
+
+async def find_conversation_id(
     session: AsyncSession, key: ConversationKey, *, lock: bool = False
-) -> Conversation | None:
+) -> int | None:
     """`lock`: hold the row until the transaction ends (PostgreSQL; SQLite has one writer anyway)."""
-    stmt = select(Conversation).where(
-        Conversation.team_id == key.team_id,
-        Conversation.channel_id == key.channel_id,
-        Conversation.thread_ts == key.thread_ts,
-    )
-    if lock:
-        stmt = stmt.with_for_update()
-    return (await session.execute(stmt)).scalar_one_or_none()
+    stmt = _FIND_ID_LOCKED if lock else _FIND_ID
+    return (await session.execute(stmt, _key_params(key))).scalar_one_or_none()
 
 
-async def get_or_create_conversation(
+async def create_conversation(
     session: AsyncSession, key: ConversationKey, kind: ConversationKind
-) -> Conversation:
-    """Race-safe: two replicas creating the same thread end up with one row."""
-    existing = await find_conversation(session, key)
-    if existing is not None:
-        return existing
-    insert = pg_insert if _dialect(session) == "postgresql" else sqlite_insert
+) -> int | None:
+    """Insert the thread's row in one statement and return its id; None when it exists already (or a
+    concurrent writer inserted it first: PostgreSQL then waited for that writer's commit). The row
+    inserted here is held by this transaction till it ends, as a locked one is."""
     now = utcnow()
-    stmt = (
-        insert(Conversation)
-        .values(
-            team_id=key.team_id,
-            channel_id=key.channel_id,
-            thread_ts=key.thread_ts,
-            kind=kind,
-            created_at=now,
-            updated_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["team_id", "channel_id", "thread_ts"])
-    )
-    await session.execute(stmt)
-    created = await find_conversation(session, key)
+    values = {**_key_params(key), "kind": kind, "created_at": now, "updated_at": now}
+    created: int | None = (await session.execute(_CREATE[_dialect(session)], values)).scalar_one_or_none()
+    return created
+
+
+async def conversation_id(session: AsyncSession, key: ConversationKey, kind: ConversationKind) -> int:
+    """The thread's conversation, created if missing; race-safe: two replicas creating the same
+    thread end up with one row."""
+    found = await find_conversation_id(session, key)
+    if found is not None:
+        return found
+    created = await create_conversation(session, key, kind) or await find_conversation_id(session, key)
     assert created is not None  # inserted above, or by a concurrent writer
     return created
 
@@ -161,10 +173,11 @@ async def checkpoint_message(
     )
 
 
-async def renew_lease(session: AsyncSession, message_id: int, lease_until: datetime) -> None:
+async def renew_leases(session: AsyncSession, message_ids: Collection[int], lease_until: datetime) -> None:
+    """Renew the leases of the replies still streaming among `message_ids`, in one statement."""
     await session.execute(
         update(Message)
-        .where(Message.id == message_id, Message.status == MessageStatus.STREAMING)
+        .where(Message.id.in_(message_ids), Message.status == MessageStatus.STREAMING)
         .values(lease_expires_at=lease_until)
     )
 
