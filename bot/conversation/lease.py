@@ -121,7 +121,11 @@ class _Renewals:
         await asyncio.shield(self._write)  # one waiter's cancellation leaves the others' write alone
 
     async def _soon(self) -> None:
-        await asyncio.sleep(self._window)
-        ids, self._due, self._write = self._due, set(), None
-        async with self._sessions.begin() as session:
-            await repo.renew_leases(session, ids, self._until())
+        try:
+            await asyncio.sleep(self._window)
+        finally:  # cancelled too (the loop closing): the next renewal starts a write of its own
+            ids, self._due, self._write = self._due, set(), None
+        ids &= _KEPT_HERE  # a reply that ended meanwhile is left as its end wrote it
+        if ids:
+            async with self._sessions.begin() as session:
+                await repo.renew_leases(session, ids, self._until())

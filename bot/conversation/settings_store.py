@@ -91,7 +91,8 @@ class ChannelSettingsStore:
         if reading is None:
             reading = asyncio.ensure_future(self._read(key, entry, now))
             self._reading[key] = reading
-            reading.add_done_callback(lambda _: self._reading.pop(key, None))
+            # Only its own entry: `invalidate` may have replaced it with a newer read meanwhile.
+            reading.add_done_callback(lambda done: self._reading.get(key) is done and self._reading.pop(key))
         return await asyncio.shield(reading)
 
     async def _read(

@@ -72,7 +72,9 @@ async def create_conversation(
     inserted here is held by this transaction till it ends, as a locked one is."""
     now = utcnow()
     values = {**_key_params(key), "kind": kind, "created_at": now, "updated_at": now}
-    created: int | None = (await session.execute(_CREATE[_dialect(session)], values)).scalar_one_or_none()
+    created: int | None = (
+        await session.execute(_CREATE.get(_dialect(session), _CREATE["sqlite"]), values)
+    ).scalar_one_or_none()
     return created
 
 

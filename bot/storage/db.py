@@ -18,6 +18,8 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from bot.storage.sqlite_driver import one_trip_dbapi
+
 COMMAND_TIMEOUT = 15.0  # seconds; every query of a running bot is short (migrations pass None)
 
 
@@ -58,9 +60,13 @@ def parse_url(database_url: str) -> URL:
         raise DatabaseError("DATABASE_URL: not a valid database URL") from None
 
 
+SQLITE_BUSY_SECONDS = 30  # a writer waits this long for SQLite's one write lock: queued, not failed
+
+
 def _enable_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=30000")  # writers queue rather than fail under load
+    # Writers queue rather than fail under load.
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
@@ -79,7 +85,9 @@ def create_engine(
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        kwargs["connect_args"] = {"timeout": 30}
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_SECONDS}
+        if url.get_driver_name() == "aiosqlite":
+            kwargs["module"] = one_trip_dbapi()  # one trip to aiosqlite's thread per statement
     else:
         # Bursts of turns wait for a connection rather than fail: each transaction is short.
         # At most 2x pool_size per process (plus the budget pool's 8 and the signal connection), so

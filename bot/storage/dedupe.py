@@ -34,7 +34,7 @@ async def claim_event(session: AsyncSession, event_id: str, channel_id: str, mes
         "message_ts": message_ts,
         "received_at": utcnow(),
     }
-    return (await session.execute(_CLAIM[dialect], params)).first() is not None
+    return (await session.execute(_CLAIM.get(dialect, _CLAIM["sqlite"]), params)).first() is not None
 
 
 async def release_event(session: AsyncSession, event_id: str) -> None:
