@@ -51,7 +51,9 @@ async def replicas(
 async def _load(url: str, design: str, count: int, rate: float, seconds: float = 4.0) -> tuple[int, int]:
     async with FakeSlackApi() as slack:
         slack.limits[UPDATE] = SLACK_LIMIT
-        async with instances(url, design, count, rate, SLACK_LIMIT.burst) as made:
+        # The budgets' burst one under Slack's, as their rate is under Slack's: at Slack's own burst the
+        # shared design drew a single 429 in 1 run of 4 (one process: none), timing at the very edge.
+        async with instances(url, design, count, rate, SLACK_LIMIT.burst - 1) as made:
             load = await drive(made, slack, seconds=seconds)
     return load.ok, load.rate_limited
 
