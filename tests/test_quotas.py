@@ -267,3 +267,37 @@ async def test_the_workspace_budgets_sum_reads_the_ledger_through_its_index(sess
         finally:
             event.remove(engine, "before_cursor_execute", explain)
     assert any("ix_usage_records_team_created" in plan for plan in plans), plans
+
+
+async def test_a_turn_held_far_from_every_limit_that_cost_no_more_than_its_hold_is_not_checked_for_alerts(
+    sessions,
+):
+    from bot.conversation.quota import UNLOCKED_BELOW
+    from bot.usage.alerts import THRESHOLDS
+
+    # Why the check may be skipped: far means at most this full, below the first alert threshold.
+    assert min(THRESHOLDS) > UNLOCKED_BELOW * 100
+    stage = stage_on(sessions, user_day=1_000_000)
+    checked: list[Subject] = []
+    stage.on_settled = checked.append
+    subject = Subject("T1", "C1", "U1")
+
+    far = await stage.reserve(subject, prompt_tokens=50, max_output_tokens=50)
+    assert isinstance(far, Reservation) and far.unlocked
+    await stage.settle(far, spent=far.credits)  # cost what it held: no threshold can have been crossed
+    assert checked == []
+
+    over = await stage.reserve(subject, prompt_tokens=50, max_output_tokens=50)
+    assert isinstance(over, Reservation) and over.unlocked
+    await stage.settle(over, spent=over.credits + 1)  # cost more than it held: checked
+    unknown = await stage.reserve(subject, prompt_tokens=50, max_output_tokens=50)
+    assert isinstance(unknown, Reservation)
+    await stage.settle(unknown)  # the cost is unknown (released, or no usage reported): checked
+    assert checked == [subject, subject]
+
+    async with sessions.begin() as session:
+        session.add(ledger_row(600_000))  # 60 % used: the next hold is taken under the lock
+    near = await stage.reserve(subject, prompt_tokens=50, max_output_tokens=50)
+    assert isinstance(near, Reservation) and not near.unlocked
+    await stage.settle(near, spent=near.credits)
+    assert checked == [subject, subject, subject]

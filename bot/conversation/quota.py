@@ -258,9 +258,14 @@ class Quotas:
         rate = DEFAULT_CREDITS_PER_TOKEN if measured is None else measured * CALIBRATION_MARGIN
         return math.ceil(tokens * rate)
 
-    async def settle(self, reservation: Reservation) -> None:
+    async def settle(self, reservation: Reservation, *, spent: int | None = None) -> None:
         """Drop the hold once the call's ledger row (with the reported credits) is written; then
         alert checks may run. A failure here is logged, not raised: the reservation expires.
+
+        `spent`: what the turn cost, when known. A turn held far from every limit (every limit at
+        most UNLOCKED_BELOW used, every live hold and its own counted) that cost no more than its hold
+        cannot have taken a limit past an alert threshold (80 %): its subject is not checked now. A
+        crossing that a neighbour's overrun leaves to such a turn is posted by the sweep (5 minutes).
         """
         if reservation.unlocked:
             self._forget_unlocked(reservation.subject.team_id, reservation.credits)
@@ -270,7 +275,8 @@ class Quotas:
                     await store.release(session, reservation.id)
             except Exception as exc:  # the turn is over; a leaked hold only lasts until it expires
                 log.warning("could not release a quota reservation (%s); it expires", type(exc).__name__)
-        if self.on_settled is not None:
+        stayed_far = reservation.unlocked and spent is not None and spent <= reservation.credits
+        if self.on_settled is not None and not stayed_far:
             self.on_settled(reservation.subject)
 
     async def uses(self, subject: Subject, now: datetime | None = None) -> list[LimitUse]:
@@ -385,9 +391,10 @@ class HeldCredits:
         self.reservation = held
         return None
 
-    async def settle(self, outcome: TurnOutcome) -> None:  # noqa: ARG002 - the ledger row holds the cost
+    async def settle(self, outcome: TurnOutcome) -> None:
         """The turn's ledger row (with the reported credits) is written: the estimate stops counting."""
-        await self._quotas.settle(self.reservation)
+        usage = outcome.usage.usage if outcome.usage is not None else None
+        await self._quotas.settle(self.reservation, spent=usage.credits_used if usage is not None else None)
 
     async def release(self) -> None:
         """No model call (refused later, could not start), or cancelled mid-call: the ledger has the
