@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation.lease import ReplyLease
@@ -231,6 +231,46 @@ async def test_a_reply_that_only_thinks_keeps_its_lease_renewed(sessions):
     finally:
         ended.set()
         await keeper
+
+
+async def test_leases_falling_due_together_are_renewed_in_one_statement(sessions):
+    async with sessions.begin() as session:
+        conversation = Conversation(
+            team_id="T1", channel_id="C1", thread_ts="1.0", kind=ConversationKind.CHANNEL
+        )
+        session.add(conversation)
+        await session.flush()
+        messages = [
+            Message(conversation_id=conversation.id, role=Role.ASSISTANT, status=MessageStatus.STREAMING)
+            for _ in range(5)
+        ]
+        session.add_all(messages)
+        await session.flush()
+        ids = [m.id for m in messages]
+    renewals: list[str] = []
+
+    def seen(conn, cursor, statement, *_args):  # noqa: ARG001
+        if statement.lstrip().upper().startswith("UPDATE MESSAGES SET LEASE_EXPIRES_AT"):
+            renewals.append(statement)
+
+    engine = sessions.kw["bind"].sync_engine
+    event.listen(engine, "before_cursor_execute", seen)
+    lease = ReplyLease(sessions, lease=45, renew_every=0.4)  # renewals gather for 0.1 s
+    ended = asyncio.Event()
+    keepers = [asyncio.create_task(lease.keep(message_id, ended)) for message_id in ids]
+
+    async def all_renewed() -> bool:
+        async with sessions() as session:
+            rows = (await session.scalars(select(Message).where(Message.id.in_(ids)))).all()
+            return all(row.lease_expires_at is not None for row in rows)
+
+    try:
+        await until(all_renewed)
+    finally:
+        ended.set()
+        await asyncio.gather(*keepers)
+        event.remove(engine, "before_cursor_execute", seen)
+    assert len(renewals) == 1  # five replies due together: one UPDATE
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
