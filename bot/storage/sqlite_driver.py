@@ -9,8 +9,8 @@ one function on aiosqlite's thread (aiosqlite's own `Connection._execute`, the q
 use), so a claim holds the lock for three trips instead of nine. A commit or rollback with no
 transaction open (a read-only transaction's end, the pool's reset after a commit) makes no trip.
 
-Written by hand (SQLAlchemy has no such option) and measured on bench (d): CPU per reply 0.045-0.065
--> 0.036-0.045 s, the claim's p50 2.3 -> 1.0-1.5 s, event -> status p50 2.8-10 -> 1.0-1.9 s.
+Written by hand (SQLAlchemy has no such option) and measured on bench (d), SQLite: CPU per reply
+0.065-0.073 -> 0.044-0.047 s; with a stage probe in place, the claim's p50 2.3 -> 1.0-1.5 s.
 """
 
 from __future__ import annotations
