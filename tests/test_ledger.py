@@ -204,19 +204,25 @@ async def test_a_full_spool_drops_the_row_with_an_error_line_and_a_count(tmp_pat
     )
 
 
-async def test_a_reply_that_only_thinks_keeps_its_lease_renewed(sessions):
+async def streaming_replies(sessions: async_sessionmaker[AsyncSession], count: int) -> list[int]:
+    """The ids of `count` assistant replies left `streaming`, in one new conversation."""
     async with sessions.begin() as session:
         conversation = Conversation(
             team_id="T1", channel_id="C1", thread_ts="1.0", kind=ConversationKind.CHANNEL
         )
         session.add(conversation)
         await session.flush()
-        message = Message(
-            conversation_id=conversation.id, role=Role.ASSISTANT, status=MessageStatus.STREAMING
-        )
-        session.add(message)
+        messages = [
+            Message(conversation_id=conversation.id, role=Role.ASSISTANT, status=MessageStatus.STREAMING)
+            for _ in range(count)
+        ]
+        session.add_all(messages)
         await session.flush()
-        message_id = message.id
+        return [m.id for m in messages]
+
+
+async def test_a_reply_that_only_thinks_keeps_its_lease_renewed(sessions):
+    (message_id,) = await streaming_replies(sessions, 1)
     lease = ReplyLease(sessions, lease=45, renew_every=0.05)
     ended = asyncio.Event()
     keeper = asyncio.create_task(lease.keep(message_id, ended))
@@ -234,19 +240,7 @@ async def test_a_reply_that_only_thinks_keeps_its_lease_renewed(sessions):
 
 
 async def test_leases_falling_due_together_are_renewed_in_one_statement(sessions):
-    async with sessions.begin() as session:
-        conversation = Conversation(
-            team_id="T1", channel_id="C1", thread_ts="1.0", kind=ConversationKind.CHANNEL
-        )
-        session.add(conversation)
-        await session.flush()
-        messages = [
-            Message(conversation_id=conversation.id, role=Role.ASSISTANT, status=MessageStatus.STREAMING)
-            for _ in range(5)
-        ]
-        session.add_all(messages)
-        await session.flush()
-        ids = [m.id for m in messages]
+    ids = await streaming_replies(sessions, 5)
     renewals: list[str] = []
 
     def seen(conn, cursor, statement, *_args):  # noqa: ARG001
