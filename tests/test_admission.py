@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation.admission import Admission, Admitted, Arrival, Candidate, Refused
+from bot.conversation.channel_settings import ChannelSettings
 from bot.conversation.keys import ConversationKey, ConversationKind
 from bot.conversation.ordering import TurnOrder
 from bot.conversation.person import Person
@@ -63,6 +64,9 @@ class Hold:
         self.ends.append("extended")
         return None
 
+    def hand_over(self) -> int | None:
+        return None  # nothing held in a database: the ledger has no row to drop
+
     async def settle(self, outcome: TurnOutcome) -> None:
         self.ends.append(f"settled {outcome.status.value}")
 
@@ -71,9 +75,27 @@ class Hold:
 
 
 @dataclass
+class EarlyHold:
+    """Credits held in the claim's transaction; records that, and how the transaction ended."""
+
+    ends: list[str]
+
+    async def take(self, session: object) -> Hold:  # noqa: ARG002
+        self.ends.append("held with the claim")
+        return Hold(self.ends)
+
+    def ended(self, *, committed: bool) -> None:
+        self.ends.append("claim committed" if committed else "claim rolled back")
+
+
+@dataclass
 class Quota:
     refuse: bool = False
     ends: list[str] = field(default_factory=list)
+    early: bool = False  # far from every limit: the credits are held with the claim
+
+    async def plan(self, arrival: Arrival, channel: ChannelSettings) -> EarlyHold | None:  # noqa: ARG002
+        return EarlyHold(self.ends) if self.early else None
 
     async def reserve(self, candidate: Candidate) -> Hold | Refused:  # noqa: ARG002
         if self.refuse:
@@ -221,6 +243,25 @@ async def test_a_reservation_is_settled_after_the_answer_and_released_when_the_r
     async with sessions() as session:
         claimed = (await session.execute(select(ProcessedEvent.message_ts))).scalars().all()
     assert list(claimed) == [ROOT]
+
+
+async def test_credits_held_with_the_claim_are_used_for_the_turn_and_given_back_on_a_refusal(
+    sessions, llm, aiml
+):
+    gate, quota = Gate(open=True), Quota(early=True)
+    turns = pipeline(sessions, llm, gate=gate, quota=quota)
+    aiml.enqueue(Reply(content="Answered."))
+    await turns.handle(arrival(), Surface())
+    # One transaction claimed the message and held the credits; the turn ran on that hold.
+    assert quota.ends == ["held with the claim", "claim committed", "settled complete"]
+
+    gate.open, quota.ends[:] = False, []
+    assert await turns.handle(arrival("1700000000.000300"), Surface()) is None
+    assert quota.ends == ["held with the claim", "claim committed", "released"]
+    quota.ends[:] = []
+    assert await turns.admission.admit(arrival(event_id="EvTwin"), Surface()) == Refused("duplicate")
+    assert quota.ends == ["claim committed"]  # refused before any hold: nothing to give back
+    assert len(aiml.requests) == 1
 
 
 async def test_without_a_policy_nobody_is_looked_up(sessions, llm, aiml):

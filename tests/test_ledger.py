@@ -460,3 +460,51 @@ async def test_a_failed_lease_renewal_is_retried_within_seconds_not_a_whole_peri
         ended.set()
         await keeper
         await engine.dispose()
+
+
+async def test_the_turns_last_ledger_row_drops_its_credit_hold_in_the_same_transaction(
+    engine, sessions, tmp_path
+):
+    from bot.conversation.quota import HeldCredits, Quotas
+    from bot.storage.models import QuotaReservation
+    from bot.usage.limits import DefaultLimits, Subject
+
+    async def holds() -> int:
+        async with sessions() as session:
+            return len((await session.execute(select(QuotaReservation.id))).all())
+
+    quotas = Quotas(sessions, DefaultLimits(user_day=10**9), __import__("zoneinfo").ZoneInfo("UTC"))
+    held = await quotas.reserve(Subject("T1", "C1", "U1"), prompt_tokens=5, max_output_tokens=5)
+    credits = HeldCredits(quotas, held)  # type: ignore[arg-type]
+    message_id = await streaming_reply(sessions)
+    ledger = Ledger(sessions, Spool(tmp_path, max_rows=10), replay_every=3600)
+    written: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda *a: written.append(a[2].split()[0]))
+    event.listen(engine.sync_engine, "commit", lambda *_: written.append("COMMIT"))
+
+    hold = credits.hand_over()
+    await ledger.completion_ended(
+        _entry("req-held"), message_id, "text", refs=(), parts=(), lease_until=utcnow(), hold=hold
+    )
+    assert hold is not None and await holds() == 0
+    # The row and the hold's end commit together: never both counted, never neither.
+    assert written[: written.index("COMMIT") + 1] == ["INSERT", "DELETE", "COMMIT"]
+    written.clear()
+    await credits.release()  # the turn's end: the hold is gone already, so nothing is written
+    assert "DELETE" not in written
+
+    # Spooled (the database was away), the row still carries the hold and drops it on replay.
+    again = await quotas.reserve(Subject("T1", "C1", "U1"), prompt_tokens=5, max_output_tokens=5)
+    assert again.id is not None and await holds() == 1  # type: ignore[union-attr]
+    spool = Spool(tmp_path / "away", max_rows=10)
+    away = create_engine("postgresql+asyncpg://u@127.0.0.1:1/none")  # nothing listens on port 1
+    offline = Ledger(session_factory(away), spool, replay_every=3600)
+    await offline.completion_ended(
+        _entry("req-away"), message_id, "text", refs=(), parts=(), lease_until=utcnow(), hold=again.id
+    )  # type: ignore[union-attr]
+    await offline.aclose(last_try=0.1)
+    await away.dispose()
+    assert await holds() == 1  # the hold counts for the spooled row until it lands
+    assert await Ledger(sessions, spool).replay() == 0
+    assert await holds() == 0
+    assert "req-away" in [r.client_request_id for r in await usage_rows(sessions)]

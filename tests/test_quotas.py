@@ -301,3 +301,40 @@ async def test_a_turn_held_far_from_every_limit_that_cost_no_more_than_its_hold_
     assert isinstance(near, Reservation) and not near.unlocked
     await stage.settle(near, spent=near.credits)
     assert checked == [subject, subject, subject]
+
+
+async def test_far_from_every_limit_a_mention_is_claimed_and_its_credits_held_in_one_transaction(
+    engine, sessions
+):
+    from bot.conversation.admission import Admission, Admitted, Arrival
+    from bot.conversation.keys import ConversationKey, ConversationKind
+    from bot.conversation.ordering import TurnOrder
+    from bot.conversation.quota import QuotaGate
+
+    quotas = stage_on(sessions, user_day=10**9, channel_day=10**9, workspace_month=10**9)
+    admission = Admission(
+        sessions, TurnOrder(), thread_followups=True, quota=QuotaGate(quotas, max_output_tokens=1000)
+    )
+
+    def asked(ts: str) -> Arrival:
+        key = ConversationKey("T1", "C1", ts)
+        return Arrival(f"Ev{ts}", key, ConversationKind.CHANNEL, "U1", ts, "hello", True)
+
+    warm = await admission.admit(asked("1.0"), None)  # type: ignore[arg-type]  # reads overrides, rates
+    assert isinstance(warm, Admitted)
+    commits: list[str] = []
+    event.listen(engine.sync_engine, "commit", lambda *_: commits.append("COMMIT"))
+
+    admitted = await admission.admit(asked("2.0"), None)  # type: ignore[arg-type]  # no policy: no look-up
+
+    assert isinstance(admitted, Admitted) and admitted.reservation is not None
+    assert commits == ["COMMIT"]  # the claim, the thread, its place and the hold: one write
+    async with sessions() as session:
+        assert await session.scalar(select(func.count(QuotaReservation.id))) == 2
+    assert quotas._uncommitted == {}  # every hold is committed and seen by the checks
+    for turn in (warm, admitted):
+        turn.ticket.leave()
+        await turn.reservation.release()  # type: ignore[union-attr]
+    async with sessions() as session:
+        assert await session.scalar(select(func.count(QuotaReservation.id))) == 0
+    assert quotas._unlocked == {}

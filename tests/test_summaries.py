@@ -193,6 +193,9 @@ class RecordingQuota:
         self.ended: list[tuple[str, int | None]] = []
         self.asked: list[tuple[str, str]] = []
 
+    async def plan(self, arrival: object, channel: object) -> None:  # noqa: ARG002
+        return None  # every hold is taken after the checks
+
     async def reserve(self, candidate: Candidate) -> Reservation | Refused:
         self.asked.append((candidate.arrival.user_id, candidate.arrival.key.channel_id))
         if self.refuse:
@@ -202,6 +205,9 @@ class RecordingQuota:
         class Held:
             async def extend(self, prompt_tokens: int, max_output_tokens: int) -> str | None:
                 quota.ended.append(("extended", prompt_tokens + max_output_tokens))
+                return None
+
+            def hand_over(self) -> int | None:
                 return None
 
             async def settle(self, outcome: TurnOutcome) -> None:

@@ -7,7 +7,9 @@ The stages, in order:
     dedupe claim   was it answered already (Slack's retries, the app_mention/message twins, replicas);
                    the claim also takes the turn's place in its thread's line
     access         may this person use the bot here (bot.conversation.access)
-    quota          a reservation of credits for the call, settled or released when the turn ends
+    quota          a reservation of credits for the call, settled or released when the turn ends;
+                   far from every limit it is taken in the claim's transaction (one write per
+                   admission) and given back if a policy then refuses
     turn order     the turn runs once every earlier turn of its thread has left (bot.conversation.turns)
 
 A stage after the claim that refuses gives the claim back, so a redelivery that is allowed by then
@@ -110,8 +112,28 @@ class AdmissionStage(Protocol):
     async def check(self, candidate: Candidate) -> Refused | None: ...
 
 
+class EarlyHold(Protocol):
+    """A turn's credits held in its claim's transaction, so a turn far from every limit is admitted
+    with one write (bench (c), 200 mentions at once: a hold in a transaction of its own queued for
+    SQLite's write lock once more per turn before the reply could show)."""
+
+    async def take(self, session: AsyncSession) -> Reservation | None:
+        """In the claim's transaction: the hold, or None when a limit is nearer than far (the quota
+        stage then reserves after the checks, as usual)."""
+        ...
+
+    def ended(self, *, committed: bool) -> None:
+        """The claim's transaction ended; called whether or not `take` was."""
+        ...
+
+
 class QuotaStage(Protocol):
     """Reserves the turn's estimated credits, or refuses when a hard limit is reached."""
+
+    async def plan(self, arrival: Arrival, channel: ChannelSettings) -> EarlyHold | None:
+        """Before the claim (its reads outside the claim's transaction): the hold the claim takes
+        with it; None when no limit binds."""
+        ...
 
     async def reserve(self, candidate: Candidate) -> Reservation | Refused: ...
 
@@ -161,16 +183,21 @@ class Admission:
     async def admit(self, arrival: Arrival, people: People) -> Admitted | Refused:
         """Raises the database's errors (UNAVAILABLE) from the claim; nothing is claimed then."""
         channel = await self._channels.for_channel(arrival.key.team_id, arrival.key.channel_id)
-        claimed = await self._claim(arrival, channel)
+        early = await self._quota.plan(arrival, channel) if self._quota is not None else None
+        claimed = await self._claim(arrival, channel, early)
         if isinstance(claimed, Refused):
             return claimed
-        new_thread, ticket = claimed
+        new_thread, ticket, held = claimed
         try:
-            vetted = await self._vet(arrival, channel, people)
+            vetted = await self._vet(arrival, channel, people, held)
             if isinstance(vetted, Refused):
+                if held is not None:
+                    await held.release()
                 return await self._give_back(arrival, new_thread, ticket, vetted)
         except BaseException:
             ticket.leave()
+            if held is not None:
+                await held.release()
             await self.release(arrival, forget_thread=new_thread)
             raise
         candidate, reservation = vetted
@@ -196,9 +223,10 @@ class Admission:
         return Admitted(candidate, new_thread, ticket, reservation)
 
     async def _vet(
-        self, arrival: Arrival, channel: ChannelSettings, people: People
+        self, arrival: Arrival, channel: ChannelSettings, people: People, held: Reservation | None = None
     ) -> tuple[Candidate, Reservation | None] | Refused:
-        """The stages after the claim: the policies, then the credit reservation."""
+        """The stages after the claim: the policies, then the credit reservation (`held` already
+        with the claim: the caller releases it on a refusal)."""
         # Only a policy needs to know who asks: without one, no look-up (users.info) is made.
         asks = any(stage.needs_person for stage in self._stages)
         candidate = Candidate(arrival, await people.person(arrival) if asks else None, channel)
@@ -206,19 +234,24 @@ class Admission:
             refused = await stage.check(candidate)
             if refused is not None:
                 return refused
-        if self._quota is None:
-            return candidate, None
+        if self._quota is None or held is not None:
+            return candidate, held
         reserved = await self._quota.reserve(candidate)
         if isinstance(reserved, Refused):
             return reserved
         return candidate, reserved
 
-    async def _claim(self, arrival: Arrival, channel: ChannelSettings) -> tuple[bool, Place] | Refused:
-        """The thread check and the dedupe claim, in one transaction; the place in line with the claim."""
+    async def _claim(
+        self, arrival: Arrival, channel: ChannelSettings, early: EarlyHold | None
+    ) -> tuple[bool, Place, Reservation | None] | Refused:
+        """The thread check and the dedupe claim, in one transaction; the place in line and, far from
+        every limit, the credits held with the claim."""
         key = arrival.key
         if channel.mode is ChannelMode.OFF and not arrival.addressed:
             return Refused("channel_off")  # the access stage tells those who address the bot
         ticket: Place | None = None
+        held: Reservation | None = None
+        committed = True
         try:
             async with self._sessions.begin() as session:
                 # Locked (PostgreSQL) till commit: claims of one thread, on any replica, take their
@@ -245,11 +278,17 @@ class Admission:
                     ) or await repo.find_conversation_id(session, key, lock=True)
                 # The place across replicas, if shared, with what another replica needs to answer.
                 await ticket.take(session, conversation, to_record(arrival, new_thread=existing is None))
+                if early is not None:
+                    held = await early.take(session)
         except BaseException:
+            committed = False
             if ticket is not None:
                 ticket.leave()  # the claim was rolled back with the transaction
             raise
-        return existing is None, ticket
+        finally:
+            if early is not None:
+                early.ended(committed=committed)
+        return existing is None, ticket, held
 
     async def _give_back(
         self, arrival: Arrival, new_thread: bool, ticket: Place, refused: Refused

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.llm.types import CompletionResult
 from bot.storage import conversations as repo
+from bot.storage import quotas
 from bot.storage.db import UNAVAILABLE, disconnected, error_reason
 from bot.storage.models import MessageStatus, utcnow
 from bot.storage.spool import Spool, SpoolFull
@@ -64,14 +65,22 @@ class Ledger:
         refs: Sequence[str],
         parts: Sequence[dict[str, object]],
         lease_until: datetime,
+        hold: int | None = None,
     ) -> None:
         """The usage row in its own transaction first (one bad content cannot take the billing row
-        with it), then the whole answer saved on the still-streaming reply."""
+        with it), then the whole answer saved on the still-streaming reply.
+
+        `hold`: the turn's quota reservation, dropped in the row's transaction, so the reported cost
+        replaces the estimate at once (never both counted, never neither) and the turn's end writes
+        nothing more. While the row waits in the spool, the hold counts for it until it expires.
+        """
         record: dict[str, Any] = {
             "kind": "usage",
             "entry": asdict(entry),
             "created_at": utcnow().isoformat(),
         }
+        if hold is not None:
+            record["hold"] = hold
         await self._write(record, "the ledger row")
         try:
             async with self._sessions.begin() as session:
@@ -167,13 +176,18 @@ class Ledger:
         if record["kind"] == "usage":
             entry = UsageEntry(**record["entry"])
             created_at = datetime.fromisoformat(record["created_at"])
+            hold = record.get("hold")
             try:
                 async with self._sessions.begin() as session:
                     await store_usage(session, entry, created_at)
+                    if hold is not None:
+                        await quotas.release(session, int(hold))
             except IntegrityError:
                 # The conversation was deleted meanwhile: the ledger keeps the row without it.
                 async with self._sessions.begin() as session:
                     await store_usage(session, _without_conversation(entry), created_at)
+                    if hold is not None:
+                        await quotas.release(session, int(hold))
         elif record["kind"] == "finish":
             async with self._sessions.begin() as session:
                 stored = await repo.finish_message(

@@ -128,6 +128,12 @@ class CallBudget(Protocol):
         None: make the call. Else a hard limit is reached: do not call; the line says which."""
         ...
 
+    def hand_over(self) -> int | None:
+        """The id of what is held now, for the turn's last ledger row to drop in its own transaction
+        (from then on the row's reported cost counts instead); None when nothing is held. The
+        turn's end still settles, but has no hold left to drop."""
+        ...
+
 
 class ReplyNotShown(Exception):
     """The reply could not be shown at all (its placeholder never landed): nothing was answered."""

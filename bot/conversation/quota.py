@@ -16,15 +16,16 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.conversation.admission import Candidate, Refused
+from bot.conversation.admission import Arrival, Candidate, Refused
 from bot.conversation.budget import TokenEstimator
+from bot.conversation.channel_settings import ChannelSettings
 from bot.conversation.keys import ConversationKind
 from bot.llm.types import ChatMessage
 from bot.storage import quotas as store
@@ -75,6 +76,18 @@ class Reservation:
     subject: Subject
     credits: int
     unlocked: bool = False  # held without the workspace's lock (Quotas.UNLOCKED_BELOW)
+
+
+@dataclass
+class FarHold:
+    """A hold planned outside the transaction that takes it (Quotas.plan_far, hold_far)."""
+
+    subject: Subject
+    limits: dict[LimitKey, int]
+    estimate: int
+    now: datetime
+    counted: bool = False  # in this process's unlocked and uncommitted sums, until its transaction ends
+    held: bool = False  # its row was written
 
 
 @dataclass(frozen=True)
@@ -162,37 +175,75 @@ class Quotas:
         """Hold `estimate` without the workspace's lock when every limit stays at most UNLOCKED_BELOW
         full, in one statement that checks and inserts; None: near a limit (the caller checks under
         the lock)."""
+        plan = FarHold(subject, limits, estimate, now)
+        committed = False
+        try:
+            async with self._sessions.begin() as session:
+                held = await self.hold_far(session, plan)
+            committed = True
+        finally:
+            self.far_hold_ended(plan, committed=committed)
+        return held
+
+    async def plan_far(
+        self,
+        subject: Subject,
+        *,
+        prompt_tokens: int,
+        max_output_tokens: int,
+        now: datetime | None = None,
+    ) -> FarHold | None:
+        """The hold a caller's own transaction may take with `hold_far` (the admission claim's), its
+        estimate made now (the overrides and calibration read here, outside that transaction); None
+        when no limit binds `subject`. `prompt_tokens` is the new message only: the workspace's
+        recent average prompt is added for the history."""
+        limits = applicable_limits(subject, self.defaults, await self.overrides(subject.team_id))
+        if not limits:
+            return None
+        calibration = await self._calibration(subject.team_id)
+        tokens = prompt_tokens + calibration.average_prompt_tokens + max_output_tokens
+        return FarHold(subject, limits, self._estimate(calibration, tokens), now or datetime.now(UTC))
+
+    async def hold_far(self, session: AsyncSession, plan: FarHold) -> Reservation | None:
+        """In the caller's transaction: `plan`'s hold if every limit stays at most UNLOCKED_BELOW full
+        with it, else None (the caller reserves under the lock). `far_hold_ended` must follow once
+        that transaction has ended, whether it committed or not."""
+        subject, estimate = plan.subject, plan.estimate
         team = subject.team_id
         mine = self._unlocked.get(team, 0) + estimate
-        today = local_today(self.tz, now)
+        today = local_today(self.tz, plan.now)
         ceilings = []
-        for key, limit in limits.items():
+        for key, limit in plan.limits.items():
             start, end = period_bounds(key.period, today, self.tz)
             window = store.Window(SCOPE_COLUMN[key.scope], key.subject_id, start, end)
             ceilings.append((window, math.floor(limit * UNLOCKED_BELOW) - mine))
         self._unlocked[team] = mine
         _add(self._uncommitted, team, estimate)
-        try:
-            async with self._sessions.begin() as session:
-                reservation_id = await store.reserve_below(
-                    session,
-                    ceilings,
-                    team_id=team,
-                    channel_id=subject.channel_id,
-                    user_id=subject.user_id,
-                    credits=estimate,
-                    now=now,
-                    ttl=self._ttl,
-                )
-        except BaseException:
-            self._forget_unlocked(team, estimate)
-            raise
-        finally:
-            _add(self._uncommitted, team, -estimate)
+        plan.counted = True
+        reservation_id = await store.reserve_below(
+            session,
+            ceilings,
+            team_id=team,
+            channel_id=subject.channel_id,
+            user_id=subject.user_id,
+            credits=estimate,
+            now=plan.now,
+            ttl=self._ttl,
+        )
         if reservation_id is None:
-            self._forget_unlocked(team, estimate)
             return None
+        plan.held = True
         return Reservation(reservation_id, subject, estimate, unlocked=True)
+
+    def far_hold_ended(self, plan: FarHold, *, committed: bool) -> None:
+        """`hold_far`'s transaction ended: its hold is seen by every check now, or it is gone."""
+        if not plan.counted:
+            return
+        plan.counted = False
+        team = plan.subject.team_id
+        _add(self._uncommitted, team, -plan.estimate)
+        if not (committed and plan.held):
+            self._forget_unlocked(team, plan.estimate)
 
     def _forget_unlocked(self, team: str, credits: int) -> None:
         _add(self._unlocked, team, -credits)
@@ -350,20 +401,41 @@ class QuotaGate:
         self._max_output = max_output_tokens
         self._estimator = estimator or TokenEstimator()
 
+    async def plan(self, arrival: Arrival, channel: ChannelSettings) -> EarlyCredits | None:
+        subject, prompt, output = self._call(arrival, channel)
+        plan = await self.quotas.plan_far(subject, prompt_tokens=prompt, max_output_tokens=output)
+        return None if plan is None else EarlyCredits(self.quotas, plan)
+
     async def reserve(self, candidate: Candidate) -> HeldCredits | Refused:
-        arrival = candidate.arrival
-        channel = None if arrival.kind is ConversationKind.DM else arrival.key.channel_id
-        subject = Subject(arrival.key.team_id, channel, arrival.user_id)
-        output = min(candidate.channel.max_output_tokens or self._max_output, self._max_output)
+        subject, prompt, output = self._call(candidate.arrival, candidate.channel)
         held = await self.quotas.reserve(
-            subject,
-            prompt_tokens=self._estimator.estimate_one(ChatMessage("user", arrival.text)),
-            max_output_tokens=output,
-            history_allowance=True,
+            subject, prompt_tokens=prompt, max_output_tokens=output, history_allowance=True
         )
         if isinstance(held, QuotaRefused):
             return Refused("quota", notice=held.note, in_thread=True)
         return HeldCredits(self.quotas, held)
+
+    def _call(self, arrival: Arrival, channel_settings: ChannelSettings) -> tuple[Subject, int, int]:
+        """Who pays for the turn's first call, its new message's tokens and its maximum output."""
+        channel = None if arrival.kind is ConversationKind.DM else arrival.key.channel_id
+        output = min(channel_settings.max_output_tokens or self._max_output, self._max_output)
+        prompt = self._estimator.estimate_one(ChatMessage("user", arrival.text))
+        return Subject(arrival.key.team_id, channel, arrival.user_id), prompt, output
+
+
+class EarlyCredits:
+    """A turn's hold taken in its admission claim's transaction (bot.conversation.admission.EarlyHold),
+    when every limit stays far from full with it."""
+
+    def __init__(self, quotas: Quotas, plan: FarHold) -> None:
+        self._quotas, self._plan = quotas, plan
+
+    async def take(self, session: AsyncSession) -> HeldCredits | None:
+        held = await self._quotas.hold_far(session, self._plan)
+        return None if held is None else HeldCredits(self._quotas, held)
+
+    def ended(self, *, committed: bool) -> None:
+        self._quotas.far_hold_ended(self._plan, committed=committed)
 
 
 class HeldCredits:
@@ -390,6 +462,11 @@ class HeldCredits:
             return held.note
         self.reservation = held
         return None
+
+    def hand_over(self) -> int | None:
+        held = self.reservation.id
+        self.reservation = replace(self.reservation, id=None)
+        return held
 
     async def settle(self, outcome: TurnOutcome) -> None:
         """The turn's ledger row (with the reported credits) is written: the estimate stops counting."""

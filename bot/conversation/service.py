@@ -225,6 +225,7 @@ class ConversationService:
                 refs=sink.refs,
                 parts=_parts(sink),
                 lease_until=self._lease.until(),
+                hold=turn.budget.hand_over() if turn.budget is not None else None,
             )
         )
         try:

@@ -272,8 +272,11 @@ async def reserve(
     return held
 
 
+_RELEASE = delete(_HOLDS).where(_HOLDS.c.id == bindparam("reservation_id"))
+
+
 async def release(session: AsyncSession, reservation_id: int) -> None:
-    await session.execute(delete(QuotaReservation).where(QuotaReservation.id == reservation_id))
+    await session.execute(_RELEASE, {"reservation_id": reservation_id})
 
 
 @dataclass(frozen=True)
