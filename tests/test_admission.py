@@ -3,6 +3,7 @@ stage order, what a refusal leaves behind, and the credit reservation's end on e
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -271,3 +272,26 @@ async def test_without_a_policy_nobody_is_looked_up(sessions, llm, aiml):
     assert isinstance(admitted, Admitted) and admitted.candidate.person is None
     assert surface.looked_up == 0
     admitted.ticket.leave()
+
+
+async def test_a_streaming_reply_gives_way_while_another_message_is_being_admitted(sessions, llm, aiml):
+    turns = pipeline(sessions, llm)
+    surface = Surface()
+    arrivals = turns._service.arrivals
+    arrivals._at_most = 10.0  # long enough that only the arrival's end can free it
+    aiml.enqueue(Reply(content="Given way."))
+    other = arrivals.arrive()  # a message between its event and its status
+    answering = asyncio.create_task(turns.handle(arrival(), surface))
+
+    async def started() -> bool:
+        return bool(surface.sinks) and surface.sinks[0].events[:1] == ["start"]
+
+    while not await started():
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)
+    assert surface.sinks[0].text == "" and not answering.done()  # its status is up; its text waits
+    assert arrivals.waiting == 1  # this reply's own arrival ended when its reply started
+    other.shown()
+    outcome = await asyncio.wait_for(answering, 5.0)
+    assert outcome is not None and outcome.content == "Given way." and surface.sinks[0].text == "Given way."
+    assert arrivals.waiting == 0

@@ -465,7 +465,7 @@ async def test_a_failed_lease_renewal_is_retried_within_seconds_not_a_whole_peri
 async def test_the_turns_last_ledger_row_drops_its_credit_hold_in_the_same_transaction(
     engine, sessions, tmp_path
 ):
-    from bot.conversation.quota import HeldCredits, Quotas
+    from bot.conversation.quota import HeldCredits, Quotas, Reservation
     from bot.storage.models import QuotaReservation
     from bot.usage.limits import DefaultLimits, Subject
 
@@ -495,13 +495,13 @@ async def test_the_turns_last_ledger_row_drops_its_credit_hold_in_the_same_trans
 
     # Spooled (the database was away), the row still carries the hold and drops it on replay.
     again = await quotas.reserve(Subject("T1", "C1", "U1"), prompt_tokens=5, max_output_tokens=5)
-    assert again.id is not None and await holds() == 1  # type: ignore[union-attr]
+    assert isinstance(again, Reservation) and again.id is not None and await holds() == 1
     spool = Spool(tmp_path / "away", max_rows=10)
     away = create_engine("postgresql+asyncpg://u@127.0.0.1:1/none")  # nothing listens on port 1
     offline = Ledger(session_factory(away), spool, replay_every=3600)
     await offline.completion_ended(
         _entry("req-away"), message_id, "text", refs=(), parts=(), lease_until=utcnow(), hold=again.id
-    )  # type: ignore[union-attr]
+    )
     await offline.aclose(last_try=0.1)
     await away.dispose()
     assert await holds() == 1  # the hold counts for the spooled row until it lands

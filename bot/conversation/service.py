@@ -18,6 +18,7 @@ from bot.conversation.ledger import Ledger, completion_entry
 from bot.conversation.ordering import HandedOff, Place
 from bot.conversation.person import Person
 from bot.conversation.ports import CallBudget, ChatModel, ChatStreamLike, ReplySink, ReplySummary
+from bot.conversation.priority import Arrivals
 from bot.conversation.settings_rules import SettingsBounds, plan_turn
 from bot.conversation.stop import StopHandle, Stopped, StopRequest, unless_stopped
 from bot.conversation.tool_history import replay
@@ -120,6 +121,7 @@ class ConversationService:
         limits = tool_limits or ToolLimits()
         self._loop = ToolLoop(sessions, self._ledger, self._estimator, limits, approver, tool_events)
         self._lease = ReplyLease(sessions)
+        self.arrivals = Arrivals()  # messages being admitted: replies give way to them
         self._heartbeats: set[asyncio.Task[None]] = set()  # kept referenced until they stop
 
     async def reply(self, turn: Turn, sink: ReplySink, stop: StopHandle | None = None) -> TurnOutcome:
@@ -312,6 +314,7 @@ class ConversationService:
         checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
         shown_in = len(sink.refs)  # the messages whose ts the stored row holds
         async for delta in stream:
+            await self.arrivals.give_way()
             if delta.content:
                 answered = True
                 await sink.append(delta.content)

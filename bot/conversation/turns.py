@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from bot.conversation.admission import Admission, Admitted, Arrival, People, Refused
 from bot.conversation.ordering import HandedOff, Place
 from bot.conversation.ports import ReplyNotShown, ReplySink
+from bot.conversation.priority import Arriving
 from bot.conversation.service import (
     NOTE_DATABASE,
     NOTE_INTERRUPTED,
@@ -165,25 +166,36 @@ class Turns:
 
     async def _handle(self, arrival: Arrival, surface: Surface) -> TurnOutcome | None:
         started = time.monotonic()
+        arriving = self._service.arrivals.arrive()  # replies give way until its status shows
         try:
-            admitted = await self.admission.admit(arrival, surface)
-        except UNAVAILABLE as exc:
-            log.warning("database unavailable while admitting an event: %s", error_reason(exc))
-            if arrival.addressed:
-                await surface.tell(arrival, NOTE_DATABASE, in_thread=True)
-            return None
-        return await self._run(arrival, admitted, surface, started)
+            try:
+                admitted = await self.admission.admit(arrival, surface)
+            except UNAVAILABLE as exc:
+                log.warning("database unavailable while admitting an event: %s", error_reason(exc))
+                if arrival.addressed:
+                    await surface.tell(arrival, NOTE_DATABASE, in_thread=True)
+                return None
+            return await self._run(arrival, admitted, surface, started, arriving)
+        finally:
+            arriving.shown()
 
     async def _run(
-        self, arrival: Arrival, admitted: Admitted | Refused, surface: Surface, started: float
+        self,
+        arrival: Arrival,
+        admitted: Admitted | Refused,
+        surface: Surface,
+        started: float,
+        arriving: Arriving | None = None,
     ) -> TurnOutcome | None:
         if isinstance(admitted, Refused):
+            if arriving is not None:
+                arriving.shown()
             self._observer.event_ignored(admitted.reason)
             await self._explain(arrival, admitted, surface)
             return None
         outcome: TurnOutcome | None = None
         try:
-            outcome = await self._take_turn(admitted, surface)
+            outcome = await self._take_turn(admitted, surface, arriving)
         finally:
             admitted.ticket.leave()
             await _end_reservation(admitted, outcome)
@@ -203,13 +215,17 @@ class Turns:
                 return  # rather silence than a note on every attempt
         await surface.tell(arrival, refused.notice, in_thread=refused.in_thread)
 
-    async def _take_turn(self, admitted: Admitted, surface: Surface) -> TurnOutcome | None:
+    async def _take_turn(
+        self, admitted: Admitted, surface: Surface, arriving: Arriving | None = None
+    ) -> TurnOutcome | None:
         """Wait for the thread's earlier turns, then answer; None when the reply could not start."""
         arrival = admitted.arrival
         reply = surface.reply_to(arrival)
         try:
             if not admitted.ticket.is_next:
                 await surface.show_waiting(arrival)
+                if arriving is not None:
+                    arriving.shown()  # it waits in line: no longer arriving
             await admitted.ticket.wait()
         except HandedOff:
             # Another replica answers it (this one drains, or was taken for dead): no note here.
@@ -225,6 +241,10 @@ class Turns:
             log.error("could not show the reply; the event is released for a redelivery")
             await self.admission.release(arrival)
             return None
+        finally:
+            if arriving is not None:
+                arriving.shown()
+        await self._service.arrivals.give_way()
         stop = StopHandle()
         if self._running is not None:
             self._running.started(arrival, reply, stop)
