@@ -31,7 +31,8 @@ from bot.conversation.channel_settings import ChannelSettingsSource
 from bot.conversation.ledger import Ledger
 from bot.conversation.notices import NoticeLog
 from bot.conversation.ordering import Line, TurnOrder
-from bot.conversation.quota import QuotaGate, Quotas
+from bot.conversation.quota import Quotas
+from bot.conversation.quota_gate import QuotaGate
 from bot.conversation.quota_home import QuotaAllowances, SentAlerts
 from bot.conversation.service import ConversationService, ServiceConfig
 from bot.conversation.settings_rules import SettingsBounds

@@ -98,7 +98,7 @@ class Quota:
     async def plan(self, arrival: Arrival, channel: ChannelSettings) -> EarlyHold | None:  # noqa: ARG002
         return EarlyHold(self.ends) if self.early else None
 
-    async def reserve(self, candidate: Candidate) -> Hold | Refused:  # noqa: ARG002
+    async def reserve(self, candidate: Candidate, *, near: bool = False) -> Hold | Refused:  # noqa: ARG002
         if self.refuse:
             return Refused("quota_reached", notice="Your daily credits are used up.", in_thread=True)
         return Hold(self.ends)
@@ -286,7 +286,9 @@ async def test_a_streaming_reply_gives_way_while_another_message_is_being_admitt
     async def started() -> bool:
         return bool(surface.sinks) and surface.sinks[0].events[:1] == ["start"]
 
-    while not await started():
+    for _ in range(500):
+        if await started():
+            break
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.3)
     assert surface.sinks[0].text == "" and not answering.done()  # its status is up; its text waits

@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.app import quota_gate
 from bot.conversation.ledger import Ledger
-from bot.conversation.quota import HeldCredits, Quotas, Reservation
+from bot.conversation.quota import Quotas, Reservation
+from bot.conversation.quota_gate import HeldCredits
 from bot.conversation.summaries import Summarizer, SummaryRequest
 from bot.llm.client import AimlClient
 from bot.slack.glm_command import GlmRequest

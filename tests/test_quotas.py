@@ -309,7 +309,7 @@ async def test_far_from_every_limit_a_mention_is_claimed_and_its_credits_held_in
     from bot.conversation.admission import Admission, Admitted, Arrival
     from bot.conversation.keys import ConversationKey, ConversationKind
     from bot.conversation.ordering import TurnOrder
-    from bot.conversation.quota import QuotaGate
+    from bot.conversation.quota_gate import QuotaGate
 
     quotas = stage_on(sessions, user_day=10**9, channel_day=10**9, workspace_month=10**9)
     admission = Admission(
@@ -338,3 +338,27 @@ async def test_far_from_every_limit_a_mention_is_claimed_and_its_credits_held_in
     async with sessions() as session:
         assert await session.scalar(select(func.count(QuotaReservation.id))) == 0
     assert quotas._unlocked == {}
+
+
+async def test_a_turns_hold_ended_twice_leaves_the_processs_sums_as_one_end_does(sessions):
+    from bot.conversation.quota_gate import HeldCredits
+
+    quotas = stage_on(sessions, user_day=10**9)
+    subject = Subject("T1", "C1", "U1")
+    first = await quotas.reserve(subject, prompt_tokens=5, max_output_tokens=5)
+    second = await quotas.reserve(subject, prompt_tokens=5, max_output_tokens=5)
+    assert isinstance(first, Reservation) and isinstance(second, Reservation) and first.unlocked
+    credits = HeldCredits(quotas, first)
+    await credits.release()
+    await credits.release()  # a refusal path and a cancellation both ending it: the second is nothing
+    assert quotas._unlocked == {"T1": second.credits}
+
+
+async def test_a_hold_refused_with_the_claim_is_checked_under_the_lock_at_once(sessions):
+    quotas = stage_on(sessions, user_day=10**9)
+    subject = Subject("T1", "C1", "U1")
+
+    held = await quotas.reserve(subject, prompt_tokens=5, max_output_tokens=5, near=True)
+
+    # Far from the limit, the check without the lock would have held it (`unlocked`): it was skipped.
+    assert isinstance(held, Reservation) and held.id is not None and not held.unlocked

@@ -196,7 +196,7 @@ class RecordingQuota:
     async def plan(self, arrival: object, channel: object) -> None:  # noqa: ARG002
         return None  # every hold is taken after the checks
 
-    async def reserve(self, candidate: Candidate) -> Reservation | Refused:
+    async def reserve(self, candidate: Candidate, *, near: bool = False) -> Reservation | Refused:  # noqa: ARG002
         self.asked.append((candidate.arrival.user_id, candidate.arrival.key.channel_id))
         if self.refuse:
             return Refused("quota", notice="You have used your credits for today.")

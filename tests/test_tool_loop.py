@@ -233,6 +233,7 @@ async def test_a_round_cut_by_a_stop_records_the_calls_that_ended_and_the_others
     records = await all_rows(sessions, ToolCallRecord)
     assert [(r.tool, r.outcome, r.round) for r in records] == [("fast", "ok", 1), ("slow", "cancelled", 1)]
     # The cut call's duration is the time it ran until the stop (not zero), however late it began.
+    assert slow.began[0] < stop_at - 0.1  # it had run a while when the stop came
     ran_ms = (stop_at - slow.began[0]) * 1000
     assert ran_ms - 50 <= records[1].duration_ms < 5000
 

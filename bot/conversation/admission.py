@@ -123,7 +123,7 @@ class EarlyHold(Protocol):
         ...
 
     def ended(self, *, committed: bool) -> None:
-        """The claim's transaction ended; called whether or not `take` was."""
+        """The claim's transaction ended (it was begun); called whether or not `take` was."""
         ...
 
 
@@ -135,7 +135,9 @@ class QuotaStage(Protocol):
         with it; None when no limit binds."""
         ...
 
-    async def reserve(self, candidate: Candidate) -> Reservation | Refused: ...
+    async def reserve(self, candidate: Candidate, *, near: bool = False) -> Reservation | Refused:
+        """`near`: the hold with the claim was refused, a limit being near: check under the lock."""
+        ...
 
 
 class People(Protocol):
@@ -188,18 +190,21 @@ class Admission:
         if isinstance(claimed, Refused):
             return claimed
         new_thread, ticket, held = claimed
+        near = early is not None and held is None
         try:
-            vetted = await self._vet(arrival, channel, people, held)
-            if isinstance(vetted, Refused):
-                if held is not None:
-                    await held.release()
-                return await self._give_back(arrival, new_thread, ticket, vetted)
+            vetted = await self._vet(arrival, channel, people, held, near=near)
         except BaseException:
             ticket.leave()
             if held is not None:
                 await held.release()
             await self.release(arrival, forget_thread=new_thread)
             raise
+        if isinstance(vetted, Refused):
+            try:
+                return await self._give_back(arrival, new_thread, ticket, vetted)  # its place first
+            finally:
+                if held is not None:
+                    await held.release()
         candidate, reservation = vetted
         return Admitted(candidate, new_thread, ticket, reservation)
 
@@ -223,10 +228,16 @@ class Admission:
         return Admitted(candidate, new_thread, ticket, reservation)
 
     async def _vet(
-        self, arrival: Arrival, channel: ChannelSettings, people: People, held: Reservation | None = None
+        self,
+        arrival: Arrival,
+        channel: ChannelSettings,
+        people: People,
+        held: Reservation | None = None,
+        *,
+        near: bool = False,
     ) -> tuple[Candidate, Reservation | None] | Refused:
         """The stages after the claim: the policies, then the credit reservation (`held` already
-        with the claim: the caller releases it on a refusal)."""
+        with the claim: the caller releases it on a refusal; `near`: refused with the claim)."""
         # Only a policy needs to know who asks: without one, no look-up (users.info) is made.
         asks = any(stage.needs_person for stage in self._stages)
         candidate = Candidate(arrival, await people.person(arrival) if asks else None, channel)
@@ -236,7 +247,9 @@ class Admission:
                 return refused
         if self._quota is None or held is not None:
             return candidate, held
-        reserved = await self._quota.reserve(candidate)
+        reserved = await (
+            self._quota.reserve(candidate, near=True) if near else self._quota.reserve(candidate)
+        )
         if isinstance(reserved, Refused):
             return reserved
         return candidate, reserved

@@ -72,7 +72,9 @@ class Ledger:
 
         `hold`: the turn's quota reservation, dropped in the row's transaction, so the reported cost
         replaces the estimate at once (never both counted, never neither) and the turn's end writes
-        nothing more. While the row waits in the spool, the hold counts for it until it expires.
+        nothing more. A row that goes to the spool goes without it, and the hold expires instead: it
+        counts for the row while the database is away, and by the replay its id may belong to
+        another hold (SQLite reuses ids).
         """
         record: dict[str, Any] = {
             "kind": "usage",
@@ -80,7 +82,7 @@ class Ledger:
             "created_at": utcnow().isoformat(),
         }
         if hold is not None:
-            record["hold"] = hold
+            record["hold"] = hold  # dropped now, or left to expire (see above)
         await self._write(record, "the ledger row")
         try:
             async with self._sessions.begin() as session:
@@ -130,6 +132,7 @@ class Ledger:
                 await self._reject(record, exc)
             else:
                 log.warning("could not store %s now (%s); spooling it", what, error_reason(exc))
+                record.pop("hold", None)  # it expires instead (see completion_ended)
                 await self._put(record)
 
     def start(self) -> None:

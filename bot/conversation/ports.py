@@ -116,7 +116,7 @@ class ChatModel(Protocol):
 
 
 class CallBudget(Protocol):
-    """The credits held for one turn's upstream calls (bot.conversation.quota.HeldCredits).
+    """The credits held for one turn's upstream calls (bot.conversation.quota_gate.HeldCredits).
 
     Admission holds an estimate for the first call; a turn that calls the model again (a tool
     round, a summary sized by its transcript) asks for each further call first, so a person cannot

@@ -16,20 +16,14 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.conversation.admission import Arrival, Candidate, Refused
-from bot.conversation.budget import TokenEstimator
-from bot.conversation.channel_settings import ChannelSettings
-from bot.conversation.keys import ConversationKind
-from bot.llm.types import ChatMessage
 from bot.storage import quotas as store
-from bot.storage.db import UNAVAILABLE, error_reason
 from bot.usage.limits import (
     SCOPE_COLUMN,
     DefaultLimits,
@@ -47,7 +41,7 @@ from bot.usage.limits import (
 from bot.usage.report import format_count
 
 if TYPE_CHECKING:
-    from bot.conversation.service import TurnOutcome
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +142,13 @@ class Quotas:
         max_output_tokens: int,
         now: datetime | None = None,
         history_allowance: bool = False,
+        near: bool = False,
     ) -> Reservation | QuotaRefused:
         """Check the limits binding `subject` and hold an estimate of the call's cost, or refuse.
 
         `history_allowance`: `prompt_tokens` is the new message only (admission runs before the
         history is read), so the workspace's recent average prompt is added for the rest.
+        `near`: a hold without the lock was just refused (`hold_far`): check under the lock at once.
         """
         limits = applicable_limits(subject, self.defaults, await self.overrides(subject.team_id))
         if not limits:
@@ -162,7 +158,7 @@ class Quotas:
             prompt_tokens += calibration.average_prompt_tokens
         estimate = self._estimate(calibration, prompt_tokens + max_output_tokens)
         now = now or datetime.now(UTC)
-        held = await self._hold_if_far(subject, limits, estimate, now)
+        held = None if near else await self._hold_if_far(subject, limits, estimate, now)
         if held is not None:
             return held
         async with self._sessions.begin() as session:
@@ -384,96 +380,3 @@ def _add(totals: dict[str, int], team: str, credits: int) -> None:
         totals[team] = left
     else:
         totals.pop(team, None)
-
-
-class QuotaGate:
-    """The admission pipeline's quota stage (bot.conversation.admission.QuotaStage) over `Quotas`.
-
-    Admission runs before the thread's history is read, so the estimate is the new message plus
-    the workspace's recent average prompt, plus the channel's (or the default) maximum output.
-    A DM counts against the person's limits only: a channel limit is for shared channels.
-    """
-
-    def __init__(
-        self, quotas: Quotas, *, max_output_tokens: int, estimator: TokenEstimator | None = None
-    ) -> None:
-        self.quotas = quotas
-        self._max_output = max_output_tokens
-        self._estimator = estimator or TokenEstimator()
-
-    async def plan(self, arrival: Arrival, channel: ChannelSettings) -> EarlyCredits | None:
-        subject, prompt, output = self._call(arrival, channel)
-        plan = await self.quotas.plan_far(subject, prompt_tokens=prompt, max_output_tokens=output)
-        return None if plan is None else EarlyCredits(self.quotas, plan)
-
-    async def reserve(self, candidate: Candidate) -> HeldCredits | Refused:
-        subject, prompt, output = self._call(candidate.arrival, candidate.channel)
-        held = await self.quotas.reserve(
-            subject, prompt_tokens=prompt, max_output_tokens=output, history_allowance=True
-        )
-        if isinstance(held, QuotaRefused):
-            return Refused("quota", notice=held.note, in_thread=True)
-        return HeldCredits(self.quotas, held)
-
-    def _call(self, arrival: Arrival, channel_settings: ChannelSettings) -> tuple[Subject, int, int]:
-        """Who pays for the turn's first call, its new message's tokens and its maximum output."""
-        channel = None if arrival.kind is ConversationKind.DM else arrival.key.channel_id
-        output = min(channel_settings.max_output_tokens or self._max_output, self._max_output)
-        prompt = self._estimator.estimate_one(ChatMessage("user", arrival.text))
-        return Subject(arrival.key.team_id, channel, arrival.user_id), prompt, output
-
-
-class EarlyCredits:
-    """A turn's hold taken in its admission claim's transaction (bot.conversation.admission.EarlyHold),
-    when every limit stays far from full with it."""
-
-    def __init__(self, quotas: Quotas, plan: FarHold) -> None:
-        self._quotas, self._plan = quotas, plan
-
-    async def take(self, session: AsyncSession) -> HeldCredits | None:
-        held = await self._quotas.hold_far(session, self._plan)
-        return None if held is None else HeldCredits(self._quotas, held)
-
-    def ended(self, *, committed: bool) -> None:
-        self._quotas.far_hold_ended(self._plan, committed=committed)
-
-
-class HeldCredits:
-    """One turn's reservation as admission sees it: ended by `settle` or `release`, once."""
-
-    def __init__(self, quotas: Quotas, reservation: Reservation) -> None:
-        self._quotas = quotas
-        self.reservation = reservation
-
-    async def extend(self, prompt_tokens: int, max_output_tokens: int) -> str | None:
-        """Before the turn's next upstream call: hold its estimate instead of the last call's."""
-        try:
-            held = await self._quotas.extend(
-                self.reservation, prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens
-            )
-        except UNAVAILABLE as exc:
-            # Mid-answer, the database went away: the call goes ahead on the hold it has (the ledger
-            # spools its row), rather than cutting an answer short on a check that could not run.
-            log.warning("could not extend a quota reservation: %s", error_reason(exc))
-            return None
-        if isinstance(held, QuotaRefused):
-            # The hold is gone with the refusal; settling still tells the alerts who spent.
-            self.reservation = Reservation(None, self.reservation.subject, 0)
-            return held.note
-        self.reservation = held
-        return None
-
-    def hand_over(self) -> int | None:
-        held = self.reservation.id
-        self.reservation = replace(self.reservation, id=None)
-        return held
-
-    async def settle(self, outcome: TurnOutcome) -> None:
-        """The turn's ledger row (with the reported credits) is written: the estimate stops counting."""
-        usage = outcome.usage.usage if outcome.usage is not None else None
-        await self._quotas.settle(self.reservation, spent=usage.credits_used if usage is not None else None)
-
-    async def release(self) -> None:
-        """No model call (refused later, could not start), or cancelled mid-call: the ledger has the
-        cost when there was one; the hold goes either way."""
-        await self._quotas.settle(self.reservation)

@@ -18,7 +18,7 @@ from bot.conversation.ledger import Ledger, completion_entry
 from bot.conversation.ordering import HandedOff, Place
 from bot.conversation.person import Person
 from bot.conversation.ports import CallBudget, ChatModel, ChatStreamLike, ReplySink, ReplySummary
-from bot.conversation.priority import Arrivals
+from bot.conversation.priority import GIVE_WAY_PER_REPLY, Arrivals
 from bot.conversation.settings_rules import SettingsBounds, plan_turn
 from bot.conversation.stop import StopHandle, Stopped, StopRequest, unless_stopped
 from bot.conversation.tool_history import replay
@@ -313,9 +313,11 @@ class ConversationService:
         answered = thought = False
         checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
         shown_in = len(sink.refs)  # the messages whose ts the stored row holds
+        waited = 0.0  # giving way to arrivals, over the whole stream: at most GIVE_WAY_PER_REPLY
         async for delta in stream:
-            await self.arrivals.give_way()
             if delta.content:
+                if waited < GIVE_WAY_PER_REPLY:
+                    waited += await self.arrivals.give_way()
                 answered = True
                 await sink.append(delta.content)
                 # A new message (the first text without a placeholder, a continuation) is saved at

@@ -244,12 +244,12 @@ class Turns:
         finally:
             if arriving is not None:
                 arriving.shown()
-        await self._service.arrivals.give_way()
         stop = StopHandle()
         if self._running is not None:
             self._running.started(arrival, reply, stop)
         self.streaming += 1
         try:
+            await self._service.arrivals.give_way()
             return await self._answer(admitted, reply, surface, stop)
         except BaseException as exc:
             # Cancelled (shutdown) or a bug: never leave a placeholder.
