@@ -247,9 +247,7 @@ class Admission:
                 return refused
         if self._quota is None or held is not None:
             return candidate, held
-        reserved = await (
-            self._quota.reserve(candidate, near=True) if near else self._quota.reserve(candidate)
-        )
+        reserved = await self._quota.reserve(candidate, near=near)
         if isinstance(reserved, Refused):
             return reserved
         return candidate, reserved

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -39,9 +38,6 @@ from bot.usage.limits import (
     resets_at,
 )
 from bot.usage.report import format_count
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +70,8 @@ class Reservation:
 
 @dataclass
 class FarHold:
-    """A hold planned outside the transaction that takes it (Quotas.plan_far, hold_far)."""
+    """A call's binding limits and estimate, planned before the transaction that holds it (Quotas.plan_far
+    and hold_far, or reserve's own fast path)."""
 
     subject: Subject
     limits: dict[LimitKey, int]
@@ -150,28 +147,20 @@ class Quotas:
         history is read), so the workspace's recent average prompt is added for the rest.
         `near`: a hold without the lock was just refused (`hold_far`): check under the lock at once.
         """
-        limits = applicable_limits(subject, self.defaults, await self.overrides(subject.team_id))
-        if not limits:
+        plan = await self._plan(subject, prompt_tokens, max_output_tokens, now, history_allowance)
+        if plan is None:
             return Reservation(None, subject, 0)  # nothing to check: no statement on the hot path
-        calibration = await self._calibration(subject.team_id)
-        if history_allowance:
-            prompt_tokens += calibration.average_prompt_tokens
-        estimate = self._estimate(calibration, prompt_tokens + max_output_tokens)
-        now = now or datetime.now(UTC)
-        held = None if near else await self._hold_if_far(subject, limits, estimate, now)
+        held = None if near else await self._hold_if_far(plan)
         if held is not None:
             return held
         async with self._sessions.begin() as session:
-            await store.lock_workspace(session, subject.team_id, now)
-            return await self._check_and_hold(session, subject, limits, estimate, now)
+            await store.lock_workspace(session, subject.team_id, plan.now)
+            return await self._check_and_hold(session, subject, plan.limits, plan.estimate, plan.now)
 
-    async def _hold_if_far(
-        self, subject: Subject, limits: dict[LimitKey, int], estimate: int, now: datetime
-    ) -> Reservation | None:
-        """Hold `estimate` without the workspace's lock when every limit stays at most UNLOCKED_BELOW
-        full, in one statement that checks and inserts; None: near a limit (the caller checks under
-        the lock)."""
-        plan = FarHold(subject, limits, estimate, now)
+    async def _hold_if_far(self, plan: FarHold) -> Reservation | None:
+        """Hold `plan`'s estimate without the workspace's lock when every limit stays at most
+        UNLOCKED_BELOW full, in one statement that checks and inserts; None: near a limit (the
+        caller checks under the lock)."""
         committed = False
         try:
             async with self._sessions.begin() as session:
@@ -193,12 +182,25 @@ class Quotas:
         estimate made now (the overrides and calibration read here, outside that transaction); None
         when no limit binds `subject`. `prompt_tokens` is the new message only: the workspace's
         recent average prompt is added for the history."""
+        return await self._plan(subject, prompt_tokens, max_output_tokens, now, history_allowance=True)
+
+    async def _plan(
+        self,
+        subject: Subject,
+        prompt_tokens: int,
+        max_output_tokens: int,
+        now: datetime | None,
+        history_allowance: bool,
+    ) -> FarHold | None:
+        """The limits binding `subject` and the call's estimate; None when no limit binds."""
         limits = applicable_limits(subject, self.defaults, await self.overrides(subject.team_id))
         if not limits:
             return None
         calibration = await self._calibration(subject.team_id)
-        tokens = prompt_tokens + calibration.average_prompt_tokens + max_output_tokens
-        return FarHold(subject, limits, self._estimate(calibration, tokens), now or datetime.now(UTC))
+        if history_allowance:
+            prompt_tokens += calibration.average_prompt_tokens
+        estimate = self._estimate(calibration, prompt_tokens + max_output_tokens)
+        return FarHold(subject, limits, estimate, now or datetime.now(UTC))
 
     async def hold_far(self, session: AsyncSession, plan: FarHold) -> Reservation | None:
         """In the caller's transaction: `plan`'s hold if every limit stays at most UNLOCKED_BELOW full
