@@ -127,7 +127,7 @@ class Surface:
         self.looked_up += 1
         return Person(arrival.user_id, team_id="T1")
 
-    def reply_to(self, arrival: Arrival) -> StartedSink:  # noqa: ARG002
+    def reply_to(self, arrival: Arrival, shown: str | None = None) -> StartedSink:  # noqa: ARG002
         sink = StartedSink() if self.shown else UnshownSink()
         self.sinks.append(sink)
         return sink

@@ -10,7 +10,7 @@ import pytest
 from bench.fakes import Shown
 from bench.observe import chunk_spans, common_prefix
 from bench.stats import Span, percentile, spans_ms, summary_ms
-from bench.targets import evaluate
+from bench.targets import evaluate, sql_count_flat
 
 NAN = math.nan
 
@@ -118,3 +118,14 @@ def test_the_streaming_overhead_target_adds_only_slacks_own_edit_latency() -> No
     assert _overhead_verdicts(115.0, 450.0, latency) == [False, False]
     # Without latency the bot's own 50 / 250 ms are the whole bound.
     assert _overhead_verdicts(55.0, 200.0, None) == [False, True]
+
+
+def test_statements_per_turn_are_flat_unless_the_fewest_grow_with_depth() -> None:
+    steady = [11] * 39
+    assert sql_count_flat(steady)
+    # Cached settings read again when they expire: a turn here and there has one or two more.
+    assert sql_count_flat([11, 12, 11, 11, 13, 11, 11, 12, 11, 11, 11, 11, 11, 11, 12, 11, 11, 11, 11, 11])
+    # One more statement per turn once the thread is deep: a cost that grows with it.
+    assert not sql_count_flat([11] * 20 + [12] * 19)
+    assert not sql_count_flat([11] * 20 + [14])
+    assert not sql_count_flat([])

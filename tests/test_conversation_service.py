@@ -122,6 +122,35 @@ async def test_an_answer_its_dead_replica_left_streaming_is_history_with_its_tex
     assert {"role": "assistant", "content": "Paris is the capital"} in sent
 
 
+class PlaceholderWhileThinking(RecordingSink):
+    """Auto mode without a status: the placeholder is posted while the model still thinks."""
+
+    async def thinking(self) -> None:
+        await super().thinking()
+        self.refs_.append("1700000000.000009")
+
+
+async def test_a_placeholder_posted_while_the_model_thinks_is_saved_before_any_text(sessions, llm, aiml):
+    # A replica killed while the model thinks: recovery finds the placeholder and edits it, rather
+    # than leave it saying "Thinking…" beside a note of its own.
+    aiml.enqueue(Reply(content="Done.", reasoning="hmm " * 12, chunk_size=4, chunk_interval=0.1))
+    sink = PlaceholderWhileThinking([])
+    replying = asyncio.create_task(make_service(sessions, llm).reply(turn("Hi!"), sink))
+
+    async def saved_ts() -> str | None:
+        async with sessions() as session:
+            row = (await session.execute(select(Message).where(Message.role == Role.ASSISTANT))).scalar()
+            return None if row is None else row.slack_ts
+
+    for _ in range(100):
+        if await saved_ts() is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert not aiml.chat_requests[0].content_sent_at  # still thinking: no text yet
+    assert await saved_ts() == "1700000000.000009"
+    await replying
+
+
 async def test_other_threads_do_not_leak_into_the_history(sessions, llm, aiml):
     service = make_service(sessions, llm)
     aiml.enqueue(Reply(content="one"))

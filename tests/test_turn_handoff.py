@@ -167,11 +167,13 @@ async def test_a_turn_whose_replica_died_before_storing_its_reply_is_answered_by
     async with database.begin() as session:
         await notify(session, repo.TURNS_HANDED_OFF, "")  # a looks for orphans at once
 
-    # (b's frozen task never ends, so neither bot is ever idle: watch the thread instead. b had
-    # posted its placeholder before it froze; that message stays as b left it.)
+    # (b's frozen task never ends, so neither bot is ever idle: watch the thread instead.) b had
+    # posted its placeholder before it froze: a answers in that message, leaving no "Thinking…".
+    [placeholder] = a.replies("C1", ROOT)
     await eventually(
-        lambda: "Answered elsewhere." in [m.markdown.strip() for m in a.replies("C1", ROOT)], timeout=20
+        lambda: [m.markdown.strip() for m in a.replies("C1", ROOT)] == ["Answered elsewhere."], timeout=20
     )
+    assert [m.ts for m in a.replies("C1", ROOT)] == [placeholder.ts]
     assert len(aiml.chat_requests) == 1
     assert history(aiml, 0) == ["a question"]
 
@@ -248,3 +250,35 @@ async def test_a_dead_replicas_lone_waiting_turn_is_adopted_when_another_replica
     assert history(aiml, 1) == ["first question", slow, "second"]
     assert [m.markdown for m in a.replies("C1", ROOT)] == [slow, "Second."]
     assert not interrupted(a)
+
+
+async def test_the_message_showing_a_turn_rides_in_its_record_until_the_reply_is_stored(
+    database: async_sessionmaker[AsyncSession],
+) -> None:
+    arrival = Arrival(
+        "Ev1", ConversationKey("T1", "C1", ROOT), ConversationKind.CHANNEL, "U1", ROOT, "hi", addressed=True
+    )
+    async with database.begin() as session:
+        conversation = Conversation(
+            team_id="T1", channel_id="C1", thread_ts=ROOT, kind=ConversationKind.CHANNEL
+        )
+        session.add(conversation)
+        await session.flush()
+        place_id, _ = await repo.take_place(
+            session, conversation.id, "me", LEASE, to_record(arrival, new_thread=True)
+        )
+    async with database.begin() as session:
+        await repo.note_shown(session, place_id, "someone else", "1700000009.000001")  # not theirs
+        await repo.note_shown(session, place_id, "me", "1700000009.000002")
+    async with database() as session:
+        record = (await session.execute(select(TurnPlace.arrival).where(TurnPlace.id == place_id))).scalar()
+    handoff = from_record(record)
+    assert handoff is not None
+    assert (handoff.arrival, handoff.shown) == (arrival, "1700000009.000002")
+
+    async with database.begin() as session:
+        assert await repo.begin_reply(session, place_id, "me")
+        await repo.note_shown(session, place_id, "me", "1700000009.000003")  # the stored row has it now
+    async with database() as session:
+        record = (await session.execute(select(TurnPlace.arrival).where(TurnPlace.id == place_id))).scalar()
+    assert record is None

@@ -81,7 +81,7 @@ class TerminalSurface:
     async def person(self, arrival: Arrival) -> Person:  # noqa: ARG002
         return OPERATOR
 
-    def reply_to(self, arrival: Arrival) -> TerminalSink:  # noqa: ARG002
+    def reply_to(self, arrival: Arrival, shown: str | None = None) -> TerminalSink:  # noqa: ARG002
         return TerminalSink(self._out)
 
     async def prompt_text(self, arrival: Arrival) -> str:

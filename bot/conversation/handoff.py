@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.conversation.keys import ConversationKey, ConversationKind
 from bot.files.extract import Attachment
-from bot.storage.turn_places import BEGINS_KEY
+from bot.storage.turn_places import BEGINS_KEY, SHOWN_KEY
 
 if TYPE_CHECKING:  # admission writes these records: it imports this module
     from bot.conversation.admission import Arrival
@@ -24,10 +24,12 @@ VERSION = 1  # a record of another version is not adopted (its place is let go)
 
 @dataclass(frozen=True)
 class Handoff:
-    """What the adopting replica needs: the message, and whether its claim opened the conversation."""
+    """What the adopting replica needs: the message, whether its claim opened the conversation, and
+    the message already showing the turn (a placeholder posted before the replica died), if any."""
 
     arrival: Arrival
     new_thread: bool
+    shown: str | None = None
 
 
 def to_record(arrival: Arrival, *, new_thread: bool) -> dict[str, object]:
@@ -72,6 +74,7 @@ def from_record(record: Any) -> Handoff | None:
             mid_thread=bool(record["mid_thread"]),
             attachments=tuple(Attachment(**a) for a in record.get("attachments", ())),
         )
-        return Handoff(arrival, bool(record["new_thread"]))
+        shown = record.get(SHOWN_KEY)
+        return Handoff(arrival, bool(record["new_thread"]), str(shown) if shown else None)
     except (KeyError, TypeError, ValueError):
         return None

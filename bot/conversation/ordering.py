@@ -49,6 +49,11 @@ class Place(Protocol):
         the place meanwhile (this one was taken for dead): nothing is stored here."""
         ...
 
+    async def shown(self, ref: str) -> None:
+        """The turn shows in a message (`ref`) before its reply is stored: a replica adopting the turn
+        edits that message. Never raises (the message is merely left behind then)."""
+        ...
+
     def leave(self) -> None: ...
 
 
@@ -95,6 +100,9 @@ class TurnTicket:
         self.running = True
 
     async def begin_reply(self, session: AsyncSession) -> None:
+        """Nothing to record: no other process adopts this line's turns."""
+
+    async def shown(self, ref: str) -> None:
         """Nothing to record: no other process adopts this line's turns."""
 
     def leave(self) -> None:

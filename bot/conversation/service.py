@@ -123,13 +123,15 @@ class ConversationService:
         self._lease = ReplyLease(sessions)
         self.arrivals = Arrivals()  # messages being admitted: replies give way to them
         self._heartbeats: set[asyncio.Task[None]] = set()  # kept referenced until they stop
+        self._saved_refs: dict[int, int] = {}  # reply row -> how many of its messages it names
 
     async def reply(self, turn: Turn, sink: ReplySink, stop: StopHandle | None = None) -> TurnOutcome:
         """Answer `turn` into `sink`; `stop`, when given, lets the chat surface end the answer early."""
         began = time.monotonic()
         request_id = f"slackbot-{uuid.uuid4().hex}"
         try:
-            conversation_id, assistant_id, history = await self._begin(turn, sink.refs, request_id)
+            refs = tuple(sink.refs)
+            conversation_id, assistant_id, history = await self._begin(turn, refs, request_id)
         except UNAVAILABLE as exc:
             log.warning("database unavailable at turn start: %s", error_reason(exc))
             await sink.fail(NOTE_DATABASE)
@@ -148,12 +150,14 @@ class ConversationService:
         task = asyncio.create_task(heartbeat, name=f"lease-{assistant_id}")
         self._heartbeats.add(task)
         task.add_done_callback(self._heartbeats.discard)
+        self._saved_refs[assistant_id] = len(refs[:1])  # _begin stores the first message's ts
         try:
             return await self._answer(
                 turn, sink, conversation_id, assistant_id, history, request_id, began, stop
             )
         finally:
             ended.set()
+            self._saved_refs.pop(assistant_id, None)
 
     async def _answer(
         self,
@@ -312,7 +316,6 @@ class ConversationService:
         """Move the model's deltas into the sink until the stream ends."""
         answered = thought = False
         checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
-        shown_in = len(sink.refs)  # the messages whose ts the stored row holds
         waited = 0.0  # giving way to arrivals, over the whole stream: at most GIVE_WAY_PER_REPLY
         async for delta in stream:
             if delta.content:
@@ -320,16 +323,17 @@ class ConversationService:
                     waited += await self.arrivals.give_way()
                 answered = True
                 await sink.append(delta.content)
-                # A new message (the first text without a placeholder, a continuation) is saved at
-                # once: a replica killed before the next checkpoint would leave it without its note.
-                if len(sink.refs) != shown_in or time.monotonic() >= checkpoint_at:
-                    shown_in = len(sink.refs)
-                    checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
-                    # Earlier tool rounds' text is part of the answer shown: saved with it.
-                    await self._checkpoint(assistant_id, shown_before + stream.result().content, sink)
             elif delta.reasoning and not answered and not thought:
                 thought = True
                 await sink.thinking()
+            # A new message (a placeholder posted while the model thought, the first text without
+            # one, a continuation) is saved at once: a replica killed before the next checkpoint
+            # would leave it without its note, saying "Thinking…" for good.
+            new_message = len(sink.refs) != self._saved_refs.get(assistant_id, 0)
+            if new_message or (delta.content and time.monotonic() >= checkpoint_at):
+                checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
+                # Earlier tool rounds' text is part of the answer shown: saved with it.
+                await self._checkpoint(assistant_id, shown_before + stream.result().content, sink)
 
     def _estimated(self, entry: UsageEntry, result: CompletionResult, prompt_estimate: int) -> UsageEntry:
         """The entry with the tokens the model did not report estimated, and marked as estimated.
@@ -396,6 +400,7 @@ class ConversationService:
     async def _checkpoint(self, message_id: int, content: str, sink: ReplySink) -> None:
         """Save the partial answer now and then (recovery finishes it after a crash), renewing the
         lease in the same write so the hot path makes no extra one."""
+        self._saved_refs[message_id] = len(sink.refs)  # tried once per new message, even if it fails
         try:
             async with self._sessions.begin() as session:
                 await repo.checkpoint_message(

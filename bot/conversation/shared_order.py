@@ -110,6 +110,15 @@ class SharedTicket:
             self.handed_off = True
             raise HandedOff
 
+    async def shown(self, ref: str) -> None:
+        if self.place_id is None or self.handed_off:
+            return
+        try:
+            async with self._line._sessions.begin() as session:
+                await repo.note_shown(session, self.place_id, self._line.holder, ref)
+        except UNAVAILABLE as exc:
+            log.warning("could not note the message showing a turn: %s", error_reason(exc))
+
     def leave(self) -> None:
         if not self.left:
             self.left = True

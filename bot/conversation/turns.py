@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from bot.conversation.admission import Admission, Admitted, Arrival, People, Refused
+from bot.conversation.handoff import Handoff
 from bot.conversation.ordering import HandedOff, Place
 from bot.conversation.ports import ReplyNotShown, ReplySink
 from bot.conversation.priority import Arriving
@@ -44,7 +45,9 @@ class OpenableSink(ReplySink, Protocol):
 class Surface(People, Protocol):
     """Where a message came from and its reply goes (a Slack workspace, a terminal)."""
 
-    def reply_to(self, arrival: Arrival) -> OpenableSink: ...
+    def reply_to(self, arrival: Arrival, shown: str | None = None) -> OpenableSink:
+        """The reply's sink; `shown`: a message already showing it (an adopted turn's placeholder)."""
+        ...
 
     async def prompt_text(self, arrival: Arrival) -> str:
         """The message as the model reads it (mentions as names, links spelled out)."""
@@ -142,24 +145,23 @@ class Turns:
             if task is not None:
                 self.active.discard(task)
 
-    async def resume(
-        self, arrival: Arrival, new_thread: bool, ticket: Place, surface: Surface
-    ) -> TurnOutcome | None:
+    async def resume(self, handoff: Handoff, ticket: Place, surface: Surface) -> TurnOutcome | None:
         """Answer a turn another replica admitted and handed off (bot.conversation.handoff): `ticket`
         is its place, adopted by this replica; the claim is not taken again."""
         task = asyncio.current_task()
         if task is not None:
             self.active.add(task)
+        arrival = handoff.arrival
         try:
             started = time.monotonic()
             try:
-                admitted = await self.admission.readmit(arrival, new_thread, ticket, surface)
+                admitted = await self.admission.readmit(arrival, handoff.new_thread, ticket, surface)
             except UNAVAILABLE as exc:
                 log.warning("database unavailable while resuming a handed-off turn: %s", error_reason(exc))
                 if arrival.addressed:
                     await surface.tell(arrival, NOTE_DATABASE, in_thread=True)
                 return None
-            return await self._run(arrival, admitted, surface, started)
+            return await self._run(arrival, admitted, surface, started, shown=handoff.shown)
         finally:
             if task is not None:
                 self.active.discard(task)
@@ -186,6 +188,8 @@ class Turns:
         surface: Surface,
         started: float,
         arriving: Arriving | None = None,
+        *,
+        shown: str | None = None,
     ) -> TurnOutcome | None:
         if isinstance(admitted, Refused):
             if arriving is not None:
@@ -195,7 +199,7 @@ class Turns:
             return None
         outcome: TurnOutcome | None = None
         try:
-            outcome = await self._take_turn(admitted, surface, arriving)
+            outcome = await self._take_turn(admitted, surface, arriving, shown)
         finally:
             admitted.ticket.leave()
             await _end_reservation(admitted, outcome)
@@ -216,11 +220,11 @@ class Turns:
         await surface.tell(arrival, refused.notice, in_thread=refused.in_thread)
 
     async def _take_turn(
-        self, admitted: Admitted, surface: Surface, arriving: Arriving | None = None
+        self, admitted: Admitted, surface: Surface, arriving: Arriving | None, shown: str | None
     ) -> TurnOutcome | None:
         """Wait for the thread's earlier turns, then answer; None when the reply could not start."""
         arrival = admitted.arrival
-        reply = surface.reply_to(arrival)
+        reply = surface.reply_to(arrival, shown)
         try:
             if not admitted.ticket.is_next:
                 await surface.show_waiting(arrival)
@@ -244,6 +248,10 @@ class Turns:
         finally:
             if arriving is not None:
                 arriving.shown()
+        if reply.refs and reply.refs[0] != shown:
+            # A placeholder before the reply is stored: should this replica die before storing it,
+            # the replica adopting the turn edits this message instead of leaving it "Thinking…".
+            await admitted.ticket.shown(reply.refs[0])
         stop = StopHandle()
         if self._running is not None:
             self._running.started(arrival, reply, stop)

@@ -78,11 +78,11 @@ class SlackSurface:
             return None
         return profile.asker(admins=self.config.admins, workspace=arrival.key.team_id)
 
-    def reply_to(self, arrival: Arrival) -> ChosenReply:
+    def reply_to(self, arrival: Arrival, shown: str | None = None) -> ChosenReply:
         key, in_channel = arrival.key, arrival.kind is not ConversationKind.DM
         # The Stop button (edit streaming) names the question it answers.
         place = ReplyPlace(
-            key.team_id, key.channel_id, key.thread_ts, arrival.user_id, in_channel, arrival.message_ts
+            key.team_id, key.channel_id, key.thread_ts, arrival.user_id, in_channel, arrival.message_ts, shown
         )
         return self.streaming.reply(self.client, place)
 
@@ -188,7 +188,7 @@ class SlackEdge:
             key = handoff.arrival.key
             bind_context(team=key.team_id, channel=key.channel_id, thread=key.thread_ts)
             try:
-                await self.turns.resume(handoff.arrival, handoff.new_thread, ticket, surface)
+                await self.turns.resume(handoff, ticket, surface)
             except Exception:  # no listener above this task to log it (Bolt's, for events)
                 log.exception("an adopted turn failed")
 

@@ -179,12 +179,12 @@ class SlackReply:
 
     # ---- ReplySink -----------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Post the placeholder (or the text appended so far) in the thread now and start editing
-        in the background."""
+    async def start(self, shown: str | None = None) -> None:
+        """Post the placeholder (or the text appended so far) in the thread now, or take over `shown`,
+        the placeholder of a turn this replica adopted, and start editing in the background."""
         body = self._body()
         self._shown = self._interim(body if len(body) <= self._limit else "")
-        self._ts.append(await self._post(self._shown))
+        self._ts.append(shown if shown is not None else await self._post(self._shown))
         self._part_starts.append((0, ""))
         self._open = True
         # The placeholder was a post, not an edit: the first text may be shown at once.

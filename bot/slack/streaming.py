@@ -96,6 +96,7 @@ class ReplyPlace:
     user: str
     in_channel: bool  # not a DM: a native stream needs its recipient
     stop_value: str | None = None  # what the Stop button of an edit-streamed reply names (the question)
+    shown: str | None = None  # a placeholder already showing the reply (an adopted turn's): edited
 
 
 class Streaming:
@@ -187,7 +188,7 @@ class ChosenReply:
         The status goes up beside the answer, not before it: the model is asked at once, and the
         placeholder follows only if the status could not be shown and no text came first.
         """
-        if self._mode == "edits":
+        if self._mode == "edits" or self._place.shown is not None:
             await self._placeholder()
             return
         name = f"slack-reply-status-{self._place.channel}:{self._place.thread_ts}"
@@ -214,7 +215,7 @@ class ChosenReply:
         self.way = Way.MESSAGE
         if self._steps:  # tools began while the status was being tried: the placeholder shows them
             await edits.tool_progress(self._steps)
-        await edits.start()
+        await edits.start(self._place.shown)
 
     async def thinking(self) -> None:
         if self._inner is None:

@@ -16,6 +16,10 @@ from bot.storage.models import Conversation, TurnPlace
 # Set in records whose writer clears them once the turn stored its reply (bot.conversation.handoff).
 BEGINS_KEY = "cleared_once_stored"
 
+# The message showing the turn before its reply is stored (a placeholder), in the record: a replica
+# adopting the turn edits it rather than leave it saying "Thinking…" for good.
+SHOWN_KEY = "shown"
+
 # Signalled (payload: the conversation id) when a turn leaves its line.
 TURN_ENDED = "bot_turn_ended"
 # Signalled when a draining replica handed its waiting turns off: the others adopt them at once.
@@ -57,6 +61,14 @@ _CHECK = text(
     " WHERE id = :id AND holder = :holder AND expires_at > now()"
     " AND (SELECT latest IS NULL AND orphans = 0 FROM ahead) RETURNING id"
     ") SELECT ahead.latest, ahead.orphans, now(), (SELECT count(*) FROM mark) FROM ahead"
+)
+
+
+# The record is `json` (not `jsonb`): merged as jsonb, stored back as json.
+_SHOWN = text(
+    "UPDATE turn_places SET arrival = CAST(CAST(arrival AS jsonb)"
+    f" || jsonb_build_object('{SHOWN_KEY}', CAST(:ref AS text)) AS json)"
+    " WHERE id = :id AND holder = :holder AND arrival IS NOT NULL"
 )
 
 
@@ -135,6 +147,12 @@ async def begin_reply(session: AsyncSession, place_id: int, holder: str) -> bool
         .returning(TurnPlace.id)
     )
     return found.first() is not None
+
+
+async def note_shown(session: AsyncSession, place_id: int, holder: str, ref: str) -> None:
+    """Add the message showing the turn (`ref`, its ts) to the place's record; nothing once the record
+    is cleared (the stored reply carries the ts from then on) or the place is another replica's."""
+    await session.execute(_SHOWN, {"id": place_id, "holder": holder, "ref": ref})
 
 
 async def leave_place(session: AsyncSession, place_id: int, holder: str) -> None:
