@@ -172,12 +172,23 @@ def _ran(scenarios: dict[str, dict[str, Any]], key: str) -> dict[str, Any] | Non
     return None if found is None or "failed" in found else found
 
 
+def sql_count_flat(counts: list[int]) -> bool:
+    """Statements per turn, turn 2 on, do not grow with the thread's depth: the fewest in the last ten
+    turns are the fewest in the first ten. A turn may add up to two that run on their own clock,
+    whatever the depth: the channel settings read again every 5 s, the quota overrides every 10 s,
+    the dedupe table's pruning."""
+    if len(counts) < 2:
+        return False
+    ten = min(10, len(counts) // 2)
+    return min(counts[-ten:]) <= min(counts[:ten]) and max(counts) - min(counts) <= 2
+
+
 def _deep_target(key: str, e: dict[str, Any] | None) -> dict[str, Any]:
     if not e:
         return _target(f"({key}) per-turn cost flat", None, "", None)
     slopes = e["slope_ms_per_turn"]
     counts = [r["statements"] for r in e.get("sql_per_turn", []) if r["turn"] >= 2]
-    flat_sql = bool(counts) and max(counts) - min(counts) <= 1
+    flat_sql = sql_count_flat(counts)
     flat_time = all(
         s is not None and s <= FLAT_SLOPE_MS_PER_TURN for s in (slopes["upstream_request"], slopes["final"])
     )
