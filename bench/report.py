@@ -224,6 +224,7 @@ def _deep_table(key: str, v: dict[str, Any]) -> str:
             _num(r["placeholder_ms"]),
             _num(r["upstream_request_ms"]),
             _num(r["final_ms"]),
+            _num(r.get("cpu_ms")),
             _num(r["upstream_messages"], "{}"),
             _num(sql.get(r["turn"]), "{}"),
             "yes" if r["complete"] else "NO",
@@ -233,13 +234,24 @@ def _deep_table(key: str, v: dict[str, Any]) -> str:
     slopes = v["slope_ms_per_turn"]
     head = f"({key}) {v['title']}: per turn, ms from the event"
     table = _table(
-        ["turn", "ack", "placeholder", "upstream req", "final edit", "msgs sent", "SQL stmts", "complete"],
+        [
+            "turn",
+            "ack",
+            "placeholder",
+            "upstream req",
+            "final edit",
+            "CPU",
+            "msgs sent",
+            "SQL stmts",
+            "complete",
+        ],
         rows,
     )
     fmt = "{:+.2f}"
     tail = (
         f"slope, ms per turn (turns 2..{v['turns']}): placeholder {_num(slopes['placeholder'], fmt)}, "
-        f"upstream request {_num(slopes['upstream_request'], fmt)}, final edit {_num(slopes['final'], fmt)}"
+        f"upstream request {_num(slopes['upstream_request'], fmt)}, final edit {_num(slopes['final'], fmt)}, "
+        f"CPU {_num(slopes.get('cpu'), fmt)}"
         f"; peak RSS {_num(v['bot_peak_rss_mb'])} MB, "
         f"CPU {_num(v['bot_cpu_seconds_per_reply'], '{:.3f}')} s/turn, "
         f"429s {v['slack_429s']}, errors {v['errors']['count']}, other CPU {_other_cpu(v)}; "

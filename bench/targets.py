@@ -189,17 +189,19 @@ def _deep_target(key: str, e: dict[str, Any] | None) -> dict[str, Any]:
     slopes = e["slope_ms_per_turn"]
     counts = [r["statements"] for r in e.get("sql_per_turn", []) if r["turn"] >= 2]
     flat_sql = sql_count_flat(counts)
+    # The final edit's slope is reported, not judged: it follows the fake Slack's seeded latency draws
+    # (bench/deep.py). What the bot spends per turn is its CPU and its time to the upstream request.
     flat_time = all(
-        s is not None and s <= FLAT_SLOPE_MS_PER_TURN for s in (slopes["upstream_request"], slopes["final"])
+        s is not None and s <= FLAT_SLOPE_MS_PER_TURN for s in (slopes["upstream_request"], slopes.get("cpu"))
     )
     value = (
-        f"slopes {slopes['upstream_request']} / {slopes['final']} ms/turn, SQL/turn "
-        f"{min(counts) if counts else '-'}..{max(counts) if counts else '-'}"
+        f"slopes {slopes['upstream_request']} / {slopes.get('cpu')} ms/turn (final edit "
+        f"{slopes['final']}), SQL/turn {min(counts) if counts else '-'}..{max(counts) if counts else '-'}"
     )
     return _target(
         f"({key}) per-turn cost flat",
         value,
-        f"slope <= {FLAT_SLOPE_MS_PER_TURN} ms/turn, constant SQL count",
+        f"upstream request, CPU: slope <= {FLAT_SLOPE_MS_PER_TURN} ms/turn; constant SQL count",
         flat_time and flat_sql,
     )
 

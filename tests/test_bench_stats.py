@@ -129,3 +129,23 @@ def test_statements_per_turn_are_flat_unless_the_fewest_grow_with_depth() -> Non
     assert not sql_count_flat([11] * 20 + [12] * 19)
     assert not sql_count_flat([11] * 20 + [14])
     assert not sql_count_flat([])
+
+
+def _deep_verdict(upstream: float, cpu: float | None, final: float) -> bool | None:
+    e = {
+        "slope_ms_per_turn": {"placeholder": 0.5, "upstream_request": upstream, "final": final, "cpu": cpu},
+        "sql_per_turn": [{"turn": n, "statements": 11} for n in range(1, 41)],
+        "complete_pct": 100.0,
+        "errors": {"count": 0},
+        "bot_exit_code": 0,
+    }
+    targets = evaluate({"e": e}, "full", None, None)
+    [verdict] = [t["pass"] for t in targets if t["target"] == "(e) per-turn cost flat"]
+    return verdict
+
+
+def test_the_per_turn_cost_is_judged_by_cpu_and_the_upstream_request_not_slacks_latency_draws() -> None:
+    assert _deep_verdict(0.1, 0.3, 2.8) is True  # the final edit follows the fake's seeded latency
+    assert _deep_verdict(0.1, 2.5, 0.0) is False  # the bot spends more CPU each turn
+    assert _deep_verdict(2.5, 0.3, 0.0) is False  # more work on the history before asking the model
+    assert _deep_verdict(0.1, None, 0.0) is False  # not measured is not flat
