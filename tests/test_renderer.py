@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from dataclasses import replace
 
 import pytest
@@ -35,6 +35,7 @@ from bot.storage.conversations import ConversationKey
 from bot.storage.models import ConversationKind, Message, MessageStatus, Role
 from tests.fakes.aimlapi import FakeAimlApi, Reply
 from tests.fakes.slack_api import FakeMessage, FakeSlackApi, RateLimit
+from tests.harness import eventually
 
 SUMMARY = ReplySummary(
     model="zhipu/glm-5", prompt_tokens=120, completion_tokens=340, credits_used=1234, finish_reason="stop"
@@ -468,3 +469,28 @@ async def test_fifty_streams_in_fifty_channels_share_a_tight_edit_limit(
     # burst 5 or more): Slack never has to refuse an edit.
     assert fake.count_429s == 0
     _assert_edits_spaced(fake, 0.5)
+
+
+class _RecordingBudget(EditBudget):
+    """Records which edits asked for a final's slot."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[bool] = []
+
+    async def acquire(self, stream: Hashable, *, final: bool = False) -> None:
+        self.asked.append(final)
+        await super().acquire(stream, final=final)
+
+
+async def test_the_first_text_over_a_placeholder_with_a_stop_button_goes_with_the_final_edits(fake, client):
+    budget = _RecordingBudget()
+    root = fake.add_message("C1", "<@UBOT> a question")
+    reply = SlackReply(client, budget, "C1", root, interval=0.05, stop_value="1700000000.000001")
+    await reply.start()  # the placeholder, with its Stop button
+    await reply.append("The first words")
+    await eventually(lambda: budget.asked != [])
+    await reply.finish(SUMMARY)
+
+    assert budget.asked[0] is True  # what people wait for, ahead of other replies' interim edits
+    assert [m.markdown for m in _shown(fake, reply)] == ["The first words"]

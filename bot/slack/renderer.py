@@ -179,12 +179,12 @@ class SlackReply:
 
     # ---- ReplySink -----------------------------------------------------------------------------
 
-    async def start(self, shown: str | None = None) -> None:
-        """Post the placeholder (or the text appended so far) in the thread now, or take over `shown`,
-        the placeholder of a turn this replica adopted, and start editing in the background."""
+    async def start(self, placeholder: str | None = None) -> None:
+        """Post the placeholder (or the text appended so far) in the thread now, or take over
+        `placeholder`, the one of a turn this replica adopted, and start editing in the background."""
         body = self._body()
         self._shown = self._interim(body if len(body) <= self._limit else "")
-        self._ts.append(shown if shown is not None else await self._post(self._shown))
+        self._ts.append(placeholder if placeholder is not None else await self._post(self._shown))
         self._part_starts.append((0, ""))
         self._open = True
         # The placeholder was a post, not an edit: the first text may be shown at once.
@@ -225,6 +225,12 @@ class SlackReply:
             await self._close(failure_elements(note), note)
         except SlackDeliveryError:
             logger.error("could not show the failure note in %s/%s", self._channel, self._thread_ts)
+
+    def release(self) -> None:
+        """Stop without a last edit: another replica answers in this message now."""
+        self._done = True
+        if self._worker is not None:
+            self._worker.cancel()
 
     # ---- ending --------------------------------------------------------------------------------
 
@@ -302,8 +308,9 @@ class SlackReply:
                 plan = self._plan()
                 if plan is not None and plan.payload != self._shown:
                     # The first text over the placeholder goes with the final edits, before others'
-                    # interim ones: it is what people wait for.
-                    first = self._shown == _PLACEHOLDER
+                    # interim ones: it is what people wait for. (By its text: the placeholder shown
+                    # carries the Stop button, and tool progress, which the bare one has not.)
+                    first = self._shown is not None and self._shown.text == _PLACEHOLDER.text
                     await self._budget.acquire(self._key, final=plan.kind != "interim" or first)
                     plan = self._plan()  # the latest text, now that it is our turn
                 if plan is None:
