@@ -108,6 +108,9 @@ class StartedSink(RecordingSink):
     async def start(self) -> None:
         self.events.append("start")
 
+    async def release(self) -> None:
+        self.events.append("release")
+
 
 class UnshownSink(StartedSink):
     async def start(self) -> None:
@@ -127,7 +130,7 @@ class Surface:
         self.looked_up += 1
         return Person(arrival.user_id, team_id="T1")
 
-    def reply_to(self, arrival: Arrival, shown: str | None = None) -> StartedSink:  # noqa: ARG002
+    def reply_to(self, arrival: Arrival, placeholder: str | None = None) -> StartedSink:  # noqa: ARG002
         sink = StartedSink() if self.shown else UnshownSink()
         self.sinks.append(sink)
         return sink

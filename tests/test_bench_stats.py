@@ -140,7 +140,8 @@ def _deep_verdict(upstream: float, cpu: float | None, final: float) -> bool | No
         "bot_exit_code": 0,
     }
     targets = evaluate({"e": e}, "full", None, None)
-    [verdict] = [t["pass"] for t in targets if t["target"] == "(e) per-turn cost flat"]
+    verdicts: list[bool | None] = [t["pass"] for t in targets if t["target"] == "(e) per-turn cost flat"]
+    [verdict] = verdicts
     return verdict
 
 

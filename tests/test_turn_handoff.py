@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
@@ -18,7 +19,7 @@ from bot.app import BotRuntime
 from bot.conversation.admission import Arrival
 from bot.conversation.handoff import from_record, to_record
 from bot.conversation.keys import ConversationKey, ConversationKind
-from bot.conversation.service import NOTE_INTERRUPTED
+from bot.conversation.service import NOTE_INTERRUPTED, NOTE_TAKEN_OVER
 from bot.storage import turn_places as repo
 from bot.storage.db import create_engine, session_factory
 from bot.storage.models import Conversation, TurnPlace, utcnow
@@ -178,6 +179,45 @@ async def test_a_turn_whose_replica_died_before_storing_its_reply_is_answered_by
     assert history(aiml, 0) == ["a question"]
 
 
+async def test_a_replica_that_stalled_past_its_lease_leaves_the_adopters_answer_in_its_placeholder(
+    replicas: tuple[Bot, Bot], aiml: FakeAimlApi, database: async_sessionmaker[AsyncSession]
+) -> None:
+    a, b = replicas
+    aiml.enqueue(Reply(content="Answered elsewhere."))
+    assert b.runtime.turns is not None and b.runtime.replicas is not None
+    service = b.runtime.turns._service
+    begin, stalled, wakes = service._begin, asyncio.Event(), asyncio.Event()
+
+    async def stalls_before_storing(*args: Any) -> Any:
+        stalled.set()
+        await wakes.wait()
+        return await begin(*args)  # its place is a's by now: HandedOff
+
+    service._begin = stalls_before_storing  # type: ignore[method-assign,assignment]
+    await b.send(mention("a question", ROOT))
+    await asyncio.wait_for(stalled.wait(), 10)
+    [placeholder] = a.replies("C1", ROOT)
+    await kill(b.runtime, database)  # b's places expire as a stalled replica's would
+    b.runtime.replicas.order._adopter = None
+    async with database.begin() as session:
+        await notify(session, repo.TURNS_HANDED_OFF, "")
+
+    def answered() -> bool:
+        return [(m.markdown.strip(), bool(m.context)) for m in a.replies("C1", ROOT)] == [
+            ("Answered elsewhere.", True)
+        ]
+
+    await eventually(answered, timeout=20)
+    wakes.set()  # b wakes up and finds its turn taken over
+    await b.idle(timeout=30)
+    await a.idle(timeout=30)
+
+    [reply] = a.replies("C1", ROOT)
+    assert reply.ts == placeholder.ts and answered()
+    assert NOTE_TAKEN_OVER not in reply.context
+    assert len(aiml.chat_requests) == 1
+
+
 async def test_an_orphan_is_adopted_by_one_replica_and_a_place_whose_reply_was_stored_by_none(
     database: async_sessionmaker[AsyncSession],
 ) -> None:
@@ -268,17 +308,15 @@ async def test_the_message_showing_a_turn_rides_in_its_record_until_the_reply_is
             session, conversation.id, "me", LEASE, to_record(arrival, new_thread=True)
         )
     async with database.begin() as session:
-        await repo.note_shown(session, place_id, "someone else", "1700000009.000001")  # not theirs
-        await repo.note_shown(session, place_id, "me", "1700000009.000002")
+        assert not await repo.note_placeholder(session, place_id, "someone else", "1700000009.000001")
+        assert await repo.note_placeholder(session, place_id, "me", "1700000009.000002")
     async with database() as session:
         record = (await session.execute(select(TurnPlace.arrival).where(TurnPlace.id == place_id))).scalar()
     handoff = from_record(record)
     assert handoff is not None
-    assert (handoff.arrival, handoff.shown) == (arrival, "1700000009.000002")
+    assert (handoff.arrival, handoff.new_thread, handoff.placeholder) == (arrival, True, "1700000009.000002")
 
     async with database.begin() as session:
         assert await repo.begin_reply(session, place_id, "me")
-        await repo.note_shown(session, place_id, "me", "1700000009.000003")  # the stored row has it now
-    async with database() as session:
-        record = (await session.execute(select(TurnPlace.arrival).where(TurnPlace.id == place_id))).scalar()
-    assert record is None
+        # The stored reply carries the placeholder from here on.
+        assert not await repo.note_placeholder(session, place_id, "me", "1700000009.000003")

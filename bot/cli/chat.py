@@ -41,6 +41,9 @@ class TerminalSink:
     async def start(self) -> None:
         """Nothing to post: the prompt line already shows that an answer comes."""
 
+    async def release(self) -> None:
+        """Nothing to let go of: one terminal has no replicas to hand a turn to."""
+
     async def thinking(self) -> None:
         self._write("\x1b[2m(thinking…)\x1b[0m ")
 
@@ -81,7 +84,7 @@ class TerminalSurface:
     async def person(self, arrival: Arrival) -> Person:  # noqa: ARG002
         return OPERATOR
 
-    def reply_to(self, arrival: Arrival, shown: str | None = None) -> TerminalSink:  # noqa: ARG002
+    def reply_to(self, arrival: Arrival, placeholder: str | None = None) -> TerminalSink:  # noqa: ARG002
         return TerminalSink(self._out)
 
     async def prompt_text(self, arrival: Arrival) -> str:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.conversation.keys import ConversationKey, ConversationKind
 from bot.files.extract import Attachment
-from bot.storage.turn_places import BEGINS_KEY, SHOWN_KEY
+from bot.storage.turn_places import BEGINS_KEY, PLACEHOLDER_KEY
 
 if TYPE_CHECKING:  # admission writes these records: it imports this module
     from bot.conversation.admission import Arrival
@@ -25,11 +25,11 @@ VERSION = 1  # a record of another version is not adopted (its place is let go)
 @dataclass(frozen=True)
 class Handoff:
     """What the adopting replica needs: the message, whether its claim opened the conversation, and
-    the message already showing the turn (a placeholder posted before the replica died), if any."""
+    the placeholder already showing the turn (posted before its replica died), if any."""
 
     arrival: Arrival
     new_thread: bool
-    shown: str | None = None
+    placeholder: str | None = None
 
 
 def to_record(arrival: Arrival, *, new_thread: bool) -> dict[str, object]:
@@ -74,7 +74,7 @@ def from_record(record: Any) -> Handoff | None:
             mid_thread=bool(record["mid_thread"]),
             attachments=tuple(Attachment(**a) for a in record.get("attachments", ())),
         )
-        shown = record.get(SHOWN_KEY)
-        return Handoff(arrival, bool(record["new_thread"]), str(shown) if shown else None)
+        placeholder = record.get(PLACEHOLDER_KEY)
+        return Handoff(arrival, bool(record["new_thread"]), str(placeholder) if placeholder else None)
     except (KeyError, TypeError, ValueError):
         return None

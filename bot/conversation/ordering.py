@@ -49,9 +49,9 @@ class Place(Protocol):
         the place meanwhile (this one was taken for dead): nothing is stored here."""
         ...
 
-    async def shown(self, ref: str) -> None:
-        """The turn shows in a message (`ref`) before its reply is stored: a replica adopting the turn
-        edits that message. Never raises (the message is merely left behind then)."""
+    async def note_placeholder(self, ts: str) -> bool:
+        """A placeholder shows the turn before its reply is stored: a replica adopting the turn answers
+        in it. True when noted; False when not (an unreachable database is logged, not raised)."""
         ...
 
     def leave(self) -> None: ...
@@ -102,8 +102,9 @@ class TurnTicket:
     async def begin_reply(self, session: AsyncSession) -> None:
         """Nothing to record: no other process adopts this line's turns."""
 
-    async def shown(self, ref: str) -> None:
+    async def note_placeholder(self, ts: str) -> bool:  # noqa: ARG002
         """Nothing to record: no other process adopts this line's turns."""
+        return False
 
     def leave(self) -> None:
         if not self.left:

@@ -126,7 +126,9 @@ class ConversationService:
         self._saved_refs: dict[int, int] = {}  # reply row -> how many of its messages it names
 
     async def reply(self, turn: Turn, sink: ReplySink, stop: StopHandle | None = None) -> TurnOutcome:
-        """Answer `turn` into `sink`; `stop`, when given, lets the chat surface end the answer early."""
+        """Answer `turn` into `sink`; `stop`, when given, lets the chat surface end the answer early.
+        Raises HandedOff, having stored nothing and left the sink as it was, when another replica
+        adopted the turn meanwhile."""
         began = time.monotonic()
         request_id = f"slackbot-{uuid.uuid4().hex}"
         try:
@@ -139,11 +141,10 @@ class ConversationService:
             return TurnOutcome(MessageStatus.ERROR, "", None, None, "database")
         except HandedOff:
             # This replica stalled past its lease before storing the reply, and another one adopted
-            # the turn: that one answers it.
+            # the turn: that one answers it (maybe in this sink's placeholder: the caller ends the sink).
             log.warning("a turn was taken over by another replica before its reply was stored")
-            await sink.fail(NOTE_TAKEN_OVER)
             _log_end("handed off", None, began)
-            return TurnOutcome(MessageStatus.ERROR, "", None, None, "handed off")
+            raise
 
         ended = asyncio.Event()
         heartbeat = self._lease.keep(assistant_id, ended)

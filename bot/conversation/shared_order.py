@@ -23,8 +23,10 @@ turns after them until adopted. A mark and an adoption of one place exclude each
 row lock: a turn runs once (a replica that adopts its own late place leaves it to its waiting
 ticket). Cost per turn: the record rides on the place's insert; the mark is one more statement for
 a turn first in line and none for one that waited (its last look marks it); clearing the record
-rides in the reply's first transaction. The places of a dead replica whose turns stored their
-replies block nobody (the replies are recovered with the interruption note, bot.slack.recovery).
+rides in the reply's first transaction; a placeholder posted before that (edit streaming) is noted
+in the record by one more statement, so an adopting replica answers in it. The places of a dead
+replica whose turns stored their replies block nobody (the replies are recovered with the
+interruption note, bot.slack.recovery).
 """
 
 from __future__ import annotations
@@ -110,14 +112,15 @@ class SharedTicket:
             self.handed_off = True
             raise HandedOff
 
-    async def shown(self, ref: str) -> None:
+    async def note_placeholder(self, ts: str) -> bool:
         if self.place_id is None or self.handed_off:
-            return
+            return False
         try:
             async with self._line._sessions.begin() as session:
-                await repo.note_shown(session, self.place_id, self._line.holder, ref)
+                return await repo.note_placeholder(session, self.place_id, self._line.holder, ts)
         except UNAVAILABLE as exc:
-            log.warning("could not note the message showing a turn: %s", error_reason(exc))
+            log.warning("could not note the placeholder showing a turn: %s", error_reason(exc))
+            return False
 
     def leave(self) -> None:
         if not self.left:

@@ -23,6 +23,7 @@ from bot.conversation.priority import Arriving
 from bot.conversation.service import (
     NOTE_DATABASE,
     NOTE_INTERRUPTED,
+    NOTE_TAKEN_OVER,
     ConversationService,
     Turn,
     TurnOutcome,
@@ -30,6 +31,7 @@ from bot.conversation.service import (
 from bot.conversation.stop import StopHandle
 from bot.llm.types import ChatMessage
 from bot.storage.db import UNAVAILABLE, error_reason
+from bot.storage.models import MessageStatus
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +43,16 @@ class OpenableSink(ReplySink, Protocol):
         """Show that an answer is coming (a placeholder); raises ReplyNotShown when it cannot."""
         ...
 
+    async def release(self) -> None:
+        """End without touching the message: another replica answers in this reply's placeholder."""
+        ...
+
 
 class Surface(People, Protocol):
     """Where a message came from and its reply goes (a Slack workspace, a terminal)."""
 
-    def reply_to(self, arrival: Arrival, shown: str | None = None) -> OpenableSink:
-        """The reply's sink; `shown`: a message already showing it (an adopted turn's placeholder)."""
+    def reply_to(self, arrival: Arrival, placeholder: str | None = None) -> OpenableSink:
+        """The reply's sink; `placeholder`: one already showing it (an adopted turn's), to answer in."""
         ...
 
     async def prompt_text(self, arrival: Arrival) -> str:
@@ -161,7 +167,7 @@ class Turns:
                 if arrival.addressed:
                     await surface.tell(arrival, NOTE_DATABASE, in_thread=True)
                 return None
-            return await self._run(arrival, admitted, surface, started, shown=handoff.shown)
+            return await self._run(arrival, admitted, surface, started, placeholder=handoff.placeholder)
         finally:
             if task is not None:
                 self.active.discard(task)
@@ -189,7 +195,7 @@ class Turns:
         started: float,
         arriving: Arriving | None = None,
         *,
-        shown: str | None = None,
+        placeholder: str | None = None,
     ) -> TurnOutcome | None:
         if isinstance(admitted, Refused):
             if arriving is not None:
@@ -199,7 +205,7 @@ class Turns:
             return None
         outcome: TurnOutcome | None = None
         try:
-            outcome = await self._take_turn(admitted, surface, arriving, shown)
+            outcome = await self._take_turn(admitted, surface, arriving, placeholder)
         finally:
             admitted.ticket.leave()
             await _end_reservation(admitted, outcome)
@@ -220,11 +226,12 @@ class Turns:
         await surface.tell(arrival, refused.notice, in_thread=refused.in_thread)
 
     async def _take_turn(
-        self, admitted: Admitted, surface: Surface, arriving: Arriving | None, shown: str | None
+        self, admitted: Admitted, surface: Surface, arriving: Arriving | None, placeholder: str | None
     ) -> TurnOutcome | None:
-        """Wait for the thread's earlier turns, then answer; None when the reply could not start."""
+        """Wait for the thread's earlier turns, then answer; None when the reply could not start.
+        `placeholder`: an adopted turn's, posted by the replica that died, to answer in."""
         arrival = admitted.arrival
-        reply = surface.reply_to(arrival, shown)
+        reply = surface.reply_to(arrival, placeholder)
         try:
             if not admitted.ticket.is_next:
                 await surface.show_waiting(arrival)
@@ -248,17 +255,25 @@ class Turns:
         finally:
             if arriving is not None:
                 arriving.shown()
-        if reply.refs and reply.refs[0] != shown:
-            # A placeholder before the reply is stored: should this replica die before storing it,
-            # the replica adopting the turn edits this message instead of leaving it "Thinking…".
-            await admitted.ticket.shown(reply.refs[0])
         stop = StopHandle()
         if self._running is not None:
             self._running.started(arrival, reply, stop)
         self.streaming += 1
         try:
+            # A placeholder before the reply is stored: should this replica die before storing it,
+            # the replica adopting the turn answers in it instead of leaving "Thinking…".
+            posted = reply.refs[0] if reply.refs and reply.refs[0] != placeholder else None
+            if posted is not None and await admitted.ticket.note_placeholder(posted):
+                placeholder = posted
             await self._service.arrivals.give_way()
             return await self._answer(admitted, reply, surface, stop)
+        except HandedOff:
+            # This replica stalled past its lease before storing the reply; another one adopted the turn.
+            if placeholder is not None and placeholder in reply.refs[:1]:
+                await reply.release()  # it answers in this very placeholder: leave it alone
+            else:
+                await reply.fail(NOTE_TAKEN_OVER)
+            return TurnOutcome(MessageStatus.ERROR, "", None, None, "handed off")
         except BaseException as exc:
             # Cancelled (shutdown) or a bug: never leave a placeholder.
             if not isinstance(exc, asyncio.CancelledError):

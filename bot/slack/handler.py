@@ -78,11 +78,17 @@ class SlackSurface:
             return None
         return profile.asker(admins=self.config.admins, workspace=arrival.key.team_id)
 
-    def reply_to(self, arrival: Arrival, shown: str | None = None) -> ChosenReply:
+    def reply_to(self, arrival: Arrival, placeholder: str | None = None) -> ChosenReply:
         key, in_channel = arrival.key, arrival.kind is not ConversationKind.DM
         # The Stop button (edit streaming) names the question it answers.
         place = ReplyPlace(
-            key.team_id, key.channel_id, key.thread_ts, arrival.user_id, in_channel, arrival.message_ts, shown
+            key.team_id,
+            key.channel_id,
+            key.thread_ts,
+            arrival.user_id,
+            in_channel,
+            arrival.message_ts,
+            placeholder,
         )
         return self.streaming.reply(self.client, place)
 

@@ -96,7 +96,7 @@ class ReplyPlace:
     user: str
     in_channel: bool  # not a DM: a native stream needs its recipient
     stop_value: str | None = None  # what the Stop button of an edit-streamed reply names (the question)
-    shown: str | None = None  # a placeholder already showing the reply (an adopted turn's): edited
+    placeholder: str | None = None  # one already showing the reply (an adopted turn's): answered in
 
 
 class Streaming:
@@ -160,7 +160,8 @@ class ChosenReply:
     """One reply, streamed the way chosen at its first text; implements the conversation's `ReplySink`.
 
     `start()` shows the thinking status (native and auto), or posts the placeholder (edits, or when
-    the status could not be shown, so people always see activity).
+    the status could not be shown, so people always see activity). An adopted turn's reply takes over
+    the placeholder its first replica posted, and streams by edits into it whatever the mode.
     """
 
     def __init__(self, streaming: Streaming, client: AsyncWebClient, place: ReplyPlace) -> None:
@@ -188,7 +189,7 @@ class ChosenReply:
         The status goes up beside the answer, not before it: the model is asked at once, and the
         placeholder follows only if the status could not be shown and no text came first.
         """
-        if self._mode == "edits" or self._place.shown is not None:
+        if self._mode == "edits" or self._place.placeholder is not None:
             await self._placeholder()
             return
         name = f"slack-reply-status-{self._place.channel}:{self._place.thread_ts}"
@@ -215,7 +216,7 @@ class ChosenReply:
         self.way = Way.MESSAGE
         if self._steps:  # tools began while the status was being tried: the placeholder shows them
             await edits.tool_progress(self._steps)
-        await edits.start(self._place.shown)
+        await edits.start(self._place.placeholder)
 
     async def thinking(self) -> None:
         if self._inner is None:
@@ -257,6 +258,12 @@ class ChosenReply:
             await edits.tool_progress(self._steps)
         await edits.append(text)
         await edits.start()  # posts the text appended so far as the first message
+
+    async def release(self) -> None:
+        """Let go of the placeholder without a last edit: another replica answers in it now."""
+        await self._announced()
+        if isinstance(self._inner, SlackReply):
+            self._inner.release()
 
     async def finish(self, summary: ReplySummary) -> None:
         await self._announced()

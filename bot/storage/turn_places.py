@@ -16,9 +16,9 @@ from bot.storage.models import Conversation, TurnPlace
 # Set in records whose writer clears them once the turn stored its reply (bot.conversation.handoff).
 BEGINS_KEY = "cleared_once_stored"
 
-# The message showing the turn before its reply is stored (a placeholder), in the record: a replica
-# adopting the turn edits it rather than leave it saying "Thinking…" for good.
-SHOWN_KEY = "shown"
+# The placeholder showing the turn before its reply is stored, in the record: a replica adopting the
+# turn answers in it rather than leave it saying "Thinking…" for good.
+PLACEHOLDER_KEY = "placeholder"
 
 # Signalled (payload: the conversation id) when a turn leaves its line.
 TURN_ENDED = "bot_turn_ended"
@@ -65,10 +65,10 @@ _CHECK = text(
 
 
 # The record is `json` (not `jsonb`): merged as jsonb, stored back as json.
-_SHOWN = text(
+_NOTE_PLACEHOLDER = text(
     "UPDATE turn_places SET arrival = CAST(CAST(arrival AS jsonb)"
-    f" || jsonb_build_object('{SHOWN_KEY}', CAST(:ref AS text)) AS json)"
-    " WHERE id = :id AND holder = :holder AND arrival IS NOT NULL"
+    f" || jsonb_build_object('{PLACEHOLDER_KEY}', CAST(:ts AS text)) AS json)"
+    " WHERE id = :id AND holder = :holder AND arrival IS NOT NULL RETURNING id"
 )
 
 
@@ -149,10 +149,12 @@ async def begin_reply(session: AsyncSession, place_id: int, holder: str) -> bool
     return found.first() is not None
 
 
-async def note_shown(session: AsyncSession, place_id: int, holder: str, ref: str) -> None:
-    """Add the message showing the turn (`ref`, its ts) to the place's record; nothing once the record
-    is cleared (the stored reply carries the ts from then on) or the place is another replica's."""
-    await session.execute(_SHOWN, {"id": place_id, "holder": holder, "ref": ref})
+async def note_placeholder(session: AsyncSession, place_id: int, holder: str, ts: str) -> bool:
+    """Add the placeholder showing the turn (its ts) to the place's record; False, and nothing done,
+    once the record is cleared (the stored reply carries the ts from then on) or the place is another
+    replica's."""
+    found = await session.execute(_NOTE_PLACEHOLDER, {"id": place_id, "holder": holder, "ts": ts})
+    return found.first() is not None
 
 
 async def leave_place(session: AsyncSession, place_id: int, holder: str) -> None:
