@@ -105,7 +105,8 @@ async def run_deep(s: DeepScenario, db: str, model: SlackModel, logs: Path | Non
                 thread = threads(slack, [CHANNEL]).get((CHANNEL, root))
                 messages = thread.messages if thread else []
                 ups = upstream_by_tag(aiml)
-                rows = [_turn_row(conv, messages, ups, expected, cpu_at) for conv in turns]
+                # A turn that timed out has no CPU of its own: its window would run to the end.
+                rows = [_turn_row(conv, messages, ups, expected, cpu_at[: answered + 1]) for conv in turns]
                 complete = sum(1 for r in rows if r["complete"])
                 result = _deep_summary(s, model, rows, turns, messages, deadlines)
                 result.update(
