@@ -142,13 +142,15 @@ async def test_a_placeholder_posted_while_the_model_thinks_is_saved_before_any_t
             row = (await session.execute(select(Message).where(Message.role == Role.ASSISTANT))).scalar()
             return None if row is None else row.slack_ts
 
-    for _ in range(100):
-        if await saved_ts() is not None:
-            break
-        await asyncio.sleep(0.02)
-    assert not aiml.chat_requests[0].content_sent_at  # still thinking: no text yet
-    assert await saved_ts() == "1700000000.000009"
-    await replying
+    try:
+        for _ in range(100):
+            if await saved_ts() is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert not aiml.chat_requests[0].content_sent_at  # still thinking: no text yet
+        assert await saved_ts() == "1700000000.000009"
+    finally:
+        await replying
 
 
 async def test_other_threads_do_not_leak_into_the_history(sessions, llm, aiml):
