@@ -13,11 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation.admission import Admission, Admitted, Arrival, Candidate, Refused
 from bot.conversation.channel_settings import ChannelSettings
+from bot.conversation.handoff import Handoff
 from bot.conversation.keys import ConversationKey, ConversationKind
-from bot.conversation.ordering import TurnOrder
+from bot.conversation.ordering import HandedOff, TurnOrder
 from bot.conversation.person import Person
 from bot.conversation.ports import ReplyNotShown
-from bot.conversation.service import ConversationService, ServiceConfig, TurnOutcome
+from bot.conversation.service import NOTE_TAKEN_OVER, ConversationService, ServiceConfig, TurnOutcome
 from bot.conversation.turns import Turns
 from bot.llm.client import AimlClient
 from bot.llm.types import ChatMessage
@@ -300,3 +301,32 @@ async def test_a_streaming_reply_gives_way_while_another_message_is_being_admitt
     outcome = await asyncio.wait_for(answering, 5.0)
     assert outcome is not None and outcome.content == "Given way." and surface.sinks[0].text == "Given way."
     assert arrivals.waiting == 0
+
+
+async def _taken_over(*_args: object) -> None:
+    raise HandedOff  # another replica adopted the turn while this one stalled before storing it
+
+
+async def test_a_turn_taken_over_before_storing_says_so_in_its_own_placeholder(sessions, llm, aiml):
+    turns, surface = pipeline(sessions, llm), Surface()
+    turns._service._begin = _taken_over  # type: ignore[method-assign,assignment]
+
+    assert await turns.handle(arrival(), surface) is not None
+    [sink] = surface.sinks
+    assert sink.failure == NOTE_TAKEN_OVER and "release" not in sink.events
+    assert aiml.requests == []
+
+
+async def test_a_turn_taken_over_leaves_alone_the_placeholder_the_adopter_answers_in(sessions, llm, aiml):
+    turns, surface = pipeline(sessions, llm), Surface()
+    turns._service._begin = _taken_over  # type: ignore[method-assign,assignment]
+    ticket = TurnOrder().enter(ConversationKey("T1", "C1", ROOT))
+    # Adopted with the placeholder its first replica posted, which this sink shows (StartedSink's ref).
+    handoff = Handoff(arrival(), new_thread=True, placeholder="1700000000.000001")
+
+    outcome = await turns.resume(handoff, ticket, surface)
+
+    assert outcome is not None and outcome.label == "handed off"
+    [sink] = surface.sinks
+    assert sink.events[-1] == "release" and sink.failure is None
+    assert aiml.requests == []
