@@ -42,11 +42,16 @@ class Kill:
 
 def plan(s: ReplicaScenario, slack: BenchSlack) -> list[Conversation]:
     """One Conversation per reply: single-turn threads, then the ordered threads' turns (`turn` in
-    `extra`); channels spread over the workspaces."""
+    `extra`); channels spread over the workspaces.
+
+    The workspace changes once per round of the balancer, so every replica, the killed one too,
+    serves every workspace. With `i % teams` (teams as many as replicas) the killed replica had
+    served one workspace alone: its 45-47 notes then needed that workspace's whole chat.update
+    rate, about 50 a minute, for 56 s after they were found (kill to last note 52-69 s)."""
     singles = s.conversations - s.ordered_threads * s.turns_per_thread
     replies: list[Conversation] = []
     for i in range(singles + s.ordered_threads):
-        team = f"T{i % s.teams + 1}"
+        team = f"T{(i // s.replicas) % s.teams + 1}"
         channel = f"C{team[1:]}F{i:04d}"
         slack.channel_team[channel] = team
         root = f"1800000000.{i + 1:06d}"
