@@ -189,8 +189,8 @@ def _deep_target(key: str, e: dict[str, Any] | None) -> dict[str, Any]:
     slopes = e["slope_ms_per_turn"]
     counts = [r["statements"] for r in e.get("sql_per_turn", []) if r["turn"] >= 2]
     flat_sql = sql_count_flat(counts)
-    # The final edit's slope is reported, not judged: it follows the fake Slack's seeded latency draws
-    # (bench/deep.py). What the bot spends per turn is its CPU and its time to the upstream request.
+    # The final edit's slope is reported, not judged: it is mostly Slack's latency draws and edit
+    # budget (bench/deep.py). What the bot spends per turn is its CPU and its time to the request.
     flat_time = all(
         s is not None and s <= FLAT_SLOPE_MS_PER_TURN for s in (slopes["upstream_request"], slopes.get("cpu"))
     )
