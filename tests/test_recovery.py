@@ -200,6 +200,30 @@ async def test_a_reply_that_died_before_its_first_message_gets_the_note_in_its_t
     assert not slack.calls_to("chat.update")
 
 
+async def test_a_note_posted_as_a_message_of_its_own_is_in_the_thread_before_the_claim_commits(
+    sessions, fakes, slack_client
+):
+    # The turns after a dead replica's reply wait until the reply is no longer `streaming` (PostgreSQL,
+    # bot.storage.turn_places): by then the note they must follow is in the thread.
+    slack, _ = fakes
+    dead, _ = await seed_stale_reply(
+        sessions, slack, "", timedelta(seconds=30), lease=-timedelta(seconds=1), shown=False
+    )
+    seen_while_posting = []
+
+    async def posting(params, team_id):
+        seen_while_posting.append((await statuses(sessions))[dead])
+        return await post(params, team_id)
+
+    post = slack.route("chat.postMessage", posting)
+    assert post is not None
+
+    assert await maintenance(sessions, slack_client, budgets=EditBudgets()).run_once()
+
+    assert seen_while_posting == [MessageStatus.STREAMING]
+    assert (await statuses(sessions))[dead] is MessageStatus.INTERRUPTED
+
+
 async def test_a_dead_replicas_notes_are_booked_ahead_of_the_next_edits(sessions, fakes, slack_client):
     slack, _ = fakes
     for n in range(4):

@@ -20,9 +20,10 @@ from bot.conversation.admission import Arrival
 from bot.conversation.handoff import from_record, to_record
 from bot.conversation.keys import ConversationKey, ConversationKind
 from bot.conversation.service import NOTE_INTERRUPTED, NOTE_TAKEN_OVER
+from bot.slack.recovery import NOTE_RESTARTED
 from bot.storage import turn_places as repo
 from bot.storage.db import create_engine, session_factory
-from bot.storage.models import Conversation, TurnPlace, utcnow
+from bot.storage.models import Conversation, Message, MessageStatus, Role, TurnPlace, utcnow
 from bot.storage.signals import notify
 from tests.fakes.aimlapi import FakeAimlApi, Reply
 from tests.fakes.slack_api import FakeSlackApi
@@ -320,3 +321,97 @@ async def test_the_message_showing_a_turn_rides_in_its_record_until_the_reply_is
         assert await repo.begin_reply(session, place_id, "me")
         # The stored reply carries the placeholder from here on.
         assert not await repo.note_placeholder(session, place_id, "me", "1700000009.000003")
+
+
+async def _dead_turn_with_a_stored_reply(
+    database: async_sessionmaker[AsyncSession], *, expired_ago: timedelta = timedelta(seconds=1)
+) -> tuple[int, int]:
+    """What a replica killed after storing its turn's reply and before its first Slack message
+    leaves: its started place (record cleared), its lease run out `expired_ago`, and the reply
+    `streaming`. Returns the conversation's id and the reply's."""
+    past = utcnow() - expired_ago
+    async with database.begin() as session:
+        conversation = Conversation(
+            team_id="T1", channel_id="C1", thread_ts=ROOT, kind=ConversationKind.CHANNEL
+        )
+        session.add(conversation)
+        await session.flush()
+        question = Message(
+            conversation_id=conversation.id,
+            role=Role.USER,
+            content="first question",
+            user_id="U1",
+            status=MessageStatus.COMPLETE,
+            slack_ts=ROOT,
+        )
+        reply = Message(
+            conversation_id=conversation.id,
+            role=Role.ASSISTANT,
+            content="",
+            status=MessageStatus.STREAMING,
+            lease_expires_at=past,
+        )
+        session.add_all([question, reply])
+        session.add(
+            TurnPlace(
+                conversation_id=conversation.id,
+                holder="dead",
+                expires_at=past,
+                arrival=None,
+                started_at=past - timedelta(seconds=5),
+            )
+        )
+        await session.flush()
+        return conversation.id, reply.id
+
+
+async def test_a_dead_replicas_place_holds_its_line_until_its_stored_reply_is_recovered(
+    database: async_sessionmaker[AsyncSession],
+) -> None:
+    conversation_id, reply_id = await _dead_turn_with_a_stored_reply(database)
+    async with database.begin() as session:
+        place_id, first = await repo.take_place(session, conversation_id, "me", LEASE)
+    async with database.begin() as session:
+        waiting = await repo.check_line(session, conversation_id, place_id, "me", LEASE)
+    async with database.begin() as session:
+        await session.execute(
+            update(Message).where(Message.id == reply_id).values(status=MessageStatus.INTERRUPTED)
+        )
+    async with database.begin() as session:
+        recovered = await repo.check_line(session, conversation_id, place_id, "me", LEASE)
+
+    assert not first
+    assert (waiting.started, waiting.unrecovered, waiting.orphans, waiting.lost) == (False, 1, 0, False)
+    assert recovered.started
+
+
+async def test_a_recovery_that_never_comes_holds_the_line_for_a_bounded_time(
+    database: async_sessionmaker[AsyncSession],
+) -> None:
+    long_ago = timedelta(seconds=repo.RECOVERY_WAIT_SECONDS + 5)
+    conversation_id, _ = await _dead_turn_with_a_stored_reply(database, expired_ago=long_ago)
+    async with database.begin() as session:
+        place_id, first = await repo.take_place(session, conversation_id, "me", LEASE)
+        check = await repo.check_line(session, conversation_id, place_id, "me", LEASE)
+
+    assert first and check.started
+
+
+async def test_a_turn_after_a_dead_replicas_unrecovered_reply_is_answered_after_its_note(
+    db_url: str, slack: FakeSlackApi, aiml: FakeAimlApi, database: async_sessionmaker[AsyncSession]
+) -> None:
+    # The dead replica's turn had shown only its status: recovery posts the note as a message of its
+    # own. The next turn waits for it, so the thread reads note, then answer (and its history holds
+    # the interrupted reply); before, the answer came first and the note under it seconds later.
+    async with running_bot(make_settings(db_url, slack, aiml), slack, aiml) as a:
+        await _dead_turn_with_a_stored_reply(database)
+        aiml.enqueue(Reply(content="Second."))
+        await a.send(mention("second", "1700000002.000000", thread_ts=ROOT))
+        await eventually(lambda: len(a.replies("C1", ROOT)) == 2, timeout=15)
+        await a.idle(timeout=30)
+
+    note, answer = a.replies("C1", ROOT)
+    assert NOTE_RESTARTED in note.context
+    assert answer.markdown == "Second."
+    assert len(aiml.chat_requests) == 1
+    assert history(aiml, 0)[0] == "first question" and history(aiml, 0)[-1] == "second"

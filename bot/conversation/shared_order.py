@@ -25,8 +25,9 @@ ticket). Cost per turn: the record rides on the place's insert; the mark is one 
 a turn first in line and none for one that waited (its last look marks it); clearing the record
 rides in the reply's first transaction; a placeholder posted before that (edit streaming) is noted
 in the record by one more statement, so an adopting replica answers in it. The places of a dead
-replica whose turns stored their replies block nobody (the replies are recovered with the
-interruption note, bot.slack.recovery).
+replica whose turns stored their replies hold up the turns after them until recovery has finished
+those replies with the interruption note (bot.slack.recovery): the note comes before the next
+answers, and the interrupted text is in their history. Then they block nobody.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ OFFLINE_POLL_SECONDS = 1.0  # while the listener is away
 # Places of dead replicas stop blocking when their lease ends; their rows go once this old.
 PURGE_AFTER = timedelta(minutes=10)
 ORPHAN_POLL_SECONDS = 0.25  # a turn behind an orphan looks again this soon: someone adopts it
+# A turn behind a dead replica's reply waiting for recovery looks again this soon (recovery also
+# signals TURN_ENDED for the reply's conversation when it commits).
+UNRECOVERED_POLL_SECONDS = 1.0
 ADOPT_AT_ONCE = 50  # orphans one replica adopts per look
 
 
@@ -260,6 +264,8 @@ class SharedTurnOrder:
                     raise HandedOff
                 # Wake when the last earlier place's lease could run out (its holder may be dead).
                 wait = check.wait + 0.05
+                if check.unrecovered:
+                    wait = min(wait, UNRECOVERED_POLL_SECONDS)
                 if check.orphans:
                     self._request_sweep()
                     wait = ORPHAN_POLL_SECONDS

@@ -21,6 +21,8 @@ from bot.slack.retries import with_rate_limit_retries
 from bot.slack.text import MAX_MESSAGE_CHARS, defuse, find_split, mrkdwn_escape
 from bot.storage import conversations as repo
 from bot.storage.models import Conversation, ConversationKind, Message, utcnow
+from bot.storage.signals import notify
+from bot.storage.turn_places import TURN_ENDED
 from bot.storage.usage import RECOVERED_STATUS, UsageEntry, record_if_absent
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,7 @@ async def recover_interrupted_replies(
     now = utcnow()
     place_lease = PLACE_LEASE if presence else None
     claimed: list[tuple[Message, Conversation]] = []
+    edits: dict[str, list[tuple[str, str, str]]] = {}  # per workspace: (channel, ts, text so far)
     async with sessions.begin() as session:
         candidates = await repo.expired_streaming_messages(
             session,
@@ -106,21 +109,29 @@ async def recover_interrupted_replies(
             user = await repo.requester(session, message)
             await record_if_absent(session, _interrupted_usage(message, conversation, user, model))
             claimed.append((message, conversation))
-    edits: dict[str, list[tuple[str, str, str]]] = {}  # per workspace: (channel, ts, text so far)
-    posts = []
-    for message, conversation in claimed:
-        if conversation.kind is ConversationKind.TERMINAL:
-            continue
-        shown = last_message(message)
-        if shown is None:  # it died before its first message: the person has only seen a status
-            posts.append(_post_interrupted(client, conversation.channel_id, conversation.thread_ts))
-        else:
-            edits.setdefault(conversation.team_id, []).append((conversation.channel_id, *shown))
+        posts = []
+        for message, conversation in claimed:
+            if conversation.kind is ConversationKind.TERMINAL:
+                continue
+            shown = last_message(message)
+            if shown is None:  # it died before its first message: the person has only seen a status
+                posts.append(_post_interrupted(client, conversation.channel_id, conversation.thread_ts))
+            else:
+                edits.setdefault(conversation.team_id, []).append((conversation.channel_id, *shown))
+        # Posted before the claims commit: the turns after these wait for that (PostgreSQL,
+        # bot.storage.turn_places), so the note comes before their answers in the thread, not
+        # after the next answer as in bench (f). The claimed rows stay locked meanwhile (nobody else
+        # writes a dead replica's reply; others' recovery skips locked rows).
+        await asyncio.gather(*posts)
+        if session.bind is not None and session.bind.dialect.name == "postgresql":
+            for conversation_id in {conversation.id for _, conversation in claimed}:
+                await notify(session, TURN_ENDED, str(conversation_id))  # the turns after it look again
     # All at once: each workspace's budget paces its own (a dead replica's dozens of replies over
     # several workspaces, one after another, took 90 s in bench (f)); the notes' slots are booked
-    # in one go, ahead of every replica's next edit: these people have waited longest.
+    # in one go, ahead of every replica's next edit: these people have waited longest. An edit
+    # changes the reply's own message in place, so the turns after it need not wait for it.
     notes = [_edit_workspace(client, budgets, team, found) for team, found in edits.items()]
-    await asyncio.gather(*notes, *posts)
+    await asyncio.gather(*notes)
     if claimed:
         log.info("recovered %d interrupted replies", len(claimed))
     return len(claimed)
