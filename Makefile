@@ -21,11 +21,11 @@ run: install  ## start the bot (reads .env; SQLite by default)
 migrate: install  ## apply database migrations to DATABASE_URL
 	$(PY) -m bot migrate
 
-test: install  ## run the test suite (SQLite and PostgreSQL on 127.0.0.1:5432), 4 workers
-	$(PY) -m pytest -q -n 4 $(PYTEST_ARGS)
+test: install  ## run the test suite (SQLite and PostgreSQL on 127.0.0.1:5432), 6 workers
+	$(PY) -m pytest -q -n 6 --dist worksteal $(PYTEST_ARGS)
 
 test-sqlite: install  ## run the test suite without PostgreSQL
-	BOT_TEST_SKIP_POSTGRES=1 $(PY) -m pytest -q -n 4 $(PYTEST_ARGS)
+	BOT_TEST_SKIP_POSTGRES=1 $(PY) -m pytest -q -n 6 --dist worksteal $(PYTEST_ARGS)
 
 lint: install  ## ruff format check, ruff check, mypy, hadolint, the compose file's schema
 	$(VENV)/bin/ruff format --check bot tests bench migrations
