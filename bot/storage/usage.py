@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import functools
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -61,9 +62,22 @@ async def store_usage(session: AsyncSession, entry: UsageEntry, created_at: date
         await record_usage(session, entry)
         return
     values = {**asdict(entry), "created_at": created_at or utcnow()}
-    stmt = _insert(session, values)
-    changed = {k: stmt.excluded[k] for k in values if k not in ("client_request_id", "created_at")}
-    await session.execute(stmt.on_conflict_do_update(index_elements=["client_request_id"], set_=changed))
+    await session.execute(_upsert(_dialect(session)), values)
+
+
+# Every field but the key and the row's first time.
+_REPLACED = tuple(f.name for f in fields(UsageEntry) if f.name != "client_request_id")
+
+
+@functools.cache
+def _upsert(dialect: str) -> PgInsert | SqliteInsert:
+    """store_usage's statement, built once per dialect on the table (Core): its values come with each
+    execution. Built per row, with the values inline and the `excluded` alias made anew each time,
+    it was 9 % of the bot's event-loop CPU in bench (d) (py-spy)."""
+    table = UsageRecord.metadata.tables[UsageRecord.__tablename__]
+    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(table)
+    changed = {name: stmt.excluded[name] for name in _REPLACED}
+    return stmt.on_conflict_do_update(index_elements=["client_request_id"], set_=changed)
 
 
 async def record_if_absent(session: AsyncSession, entry: UsageEntry) -> bool:
@@ -73,8 +87,11 @@ async def record_if_absent(session: AsyncSession, entry: UsageEntry) -> bool:
     return int(getattr(result, "rowcount", 0) or 0) == 1
 
 
+def _dialect(session: AsyncSession) -> str:
+    return session.bind.dialect.name if session.bind is not None else "sqlite"
+
+
 def _insert(session: AsyncSession, values: dict[str, Any]) -> PgInsert | SqliteInsert:
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    if dialect == "postgresql":
+    if _dialect(session) == "postgresql":
         return pg_insert(UsageRecord).values(**values)
     return sqlite_insert(UsageRecord).values(**values)
