@@ -386,7 +386,7 @@ class ConversationService:
                 for chat in replay(m.role.value, m.content, m.tool_exchange)
             ]
             await repo.add_message(session, conversation, Role.USER, turn.text, user_id=turn.user_id)
-            assistant = await repo.add_message(
+            assistant_id = await repo.add_message(
                 session,
                 conversation,
                 Role.ASSISTANT,
@@ -396,7 +396,7 @@ class ConversationService:
                 request_id=request_id,
                 lease_until=self._lease.until(),
             )
-            return conversation, assistant.id, history
+            return conversation, assistant_id, history
 
     async def _checkpoint(self, message_id: int, content: str, sink: ReplySink) -> None:
         """Save the partial answer now and then (recovery finishes it after a crash), renewing the
