@@ -200,6 +200,8 @@ async def test_a_reply_that_died_before_its_first_message_gets_the_note_in_its_t
     assert not slack.calls_to("chat.update")
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 async def test_a_note_posted_as_a_message_of_its_own_is_in_the_thread_before_the_claim_commits(
     sessions, fakes, slack_client
 ):

@@ -20,6 +20,7 @@ from bot.conversation.admission import Arrival
 from bot.conversation.handoff import from_record, to_record
 from bot.conversation.keys import ConversationKey, ConversationKind
 from bot.conversation.service import NOTE_INTERRUPTED, NOTE_TAKEN_OVER
+from bot.conversation.shared_order import SharedTurnOrder
 from bot.slack.recovery import NOTE_RESTARTED
 from bot.storage import turn_places as repo
 from bot.storage.db import create_engine, session_factory
@@ -385,24 +386,29 @@ async def test_a_dead_replicas_place_holds_its_line_until_its_stored_reply_is_re
     assert recovered.started
 
 
+@pytest.mark.parametrize(
+    ("expired_ago", "held"),
+    [(repo.RECOVERY_WAIT_SECONDS - 10, True), (repo.RECOVERY_WAIT_SECONDS + 5, False)],
+)
 async def test_a_recovery_that_never_comes_holds_the_line_for_a_bounded_time(
-    database: async_sessionmaker[AsyncSession],
+    database: async_sessionmaker[AsyncSession], expired_ago: int, held: bool
 ) -> None:
-    long_ago = timedelta(seconds=repo.RECOVERY_WAIT_SECONDS + 5)
-    conversation_id, _ = await _dead_turn_with_a_stored_reply(database, expired_ago=long_ago)
+    conversation_id, _ = await _dead_turn_with_a_stored_reply(
+        database, expired_ago=timedelta(seconds=expired_ago)
+    )
     async with database.begin() as session:
         place_id, first = await repo.take_place(session, conversation_id, "me", LEASE)
         check = await repo.check_line(session, conversation_id, place_id, "me", LEASE)
 
-    assert first and check.started
+    assert (first, check.started) == (not held, not held)
 
 
 async def test_a_turn_after_a_dead_replicas_unrecovered_reply_is_answered_after_its_note(
     db_url: str, slack: FakeSlackApi, aiml: FakeAimlApi, database: async_sessionmaker[AsyncSession]
 ) -> None:
     # The dead replica's turn had shown only its status: recovery posts the note as a message of its
-    # own. The next turn waits for it, so the thread reads note, then answer (and its history holds
-    # the interrupted reply); before, the answer came first and the note under it seconds later.
+    # own. The next turn waits for it, so the thread reads note, then answer; before, the answer came
+    # first and the note under it seconds later.
     async with running_bot(make_settings(db_url, slack, aiml), slack, aiml) as a:
         await _dead_turn_with_a_stored_reply(database)
         aiml.enqueue(Reply(content="Second."))
@@ -414,4 +420,47 @@ async def test_a_turn_after_a_dead_replicas_unrecovered_reply_is_answered_after_
     assert NOTE_RESTARTED in note.context
     assert answer.markdown == "Second."
     assert len(aiml.chat_requests) == 1
-    assert history(aiml, 0)[0] == "first question" and history(aiml, 0)[-1] == "second"
+
+
+class _Listening:
+    """A SignalHub that is connected and delivers nothing by itself (the test signals by hand)."""
+
+    connected = True
+
+    def subscribe(self, channel: str, callback: Any) -> None:
+        pass
+
+
+async def test_a_turn_behind_an_unrecovered_reply_looks_again_once_a_second_and_at_once_when_signalled(
+    database: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conversation_id, reply_id = await _dead_turn_with_a_stored_reply(database)
+    looks = 0
+    check_line = repo.check_line
+
+    async def counted(*args: Any, **kwargs: Any) -> repo.LineCheck:
+        nonlocal looks
+        looks += 1
+        return await check_line(*args, **kwargs)
+
+    monkeypatch.setattr(repo, "check_line", counted)
+    line = SharedTurnOrder(database, _Listening())
+    ticket = line.enter(conversation_id)
+    async with database.begin() as session:
+        await ticket.take(session, conversation_id)
+    waiting = asyncio.create_task(ticket.wait())
+    await asyncio.sleep(2.5)
+    looks_while_held = looks
+    async with database.begin() as session:  # what recovery's claim commits
+        await session.execute(
+            update(Message).where(Message.id == reply_id).values(status=MessageStatus.INTERRUPTED)
+        )
+    started = time.monotonic()
+    line._turn_ended(str(conversation_id))  # its TURN_ENDED signal
+    await asyncio.wait_for(waiting, timeout=5)
+    took = time.monotonic() - started
+    ticket.leave()
+    await line.aclose()
+
+    assert 2 <= looks_while_held <= 4  # once a second (a 50 ms poll would have looked some 50 times)
+    assert took < 0.5

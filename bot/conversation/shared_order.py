@@ -26,8 +26,8 @@ a turn first in line and none for one that waited (its last look marks it); clea
 rides in the reply's first transaction; a placeholder posted before that (edit streaming) is noted
 in the record by one more statement, so an adopting replica answers in it. The places of a dead
 replica whose turns stored their replies hold up the turns after them until recovery has finished
-those replies with the interruption note (bot.slack.recovery): the note comes before the next
-answers, and the interrupted text is in their history. Then they block nobody.
+those replies with the interruption note (bot.slack.recovery), so the note comes before the next
+answers. Then they block nobody.
 """
 
 from __future__ import annotations
@@ -265,7 +265,9 @@ class SharedTurnOrder:
                 # Wake when the last earlier place's lease could run out (its holder may be dead).
                 wait = check.wait + 0.05
                 if check.unrecovered:
-                    wait = min(wait, UNRECOVERED_POLL_SECONDS)
+                    # Held up by recovery whatever else is ahead: its commit signals, this is the
+                    # net (`check.wait` is 0 when nothing live is ahead: no 50 ms polling).
+                    wait = UNRECOVERED_POLL_SECONDS
                 if check.orphans:
                     self._request_sweep()
                     wait = ORPHAN_POLL_SECONDS

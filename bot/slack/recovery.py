@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from datetime import timedelta
 from typing import Any
 
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 NOTE_RESTARTED = "This answer was interrupted because the bot restarted. Please ask again."
 NOTE_TRIES = 8  # chat.update attempts through 429s before a note is given up
+POSTS_AT_ONCE = 4  # notes posted as messages of their own, each in its claim's transaction
 PLACE_LEASE = timedelta(
     seconds=PLACE_LEASE_SECONDS
 )  # the turn places' (PostgreSQL: a gone replica's replies)
@@ -85,9 +86,25 @@ async def recover_interrupted_replies(
     (bot.storage.conversations.HOLDER_GONE_AFTER)."""
     now = utcnow()
     place_lease = PLACE_LEASE if presence else None
+
+    async def claim(session: AsyncSession, message: Message, conversation: Conversation) -> bool:
+        if not await repo.claim_for_recovery(
+            session,
+            message.id,
+            now,
+            ignore_leases=ignore_leases,
+            legacy_after=legacy_after,
+            place_lease=place_lease,
+        ):
+            return False  # another replica took it, or its process renewed the lease meanwhile
+        user = await repo.requester(session, message)
+        await record_if_absent(session, _interrupted_usage(message, conversation, user, model))
+        return True
+
     claimed: list[tuple[Message, Conversation]] = []
-    edits: dict[str, list[tuple[str, str, str]]] = {}  # per workspace: (channel, ts, text so far)
+    posted_with_claim: list[tuple[Message, Conversation]] = []
     async with sessions.begin() as session:
+        lines = session.bind is not None and session.bind.dialect.name == "postgresql"
         candidates = await repo.expired_streaming_messages(
             session,
             now,
@@ -97,44 +114,64 @@ async def recover_interrupted_replies(
             place_lease=place_lease,
         )
         for message, conversation in candidates:
-            if not await repo.claim_for_recovery(
-                session,
-                message.id,
-                now,
-                ignore_leases=ignore_leases,
-                legacy_after=legacy_after,
-                place_lease=place_lease,
-            ):
-                continue  # another replica took it, or its process renewed the lease meanwhile
-            user = await repo.requester(session, message)
-            await record_if_absent(session, _interrupted_usage(message, conversation, user, model))
-            claimed.append((message, conversation))
-        posts = []
-        for message, conversation in claimed:
-            if conversation.kind is ConversationKind.TERMINAL:
-                continue
-            shown = last_message(message)
-            if shown is None:  # it died before its first message: the person has only seen a status
-                posts.append(_post_interrupted(client, conversation.channel_id, conversation.thread_ts))
-            else:
-                edits.setdefault(conversation.team_id, []).append((conversation.channel_id, *shown))
-        # Posted before the claims commit: the turns after these wait for that (PostgreSQL,
-        # bot.storage.turn_places), so the note comes before their answers in the thread, not
-        # after the next answer as in bench (f). The claimed rows stay locked meanwhile (nobody else
-        # writes a dead replica's reply; others' recovery skips locked rows).
-        await asyncio.gather(*posts)
-        if session.bind is not None and session.bind.dialect.name == "postgresql":
+            if lines and _note_only(message, conversation):
+                posted_with_claim.append((message, conversation))  # below, each in its own transaction
+            elif await claim(session, message, conversation):
+                claimed.append((message, conversation))
+        if lines:
             for conversation_id in {conversation.id for _, conversation in claimed}:
                 await notify(session, TURN_ENDED, str(conversation_id))  # the turns after it look again
+    edits: dict[str, list[tuple[str, str, str]]] = {}  # per workspace: (channel, ts, text so far)
+    posts = []
+    for message, conversation in claimed:
+        if conversation.kind is ConversationKind.TERMINAL:
+            continue
+        shown = last_message(message)
+        if shown is None:  # it died before its first message: the person has only seen a status
+            posts.append(_post_interrupted(client, conversation.channel_id, conversation.thread_ts))
+        else:
+            edits.setdefault(conversation.team_id, []).append((conversation.channel_id, *shown))
     # All at once: each workspace's budget paces its own (a dead replica's dozens of replies over
     # several workspaces, one after another, took 90 s in bench (f)); the notes' slots are booked
     # in one go, ahead of every replica's next edit: these people have waited longest. An edit
     # changes the reply's own message in place, so the turns after it need not wait for it.
     notes = [_edit_workspace(client, budgets, team, found) for team, found in edits.items()]
-    await asyncio.gather(*notes)
+    at_once = asyncio.Semaphore(POSTS_AT_ONCE)
+    with_claims = [
+        _claim_and_post(sessions, client, claim, message, conversation, at_once)
+        for message, conversation in posted_with_claim
+    ]
+    _, taken = await asyncio.gather(asyncio.gather(*notes, *posts), asyncio.gather(*with_claims))
+    claimed += [pair for pair, ok in zip(posted_with_claim, taken, strict=True) if ok]
     if claimed:
         log.info("recovered %d interrupted replies", len(claimed))
     return len(claimed)
+
+
+def _note_only(message: Message, conversation: Conversation) -> bool:
+    """The reply died before its first Slack message: its note is a message of its own."""
+    return conversation.kind is not ConversationKind.TERMINAL and last_message(message) is None
+
+
+async def _claim_and_post(
+    sessions: async_sessionmaker[AsyncSession],
+    client: AsyncWebClient,
+    claim: Callable[[AsyncSession, Message, Conversation], Awaitable[bool]],
+    message: Message,
+    conversation: Conversation,
+    at_once: asyncio.Semaphore,
+) -> bool:
+    """PostgreSQL: claim a reply that died before its first message and post its note before the
+    claim commits. The turns after it wait until then (bot.storage.turn_places), so the note comes
+    before their answers, not after the next answer as in bench (f). One short transaction per note
+    (a slow post holds up its own thread only); a post whose claim then fails to commit (the
+    database gone, shutdown) is posted again by the next recovery."""
+    async with at_once, sessions.begin() as session:
+        if not await claim(session, message, conversation):
+            return False
+        await _post_interrupted(client, conversation.channel_id, conversation.thread_ts)
+        await notify(session, TURN_ENDED, str(conversation.id))
+        return True
 
 
 def _interrupted_usage(

@@ -42,11 +42,12 @@ _ORPHAN = and_(
     TurnPlace.arrival.is_not(None),
     or_(TurnPlace.started_at.is_(None), text(f"(turn_places.arrival ->> '{BEGINS_KEY}') = 'true'")),
 )
-# A dead replica's turn that stored its reply, the reply not recovered yet (still `streaming`): the
-# turns after it wait for recovery, whose note (posted as a message of its own when the turn died
-# before its first) then comes before their answers, and whose interrupted text is in their history.
-# In bench (f) the next turn's answer was posted before such a note. Bounded: a recovery that never
-# comes holds the thread up for at most RECOVERY_WAIT_SECONDS after the place's lease ran out.
+# A dead replica's turn that stored its reply, the reply not recovered yet (a `streaming` message in
+# the conversation): the turns after it wait for recovery, whose note (posted as a message of its
+# own when the turn died before its first) then comes before their answers; in bench (f) the next
+# turn's answer was posted before such a note. Bounded: a recovery that never comes holds the thread
+# up for at most RECOVERY_WAIT_SECONDS after the place's lease ran out (so does a place whose reply
+# ended but whose leave was lost, while a later reply of the conversation streams).
 RECOVERY_WAIT_SECONDS = 120
 _UNRECOVERED_SQL = (
     "(turn_places.expires_at <= now()"
