@@ -20,6 +20,7 @@ from bot.slack.renderer import classify_error
 from bot.slack.retries import with_rate_limit_retries
 from bot.slack.text import MAX_MESSAGE_CHARS, defuse, find_split, mrkdwn_escape
 from bot.storage import conversations as repo
+from bot.storage.db import dialect_name
 from bot.storage.models import Conversation, ConversationKind, Message, utcnow
 from bot.storage.signals import notify
 from bot.storage.turn_places import TURN_ENDED
@@ -104,7 +105,7 @@ async def recover_interrupted_replies(
     claimed: list[tuple[Message, Conversation]] = []
     posted_with_claim: list[tuple[Message, Conversation]] = []
     async with sessions.begin() as session:
-        lines = session.bind is not None and session.bind.dialect.name == "postgresql"
+        lines = dialect_name(session) == "postgresql"
         candidates = await repo.expired_streaming_messages(
             session,
             now,

@@ -9,6 +9,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.storage.db import dialect_name
 from bot.storage.models import AgentContext, utcnow
 
 
@@ -22,7 +23,7 @@ async def remember_viewing(
 ) -> None:
     """Keep the context Slack saw last (`changed_at`, the event's time; default now): events handled
     out of order never bring back an older one. `viewing` None: nothing Slack names is in view."""
-    insert = pg_insert if _dialect(session) == "postgresql" else sqlite_insert
+    insert = pg_insert if dialect_name(session) == "postgresql" else sqlite_insert
     at = changed_at or utcnow()
     stmt = insert(AgentContext).values(
         team_id=team_id, channel_id=channel_id, user_id=user_id, viewing_channel_id=viewing, changed_at=at
@@ -42,7 +43,3 @@ async def viewing_channel(session: AsyncSession, team_id: str, channel_id: str) 
             AgentContext.team_id == team_id, AgentContext.channel_id == channel_id
         )
     )
-
-
-def _dialect(session: AsyncSession) -> str:
-    return session.bind.dialect.name if session.bind is not None else "sqlite"

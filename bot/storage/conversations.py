@@ -11,6 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.storage.db import dialect_name
 from bot.storage.models import Base, Conversation, ConversationKind, Message, MessageStatus, Role, utcnow
 from bot.storage.signals import presence_name
 
@@ -73,7 +74,7 @@ async def create_conversation(
     now = utcnow()
     values = {**_key_params(key), "kind": kind, "created_at": now, "updated_at": now}
     created: int | None = (
-        await session.execute(_CREATE.get(_dialect(session), _CREATE["sqlite"]), values)
+        await session.execute(_CREATE.get(dialect_name(session), _CREATE["sqlite"]), values)
     ).scalar_one_or_none()
     return created
 
@@ -246,7 +247,7 @@ async def expired_streaming_messages(
         stmt = stmt.where(_lease_expired(now, legacy_after, _on_postgresql(session, place_lease)))
     if kept:
         stmt = stmt.where(Message.id.not_in(list(kept)))
-    if _dialect(session) == "postgresql":
+    if dialect_name(session) == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True, of=Message)
     return [(row[0], row[1]) for row in (await session.execute(stmt)).all()]
 
@@ -299,13 +300,9 @@ def _rowcount(result: object) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def _dialect(session: AsyncSession) -> str:
-    return session.bind.dialect.name if session.bind is not None else "sqlite"
-
-
 def _on_postgresql(session: AsyncSession, place_lease: timedelta | None) -> timedelta | None:
     """Turn places and pg_stat_activity exist on PostgreSQL only."""
-    return place_lease if _dialect(session) == "postgresql" else None
+    return place_lease if dialect_name(session) == "postgresql" else None
 
 
 async def delete_empty_conversation(session: AsyncSession, key: ConversationKey) -> None:

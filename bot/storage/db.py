@@ -105,6 +105,11 @@ def create_engine(
     return engine
 
 
+def dialect_name(session: AsyncSession) -> str:
+    """The session's database ("postgresql" or "sqlite"); SQLite when it is not bound yet."""
+    return session.bind.dialect.name if session.bind is not None else "sqlite"
+
+
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 

@@ -9,6 +9,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.storage.db import dialect_name
 from bot.storage.models import Base, ProcessedEvent, utcnow
 
 _TABLE = Base.metadata.tables["processed_events"]  # typed as a Table (a model's __table__ is not)
@@ -27,7 +28,7 @@ async def claim_event(session: AsyncSession, event_id: str, channel_id: str, mes
     or the channel and message) is taken, and a lost race is the same "already claimed" as an earlier
     claim, with the caller's transaction still usable.
     """
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    dialect = dialect_name(session)
     params = {
         "event_id": event_id,
         "channel_id": channel_id,

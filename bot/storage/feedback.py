@@ -11,6 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.storage.db import dialect_name
 from bot.storage.models import FeedbackVote, utcnow
 
 
@@ -45,7 +46,7 @@ def answered_at(message_ts: str) -> datetime:
 async def record_vote(session: AsyncSession, vote: VoteCast) -> None:
     """Store the vote; the same person on the same answer replaces their earlier one (race-safe)."""
     now = utcnow()
-    insert = pg_insert if _dialect(session) == "postgresql" else sqlite_insert
+    insert = pg_insert if dialect_name(session) == "postgresql" else sqlite_insert
     stmt = insert(FeedbackVote).values(
         team_id=vote.team_id,
         channel_id=vote.channel_id,
@@ -86,7 +87,3 @@ async def feedback_counts(session: AsyncSession, start: datetime, end: datetime)
     answers = select(FeedbackVote.channel_id, FeedbackVote.message_ts).where(window).distinct().subquery()
     rated = await session.scalar(select(func.count()).select_from(answers))
     return FeedbackCounts(up=int(ups or 0), down=int(downs or 0), rated_answers=int(rated or 0))
-
-
-def _dialect(session: AsyncSession) -> str:
-    return session.bind.dialect.name if session.bind is not None else "sqlite"

@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.storage.db import dialect_name
 from bot.storage.models import RefusalNotice
 
 
@@ -35,7 +36,7 @@ async def claim_notice(
     )
     if _rowcount(moved) == 1:
         return True
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    dialect = dialect_name(session)
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     created = await session.execute(
         insert(RefusalNotice)

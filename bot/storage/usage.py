@@ -13,6 +13,7 @@ from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.storage.db import dialect_name
 from bot.storage.models import UsageRecord, utcnow
 
 # The status of a row recovery writes for a reply whose process died: nothing else is known.
@@ -62,7 +63,7 @@ async def store_usage(session: AsyncSession, entry: UsageEntry, created_at: date
         await record_usage(session, entry)
         return
     values = {**asdict(entry), "created_at": created_at or utcnow()}
-    await session.execute(_upsert(_dialect(session)), values)
+    await session.execute(_upsert(dialect_name(session)), values)
 
 
 # Every field but the key and the row's first time.
@@ -87,11 +88,7 @@ async def record_if_absent(session: AsyncSession, entry: UsageEntry) -> bool:
     return int(getattr(result, "rowcount", 0) or 0) == 1
 
 
-def _dialect(session: AsyncSession) -> str:
-    return session.bind.dialect.name if session.bind is not None else "sqlite"
-
-
 def _insert(session: AsyncSession, values: dict[str, Any]) -> PgInsert | SqliteInsert:
-    if _dialect(session) == "postgresql":
+    if dialect_name(session) == "postgresql":
         return pg_insert(UsageRecord).values(**values)
     return sqlite_insert(UsageRecord).values(**values)
