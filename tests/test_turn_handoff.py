@@ -12,8 +12,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import event, func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.app import BotRuntime
 from bot.conversation.admission import Arrival
@@ -25,7 +25,7 @@ from bot.slack.recovery import NOTE_RESTARTED
 from bot.storage import turn_places as repo
 from bot.storage.db import create_engine, session_factory
 from bot.storage.models import Conversation, Message, MessageStatus, Role, TurnPlace, utcnow
-from bot.storage.signals import notify
+from bot.storage.signals import SignalHub, asyncpg_dsn, notify
 from tests.fakes.aimlapi import FakeAimlApi, Reply
 from tests.fakes.slack_api import FakeSlackApi
 from tests.harness import Bot, eventually, history, make_settings, mention, message, running_bot, until
@@ -99,6 +99,14 @@ async def test_a_turn_waiting_on_a_replica_that_died_is_answered_by_another_in_o
     assert [m.markdown.strip() for m in a.replies("C1", ROOT)] == [slow, "Second.", "Third."]
     assert not interrupted(a)
     assert await places(database) == 0
+
+
+async def _thread(session: AsyncSession) -> Conversation:
+    """The conversation of the thread at ROOT, stored."""
+    conversation = Conversation(team_id="T1", channel_id="C1", thread_ts=ROOT, kind=ConversationKind.CHANNEL)
+    session.add(conversation)
+    await session.flush()
+    return conversation
 
 
 async def _count_is(database: async_sessionmaker[AsyncSession], n: int) -> bool:
@@ -229,11 +237,7 @@ async def test_an_orphan_is_adopted_by_one_replica_and_a_place_whose_reply_was_s
     record = to_record(arrival, new_thread=True)
     past = utcnow() - timedelta(seconds=1)
     async with database.begin() as session:
-        conversation = Conversation(
-            team_id="T1", channel_id="C1", thread_ts=ROOT, kind=ConversationKind.CHANNEL
-        )
-        session.add(conversation)
-        await session.flush()
+        conversation = await _thread(session)
         # Its reply was stored (the record cleared): recovery notes it, nobody runs it again.
         stored = TurnPlace(
             conversation_id=conversation.id, holder="dead", expires_at=past, arrival=None, started_at=past
@@ -301,11 +305,7 @@ async def test_the_message_showing_a_turn_rides_in_its_record_until_the_reply_is
         "Ev1", ConversationKey("T1", "C1", ROOT), ConversationKind.CHANNEL, "U1", ROOT, "hi", addressed=True
     )
     async with database.begin() as session:
-        conversation = Conversation(
-            team_id="T1", channel_id="C1", thread_ts=ROOT, kind=ConversationKind.CHANNEL
-        )
-        session.add(conversation)
-        await session.flush()
+        conversation = await _thread(session)
         place_id, _ = await repo.take_place(
             session, conversation.id, "me", LEASE, to_record(arrival, new_thread=True)
         )
@@ -332,11 +332,7 @@ async def _dead_turn_with_a_stored_reply(
     `streaming`. Returns the conversation's id and the reply's."""
     past = utcnow() - expired_ago
     async with database.begin() as session:
-        conversation = Conversation(
-            team_id="T1", channel_id="C1", thread_ts=ROOT, kind=ConversationKind.CHANNEL
-        )
-        session.add(conversation)
-        await session.flush()
+        conversation = await _thread(session)
         question = Message(
             conversation_id=conversation.id,
             role=Role.USER,
@@ -422,45 +418,40 @@ async def test_a_turn_after_a_dead_replicas_unrecovered_reply_is_answered_after_
     assert len(aiml.chat_requests) == 1
 
 
-class _Listening:
-    """A SignalHub that is connected and delivers nothing by itself (the test signals by hand)."""
-
-    connected = True
-
-    def subscribe(self, channel: str, callback: Any) -> None:
-        pass
-
-
 async def test_a_turn_behind_an_unrecovered_reply_looks_again_once_a_second_and_at_once_when_signalled(
-    database: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+    db_url: str, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    conversation_id, reply_id = await _dead_turn_with_a_stored_reply(database)
+    conversation_id, reply_id = await _dead_turn_with_a_stored_reply(sessions)
     looks = 0
-    check_line = repo.check_line
 
-    async def counted(*args: Any, **kwargs: Any) -> repo.LineCheck:
+    def count_looks(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         nonlocal looks
-        looks += 1
-        return await check_line(*args, **kwargs)
+        looks += statement.startswith("WITH ahead AS")  # the line's look (turn_places._CHECK)
 
-    monkeypatch.setattr(repo, "check_line", counted)
-    line = SharedTurnOrder(database, _Listening())
-    ticket = line.enter(conversation_id)
-    async with database.begin() as session:
-        await ticket.take(session, conversation_id)
-    waiting = asyncio.create_task(ticket.wait())
-    await asyncio.sleep(2.5)
-    looks_while_held = looks
-    async with database.begin() as session:  # what recovery's claim commits
-        await session.execute(
-            update(Message).where(Message.id == reply_id).values(status=MessageStatus.INTERRUPTED)
-        )
-    started = time.monotonic()
-    line._turn_ended(str(conversation_id))  # its TURN_ENDED signal
-    await asyncio.wait_for(waiting, timeout=5)
-    took = time.monotonic() - started
-    ticket.leave()
-    await line.aclose()
+    event.listen(engine.sync_engine, "before_cursor_execute", count_looks)
+    hub = SignalHub(asyncpg_dsn(db_url))
+    line = SharedTurnOrder(sessions, hub)
+    hub.start()
+    try:
+        await eventually(lambda: hub.connected)
+        ticket = line.enter(conversation_id)
+        async with sessions.begin() as session:
+            await ticket.take(session, conversation_id)
+        waiting = asyncio.create_task(ticket.wait())
+        await asyncio.sleep(2.5)
+        looks_while_held = looks
+        async with sessions.begin() as session:  # what recovery's claim commits, and its signal
+            await session.execute(
+                update(Message).where(Message.id == reply_id).values(status=MessageStatus.INTERRUPTED)
+            )
+            await notify(session, repo.TURN_ENDED, str(conversation_id))
+        started = time.monotonic()
+        await asyncio.wait_for(waiting, timeout=5)
+        took = time.monotonic() - started
+        ticket.leave()
+    finally:
+        await line.aclose()
+        await hub.aclose()
 
     assert 2 <= looks_while_held <= 4  # once a second (a 50 ms poll would have looked some 50 times)
     assert took < 0.5
