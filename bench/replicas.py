@@ -90,10 +90,35 @@ async def send_all(s: ReplicaScenario, replies: list[Conversation], sender: Even
 
 
 def reply_message(slack: BenchSlack, c: Conversation) -> Any:
-    """The bot's message answering turn `turn` of the thread (the thread's n-th bot message)."""
+    """The bot's message answering the turn (the thread's n-th bot message, n its place in the order
+    the turns were answered: `admitted_at`)."""
     mine = [m for m in slack.thread(c.channel, c.root_ts) if m.bot_id == slack.bot_id]
-    turn = int(c.extra["turn"])
-    return mine[turn] if len(mine) > turn else None
+    n = _answered_as(c)
+    return mine[n] if len(mine) > n else None
+
+
+def _answered_as(c: Conversation) -> int:
+    return int(c.extra.get("answered_as", c.extra["turn"]))
+
+
+def admitted_at(replies: list[Conversation], aiml: FakeAimlApi) -> None:
+    """Note each turn's place in its thread's answers: the order of its model call (one at a time,
+    in the order the bot admitted them). A turn whose event reached a busy replica may be admitted
+    after the next one sent, 0.3 s later: the thread's n-th answer is then the later turn's (mapping
+    by the order sent counted two such turns of the killed replica as "interrupted not on the killed
+    replica" in one run). Turns without a call yet come after, in the order sent."""
+    ups = upstream_by_tag(aiml)
+    threads_: dict[str, list[Conversation]] = {}
+    for c in replies:
+        threads_.setdefault(c.root_ts, []).append(c)
+    for turns in threads_.values():
+
+        def when(c: Conversation) -> tuple[float, int]:
+            call = ups.get(c.tag)
+            return (call.received_at if call is not None else math.inf, int(c.extra["turn"]))
+
+        for n, c in enumerate(sorted(turns, key=when)):
+            c.extra["answered_as"] = n
 
 
 def outcome(slack: BenchSlack, c: Conversation, expected: str) -> str:
@@ -154,6 +179,7 @@ async def run_replicas(s: ReplicaScenario, model: SlackModel, logs: Path | None 
                             cpu = {s.victim: meters[s.victim].stop()}
                             rss = {s.victim: bots[s.victim].peak_rss_mb()}
                             took = {c.tag for c in replies if _took(balancer, s.victim, c)}
+                            admitted_at(replies, aiml)
                             unfinished = {c.tag for c in replies if outcome(slack, c, expected) != "complete"}
                             kill = _kill(s.victim, bots, aiml, requests_from, took & unfinished)
                             await sending
@@ -164,6 +190,7 @@ async def run_replicas(s: ReplicaScenario, model: SlackModel, logs: Path | None 
                                 ) and all(reply_message(slack, c) is not None for c in replies)
 
                             await wait_until(all_done, s.timeout(model), period=0.1)
+                            admitted_at(replies, aiml)
                             waited_until = time.monotonic()
                             for i, meter in enumerate(meters):
                                 if i != s.victim:
@@ -221,7 +248,7 @@ def _result(
     ack, shown, first_text, final, recovered = [], [], [], [], []
     outcomes: Counter[str] = Counter()
     for c in replies:
-        turn = int(c.extra["turn"])
+        turn = _answered_as(c)
         view = views.get((c.channel, c.root_ts))
         msgs = sorted(view.messages, key=lambda m: m.ts) if view else []
         m = msgs[turn] if len(msgs) > turn else MessageView("", "", False)
