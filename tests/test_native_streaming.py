@@ -216,14 +216,28 @@ async def test_a_native_reply_records_where_each_message_begins_for_recovery(db_
 
 async def test_a_status_that_lands_after_the_first_text_is_taken_down(db_url, slack, aiml):
     original: Handler | None = None
+    status_sent = asyncio.Event()
 
     async def slow_status(params: dict[str, Any], team: str) -> dict[str, Any]:
         if params.get("status"):
+            status_sent.set()
             await asyncio.sleep(0.8)  # Slack is slow; the model is fast
         assert original is not None
         return await original(params, team)
 
+    def after_the_status(method: str) -> None:
+        # The first text is posted while the status call is on its way, not before it starts (the
+        # status is skipped then, which another test covers): on a busy machine either may go first.
+        post = slack.route(method, lambda params, team: post_after_status(post, params, team))
+
+    async def post_after_status(post: Handler | None, params: dict[str, Any], team: str) -> dict[str, Any]:
+        await asyncio.wait_for(status_sent.wait(), 5)
+        assert post is not None
+        return await post(params, team)
+
     original = slack.route("assistant.threads.setStatus", slow_status)
+    for method in ("chat.startStream", "chat.postMessage"):
+        after_the_status(method)
     aiml.enqueue(Reply(content="Four."))
     async with running_bot(settings(db_url, slack, aiml, "auto"), slack, aiml) as bot:
         await bot.send(mention("2+2?", "100.000001"))

@@ -43,6 +43,13 @@ async def test_a_status_whose_budget_is_spent_is_skipped_not_waited_for(slack: F
     await asyncio.gather(*others, return_exceptions=True)
 
 
+async def test_a_status_whose_answer_was_posted_first_is_never_sent(slack: FakeSlackApi) -> None:
+    status = _status(slack, EditBudgets())
+    status.cleared_by_post()  # the model was faster than the status: its first text is out
+    assert not await status.show()
+    assert slack.statuses == []
+
+
 async def test_a_failed_reply_takes_its_status_down_and_a_posted_one_needs_no_clearing(
     slack: FakeSlackApi,
 ) -> None:
