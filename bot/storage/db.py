@@ -18,6 +18,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from bot.storage.idle_ping import ping_idle_connections
 from bot.storage.sqlite_driver import one_trip_dbapi
 
 COMMAND_TIMEOUT = 15.0  # seconds; every query of a running bot is short (migrations pass None)
@@ -92,7 +93,7 @@ def create_engine(
         # Bursts of turns wait for a connection rather than fail: each transaction is short.
         # At most 2x pool_size per process (plus the budget pool's 8 and the signal connection), so
         # 3 replicas at the default stay within PostgreSQL's default max_connections (100).
-        kwargs.update(pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size, pool_timeout=30)
+        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_timeout=30)
         # command_timeout: a database that stops answering (not refusing) fails a query instead of
         # hanging the turn, the probe and the maintenance loop until TCP gives up (minutes).
         kwargs["connect_args"] = {"timeout": 5, "command_timeout": command_timeout}
@@ -102,6 +103,8 @@ def create_engine(
         raise DatabaseError(f"DATABASE_URL: {exc}") from None
     if url.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _enable_sqlite_pragmas)
+    else:
+        ping_idle_connections(engine)  # instead of pool_pre_ping: see bot.storage.idle_ping
     return engine
 
 

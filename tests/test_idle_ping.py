@@ -1,0 +1,82 @@
+"""The PostgreSQL pool pings a connection only after it sat idle (bot.storage.idle_ping): one used a
+moment ago goes straight to its statement, one whose server connection was lost while idle is
+replaced before the statement, as with pool_pre_ping."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.storage import idle_ping
+from bot.storage.db import create_engine
+
+pytestmark = [pytest.mark.postgres, pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)]
+
+IDLE = 0.2  # PING_AFTER_IDLE in these tests
+
+
+@pytest.fixture
+async def pinged(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[AsyncEngine, list[Any]]]:
+    """The bot's engine, and the connections its pool pinged."""
+    monkeypatch.setattr(idle_ping, "PING_AFTER_IDLE", IDLE)
+    engine = create_engine(db_url, pool_size=1)
+    dialect = type(engine.sync_engine.dialect)
+    pings: list[Any] = []
+    ping = dialect.do_ping
+
+    def counted(self: Any, dbapi_connection: Any) -> bool:
+        pings.append(dbapi_connection)
+        return ping(self, dbapi_connection)
+
+    monkeypatch.setattr(dialect, "do_ping", counted)
+    try:
+        yield engine, pings
+    finally:
+        await engine.dispose()
+
+
+async def _backend(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+async def test_a_connection_used_a_moment_ago_is_not_pinged(pinged: tuple[AsyncEngine, list[Any]]) -> None:
+    engine, pings = pinged
+    backends = {await _backend(engine) for _ in range(20)}
+    assert len(backends) == 1  # the same pooled connection every time
+    assert pings == []
+
+
+async def test_an_idle_connection_is_pinged_once_before_its_next_use(
+    pinged: tuple[AsyncEngine, list[Any]],
+) -> None:
+    engine, pings = pinged
+    first = await _backend(engine)
+    await asyncio.sleep(IDLE + 0.1)
+    assert await _backend(engine) == first
+    assert await _backend(engine) == first
+    assert len(pings) == 1
+
+
+async def test_a_connection_lost_while_idle_is_replaced_before_the_statement(
+    pinged: tuple[AsyncEngine, list[Any]], db_url: str
+) -> None:
+    engine, pings = pinged
+    lost = await _backend(engine)
+    killer = create_engine(db_url)
+    try:
+        async with killer.connect() as conn:
+            await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": lost})
+    finally:
+        await killer.dispose()
+    await asyncio.sleep(IDLE + 0.1)
+    replaced = await _backend(engine)  # no error: the ping found the loss and the pool reconnected
+    assert replaced != lost
+    assert len(pings) == 1
