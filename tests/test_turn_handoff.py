@@ -455,3 +455,43 @@ async def test_a_turn_behind_an_unrecovered_reply_looks_again_once_a_second_and_
 
     assert 2 <= looks_while_held <= 4  # once a second (a 50 ms poll would have looked some 50 times)
     assert took < 0.5
+
+
+async def test_a_turn_first_in_its_line_starts_without_a_look_and_is_marked_started_by_its_reply(
+    db_url: str, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    async with sessions.begin() as session:
+        conversation_id = (await _thread(session)).id
+    looks = 0
+
+    def count_looks(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        nonlocal looks
+        looks += statement.startswith("WITH ahead AS")  # the line's look (turn_places._CHECK)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count_looks)
+    hub = SignalHub(asyncpg_dsn(db_url))
+    line = SharedTurnOrder(sessions, hub)
+    hub.start()
+    try:
+        first, second = line.enter(conversation_id), line.enter(conversation_id)
+        for ticket in (first, second):
+            async with sessions.begin() as session:
+                await ticket.take(session, conversation_id, {"v": 1})
+        await asyncio.wait_for(first.wait(), timeout=1)
+        assert looks == 0
+        behind = asyncio.create_task(second.wait())
+        await asyncio.sleep(0.3)
+        assert not behind.done()  # the first runs: it holds the line
+        assert looks >= 1
+
+        async with sessions.begin() as session:
+            await first.begin_reply(session)
+        async with sessions() as session:
+            place = await session.get_one(TurnPlace, first.place_id)
+        assert place.started_at is not None and place.arrival is None  # recovery's, not adoptable
+        first.leave()
+        await asyncio.wait_for(behind, timeout=5)
+        second.leave()
+    finally:
+        await line.aclose()
+        await hub.aclose()

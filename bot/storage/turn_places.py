@@ -155,12 +155,13 @@ async def check_line(
 
 
 async def begin_reply(session: AsyncSession, place_id: int, holder: str) -> bool:
-    """In the transaction storing the turn's reply: clear the record (not to be adopted from now on);
-    False when the place is not `holder`'s any more (adopted: this replica was taken for dead)."""
+    """In the transaction storing the turn's reply: clear the record (not to be adopted from now on)
+    and mark the place started (a turn first in line was not marked before); False when the place is
+    not `holder`'s any more (adopted: this replica was taken for dead)."""
     found = await session.execute(
         update(TurnPlace)
         .where(TurnPlace.id == place_id, TurnPlace.holder == holder)
-        .values(arrival=None)
+        .values(arrival=None, started_at=func.coalesce(TurnPlace.started_at, func.now()))
         .returning(TurnPlace.id)
     )
     return found.first() is not None
