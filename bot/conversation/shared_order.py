@@ -25,10 +25,9 @@ ticket). Cost per turn: the record rides on the place's insert; a turn first in 
 a look at the line, its start marked with the clearing of its record (a turn that waited is marked by
 its last look); clearing the record rides in the reply's first transaction; a placeholder posted
 before that (edit streaming) is noted in the record by one more statement, so an adopting replica
-answers in it. The places of a dead
-replica whose turns stored their replies hold up the turns after them until recovery has finished
-those replies with the interruption note (bot.slack.recovery), so the note comes before the next
-answers. Then they block nobody.
+answers in it. The places of a dead replica whose turns stored their replies hold up the turns
+after them until recovery has finished those replies with the interruption note
+(bot.slack.recovery), so the note comes before the next answers. Then they block nobody.
 """
 
 from __future__ import annotations
