@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation.budget import TokenEstimator, prompt_budget
@@ -24,7 +25,7 @@ from bot.llm.client import AimlClient
 from bot.llm.types import ChatMessage
 from bot.storage.conversations import ConversationKey
 from bot.storage.db import create_engine, session_factory
-from bot.storage.models import ConversationKind, Message, MessageStatus, Role, UsageRecord
+from bot.storage.models import Conversation, ConversationKind, Message, MessageStatus, Role, UsageRecord
 from tests.fakes.aimlapi import ErrorReply, FakeAimlApi, Reply
 from tests.sinks import RecordingSink
 
@@ -86,6 +87,24 @@ async def test_a_turn_streams_the_answer_and_stores_messages_and_usage(sessions,
     assert usage.conversation_id == outcome.conversation_id and usage.team_id == "T1"
     assert usage.client_request_id == aiml.requests[0].headers["X-Client-Request-Id"]
     assert usage.inference_id and usage.ttft_ms is not None and usage.duration_ms is not None
+
+
+async def test_a_turn_marks_its_conversation_updated_once_at_its_replys_time(engine, sessions, llm, aiml):
+    aiml.enqueue(Reply(content="Hello."))
+    touches = 0
+
+    def count_touches(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        nonlocal touches
+        touches += statement.startswith("UPDATE conversations")
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count_touches)
+    await make_service(sessions, llm).reply(turn("Hi!"), RecordingSink())
+
+    assert touches == 1
+    _, reply = await stored(sessions)
+    async with sessions() as session:
+        conversation = (await session.execute(select(Conversation))).scalar_one()
+    assert conversation.updated_at == reply.created_at
 
 
 async def test_each_reply_sends_the_threads_history(sessions, llm, aiml):

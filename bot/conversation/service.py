@@ -385,7 +385,10 @@ class ConversationService:
                 if _usable(m)
                 for chat in replay(m.role.value, m.content, m.tool_exchange)
             ]
-            await repo.add_message(session, conversation, Role.USER, turn.text, user_id=turn.user_id)
+            # The reply's row, added next, marks the conversation updated: one statement less.
+            await repo.add_message(
+                session, conversation, Role.USER, turn.text, user_id=turn.user_id, touch=False
+            )
             assistant_id = await repo.add_message(
                 session,
                 conversation,

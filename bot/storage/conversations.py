@@ -125,8 +125,10 @@ async def add_message(
     slack_ts: str | None = None,
     request_id: str | None = None,
     lease_until: datetime | None = None,
+    touch: bool = True,
 ) -> int:
-    """Append a message to the conversation (and mark the conversation updated); returns its id."""
+    """Append a message to the conversation and mark the conversation updated (`touch=False`: a later
+    add in the same transaction will); returns its id."""
     now = utcnow()
     values = {
         "conversation_id": conversation_id,
@@ -141,7 +143,8 @@ async def add_message(
         "lease_expires_at": lease_until,
     }
     message_id = (await session.execute(_ADD_MESSAGE, values)).scalar_one()
-    await session.execute(_TOUCH_CONVERSATION, {"conversation": conversation_id, "updated_at": now})
+    if touch:
+        await session.execute(_TOUCH_CONVERSATION, {"conversation": conversation_id, "updated_at": now})
     return int(message_id)
 
 
