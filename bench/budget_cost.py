@@ -4,7 +4,7 @@ Two measurements, printed as a table (numbers quoted in bot/slack/shared_budget.
 
 - cost: statements, wall and CPU time per acquired call on one budget that never has to wait, for
   the chosen design (a row per call, one autocommit statement on a pool without pre-ping), the same
-  with the main pool's pre-ping, the statement inside a transaction (BEGIN ... COMMIT, as a
+  with a pre-ping on every checkout, the statement inside a transaction (BEGIN ... COMMIT, as a
   session sends it) and leases of k calls per statement.
 - effect: 429s from the fake Slack's per-workspace chat.update bucket when 12 streams edit as fast
   as their budget lets them, with one budget instance, and with three (as three replicas would
@@ -153,12 +153,14 @@ class StatementCounter:
 
 async def cost(url: str, design: str, calls: int = 2000) -> dict[str, float]:
     """Per acquired call on a budget that never waits: statements, wall and CPU time."""
-    # The bot's main engine pre-pings each checkout; the budgets' own (budget_engine) does not.
-    engine = (
-        create_engine(url)
-        if design in ("row-pre-ping", "row-in-transaction")
-        else budget_engine(create_engine(url))
-    )
+    # "row-pre-ping": SQLAlchemy's pre-ping on every checkout, which the main engine did until it
+    # pinged only idle connections (bot.storage.idle_ping); the budgets' own (budget_engine) never.
+    if design == "row-pre-ping":
+        engine = create_async_engine(url, pool_pre_ping=True)
+    elif design == "row-in-transaction":
+        engine = create_engine(url)
+    else:
+        engine = budget_engine(create_engine(url))
     counter = StatementCounter(engine)
     store = SharedBudgets(engine)
     limits = Limits(1e9, 1e9, 10**9, 0.0, 0.7, 30.0)  # never waits: only the statement's cost
