@@ -93,6 +93,7 @@ class Reply:
     reasoning: str | Sequence[str] = ""
     chunk_size: int = 4
     ttft: float = 0.0  # seconds from the response headers to the first piece
+    hold_until: asyncio.Event | None = None  # the first piece waits (after `ttft`) until this is set
     chunk_interval: float = 0.0  # seconds between pieces
     finish_reason: str | None = "stop"  # None: no finish chunk
     usage: bool = True  # send the final `choices: []` usage chunk
@@ -388,6 +389,8 @@ class FakeAimlApi:
             if reply.empty_choices_chunk:
                 await send({**envelope, "choices": []})
             await asyncio.sleep(reply.ttft)
+            if reply.hold_until is not None:
+                await asyncio.wait_for(reply.hold_until.wait(), 10)
             for index in range(len(pieces) + 1):
                 if index == reply.disconnect_after:
                     assert request.transport is not None
