@@ -26,7 +26,7 @@ async def pinged(
 ) -> AsyncIterator[tuple[AsyncEngine, list[Any]]]:
     """The bot's engine, and the connections its pool pinged."""
     monkeypatch.setattr(idle_ping, "PING_AFTER_IDLE", IDLE)
-    engine = create_engine(db_url, pool_size=1)
+    engine = create_engine(db_url, pool_size=2)
     dialect = type(engine.sync_engine.dialect)
     pings: list[Any] = []
     ping = dialect.do_ping
@@ -80,3 +80,18 @@ async def test_a_connection_lost_while_idle_is_replaced_before_the_statement(
     replaced = await _backend(engine)  # no error: the ping found the loss and the pool reconnected
     assert replaced != lost
     assert len(pings) == 1
+
+
+async def test_a_pool_used_now_and_then_reuses_its_warm_connection_not_a_cold_one(
+    pinged: tuple[AsyncEngine, list[Any]],
+) -> None:
+    engine, pings = pinged
+    async with engine.connect() as one, engine.connect() as two:  # two connections in the pool
+        await one.execute(text("SELECT 1"))
+        await two.execute(text("SELECT 1"))
+    backends = set()
+    for _ in range(5):
+        await asyncio.sleep(IDLE * 0.6)  # a use now and then: each connection idle longer if rotated
+        backends.add(await _backend(engine))
+    assert len(backends) == 1
+    assert pings == []

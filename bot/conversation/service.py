@@ -377,7 +377,8 @@ class ConversationService:
             stored = await repo.load_history(session, conversation)
             if not stored and turn.backfill:
                 for earlier in turn.backfill:
-                    await repo.add_message(session, conversation, Role(earlier.role), earlier.content)
+                    role, content = Role(earlier.role), earlier.content
+                    await repo.add_message(session, conversation, role, content, touch=False)
                 stored = await repo.load_history(session, conversation)
             history = [
                 chat

@@ -14,13 +14,15 @@ trip). A slow poll is the safety net, and while the hub is disconnected the wait
 
 Hand-off: a place carries what its turn needs (bot.conversation.handoff) until the turn has stored
 its reply (cleared in that transaction); the turn's start is marked in the same statement as its last
-look at the line. A place whose lease ran out while it still carries the record is an orphan: its
+look at the line, or, for a turn first in line (which starts without a look), in the one clearing its
+record. A place whose lease ran out while it still carries the record is an orphan: its
 replica died (kill -9) before the turn stored anything, or drained (it expires its waiting places
 and signals TURNS_HANDED_OFF). Any replica adopts orphans (every `renew_every`
 seconds, on that signal, or when one of its turns waits behind one), keeping their ids so each
 thread's order holds, and runs their turns through its `Turns` (the adopter). Orphans hold up the
 turns after them until adopted. A mark and an adoption of one place exclude each other under its
-row lock: a turn runs once (a replica that adopts its own late place leaves it to its waiting
+row lock, and so do the clearing of the record and an adoption (the clearing is conditional on the
+holder): a turn runs once (a replica that adopts its own late place leaves it to its waiting
 ticket). Cost per turn: the record rides on the place's insert; a turn first in line starts without
 a look at the line, its start marked with the clearing of its record (a turn that waited is marked by
 its last look); clearing the record rides in the reply's first transaction; a placeholder posted
@@ -98,8 +100,9 @@ class SharedTicket:
         line._held[self.place_id] = self
 
     async def wait(self) -> None:
-        """Wait until every earlier live place of the thread has gone, and mark the place started;
-        cancelling gives up the place; HandedOff when another replica runs the turn."""
+        """Wait until every earlier live place of the thread has gone, and mark the place started (a
+        turn first in line: at `begin_reply`); cancelling gives up the place; HandedOff when another
+        replica runs the turn."""
         if self.left:
             raise RuntimeError("this turn already left its thread's line")
         if self._first and not self._line.draining and not self.handed_off:

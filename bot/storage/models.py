@@ -418,8 +418,9 @@ class TurnPlace(Base):
     # What another replica needs to run the turn if this one dies or drains before it starts
     # (bot.conversation.handoff); NULL from code older than 0012: never adopted.
     arrival: Mapped[dict[str, object] | None] = mapped_column(JSON(none_as_null=True))
-    # The turn began (no earlier place is left); adopted still until its reply is stored, when the
-    # record above is cleared (records written by older code: never once started).
+    # The turn began (no earlier place is left; a turn first in line is marked when it stores its
+    # reply); adopted still until its reply is stored, when the record above is cleared (records
+    # written by older code: never once started).
     started_at: Mapped[datetime | None] = mapped_column(_TS)
 
 
