@@ -4,11 +4,11 @@ Why a row updated per call rather than leases, measured by bench/budget_cost.py 
 machine (local PostgreSQL 15, shared with other work; absolute times move, ratios hold):
 
     cost per acquired call          statements   wall ms   cpu ms
-    row, own pool, autocommit          1.00        0.78      0.44   <- chosen
-    row with a pre-ping per checkout   1.00        1.22      0.70
-    row inside BEGIN ... COMMIT        1.00        1.43      0.85
-    lease of 5 calls per statement     0.20        0.14      0.08
-    lease of 20                        0.05        0.04      0.02
+    row, own pool, autocommit          1.00        0.48      0.28   <- chosen
+    row with a pre-ping per checkout   1.00        0.73      0.42
+    row inside BEGIN ... COMMIT        1.00        0.63      0.36
+    lease of 5 calls per statement     0.20        0.09      0.05
+    lease of 20                        0.05        0.03      0.01
 
     12 streams, 6 s, fake Slack at 300/min burst 5   edits   429s   statements/edit
     budget 270/min: 1 process                          43      0       -
