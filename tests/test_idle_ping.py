@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.storage import idle_ping
@@ -94,4 +95,22 @@ async def test_a_pool_used_now_and_then_reuses_its_warm_connection_not_a_cold_on
         await asyncio.sleep(IDLE * 0.6)  # a use now and then: each connection idle longer if rotated
         backends.add(await _backend(engine))
     assert len(backends) == 1
+    assert pings == []
+
+
+async def test_a_connection_lost_within_the_second_fails_one_statement_then_the_pool_reconnects(
+    pinged: tuple[AsyncEngine, list[Any]], db_url: str
+) -> None:
+    engine, pings = pinged
+    lost = await _backend(engine)
+    killer = create_engine(db_url)
+    try:
+        async with killer.connect() as conn:
+            await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": lost})
+    finally:
+        await killer.dispose()
+    with pytest.raises(DBAPIError) as failed:  # used a moment ago: not pinged, so the statement fails
+        await _backend(engine)
+    assert failed.value.connection_invalidated
+    assert await _backend(engine) != lost  # the pool replaced it
     assert pings == []
