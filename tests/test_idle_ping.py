@@ -43,6 +43,16 @@ async def pinged(
         await engine.dispose()
 
 
+async def _terminate(db_url: str, backend: int) -> None:
+    """What a server restart or a proxy's idle timeout does to one connection."""
+    killer = create_engine(db_url)
+    try:
+        async with killer.connect() as conn:
+            await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+    finally:
+        await killer.dispose()
+
+
 async def _backend(engine: AsyncEngine) -> int:
     async with engine.connect() as conn:
         return int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
@@ -71,12 +81,7 @@ async def test_a_connection_lost_while_idle_is_replaced_before_the_statement(
 ) -> None:
     engine, pings = pinged
     lost = await _backend(engine)
-    killer = create_engine(db_url)
-    try:
-        async with killer.connect() as conn:
-            await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": lost})
-    finally:
-        await killer.dispose()
+    await _terminate(db_url, lost)
     await asyncio.sleep(IDLE + 0.1)
     replaced = await _backend(engine)  # no error: the ping found the loss and the pool reconnected
     assert replaced != lost
@@ -103,12 +108,7 @@ async def test_a_connection_lost_within_the_second_fails_one_statement_then_the_
 ) -> None:
     engine, pings = pinged
     lost = await _backend(engine)
-    killer = create_engine(db_url)
-    try:
-        async with killer.connect() as conn:
-            await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": lost})
-    finally:
-        await killer.dispose()
+    await _terminate(db_url, lost)
     with pytest.raises(DBAPIError) as failed:  # used a moment ago: not pinged, so the statement fails
         await _backend(engine)
     assert failed.value.connection_invalidated

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -422,24 +422,15 @@ async def test_a_turn_behind_an_unrecovered_reply_looks_again_once_a_second_and_
     db_url: str, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     conversation_id, reply_id = await _dead_turn_with_a_stored_reply(sessions)
-    looks = 0
-
-    def count_looks(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        nonlocal looks
-        looks += statement.startswith("WITH ahead AS")  # the line's look (turn_places._CHECK)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", count_looks)
-    hub = SignalHub(asyncpg_dsn(db_url))
-    line = SharedTurnOrder(sessions, hub)
-    hub.start()
-    try:
+    looks = _looks_at_lines(engine)
+    async with _line(db_url, sessions) as (line, hub):
         await eventually(lambda: hub.connected)
         ticket = line.enter(conversation_id)
         async with sessions.begin() as session:
             await ticket.take(session, conversation_id)
         waiting = asyncio.create_task(ticket.wait())
         await asyncio.sleep(2.5)
-        looks_while_held = looks
+        looks_while_held = len(looks)
         async with sessions.begin() as session:  # what recovery's claim commits, and its signal
             await session.execute(
                 update(Message).where(Message.id == reply_id).values(status=MessageStatus.INTERRUPTED)
@@ -449,9 +440,6 @@ async def test_a_turn_behind_an_unrecovered_reply_looks_again_once_a_second_and_
         await asyncio.wait_for(waiting, timeout=5)
         took = time.monotonic() - started
         ticket.leave()
-    finally:
-        await line.aclose()
-        await hub.aclose()
 
     assert 2 <= looks_while_held <= 4  # once a second (a 50 ms poll would have looked some 50 times)
     assert took < 0.5
@@ -462,27 +450,18 @@ async def test_a_turn_first_in_its_line_starts_without_a_look_and_is_marked_star
 ) -> None:
     async with sessions.begin() as session:
         conversation_id = (await _thread(session)).id
-    looks = 0
-
-    def count_looks(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        nonlocal looks
-        looks += statement.startswith("WITH ahead AS")  # the line's look (turn_places._CHECK)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", count_looks)
-    hub = SignalHub(asyncpg_dsn(db_url))
-    line = SharedTurnOrder(sessions, hub)
-    hub.start()
-    try:
+    looks = _looks_at_lines(engine)
+    async with _line(db_url, sessions) as (line, _hub):
         first, second = line.enter(conversation_id), line.enter(conversation_id)
         for ticket in (first, second):
             async with sessions.begin() as session:
                 await ticket.take(session, conversation_id, {"v": 1})
         await asyncio.wait_for(first.wait(), timeout=1)
-        assert looks == 0
+        assert looks == []
         behind = asyncio.create_task(second.wait())
         await asyncio.sleep(0.3)
         assert not behind.done()  # the first runs: it holds the line
-        assert looks >= 1
+        assert looks
 
         async with sessions.begin() as session:
             await first.begin_reply(session)
@@ -492,6 +471,30 @@ async def test_a_turn_first_in_its_line_starts_without_a_look_and_is_marked_star
         first.leave()
         await asyncio.wait_for(behind, timeout=5)
         second.leave()
+
+
+def _looks_at_lines(engine: AsyncEngine) -> list[str]:
+    """The looks at a line (turn_places._CHECK) the engine sends from now on."""
+    looks: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith("WITH ahead AS"):
+            looks.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    return looks
+
+
+@asynccontextmanager
+async def _line(
+    db_url: str, sessions: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[tuple[SharedTurnOrder, SignalHub]]:
+    """A replica's line of turns, with its LISTEN connection, closed afterwards."""
+    hub = SignalHub(asyncpg_dsn(db_url))
+    line = SharedTurnOrder(sessions, hub)
+    hub.start()
+    try:
+        yield line, hub
     finally:
         await line.aclose()
         await hub.aclose()
