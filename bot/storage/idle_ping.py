@@ -1,5 +1,5 @@
 """Ping a pooled PostgreSQL connection before use only when it has sat idle: SQLAlchemy's
-`pool_pre_ping`, minus the pings that cannot find anything.
+`pool_pre_ping`, minus the pings of connections used a moment ago.
 
 `pool_pre_ping` pings on every checkout, and SQLAlchemy's asyncpg adapter pings inside a
 transaction (BEGIN, ";", ROLLBACK: three round trips, for pgbouncer's transaction mode). In bench
