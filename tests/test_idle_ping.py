@@ -1,6 +1,7 @@
 """The PostgreSQL pool pings a connection only after it sat idle (bot.storage.idle_ping): one used a
 moment ago goes straight to its statement, one whose server connection was lost while idle is
-replaced before the statement, as with pool_pre_ping."""
+replaced before the statement, as with pool_pre_ping; one lost within the second fails a statement
+once, then the pool reconnects; a pool used now and then keeps reusing its warm connection (LIFO)."""
 
 from __future__ import annotations
 
