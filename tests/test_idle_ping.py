@@ -1,7 +1,8 @@
 """The PostgreSQL pool pings a connection only after it sat idle (bot.storage.idle_ping): one used a
 moment ago goes straight to its statement, one whose server connection was lost while idle is
 replaced before the statement, as with pool_pre_ping; one lost within the second fails a statement
-once, then the pool reconnects; a pool used now and then keeps reusing its warm connection (LIFO)."""
+once, then the pool reconnects; a pool used now and then keeps reusing its warm connection (LIFO);
+the connections a burst opened stay open for the next one."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -115,3 +116,29 @@ async def test_a_connection_lost_within_the_second_fails_one_statement_then_the_
     assert failed.value.connection_invalidated
     assert await _backend(engine) != lost  # the pool replaced it
     assert pings == []
+
+
+async def test_a_burst_keeps_the_connections_it_opened(db_url: str) -> None:
+    """Up to twice the pool size at once, and those opened stay for the next burst: closed at checkin
+    (overflow), each burst opened them again, a new server process each."""
+    engine = create_engine(db_url, pool_size=2)
+    connects = 0
+
+    def connected(*_: Any) -> None:
+        nonlocal connects
+        connects += 1
+
+    event.listen(engine.sync_engine, "connect", connected)
+    try:
+        for _ in range(2):
+            held = [await engine.connect() for _ in range(4)]
+            await asyncio.gather(*(conn.close() for conn in held))
+        assert connects == 4
+        held = [await engine.connect() for _ in range(4)]
+        try:
+            with pytest.raises(TimeoutError):  # a fifth waits: 2 x the pool size at most
+                await asyncio.wait_for(engine.connect(), 0.5)
+        finally:
+            await asyncio.gather(*(conn.close() for conn in held))
+    finally:
+        await engine.dispose()

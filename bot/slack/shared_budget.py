@@ -371,8 +371,9 @@ def budget_engine(engine: AsyncEngine) -> AsyncEngine:
     doubled each call's cost (bench/budget_cost.py: 1.6 -> 0.8 ms), and short timeouts, so that a
     database that stops answering costs a reply at most `TIMEOUT` before the local shares."""
     connect_args = {"timeout": TIMEOUT, "command_timeout": TIMEOUT}
+    # Up to 8 connections, kept once opened (see bot.storage.db.create_engine).
     return create_async_engine(
-        engine.url, pool_size=4, max_overflow=4, pool_timeout=TIMEOUT, connect_args=connect_args
+        engine.url, pool_size=8, max_overflow=0, pool_timeout=TIMEOUT, connect_args=connect_args
     )
 
 
