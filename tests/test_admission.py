@@ -204,6 +204,21 @@ async def test_a_refused_first_mention_leaves_no_thread_for_follow_ups_to_join(s
     assert aiml.requests == []
 
 
+async def test_only_the_claim_that_inserted_the_thread_knows_it_holds_nothing_yet(sessions, llm):
+    turns = pipeline(sessions, llm, gate=Gate(open=True))
+    first = await turns.admission.admit(arrival(), Surface())
+    assert isinstance(first, Admitted) and first.new_thread and first.opened is not None
+    first.ticket.leave()
+    async with sessions() as session:
+        (conversation,) = (await session.execute(select(Conversation.id))).scalars()
+    assert first.opened == conversation
+
+    # The thread's next turns read its history: earlier turns may have stored answers in it by then.
+    follow_up = await turns.admission.admit(arrival("1700000000.000200", addressed=False), Surface())
+    assert isinstance(follow_up, Admitted) and follow_up.opened is None
+    follow_up.ticket.leave()
+
+
 async def test_duplicates_and_unjoined_threads_are_refused_before_any_policy_is_asked(sessions, llm, aiml):
     gate, surface = Gate(open=True), Surface()
     turns = pipeline(sessions, llm, gate=gate)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from bot.conversation.service import (
 )
 from bot.llm.client import AimlClient
 from bot.llm.types import ChatMessage
-from bot.storage.conversations import ConversationKey
+from bot.storage.conversations import ConversationKey, create_conversation
 from bot.storage.db import create_engine, session_factory
 from bot.storage.models import Conversation, ConversationKind, Message, MessageStatus, Role, UsageRecord
 from tests.fakes.aimlapi import ErrorReply, FakeAimlApi, Reply
@@ -105,6 +106,29 @@ async def test_a_turn_marks_its_conversation_updated_once_at_its_replys_time(eng
     async with sessions() as session:
         conversation = (await session.execute(select(Conversation))).scalar_one()
     assert conversation.updated_at == reply.created_at
+
+
+async def test_a_turn_whose_admission_opened_the_conversation_reads_nothing_back(engine, sessions, llm, aiml):
+    # Admission inserted the thread's row for this turn: nothing can be in it yet, so the reply's
+    # transaction neither looks the conversation up nor reads its history.
+    async with sessions.begin() as session:
+        opened = await create_conversation(session, KEY, ConversationKind.CHANNEL)
+    aiml.enqueue(Reply(content="Hello."))
+    reads: list[str] = []
+
+    def count_reads(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().startswith("SELECT"):
+            reads.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count_reads)
+    await make_service(sessions, llm).reply(replace(turn("Hi!"), opened=opened), RecordingSink())
+    event.remove(engine.sync_engine, "before_cursor_execute", count_reads)
+
+    assert reads == []
+    question, reply = await stored(sessions)
+    assert (question.conversation_id, reply.conversation_id) == (opened, opened)
+    assert (reply.content, reply.status) == ("Hello.", MessageStatus.COMPLETE)
+    assert aiml.requests[0].json["messages"][1:] == [{"role": "user", "content": "Hi!"}]
 
 
 async def test_each_reply_sends_the_threads_history(sessions, llm, aiml):

@@ -159,6 +159,9 @@ class Admitted:
     new_thread: bool  # the bot had no conversation for this thread before
     ticket: Place  # the turn's place in its thread's line; left when the turn ends
     reservation: Reservation | None = None
+    # The conversation this claim inserted (None: it existed, or another claim inserted it): it holds
+    # no message before this turn's own, since every later turn of the thread waits behind this one.
+    opened: int | None = None
 
     @property
     def arrival(self) -> Arrival:
@@ -189,7 +192,7 @@ class Admission:
         claimed = await self._claim(arrival, channel, early)
         if isinstance(claimed, Refused):
             return claimed
-        new_thread, ticket, held = claimed
+        new_thread, ticket, held, opened = claimed
         near = early is not None and held is None
         try:
             vetted = await self._vet(arrival, channel, people, held, near=near)
@@ -206,7 +209,7 @@ class Admission:
                 if held is not None:
                     await held.release()
         candidate, reservation = vetted
-        return Admitted(candidate, new_thread, ticket, reservation)
+        return Admitted(candidate, new_thread, ticket, reservation, opened)
 
     async def readmit(
         self, arrival: Arrival, new_thread: bool, ticket: Place, people: People
@@ -254,7 +257,7 @@ class Admission:
 
     async def _claim(
         self, arrival: Arrival, channel: ChannelSettings, early: EarlyHold | None
-    ) -> tuple[bool, Place, Reservation | None] | Refused:
+    ) -> tuple[bool, Place, Reservation | None, int | None] | Refused:
         """The thread check and the dedupe claim, in one transaction; the place in line and, far from
         every limit, the credits held with the claim."""
         key = arrival.key
@@ -279,14 +282,13 @@ class Admission:
                 ticket = self._order.enter(key)  # no await since the claim: admission order
                 # A new thread's row: from here on follow-ups sent while this first reply is set up
                 # are admitted too.
-                conversation = existing
+                conversation, opened = existing, None
                 while conversation is None:  # one statement when the thread is new
                     # Another claim may have created it meanwhile (we then waited on its unique key,
                     # not its row): lock it now, or a third claim could take a place beside ours. If
                     # that claim was refused, its empty row may be gone again: insert once more.
-                    conversation = await repo.create_conversation(
-                        session, key, arrival.kind
-                    ) or await repo.find_conversation_id(session, key, lock=True)
+                    opened = await repo.create_conversation(session, key, arrival.kind)
+                    conversation = opened or await repo.find_conversation_id(session, key, lock=True)
                 # The place across replicas, if shared, with what another replica needs to answer.
                 await ticket.take(session, conversation, to_record(arrival, new_thread=existing is None))
                 if early is not None:
@@ -299,7 +301,7 @@ class Admission:
         finally:
             if early is not None:
                 early.ended(committed=committed)
-        return existing is None, ticket, held
+        return existing is None, ticket, held, opened
 
     async def _give_back(
         self, arrival: Arrival, new_thread: bool, ticket: Place, refused: Refused

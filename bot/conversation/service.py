@@ -70,6 +70,8 @@ class Turn:
     budget: CallBudget | None = None
     # Its place in the thread's line, told when the reply is stored (bot.conversation.ordering).
     place: Place | None = None
+    # The conversation its admission opened, which holds nothing yet: no look-up, no history read.
+    opened: int | None = None
 
 
 @dataclass(frozen=True)
@@ -373,8 +375,12 @@ class ConversationService:
         async with self._sessions.begin() as session:
             if turn.place is not None:
                 await turn.place.begin_reply(session)  # first: a turn taken over stores nothing
-            conversation = await repo.conversation_id(session, turn.key, turn.kind)
-            stored = await repo.load_history(session, conversation)
+            stored: Sequence[Message] = ()
+            if turn.opened is not None:
+                conversation = turn.opened
+            else:
+                conversation = await repo.conversation_id(session, turn.key, turn.kind)
+                stored = await repo.load_history(session, conversation)
             if not stored and turn.backfill:
                 for earlier in turn.backfill:
                     role, content = Role(earlier.role), earlier.content

@@ -306,6 +306,7 @@ class Turns:
             candidate.person,
             admitted.reservation,
             admitted.ticket,
+            admitted.opened,
         )
         return await self._service.reply(turn, reply, stop)
 
