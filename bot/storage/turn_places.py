@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
+from sqlalchemy import Interval, and_, bindparam, delete, func, insert, null, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.storage.models import Conversation, TurnPlace
+from bot.storage.models import Base, Conversation, TurnPlace
 
 # Set in records whose writer clears them once the turn stored its reply (bot.conversation.handoff).
 BEGINS_KEY = "cleared_once_stored"
@@ -37,10 +37,11 @@ _LEAVE = text(
 # finishes the reply with a note), and it says what the turn was: another replica adopts it and runs
 # the turn again. A turn that started but died before storing its reply was lost otherwise: in bench
 # (f) one of a killed replica's 50 turns showed nothing at all (its status, then silence).
+_PLACES = Base.metadata.tables[TurnPlace.__tablename__]  # Core: the statements below are built once
 _ORPHAN = and_(
-    TurnPlace.expires_at <= func.now(),
-    TurnPlace.arrival.is_not(None),
-    or_(TurnPlace.started_at.is_(None), text(f"(turn_places.arrival ->> '{BEGINS_KEY}') = 'true'")),
+    _PLACES.c.expires_at <= func.now(),
+    _PLACES.c.arrival.is_not(None),
+    or_(_PLACES.c.started_at.is_(None), text(f"(turn_places.arrival ->> '{BEGINS_KEY}') = 'true'")),
 )
 # A dead replica's turn that stored its reply, the reply not recovered yet (a `streaming` message in
 # the conversation): the turns after it wait for recovery, whose note (posted as a message of its
@@ -58,7 +59,28 @@ _UNRECOVERED_SQL = (
 )
 # A place that holds up the turns after it: live, an orphan about to be adopted (so that turns of
 # a dead replica keep their order when they are adopted one by one), or one waiting for recovery.
-_IN_LINE = or_(TurnPlace.expires_at > func.now(), _ORPHAN, text(_UNRECOVERED_SQL))
+_IN_LINE = or_(_PLACES.c.expires_at > func.now(), _ORPHAN, text(_UNRECOVERED_SQL))
+
+# Built once, on the table, for every claim and every stored reply: built per call as ORM statements
+# they went through the session's bulk-DML path and a new cache key each time (py-spy, bench (d)).
+# `line` is the new place's conversation: `conversation_id` names the inserted column's own parameter.
+_TAKE = (
+    insert(_PLACES)
+    .values(expires_at=func.now() + bindparam("lease", type_=Interval()))
+    .returning(
+        _PLACES.c.id,
+        select(func.count())
+        .select_from(_PLACES)
+        .where(_PLACES.c.conversation_id == bindparam("line"), _IN_LINE)
+        .scalar_subquery(),
+    )
+)
+_BEGIN_REPLY = (
+    update(_PLACES)
+    .where(_PLACES.c.id == bindparam("place"), _PLACES.c.holder == bindparam("replica"))
+    .values(arrival=null(), started_at=func.coalesce(_PLACES.c.started_at, func.now()))
+    .returning(_PLACES.c.id)
+)
 
 _CHECK = text(
     # One statement per look at the line, and the start mark rides on the last one: the place is
@@ -118,23 +140,14 @@ async def take_place(
     returns its id and whether it is first (nothing in line before it). The caller holds the
     conversation's row lock, so every earlier place of the line is committed and visible, and ids
     follow admission order."""
-    ahead = (
-        select(func.count())
-        .select_from(TurnPlace)
-        .where(TurnPlace.conversation_id == conversation_id, _IN_LINE)
-        .scalar_subquery()
-    )
-    stmt = (
-        insert(TurnPlace)
-        .values(
-            conversation_id=conversation_id,
-            holder=holder,
-            expires_at=func.now() + lease,
-            arrival=dict(arrival) if arrival is not None else None,
-        )
-        .returning(TurnPlace.id, ahead)
-    )
-    row = (await session.execute(stmt)).one()
+    params = {
+        "conversation_id": conversation_id,
+        "line": conversation_id,
+        "holder": holder,
+        "lease": lease,
+        "arrival": dict(arrival) if arrival is not None else None,
+    }
+    row = (await session.execute(_TAKE, params)).one()
     return int(row[0]), int(row[1]) == 0
 
 
@@ -158,12 +171,7 @@ async def begin_reply(session: AsyncSession, place_id: int, holder: str) -> bool
     """In the transaction storing the turn's reply: clear the record (not to be adopted from now on)
     and mark the place started (a turn first in line was not marked before); False when the place is
     not `holder`'s any more (adopted: this replica was taken for dead)."""
-    found = await session.execute(
-        update(TurnPlace)
-        .where(TurnPlace.id == place_id, TurnPlace.holder == holder)
-        .values(arrival=None, started_at=func.coalesce(TurnPlace.started_at, func.now()))
-        .returning(TurnPlace.id)
-    )
+    found = await session.execute(_BEGIN_REPLY, {"place": place_id, "replica": holder})
     return found.first() is not None
 
 
