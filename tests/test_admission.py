@@ -22,6 +22,7 @@ from bot.conversation.service import NOTE_TAKEN_OVER, ConversationService, Servi
 from bot.conversation.turns import Turns
 from bot.llm.client import AimlClient
 from bot.llm.types import ChatMessage
+from bot.storage.conversations import create_conversation
 from bot.storage.models import Conversation, ProcessedEvent
 from tests.fakes.aimlapi import FakeAimlApi, Reply
 from tests.sinks import RecordingSink
@@ -217,6 +218,22 @@ async def test_only_the_claim_that_inserted_the_thread_knows_it_holds_nothing_ye
     follow_up = await turns.admission.admit(arrival("1700000000.000200", addressed=False), Surface())
     assert isinstance(follow_up, Admitted) and follow_up.opened is None
     follow_up.ticket.leave()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_a_refused_claim_leaves_the_thread_another_claim_inserted_meanwhile(sessions, llm):
+    # Two first messages of one new thread at once: the second claim waits on the first's insert of
+    # the thread's row, then uses it. Refused, it must not delete that row: the first turn may be
+    # admitted and its reply not stored yet (its place would go with the row).
+    turns = pipeline(sessions, llm, gate=Gate())
+    async with sessions.begin() as first:
+        assert await create_conversation(first, KEY, ConversationKind.CHANNEL) is not None
+        second = asyncio.create_task(turns.admission.admit(arrival(), Surface()))
+        await asyncio.sleep(0.3)  # the second claim now waits for the first's insert
+        assert not second.done()
+    assert await second == Refused("closed", notice="Not here, sorry.")
+    assert await count(sessions, Conversation) == 1
 
 
 async def test_duplicates_and_unjoined_threads_are_refused_before_any_policy_is_asked(sessions, llm, aiml):

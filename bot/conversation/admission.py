@@ -200,11 +200,11 @@ class Admission:
             ticket.leave()
             if held is not None:
                 await held.release()
-            await self.release(arrival, forget_thread=new_thread)
+            await self.release(arrival, forget_thread=opened is not None)
             raise
         if isinstance(vetted, Refused):
             try:
-                return await self._give_back(arrival, new_thread, ticket, vetted)  # its place first
+                return await self._give_back(arrival, opened is not None, ticket, vetted)  # its place first
             finally:
                 if held is not None:
                     await held.release()
@@ -303,14 +303,12 @@ class Admission:
                 early.ended(committed=committed)
         return existing is None, ticket, held, opened
 
-    async def _give_back(
-        self, arrival: Arrival, new_thread: bool, ticket: Place, refused: Refused
-    ) -> Refused:
+    async def _give_back(self, arrival: Arrival, opened: bool, ticket: Place, refused: Refused) -> Refused:
         ticket.leave()
         # A note in the thread is the message's one visible response: its claim stays, so the
         # app_mention/message twin or a retry does not post it again. A private or no note leaves
         # nothing a redelivery could repeat that people see (private notes are rationed per person).
-        await self.release(arrival, forget_thread=new_thread, keep_claim=refused.in_thread)
+        await self.release(arrival, forget_thread=opened, keep_claim=refused.in_thread)
         return refused
 
     async def release(
@@ -318,9 +316,10 @@ class Admission:
     ) -> None:
         """Forget the claim of a message that was not answered, so a redelivery is judged afresh.
 
-        `forget_thread`: the claim opened the thread's conversation; it goes too while it holds no
+        `forget_thread`: the claim inserted the thread's conversation; it goes too while it holds no
         message, or a refused mention would let everyone's follow-ups into a thread the bot never
-        answered.
+        answered. Only that claim's: another claim of the same new thread, which waited for the
+        insert, would delete a row whose turn may be admitted and not stored yet.
         """
         try:
             async with self._sessions.begin() as session:
