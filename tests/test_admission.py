@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation.admission import Admission, Admitted, Arrival, Candidate, Refused
@@ -218,6 +218,39 @@ async def test_only_the_claim_that_inserted_the_thread_knows_it_holds_nothing_ye
     follow_up = await turns.admission.admit(arrival("1700000000.000200", addressed=False), Surface())
     assert isinstance(follow_up, Admitted) and follow_up.opened is None
     follow_up.ticket.leave()
+
+
+async def test_a_claim_that_inserts_the_thread_behind_an_earlier_turn_reads_the_history(sessions, llm):
+    # An earlier turn still holds the thread's line while the thread's row is gone (a refused first
+    # mention forgot it): the row this claim inserts may get that turn's messages before this one begins.
+    turns = pipeline(sessions, llm, gate=Gate(open=True))
+    first = await turns.admission.admit(arrival(), Surface())
+    assert isinstance(first, Admitted)
+    async with sessions.begin() as session:
+        await session.execute(delete(Conversation))
+    again = await turns.admission.admit(arrival("1700000000.000300"), Surface())
+    assert isinstance(again, Admitted) and again.new_thread and again.opened is None
+    again.ticket.leave()
+    first.ticket.leave()
+
+
+async def test_a_first_mention_reads_its_thread_once_from_event_to_stored_answer(engine, sessions, llm, aiml):
+    turns = pipeline(sessions, llm, gate=Gate(open=True))
+    aiml.enqueue(Reply(content="Hello."))
+    reads: list[str] = []
+
+    def count_reads(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.lstrip().startswith("SELECT") and (
+            "FROM conversations" in statement or "FROM messages" in statement
+        ):
+            reads.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count_reads)
+    outcome = await turns.handle(arrival(), Surface())
+    event.remove(engine.sync_engine, "before_cursor_execute", count_reads)
+
+    assert outcome is not None and outcome.content == "Hello."
+    assert len(reads) == 1 and "FROM conversations" in reads[0]  # the claim's look-up, locked
 
 
 @pytest.mark.postgres

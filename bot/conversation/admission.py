@@ -159,8 +159,8 @@ class Admitted:
     new_thread: bool  # the bot had no conversation for this thread before
     ticket: Place  # the turn's place in its thread's line; left when the turn ends
     reservation: Reservation | None = None
-    # The conversation this claim inserted (None: it existed, or another claim inserted it): it holds
-    # no message before this turn's own, since every later turn of the thread waits behind this one.
+    # The conversation this claim inserted, first in its thread's line (None otherwise): it holds no
+    # message before this turn's own, since every later turn of the thread waits behind this one.
     opened: int | None = None
 
     @property
@@ -291,6 +291,10 @@ class Admission:
                     conversation = opened or await repo.find_conversation_id(session, key, lock=True)
                 # The place across replicas, if shared, with what another replica needs to answer.
                 await ticket.take(session, conversation, to_record(arrival, new_thread=existing is None))
+                if not ticket.is_next:
+                    # An earlier turn of the thread still waits or runs (its row deleted by a refusal
+                    # meanwhile): it may store its messages in this row before this turn begins.
+                    opened = None
                 if early is not None:
                     held = await early.take(session)
         except BaseException:
