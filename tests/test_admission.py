@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
-from sqlalchemy import delete, event, func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation.admission import Admission, Admitted, Arrival, Candidate, Refused
@@ -26,6 +26,7 @@ from bot.storage.conversations import create_conversation
 from bot.storage.models import Conversation, ProcessedEvent
 from tests.fakes.aimlapi import FakeAimlApi, Reply
 from tests.sinks import RecordingSink
+from tests.thread_reads import thread_reads
 
 ROOT = "1700000000.000100"
 KEY = ConversationKey("T1", "C1", ROOT)
@@ -237,17 +238,8 @@ async def test_a_claim_that_inserts_the_thread_behind_an_earlier_turn_reads_the_
 async def test_a_first_mention_reads_its_thread_once_from_event_to_stored_answer(engine, sessions, llm, aiml):
     turns = pipeline(sessions, llm, gate=Gate(open=True))
     aiml.enqueue(Reply(content="Hello."))
-    reads: list[str] = []
-
-    def count_reads(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        if statement.lstrip().startswith("SELECT") and (
-            "FROM conversations" in statement or "FROM messages" in statement
-        ):
-            reads.append(statement)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", count_reads)
-    outcome = await turns.handle(arrival(), Surface())
-    event.remove(engine.sync_engine, "before_cursor_execute", count_reads)
+    with thread_reads(engine) as reads:
+        outcome = await turns.handle(arrival(), Surface())
 
     assert outcome is not None and outcome.content == "Hello."
     assert len(reads) == 1 and "FROM conversations" in reads[0]  # the claim's look-up, locked

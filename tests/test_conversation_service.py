@@ -29,6 +29,7 @@ from bot.storage.db import create_engine, session_factory
 from bot.storage.models import Conversation, ConversationKind, Message, MessageStatus, Role, UsageRecord
 from tests.fakes.aimlapi import ErrorReply, FakeAimlApi, Reply
 from tests.sinks import RecordingSink
+from tests.thread_reads import thread_reads
 
 KEY = ConversationKey("T1", "C1", "1700000000.000100")
 SYSTEM = "You are a test assistant."
@@ -114,17 +115,8 @@ async def test_a_turn_whose_admission_opened_the_conversation_reads_nothing_back
     async with sessions.begin() as session:
         opened = await create_conversation(session, KEY, ConversationKind.CHANNEL)
     aiml.enqueue(Reply(content="Hello."))
-    reads: list[str] = []
-
-    def count_reads(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().startswith("SELECT") and (
-            "FROM conversations" in statement or "FROM messages" in statement
-        ):
-            reads.append(statement)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", count_reads)
-    await make_service(sessions, llm).reply(replace(turn("Hi!"), opened=opened), RecordingSink())
-    event.remove(engine.sync_engine, "before_cursor_execute", count_reads)
+    with thread_reads(engine) as reads:
+        await make_service(sessions, llm).reply(replace(turn("Hi!"), opened=opened), RecordingSink())
 
     assert reads == []
     question, reply = await stored(sessions)
