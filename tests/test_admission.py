@@ -59,22 +59,6 @@ class Gate:
 
 
 @dataclass
-class Hesitant:
-    """A policy stage that refuses the thread's first message once `go` is set, and lets the rest in."""
-
-    go: asyncio.Event = field(default_factory=asyncio.Event)
-    asked: asyncio.Event = field(default_factory=asyncio.Event)
-    needs_person: bool = False
-
-    async def check(self, candidate: Candidate) -> Refused | None:
-        if candidate.arrival.message_ts != ROOT:
-            return None
-        self.asked.set()
-        await self.go.wait()
-        return Refused("closed")
-
-
-@dataclass
 class Hold:
     """A credit reservation that records how it ended."""
 
@@ -275,21 +259,6 @@ async def test_a_refused_claim_leaves_the_thread_another_claim_inserted_meanwhil
         assert not second.done()
     assert await second == Refused("closed", notice="Not here, sorry.")
     assert await count(sessions, Conversation) == 1
-
-
-async def test_a_refused_first_mention_keeps_the_thread_a_follow_up_joined_meanwhile(sessions):
-    # The follow-up was admitted into the thread while the first mention was still being vetted:
-    # it answers the thread, so the thread's row stays (on PostgreSQL its place would go with it).
-    gate = Hesitant()
-    admission = Admission(sessions, TurnOrder(), thread_followups=True, stages=[gate])
-    first = asyncio.create_task(admission.admit(arrival(), Surface()))
-    await asyncio.wait_for(gate.asked.wait(), timeout=5)
-    follow_up = await admission.admit(arrival("1700000000.000200", addressed=False), Surface())
-    assert isinstance(follow_up, Admitted)
-    gate.go.set()
-    assert await first == Refused("closed")
-    assert await count(sessions, Conversation) == 1
-    follow_up.ticket.leave()
 
 
 async def test_duplicates_and_unjoined_threads_are_refused_before_any_policy_is_asked(sessions, llm, aiml):

@@ -473,26 +473,6 @@ async def test_a_turn_first_in_its_line_starts_without_a_look_and_is_marked_star
         second.leave()
 
 
-async def test_a_turn_is_alone_in_its_line_once_every_other_place_is_gone(
-    db_url: str, sessions: async_sessionmaker[AsyncSession]
-) -> None:
-    # What a refused first turn asks before it forgets the thread (bot.conversation.admission.release).
-    async with sessions.begin() as session:
-        conversation_id = (await _thread(session)).id
-    async with _line(db_url, sessions) as (line, _hub):
-        first, second = line.enter(conversation_id), line.enter(conversation_id)
-        for ticket in (first, second):
-            async with sessions.begin() as session:
-                await ticket.take(session, conversation_id, {"v": 1})
-        async with sessions() as session:
-            assert not await first.alone(session)
-        second.leave()
-        await until(lambda: _count_is(sessions, 1))
-        async with sessions() as session:
-            assert await first.alone(session)  # its own place does not count
-        first.leave()
-
-
 def _looks_at_lines(engine: AsyncEngine) -> list[str]:
     """The looks at a line (turn_places._CHECK) the engine sends from now on."""
     looks: list[str] = []

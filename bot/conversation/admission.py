@@ -200,7 +200,7 @@ class Admission:
             ticket.leave()
             if held is not None:
                 await held.release()
-            await self.release(arrival, forget_thread=opened is not None, ticket=ticket)
+            await self.release(arrival, forget_thread=opened is not None)
             raise
         if isinstance(vetted, Refused):
             try:
@@ -312,31 +312,24 @@ class Admission:
         # A note in the thread is the message's one visible response: its claim stays, so the
         # app_mention/message twin or a retry does not post it again. A private or no note leaves
         # nothing a redelivery could repeat that people see (private notes are rationed per person).
-        await self.release(arrival, forget_thread=opened, keep_claim=refused.in_thread, ticket=ticket)
+        await self.release(arrival, forget_thread=opened, keep_claim=refused.in_thread)
         return refused
 
     async def release(
-        self,
-        arrival: Arrival,
-        *,
-        forget_thread: bool = False,
-        keep_claim: bool = False,
-        ticket: Place | None = None,
+        self, arrival: Arrival, *, forget_thread: bool = False, keep_claim: bool = False
     ) -> None:
         """Forget the claim of a message that was not answered, so a redelivery is judged afresh.
 
         `forget_thread`: the claim inserted the thread's conversation; it goes too while it holds no
         message, or a refused mention would let everyone's follow-ups into a thread the bot never
         answered. Only that claim's: another claim of the same new thread, which waited for the
-        insert, would delete a row whose turn may be admitted and not stored yet. And only while no
-        other turn is in the thread's line (`ticket`, the refused turn's, knows): a follow-up
-        admitted meanwhile answers the thread, and on PostgreSQL its place would go with the row.
+        insert, would delete a row whose turn may be admitted and not stored yet.
         """
         try:
             async with self._sessions.begin() as session:
                 if not keep_claim:
                     await release_event(session, arrival.event_id)
-                if forget_thread and (ticket is None or await ticket.alone(session)):
+                if forget_thread:
                     await repo.delete_empty_conversation(session, arrival.key)
         except UNAVAILABLE as exc:
             log.warning("could not release the event: %s", error_reason(exc))

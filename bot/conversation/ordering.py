@@ -54,11 +54,6 @@ class Place(Protocol):
         in it. True when noted; False when not (an unreachable database is logged, not raised)."""
         ...
 
-    async def alone(self, session: AsyncSession) -> bool:
-        """Whether no other turn has a place in the thread's line (this one's own, left or leaving,
-        does not count): a refused first turn forgets the thread only then."""
-        ...
-
     def leave(self) -> None: ...
 
 
@@ -110,10 +105,6 @@ class TurnTicket:
     async def note_placeholder(self, ts: str) -> bool:  # noqa: ARG002
         """Nothing to record: no other process adopts this line's turns."""
         return False
-
-    async def alone(self, session: AsyncSession) -> bool:  # noqa: ARG002
-        """This process's line is the whole line."""
-        return all(ticket is self for ticket in self._order._lines.get(self._key, ()))
 
     def leave(self) -> None:
         if not self.left:

@@ -136,11 +136,6 @@ class SharedTicket:
             log.warning("could not note the placeholder showing a turn: %s", error_reason(exc))
             return False
 
-    async def alone(self, session: AsyncSession) -> bool:
-        if self.place_id is None or self.conversation_id is None:
-            return True
-        return not await repo.others_in_line(session, self.conversation_id, self.place_id)
-
     def leave(self) -> None:
         if not self.left:
             self.left = True
