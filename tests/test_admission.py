@@ -26,6 +26,7 @@ from bot.storage.conversations import create_conversation
 from bot.storage.models import Conversation, ProcessedEvent
 from tests.fakes.aimlapi import FakeAimlApi, Reply
 from tests.sinks import RecordingSink
+from tests.stages import Hesitant
 from tests.thread_reads import thread_reads
 
 ROOT = "1700000000.000100"
@@ -247,18 +248,56 @@ async def test_a_first_mention_reads_its_thread_once_from_event_to_stored_answer
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-async def test_a_refused_claim_leaves_the_thread_another_claim_inserted_meanwhile(sessions, llm):
+async def test_a_refused_claim_leaves_the_thread_another_claim_inserted_meanwhile(sessions):
     # Two first messages of one new thread at once: the second claim waits on the first's insert of
-    # the thread's row, then uses it. Refused, it must not delete that row: the first turn may be
-    # admitted and its reply not stored yet (its place would go with the row).
-    turns = pipeline(sessions, llm, gate=Gate())
+    # the thread's row, then uses it. Refused, it must not delete that row: the first turn, in line,
+    # may be admitted and its reply not stored yet (its place would go with the row).
+    order = TurnOrder()
+    admission = Admission(sessions, order, thread_followups=True, stages=[Gate()])
     async with sessions.begin() as first:
         assert await create_conversation(first, KEY, ConversationKind.CHANNEL) is not None
-        second = asyncio.create_task(turns.admission.admit(arrival(), Surface()))
+        in_line = order.enter(KEY)  # the first claim's turn
+        second = asyncio.create_task(admission.admit(arrival(), Surface()))
         await asyncio.sleep(0.3)  # the second claim now waits for the first's insert
         assert not second.done()
     assert await second == Refused("closed", notice="Not here, sorry.")
     assert await count(sessions, Conversation) == 1
+    in_line.leave()
+
+
+async def test_a_refused_first_mention_keeps_the_thread_a_follow_up_joined_meanwhile(sessions):
+    # The follow-up was admitted into the thread while the first mention was still being vetted:
+    # it answers the thread, so the thread's row stays (on PostgreSQL its place would go with it).
+    gate = Hesitant()
+    admission = Admission(sessions, TurnOrder(), thread_followups=True, stages=[gate])
+    first = asyncio.create_task(admission.admit(arrival(), Surface()))
+    await asyncio.wait_for(gate.asked.wait(), timeout=5)
+    follow_up = await admission.admit(arrival("1700000000.000200", addressed=False), Surface())
+    assert isinstance(follow_up, Admitted)
+    gate.go.set()
+    assert await first == Refused("closed")
+    assert await count(sessions, Conversation) == 1
+    follow_up.ticket.leave()
+
+
+async def test_a_thread_whose_every_claim_was_refused_is_forgotten_by_the_last(sessions):
+    # The follow-up joined while the first mention was vetted; the mention is refused first (the
+    # follow-up still in line keeps the thread), then the follow-up: it forgets the thread, though
+    # it did not insert its row (or the empty row would let anyone's follow-ups in).
+    gate = Hesitant(refuse_others=True)
+    admission = Admission(sessions, TurnOrder(), thread_followups=True, stages=[gate])
+    first = asyncio.create_task(admission.admit(arrival(), Surface()))
+    await asyncio.wait_for(gate.asked.wait(), timeout=5)
+    follow_up = asyncio.create_task(admission.admit(arrival("1700000000.000200", addressed=False), Surface()))
+    await asyncio.wait_for(gate.others_asked.wait(), timeout=5)
+    gate.go.set()
+    assert await first == Refused("closed")
+    assert await count(sessions, Conversation) == 1  # the follow-up is still in line
+    gate.others_go.set()
+    assert await follow_up == Refused("closed")
+    assert await count(sessions, Conversation) == 0
+    stray = await admission.admit(arrival("1700000000.000300", addressed=False), Surface())
+    assert stray == Refused("thread_not_joined")
 
 
 async def test_duplicates_and_unjoined_threads_are_refused_before_any_policy_is_asked(sessions, llm, aiml):

@@ -16,11 +16,11 @@ from sqlalchemy import event, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.app import BotRuntime
-from bot.conversation.admission import Arrival
+from bot.conversation.admission import Admission, Admitted, Arrival, Refused
 from bot.conversation.handoff import from_record, to_record
 from bot.conversation.keys import ConversationKey, ConversationKind
 from bot.conversation.service import NOTE_INTERRUPTED, NOTE_TAKEN_OVER
-from bot.conversation.shared_order import SharedTurnOrder
+from bot.conversation.shared_order import SharedTicket, SharedTurnOrder
 from bot.slack.recovery import NOTE_RESTARTED
 from bot.storage import turn_places as repo
 from bot.storage.db import create_engine, session_factory
@@ -29,6 +29,7 @@ from bot.storage.signals import SignalHub, asyncpg_dsn, notify
 from tests.fakes.aimlapi import FakeAimlApi, Reply
 from tests.fakes.slack_api import FakeSlackApi
 from tests.harness import Bot, eventually, history, make_settings, mention, message, running_bot, until
+from tests.stages import Hesitant, Nobody
 
 pytestmark = [pytest.mark.postgres, pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)]
 
@@ -471,6 +472,56 @@ async def test_a_turn_first_in_its_line_starts_without_a_look_and_is_marked_star
         first.leave()
         await asyncio.wait_for(behind, timeout=5)
         second.leave()
+
+
+async def test_a_refused_turn_is_last_in_its_line_once_every_other_place_is_gone(
+    db_url: str, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    # What a refused turn asks before it forgets its thread (bot.conversation.admission.release).
+    async with sessions.begin() as session:
+        conversation_id = (await _thread(session)).id
+    async with _line(db_url, sessions) as (line, _hub):
+        first, second = line.enter(conversation_id), line.enter(conversation_id)
+        for ticket in (first, second):
+            async with sessions.begin() as session:
+                await ticket.take(session, conversation_id, {"v": 1})
+        async with sessions.begin() as session:
+            assert not await first.last_in_line(session)  # the second is still in line
+        assert await places(sessions) == 1  # the first's own place went in that transaction
+        second.leave()
+        await until(lambda: _count_is(sessions, 0))
+        async with sessions.begin() as session:
+            assert await first.last_in_line(session)
+        first.leave()
+
+
+async def test_a_refused_first_mention_leaves_the_thread_to_a_follow_up_admitted_meanwhile(
+    db_url: str, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    # Deleting the thread's row would take the follow-up's place with it (ON DELETE CASCADE): the
+    # follow-up would be dropped as handed off, with nobody answering it.
+    gate = Hesitant()
+    key = ConversationKey("T1", "C1", ROOT)
+
+    def said(ts: str, *, addressed: bool) -> Arrival:
+        kind = ConversationKind.CHANNEL
+        return Arrival(f"Ev{ts}", key, kind, "U1", ts, "question", addressed, mid_thread=ts != ROOT)
+
+    async with _line(db_url, sessions) as (line, _hub):
+        admission = Admission(sessions, line, thread_followups=True, stages=[gate])
+        first = asyncio.create_task(admission.admit(said(ROOT, addressed=True), Nobody()))
+        await asyncio.wait_for(gate.asked.wait(), timeout=5)
+        follow_up = await admission.admit(said("1700000001.000200", addressed=False), Nobody())
+        assert isinstance(follow_up, Admitted)
+        gate.go.set()
+        assert await first == Refused("closed")
+        await until(lambda: _count_is(sessions, 1))  # the mention's place is gone, the follow-up's kept
+        ticket = follow_up.ticket
+        assert isinstance(ticket, SharedTicket)
+        async with sessions() as session:
+            assert await session.get(TurnPlace, ticket.place_id) is not None
+            assert (await session.execute(select(func.count()).select_from(Conversation))).scalar_one() == 1
+        follow_up.ticket.leave()
 
 
 def _looks_at_lines(engine: AsyncEngine) -> list[str]:

@@ -200,11 +200,11 @@ class Admission:
             ticket.leave()
             if held is not None:
                 await held.release()
-            await self.release(arrival, forget_thread=opened is not None)
+            await self.release(arrival, refused_turn=ticket)
             raise
         if isinstance(vetted, Refused):
             try:
-                return await self._give_back(arrival, opened is not None, ticket, vetted)  # its place first
+                return await self._give_back(arrival, ticket, vetted)  # its place first
             finally:
                 if held is not None:
                     await held.release()
@@ -307,29 +307,41 @@ class Admission:
                 early.ended(committed=committed)
         return existing is None, ticket, held, opened
 
-    async def _give_back(self, arrival: Arrival, opened: bool, ticket: Place, refused: Refused) -> Refused:
+    async def _give_back(self, arrival: Arrival, ticket: Place, refused: Refused) -> Refused:
         ticket.leave()
         # A note in the thread is the message's one visible response: its claim stays, so the
         # app_mention/message twin or a retry does not post it again. A private or no note leaves
         # nothing a redelivery could repeat that people see (private notes are rationed per person).
-        await self.release(arrival, forget_thread=opened, keep_claim=refused.in_thread)
+        await self.release(arrival, keep_claim=refused.in_thread, refused_turn=ticket)
         return refused
 
     async def release(
-        self, arrival: Arrival, *, forget_thread: bool = False, keep_claim: bool = False
+        self, arrival: Arrival, *, keep_claim: bool = False, refused_turn: Place | None = None
     ) -> None:
         """Forget the claim of a message that was not answered, so a redelivery is judged afresh.
 
-        `forget_thread`: the claim inserted the thread's conversation; it goes too while it holds no
-        message, or a refused mention would let everyone's follow-ups into a thread the bot never
-        answered. Only that claim's: another claim of the same new thread, which waited for the
-        insert, would delete a row whose turn may be admitted and not stored yet.
+        `refused_turn`: the place of a claimed turn that was refused (or failed while vetted). The
+        thread's conversation goes too while it holds no message and this turn was the last in its
+        line: a refused first mention must not let everyone's follow-ups into a thread the bot never
+        answered, and a turn admitted meanwhile answers the thread (on PostgreSQL its place would go
+        with the row). Whichever claim of the thread is refused last forgets it. On PostgreSQL the
+        thread's row is locked first, as claims lock it before theirs: a claim in flight has
+        committed its place by the look, one after it finds no row (thread_not_joined), and two
+        refusals at once take turns, each leaving the line in its transaction. (SQLite has one
+        writer, and this process's line is the whole line.)
         """
         try:
             async with self._sessions.begin() as session:
+                thread = None
+                if refused_turn is not None:
+                    thread = await repo.find_conversation_id(session, arrival.key, lock=True)
                 if not keep_claim:
                     await release_event(session, arrival.event_id)
-                if forget_thread:
+                if (
+                    refused_turn is not None
+                    and thread is not None
+                    and await refused_turn.last_in_line(session)
+                ):
                     await repo.delete_empty_conversation(session, arrival.key)
         except UNAVAILABLE as exc:
             log.warning("could not release the event: %s", error_reason(exc))

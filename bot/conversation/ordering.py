@@ -54,6 +54,12 @@ class Place(Protocol):
         in it. True when noted; False when not (an unreachable database is logged, not raised)."""
         ...
 
+    async def last_in_line(self, session: AsyncSession) -> bool:
+        """Whether this turn, refused and left, was the last in its thread's line, its own place
+        deleted in `session`'s transaction: a refused turn forgets its thread's empty conversation
+        only then."""
+        ...
+
     def leave(self) -> None: ...
 
 
@@ -105,6 +111,10 @@ class TurnTicket:
     async def note_placeholder(self, ts: str) -> bool:  # noqa: ARG002
         """Nothing to record: no other process adopts this line's turns."""
         return False
+
+    async def last_in_line(self, session: AsyncSession) -> bool:  # noqa: ARG002
+        """This process's line is the whole line."""
+        return all(ticket is self for ticket in self._order._lines.get(self._key, ()))
 
     def leave(self) -> None:
         if not self.left:

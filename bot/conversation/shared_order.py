@@ -136,6 +136,16 @@ class SharedTicket:
             log.warning("could not note the placeholder showing a turn: %s", error_reason(exc))
             return False
 
+    async def last_in_line(self, session: AsyncSession) -> bool:
+        if self.handed_off:
+            return False  # its place is another replica's now, whose turn runs in it
+        if self.place_id is None or self.conversation_id is None:
+            return True
+        # Its place goes here too, not only in the background (`leave`): two refusals of the thread
+        # at once, each under the thread row's lock in turn, must agree which of them was last.
+        await repo.leave_place(session, self.place_id, self._line.holder)
+        return not await repo.others_in_line(session, self.conversation_id, self.place_id)
+
     def leave(self) -> None:
         if not self.left:
             self.left = True

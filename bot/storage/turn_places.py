@@ -183,6 +183,17 @@ async def note_placeholder(session: AsyncSession, place_id: int, holder: str, ts
     return found.first() is not None
 
 
+async def others_in_line(session: AsyncSession, conversation_id: int, place_id: int) -> bool:
+    """Whether the conversation's line holds a place besides `place_id` (live or not: an orphan's
+    turn is still to be run by the replica adopting it)."""
+    others = (
+        select(TurnPlace.id)
+        .where(TurnPlace.conversation_id == conversation_id, TurnPlace.id != place_id)
+        .limit(1)
+    )
+    return (await session.execute(others)).first() is not None
+
+
 async def leave_place(session: AsyncSession, place_id: int, holder: str) -> None:
     """Delete the place and signal TURN_ENDED on commit (nothing when it was gone already, or is
     another replica's now)."""
